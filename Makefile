@@ -1,0 +1,43 @@
+# Two commands for a fresh machine: `make run` and `make test`. Both set everything up first:
+# .venv with the pinned packages (installed once; redone only when pyproject.toml or the lock
+# changes) and the Debian data package.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements/lock.txt | sha1sum | cut -c1-12)
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: setup data run test bench mlflow-ui clean
+
+setup: $(STAMP) data
+
+$(STAMP): pyproject.toml requirements/lock.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements/lock.txt -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+data: $(FASHION_MNIST)
+
+$(FASHION_MNIST):
+	$(SUDO) apt-get install -y dataset-fashion-mnist || \
+	  ($(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist)
+
+# The default grid (conf/experiment/default_grid.yaml), fully trained, into sqlite:///mlflow.db.
+run: setup
+	$(PY) -m bsb_hydra -m experiment=default_grid
+
+test: setup
+	$(PY) -m pytest -q
+
+# The foundation's speed / size / accuracy targets, measured on this machine.
+bench: setup
+	$(PY) scripts/bench.py
+
+mlflow-ui: setup
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf outputs multirun_outputs/2* .cache

@@ -1,0 +1,67 @@
+"""The backend interface, and the support matrix it implies."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+
+class Unsupported(Exception):
+    """This (model, scheme, backend, device) cell cannot be expressed; the message says why."""
+
+
+@dataclass
+class BuildContext:
+    model: Any  # fp32 torch.nn.Module in eval mode
+    example: np.ndarray  # one real input, batch 1
+    calibration: Optional[np.ndarray]  # real training samples, for static schemes
+    cfg: Any  # the validated Config
+    engine: str  # PyTorch quantized engine (x86 | qnnpack | ...)
+    isa: str
+    workdir: Path
+
+
+@dataclass
+class Artifact:
+    path: Path
+    # How the runner must feed it: the worker converts inputs to this dtype before the clock starts.
+    input_dtype: str = "float32"
+    # Facts about the conversion, logged as tags/params (quantized layer counts, notes).
+    info: Dict[str, str] = field(default_factory=dict)
+
+
+class Backend:
+    name: str = ""
+    suffix: str = ""
+
+    def unsupported_reason(self, cfg) -> Optional[str]:
+        """Why this backend cannot run cfg's scheme (None = it can). Checked before any work."""
+        scheme = cfg.quant.scheme.value
+        if not hasattr(self, f"build_{scheme}"):
+            return f"backend {self.name} has no '{scheme}' scheme"
+        return None
+
+    def runner_settings(self, cfg, engine: str) -> Dict[str, Any]:
+        """What the worker's Runner needs beyond the artifact (engine, optimisation level)."""
+        return {}
+
+    def build(self, scheme: str, ctx: BuildContext, out: Path) -> Artifact:
+        return getattr(self, f"build_{scheme}")(ctx, out)
+
+
+class Runner:
+    """Loads an artifact and runs it. prepare() happens before the clock; run() is what is timed."""
+
+    def __init__(self, path: str, threads: int, input_dtype: str, settings: Dict[str, Any]) -> None:
+        self.path, self.threads, self.input_dtype, self.settings = path, threads, input_dtype, settings
+
+    def prepare(self, x: np.ndarray) -> Any:
+        raise NotImplementedError
+
+    def run(self, prepared: Any) -> Any:
+        raise NotImplementedError
+
+    def to_numpy(self, out: Any) -> np.ndarray:
+        raise NotImplementedError

@@ -1,0 +1,157 @@
+"""ONNX Runtime CPU backend. The fp32 model is exported once to ONNX; every scheme is produced
+from that graph with ONNX Runtime's own tools:
+
+fp32   the exported graph (ORT fuses conv+bn when it builds the session);
+fp16   onnxruntime.transformers.float16.convert_float_to_float16(keep_io_types=True);
+dynamic onnxruntime.quantization.quantize_dynamic (int8 weights; on convolutions this yields
+       ConvInteger, which is slow on x86: reported as measured);
+static quantize_static in QDQ format, int8 weights and activations, a CalibrationDataReader over
+       real training samples, MinMax / Entropy / Percentile calibration."""
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from bsb_hydra.backends import BACKENDS
+from bsb_hydra.backends.base import Artifact, Backend, BuildContext, Runner
+
+INPUT_NAME = "input"
+CALIBRATION_BATCH = 32
+
+
+def export_onnx(model, example: np.ndarray, out: Path, opset: int) -> None:
+    """Export with a dynamic batch axis; weights inside the .onnx file so its size is the artifact's."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model.eval(), (torch.from_numpy(example),), str(out), input_names=[INPUT_NAME], output_names=["logits"],
+            opset_version=opset, dynamo=False, dynamic_axes={INPUT_NAME: {0: "batch"}, "logits": {0: "batch"}},
+        )
+
+
+def op_counts(path: Path) -> Dict[str, str]:
+    import onnx
+
+    ops = Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
+    return {"ops": ",".join(f"{k}:{v}" for k, v in sorted(ops.items()))}
+
+
+class TrainingSamplesReader:
+    """CalibrationDataReader over real training samples, in batches."""
+
+    def __init__(self, samples: np.ndarray) -> None:
+        self.batches = iter([samples[i:i + CALIBRATION_BATCH] for i in range(0, len(samples), CALIBRATION_BATCH)])
+
+    def get_next(self):
+        b = next(self.batches, None)
+        return None if b is None else {INPUT_NAME: np.ascontiguousarray(b, dtype=np.float32)}
+
+
+@BACKENDS.register("onnxruntime")
+class OnnxruntimeBackend(Backend):
+    name = "onnxruntime"
+    suffix = ".onnx"
+
+    def unsupported_reason(self, cfg) -> Optional[str]:
+        reason = super().unsupported_reason(cfg)
+        if reason:
+            return reason
+        q = cfg.quant
+        if q.scheme.value == "static" and q.method.value == "histogram":
+            return ("quant.method=histogram is torch.ao's HistogramObserver; onnxruntime calibrates with "
+                    "minmax, entropy or percentile")
+        return None
+
+    def runner_settings(self, cfg, engine: str) -> Dict[str, Any]:
+        return {"graph_optimization": cfg.backend.graph_optimization}
+
+    def _fp32(self, ctx: BuildContext) -> Path:
+        path = ctx.workdir / "fp32_export.onnx"
+        if not path.exists():
+            export_onnx(ctx.model, ctx.example, path, ctx.cfg.backend.opset)
+        return path
+
+    def _preprocessed(self, ctx: BuildContext) -> Path:
+        """ORT's recommended pre-quantization step: shape inference + graph optimisation (folds bn)."""
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        path = ctx.workdir / "fp32_preprocessed.onnx"
+        if not path.exists():
+            quant_pre_process(str(self._fp32(ctx)), str(path), skip_symbolic_shape=False)
+        return path
+
+    def build_fp32(self, ctx: BuildContext, out: Path) -> Artifact:
+        import shutil
+
+        shutil.copyfile(self._fp32(ctx), out)
+        return Artifact(out, "float32", op_counts(out))
+
+    def build_fp16(self, ctx: BuildContext, out: Path) -> Artifact:
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = convert_float_to_float16(onnx.load(str(self._fp32(ctx))), keep_io_types=True)
+        onnx.save(model, str(out))
+        info = op_counts(out)
+        info["note"] = "fp16 weights; inputs/outputs stay fp32 (Cast at the edges)"
+        return Artifact(out, "float32", info)
+
+    def build_dynamic(self, ctx: BuildContext, out: Path) -> Artifact:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(self._preprocessed(ctx)), str(out), weight_type=QuantType.QInt8,
+                         per_channel=ctx.cfg.quant.granularity.value == "per_channel")
+        return Artifact(out, "float32", op_counts(out))
+
+    def build_static(self, ctx: BuildContext, out: Path) -> Artifact:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        q = ctx.cfg.quant
+        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                  "percentile": CalibrationMethod.Percentile}[q.method.value]
+        extra = {"CalibPercentile": q.percentile} if q.method.value == "percentile" else {}
+        quantize_static(
+            str(self._preprocessed(ctx)), str(out), TrainingSamplesReader(ctx.calibration),
+            quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            per_channel=q.granularity.value == "per_channel", calibrate_method=method, extra_options=extra,
+        )
+        return Artifact(out, "float32", op_counts(out))
+
+
+class OnnxruntimeRunner(Runner):
+    def __init__(self, path, threads, input_dtype, settings) -> None:
+        super().__init__(path, threads, input_dtype, settings)
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        level = settings.get("graph_optimization", "all")
+        so.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[level]
+        self.session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.dtype = np.dtype(input_dtype)
+
+    def prepare(self, x: np.ndarray) -> Any:
+        return {self.input_name: np.ascontiguousarray(x, dtype=self.dtype)}
+
+    def run(self, prepared: Any) -> Any:
+        return self.session.run(None, prepared)
+
+    def to_numpy(self, out: Any) -> np.ndarray:
+        return np.asarray(out[0], dtype=np.float32)
+
+
+RUNNER = OnnxruntimeRunner

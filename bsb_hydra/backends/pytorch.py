@@ -1,0 +1,150 @@
+"""PyTorch eager CPU backend. Artifacts are frozen TorchScript files (the deployable form of a
+torch.ao quantized model: a fresh process loads it without the model's Python code).
+
+Schemes: fp32; fp16 (weights and compute in half precision); dynamic (torch.ao quantize_dynamic:
+int8 Linear, conv layers stay fp32); static (torch.ao FX graph mode PTQ: conv+bn(+relu) fused,
+int8 weights per-channel or per-tensor, int8 activations calibrated on real training samples)."""
+from __future__ import annotations
+
+import copy
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from bsb_hydra.backends import BACKENDS
+from bsb_hydra.backends.base import Artifact, Backend, BuildContext, Runner
+
+CALIBRATION_BATCH = 32
+
+
+def _save_script(module, example, out: Path) -> None:
+    import torch
+
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(module, example, check_trace=False)
+        traced = torch.jit.freeze(traced)  # weights become constants; the same for every scheme
+        torch.jit.save(traced, str(out))
+
+
+def _bn_folded(model):
+    """A copy with every conv+batch-norm pair folded into one conv (inference form), so fp32, fp16
+    and dynamic artifacts start from the same graph that FX static quantization fuses itself."""
+    from torch.fx.experimental.optimization import fuse
+
+    return fuse(copy.deepcopy(model).eval())
+
+
+def _layer_counts(module) -> Dict[str, str]:
+    counts = Counter(type(m).__module__.split(".")[-2] + "." + type(m).__name__
+                     for m in module.modules() if not list(m.children()))
+    return {"layers": ",".join(f"{k}:{v}" for k, v in sorted(counts.items()))}
+
+
+@BACKENDS.register("pytorch")
+class PytorchBackend(Backend):
+    name = "pytorch"
+    suffix = ".pt"
+
+    def unsupported_reason(self, cfg) -> Optional[str]:
+        reason = super().unsupported_reason(cfg)
+        if reason:
+            return reason
+        q = cfg.quant
+        if q.scheme.value == "static" and q.method.value in ("entropy", "percentile"):
+            return (f"quant.method={q.method.value}: torch.ao has no {q.method.value} calibration observer; "
+                    "use minmax or histogram (HistogramObserver) on pytorch, or entropy/percentile on onnxruntime")
+        return None
+
+    def runner_settings(self, cfg, engine: str) -> Dict[str, Any]:
+        return {"engine": engine}
+
+    def build_fp32(self, ctx: BuildContext, out: Path) -> Artifact:
+        import torch
+
+        _save_script(_bn_folded(ctx.model), torch.from_numpy(ctx.example), out)
+        return Artifact(out, "float32", {})
+
+    def build_fp16(self, ctx: BuildContext, out: Path) -> Artifact:
+        import torch
+
+        half = _bn_folded(ctx.model).half()
+        _save_script(half, torch.from_numpy(ctx.example).half(), out)
+        return Artifact(out, "float16", {"note": "fp16 weights and compute on the CPU"})
+
+    def build_dynamic(self, ctx: BuildContext, out: Path) -> Artifact:
+        import torch
+        from torch import nn
+        from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+
+        torch.backends.quantized.engine = ctx.engine
+        qconfig = per_channel_dynamic_qconfig if ctx.cfg.quant.granularity.value == "per_channel" \
+            else default_dynamic_qconfig
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            q = quantize_dynamic(_bn_folded(ctx.model), {nn.Linear: qconfig}, dtype=torch.qint8)
+        _save_script(q, torch.from_numpy(ctx.example), out)
+        info = _layer_counts(q)
+        info["note"] = "dynamic int8 covers Linear layers only; convolutions stay fp32"
+        return Artifact(out, "float32", info)
+
+    def build_static(self, ctx: BuildContext, out: Path) -> Artifact:
+        import torch
+        from torch.ao.quantization import QConfig, QConfigMapping
+        from torch.ao.quantization.observer import (HistogramObserver, MinMaxObserver,
+                                                    PerChannelMinMaxObserver)
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+        q = ctx.cfg.quant
+        torch.backends.quantized.engine = ctx.engine
+        # fbgemm/x86 without VNNI can saturate 16-bit accumulators: keep 7-bit activations there.
+        reduce_range = ctx.engine in ("x86", "fbgemm") and "avx512_vnni" not in ctx.isa and "avx_vnni" not in ctx.isa
+        act_observer = HistogramObserver if q.method.value == "histogram" else MinMaxObserver
+        activation = act_observer.with_args(dtype=torch.quint8, qscheme=torch.per_tensor_affine,
+                                            reduce_range=reduce_range)
+        if q.granularity.value == "per_channel":
+            weight = PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+        else:
+            weight = MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
+        mapping = QConfigMapping().set_global(QConfig(activation=activation, weight=weight))
+        example = torch.from_numpy(ctx.example)
+        with warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore")
+            prepared = prepare_fx(copy.deepcopy(ctx.model).eval(), mapping, (example,))
+            for i in range(0, len(ctx.calibration), CALIBRATION_BATCH):
+                prepared(torch.from_numpy(ctx.calibration[i:i + CALIBRATION_BATCH]))
+            quantized = convert_fx(prepared)
+        _save_script(quantized, example, out)
+        info = _layer_counts(quantized)
+        info["reduce_range"] = str(reduce_range).lower()
+        info["engine"] = ctx.engine
+        return Artifact(out, "float32", info)
+
+
+class PytorchRunner(Runner):
+    def __init__(self, path, threads, input_dtype, settings) -> None:
+        super().__init__(path, threads, input_dtype, settings)
+        import torch
+
+        torch.set_num_threads(threads)
+        if settings.get("engine"):
+            torch.backends.quantized.engine = settings["engine"]
+        self.torch = torch
+        self.model = torch.jit.load(path, map_location="cpu").eval()
+        self.dtype = getattr(torch, input_dtype)
+
+    def prepare(self, x: np.ndarray) -> Any:
+        return self.torch.from_numpy(np.ascontiguousarray(x)).to(self.dtype)
+
+    def run(self, prepared: Any) -> Any:
+        with self.torch.inference_mode():
+            return self.model(prepared)
+
+    def to_numpy(self, out: Any) -> np.ndarray:
+        return out.float().numpy()
+
+
+RUNNER = PytorchRunner

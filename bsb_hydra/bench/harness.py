@@ -1,0 +1,63 @@
+"""Parent side of a measurement: writes the request, runs the worker in a fresh process with the
+thread count pinned, enforces the timeout, and turns a crash or a hang into a clear error."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+
+RUNTIME_MODULE = {"pytorch": "torch", "onnxruntime": "onnxruntime"}
+
+
+class WorkerError(RuntimeError):
+    pass
+
+
+@dataclass
+class WorkerResult:
+    data: dict
+    logits: Optional[np.ndarray]
+
+
+def run_worker(*, backend: str, artifact: Path, input_dtype: str, threads: int, settings: Dict,
+               latency_input: Path, latency: Optional[dict], eval_input: Optional[Path], eval_batch_size: int,
+               workdir: Path, tag: str, timeout_s: float, inject_fault: Optional[str] = None) -> WorkerResult:
+    workdir.mkdir(parents=True, exist_ok=True)
+    req = {
+        "backend": backend, "runtime_module": RUNTIME_MODULE.get(backend, backend), "artifact": str(artifact),
+        "input_dtype": input_dtype, "threads": threads, "settings": settings, "latency_input": str(latency_input),
+        "latency": latency, "eval_input": str(eval_input) if eval_input else None, "eval_batch_size": eval_batch_size,
+        "logits_out": str(workdir / f"{tag}_logits.npy"), "result": str(workdir / f"{tag}_result.json"),
+        "inject_fault": inject_fault,
+    }
+    req_path = workdir / f"{tag}_request.json"
+    req_path.write_text(json.dumps(req, indent=1))
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[var] = str(threads)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2])] +
+                                        ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    log_path = workdir / f"{tag}_worker.log"
+    with open(log_path, "w") as log:
+        try:
+            proc = subprocess.run([sys.executable, "-m", "bsb_hydra.bench.worker", str(req_path)], env=env,
+                                  stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise WorkerError(f"benchmark worker ({tag}) hung: no result after benchmark.timeout_s={timeout_s}s; "
+                              f"log: {log_path}")
+    if proc.returncode != 0:
+        tail = log_path.read_text()[-2000:]
+        if proc.returncode < 0:
+            sig = signal.Signals(-proc.returncode).name
+            raise WorkerError(f"benchmark worker ({tag}) was killed by {sig}; log tail:\n{tail}")
+        raise WorkerError(f"benchmark worker ({tag}) exited with code {proc.returncode}; log tail:\n{tail}")
+    data = json.loads(Path(req["result"]).read_text())
+    logits = np.load(req["logits_out"]) if eval_input else None
+    return WorkerResult(data, logits)

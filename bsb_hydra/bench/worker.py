@@ -1,0 +1,106 @@
+"""One measurement in a fresh process: ``python -m bsb_hydra.bench.worker REQUEST.json``.
+
+Imports numpy, the standard library and ONE runtime (through its backend module). Order:
+import runtime -> baseline RSS -> load (timed) -> first inference (timed) -> per batch size:
+inputs prepared, warm-up, timed runs until BOTH min_runs and min_duration_s (or max_duration_s)
+-> peak RSS -> predictions on the evaluation inputs. Only ``runner.run`` is inside the clock."""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+HEAVY = ("torch", "onnxruntime", "tensorflow", "ai_edge_litert", "mlflow", "hydra", "transformers", "onnx")
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0  # kB
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def rss_mb() -> float:
+    return _status_mb("VmRSS")
+
+
+def peak_rss_mb() -> float:
+    # VmHWM belongs to this address space (reset at exec). getrusage's ru_maxrss is NOT: it keeps
+    # the high-water mark of the forked parent across execve, which is the whole sweep process.
+    return _status_mb("VmHWM")
+
+
+def _fault(req) -> None:
+    kind = req.get("inject_fault")
+    if kind == "crash":
+        os.kill(os.getpid(), 11)
+    elif kind == "hang":
+        time.sleep(10**6)
+
+
+def time_batch(runner, x: np.ndarray, warmup: int, min_runs: int, min_s: float, max_s: float):
+    prepared = runner.prepare(x)  # input conversion happens before the clock
+    for _ in range(warmup):
+        runner.run(prepared)
+    samples = []
+    perf = time.perf_counter
+    start = perf()
+    while True:
+        t0 = perf()
+        runner.run(prepared)
+        samples.append((perf() - t0) * 1000.0)
+        elapsed = perf() - start
+        if (len(samples) >= min_runs and elapsed >= min_s) or elapsed >= max_s:
+            break
+    return samples
+
+
+def main(request_path: str) -> None:
+    with open(request_path) as f:
+        req = json.load(f)
+    backend_module = importlib.import_module(f"bsb_hydra.backends.{req['backend']}")
+    runner_cls = backend_module.RUNNER
+    # Import the runtime itself before the baseline, so the baseline is "runtime imported, no model".
+    importlib.import_module(req["runtime_module"])
+    out = {"rss_after_import_mb": rss_mb()}
+    _fault(req)
+
+    t0 = time.perf_counter()
+    runner = runner_cls(req["artifact"], req["threads"], req["input_dtype"], req.get("settings", {}))
+    out["load_ms"] = (time.perf_counter() - t0) * 1000.0
+
+    latency_x = np.load(req["latency_input"])
+    lat = req.get("latency")
+    if lat:
+        first = runner.prepare(latency_x[:1])
+        t0 = time.perf_counter()
+        runner.run(first)
+        out["first_inference_ms"] = (time.perf_counter() - t0) * 1000.0
+        out["samples_ms"] = {}
+        for b in lat["batch_sizes"]:
+            x = np.resize(latency_x, (b,) + latency_x.shape[1:])  # repeats real samples if b > available
+            out["samples_ms"][str(b)] = time_batch(runner, x, lat["warmup_runs"], lat["min_runs"],
+                                                   lat["min_duration_s"], lat["max_duration_s"])
+        out["peak_rss_mb"] = peak_rss_mb()
+        out["rss_delta_mb"] = out["peak_rss_mb"] - out["rss_after_import_mb"]
+
+    if req.get("eval_input"):
+        x = np.load(req["eval_input"], mmap_mode="r")
+        bs = req["eval_batch_size"]
+        logits = [runner.to_numpy(runner.run(runner.prepare(np.asarray(x[i:i + bs])))) for i in range(0, len(x), bs)]
+        np.save(req["logits_out"], np.concatenate(logits).astype(np.float32))
+
+    out["heavy_modules"] = sorted({m.split(".")[0] for m in sys.modules if m.split(".")[0] in HEAVY})
+    tmp = req["result"] + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(out, f)
+    os.replace(tmp, req["result"])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

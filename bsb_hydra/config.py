@@ -1,0 +1,346 @@
+"""Structured configs: one dataclass per config-group option, registered in Hydra's ConfigStore.
+
+The YAML files in ``conf/<group>/`` name their schema in their defaults list
+(``- /schema/<group>/<name>@_here_``), so Hydra type-checks every value and rejects unknown keys
+while composing. ``validate(cfg)`` turns the composed config into these dataclasses, which runs
+each ``__post_init__``: range checks that name the bad value and what is allowed. All of this
+happens before any data is loaded or any model is trained.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+
+
+class ConfigError(ValueError):
+    """A config value is out of range; the message names the key, the value and what is allowed."""
+
+
+def _positive(key: str, value, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or value <= 0:
+        raise ConfigError(f"{key}={value!r} is not allowed: it must be a positive number")
+
+
+class Scheme(Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    dynamic = "dynamic"
+    static = "static"
+
+
+class Granularity(Enum):
+    per_channel = "per_channel"
+    per_tensor = "per_tensor"
+
+
+class CalibrationMethod(Enum):
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
+    histogram = "histogram"
+
+
+class FaultStage(Enum):
+    none = "none"
+    train = "train"
+    quantize = "quantize"
+    benchmark = "benchmark"
+    worker_crash = "worker_crash"
+    worker_hang = "worker_hang"
+
+
+# ---------------------------------------------------------------------------------------- model
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    default_data: str = "fashion_mnist"
+    # A user's trained fp32 weights (a state_dict saved with torch.save); loaded with
+    # torch.load(weights_only=True) instead of training.
+    checkpoint: Optional[str] = None
+
+
+@dataclass
+class MlpConfig(ModelConfig):
+    name: str = "mlp"
+    hidden: List[int] = field(default_factory=lambda: [256, 128])
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not self.hidden:
+            raise ConfigError("model.hidden=[] is not allowed: give at least one hidden width")
+        for i, h in enumerate(self.hidden):
+            _positive(f"model.hidden[{i}]", h)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout={self.dropout} is not allowed: use 0 <= dropout < 1")
+
+
+@dataclass
+class CnnConfig(ModelConfig):
+    name: str = "cnn"
+    channels: List[int] = field(default_factory=lambda: [32, 64])
+    fc: int = 128
+    dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not self.channels:
+            raise ConfigError("model.channels=[] is not allowed: give at least one conv width")
+        for i, c in enumerate(self.channels):
+            _positive(f"model.channels[{i}]", c)
+        _positive("model.fc", self.fc)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout={self.dropout} is not allowed: use 0 <= dropout < 1")
+
+
+@dataclass
+class MobilenetConfig(ModelConfig):
+    name: str = "mobilenet"
+    width_mult: float = 1.0
+    stem_channels: int = 16
+    # MobileNetV2 inverted-residual settings (expansion t, out channels c, repeats n, stride s),
+    # sized for 28-32 px inputs: a stride-2 stem and two stride-2 stages (28 -> 14 -> 7 -> 4)
+    # instead of ImageNet's five.
+    blocks: List[List[int]] = field(
+        default_factory=lambda: [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 1], [6, 64, 2, 2], [6, 96, 1, 1]]
+    )
+    last_channels: int = 320
+    dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        _positive("model.width_mult", self.width_mult)
+        _positive("model.stem_channels", self.stem_channels)
+        _positive("model.last_channels", self.last_channels)
+        if not self.blocks:
+            raise ConfigError("model.blocks=[] is not allowed: give at least one [t, c, n, s] block")
+        for i, b in enumerate(self.blocks):
+            if len(b) != 4 or any(v <= 0 for v in b):
+                raise ConfigError(f"model.blocks[{i}]={list(b)} is not allowed: use [t, c, n, s], all > 0")
+
+
+# ----------------------------------------------------------------------------------------- data
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    # Folder of a user's files (mnist, cifar10); packaged sets ignore it.
+    root: Optional[str] = None
+    # Deterministic (seeded) subsets, for smoke runs. null = the whole split.
+    limit_train: Optional[int] = None
+    limit_test: Optional[int] = None
+    # Sets shipped without a train/test split (mnist_5k, digits) are split stratified from the seed.
+    test_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        _positive("data.limit_train", self.limit_train, allow_none=True)
+        _positive("data.limit_test", self.limit_test, allow_none=True)
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError(f"data.test_fraction={self.test_fraction} is not allowed: use 0 < f < 1")
+
+
+# ---------------------------------------------------------------------------------------- quant
+@dataclass
+class QuantConfig:
+    scheme: Scheme = MISSING
+
+
+@dataclass
+class Fp32Config(QuantConfig):
+    scheme: Scheme = Scheme.fp32
+
+
+@dataclass
+class Fp16Config(QuantConfig):
+    scheme: Scheme = Scheme.fp16
+
+
+@dataclass
+class DynamicQuantConfig(QuantConfig):
+    """int8 weights; activations quantized at run time from their observed range."""
+    scheme: Scheme = Scheme.dynamic
+    granularity: Granularity = Granularity.per_tensor
+
+
+@dataclass
+class StaticQuantConfig(QuantConfig):
+    """int8 weights and activations; activation ranges calibrated on real TRAINING samples."""
+    scheme: Scheme = Scheme.static
+    granularity: Granularity = Granularity.per_channel
+    method: CalibrationMethod = CalibrationMethod.minmax
+    samples: int = 256
+    percentile: float = 99.999
+
+    def __post_init__(self) -> None:
+        _positive("quant.samples", self.samples)
+        if not 90.0 <= self.percentile <= 100.0:
+            raise ConfigError(f"quant.percentile={self.percentile} is not allowed: use 90 <= p <= 100")
+
+
+# -------------------------------------------------------------------------------------- backend
+@dataclass
+class BackendConfig:
+    name: str = MISSING
+
+
+@dataclass
+class PytorchBackendConfig(BackendConfig):
+    name: str = "pytorch"
+
+
+@dataclass
+class OnnxruntimeBackendConfig(BackendConfig):
+    name: str = "onnxruntime"
+    opset: int = 18
+    # ORT graph optimisation level for the measured session: disable | basic | extended | all
+    graph_optimization: str = "all"
+
+    def __post_init__(self) -> None:
+        allowed = ("disable", "basic", "extended", "all")
+        if self.graph_optimization not in allowed:
+            raise ConfigError(
+                f"backend.graph_optimization={self.graph_optimization!r} is not allowed: use one of {allowed}"
+            )
+        if not 13 <= self.opset <= 21:
+            raise ConfigError(f"backend.opset={self.opset} is not allowed: use 13..21")
+
+
+# --------------------------------------------------------------------------------------- device
+@dataclass
+class DeviceConfig:
+    name: str = "local"
+    # The architecture this device expects (x86_64 | aarch64); null = whatever this machine is.
+    expected_arch: Optional[str] = None
+    # Threads for every runtime (torch intra-op, ORT intra-op): recorded on every run.
+    threads: int = 1
+    # PyTorch quantized engine: auto = x86 on x86_64, qnnpack on aarch64.
+    torch_engine: str = "auto"
+
+    def __post_init__(self) -> None:
+        _positive("device.threads", self.threads)
+        if self.expected_arch not in (None, "x86_64", "aarch64"):
+            raise ConfigError(f"device.expected_arch={self.expected_arch!r} is not allowed: use x86_64, aarch64 or null")
+        allowed = ("auto", "x86", "fbgemm", "qnnpack", "onednn")
+        if self.torch_engine not in allowed:
+            raise ConfigError(f"device.torch_engine={self.torch_engine!r} is not allowed: use one of {allowed}")
+
+
+# ---------------------------------------------------------------------------------------- train
+@dataclass
+class TrainConfig:
+    name: str = "default"
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    # Train on a seeded subset of this many samples (smoke runs); null = the whole training split.
+    limit_samples: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        _positive("train.epochs", self.epochs)
+        _positive("train.batch_size", self.batch_size)
+        _positive("train.lr", self.lr)
+        _positive("train.limit_samples", self.limit_samples, allow_none=True)
+        if self.weight_decay < 0:
+            raise ConfigError(f"train.weight_decay={self.weight_decay} is not allowed: it must be >= 0")
+
+
+# ------------------------------------------------------------------------------------ benchmark
+@dataclass
+class BenchmarkConfig:
+    batch_sizes: List[int] = field(default_factory=lambda: [1, 8, 32])
+    warmup_runs: int = 20
+    # Timed runs continue until BOTH min_runs and min_duration_s are reached (or max_duration_s).
+    min_runs: int = 100
+    min_duration_s: float = 2.0
+    max_duration_s: float = 30.0
+    # Measure the fp32 artifact of the same backend in the same job, right before the quantized
+    # one, so speedup_b{N} is a ratio of two timings taken minutes apart at most.
+    paired_baseline: bool = True
+    eval_batch_size: int = 256
+    bootstrap_resamples: int = 1000
+    timeout_s: float = 900.0
+
+    def __post_init__(self) -> None:
+        if not self.batch_sizes:
+            raise ConfigError("benchmark.batch_sizes=[] is not allowed: give at least one batch size")
+        for i, b in enumerate(self.batch_sizes):
+            _positive(f"benchmark.batch_sizes[{i}]", b)
+        if self.warmup_runs < 0:
+            raise ConfigError(f"benchmark.warmup_runs={self.warmup_runs} is not allowed: it must be >= 0")
+        _positive("benchmark.min_runs", self.min_runs)
+        _positive("benchmark.min_duration_s", self.min_duration_s)
+        _positive("benchmark.max_duration_s", self.max_duration_s)
+        _positive("benchmark.eval_batch_size", self.eval_batch_size)
+        _positive("benchmark.bootstrap_resamples", self.bootstrap_resamples)
+        _positive("benchmark.timeout_s", self.timeout_s)
+
+
+# ------------------------------------------------------------------------------- mlflow / paths
+@dataclass
+class MlflowConfig:
+    tracking_uri: str = MISSING
+    experiment: str = "bsb-hydra"
+    # Where a new experiment's artifacts go when the store is local (sqlite/file).
+    artifact_root: str = MISSING
+
+
+@dataclass
+class PathsConfig:
+    root: str = MISSING
+    cache_dir: str = MISSING
+
+
+@dataclass
+class DebugConfig:
+    """Fault injection, for tests of the sweep's failure handling."""
+    fail_stage: FaultStage = FaultStage.none
+    # Inject only in cells whose id (model-data-quant-backend) contains this text; "" = every cell.
+    fail_cell: str = ""
+
+
+@dataclass
+class Config:
+    model: Any = MISSING
+    data: Any = MISSING
+    quant: Any = MISSING
+    backend: Any = MISSING
+    device: Any = MISSING
+    train: Any = MISSING
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
+    seed: int = 0
+
+
+SCHEMAS = {
+    "model": {"mlp": MlpConfig, "cnn": CnnConfig, "mobilenet": MobilenetConfig},
+    "data": {"base": DataConfig},
+    "quant": {"fp32": Fp32Config, "fp16": Fp16Config, "dynamic": DynamicQuantConfig, "static": StaticQuantConfig},
+    "backend": {"pytorch": PytorchBackendConfig, "onnxruntime": OnnxruntimeBackendConfig},
+    "device": {"base": DeviceConfig},
+    "train": {"base": TrainConfig},
+}
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    for group, options in SCHEMAS.items():
+        for name, node in options.items():
+            cs.store(group=f"schema/{group}", name=name, node=node)
+
+
+def validate(cfg: DictConfig) -> Config:
+    """Resolve and instantiate every dataclass (running each __post_init__), or raise ConfigError."""
+    if "hydra" in cfg:  # compose(..., return_hydra_config=True) in tests
+        cfg = copy.deepcopy(cfg)
+        with open_dict(cfg):
+            cfg.pop("hydra")
+    obj = OmegaConf.to_object(cfg)
+    assert isinstance(obj, Config)
+    return obj

@@ -1,0 +1,69 @@
+"""Data sets: each module loads one set into a ``Dataset`` of float32 NCHW arrays in [0, 1]."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Tuple
+
+import numpy as np
+
+from bsb_hydra.registry import Registry
+
+DATASETS = Registry("data set", "bsb_hydra.data")
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A data package or a user's data file is missing; the message says how to get it."""
+
+
+@dataclass
+class Dataset:
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    class_names: List[str] = field(default_factory=list)
+
+    @property
+    def input_shape(self) -> Tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+
+def _subset(x: np.ndarray, y: np.ndarray, limit, rng: np.random.Generator):
+    if limit is None or limit >= len(y):
+        return x, y
+    idx = np.sort(rng.choice(len(y), size=limit, replace=False))
+    return x[idx], y[idx]
+
+
+def load_dataset(cfg, seed: int) -> Dataset:
+    """Load ``cfg.name`` and apply the seeded ``limit_train`` / ``limit_test`` subsets."""
+    loader = DATASETS.get(cfg.name)
+    ds: Dataset = loader(cfg, seed)
+    rng = np.random.default_rng(seed)
+    ds.x_train, ds.y_train = _subset(ds.x_train, ds.y_train, cfg.limit_train, rng)
+    ds.x_test, ds.y_test = _subset(ds.x_test, ds.y_test, cfg.limit_test, rng)
+    ds.x_train = np.ascontiguousarray(ds.x_train, dtype=np.float32)
+    ds.x_test = np.ascontiguousarray(ds.x_test, dtype=np.float32)
+    ds.y_train = ds.y_train.astype(np.int64)
+    ds.y_test = ds.y_test.astype(np.int64)
+    return ds
+
+
+def stratified_split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int):
+    """Deterministic stratified split for sets shipped without one."""
+    from sklearn.model_selection import train_test_split
+
+    return train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
+
+
+def calibration_samples(ds: Dataset, n: int, seed: int) -> np.ndarray:
+    """``n`` real TRAINING samples, chosen with the seed (never random tensors)."""
+    if n > len(ds.y_train):
+        raise ValueError(
+            f"quant.samples={n} is larger than the training split ({len(ds.y_train)} samples); "
+            f"use at most {len(ds.y_train)}"
+        )
+    idx = np.random.default_rng(seed + 1).choice(len(ds.y_train), size=n, replace=False)
+    return ds.x_train[np.sort(idx)]

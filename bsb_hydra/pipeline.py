@@ -1,0 +1,260 @@
+"""One cell of the grid, in order: validate -> support check -> data -> fp32 model (trained once,
+cached) -> deployable artifact for the backend and scheme -> measurements in fresh processes ->
+MLflow. A cell never raises out of a sweep: it ends ok, unsupported (with the reason) or failed
+(with the traceback logged)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from bsb_hydra.backends.base import BuildContext, Unsupported
+from bsb_hydra.bench import stats
+from bsb_hydra.bench.harness import run_worker
+from bsb_hydra.config import validate
+from bsb_hydra.sysinfo import git_sha, system_info, torch_engine
+
+
+class InjectedFault(RuntimeError):
+    pass
+
+
+def _name(v) -> str:
+    return v.value if hasattr(v, "value") else str(v)
+
+
+def cell_id(cfg) -> str:
+    return f"{cfg.model.name}-{cfg.data.name}-{_name(cfg.quant.scheme)}-{cfg.backend.name}"
+
+
+def config_hash(dict_cfg: DictConfig) -> str:
+    c = OmegaConf.to_container(dict_cfg, resolve=True, enum_to_str=True)
+    for k in ("hydra", "mlflow", "paths", "debug"):
+        c.pop(k, None)
+    return hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _maybe_fault(cfg, stage: str) -> None:
+    d = cfg.debug
+    if d.fail_stage.value == stage and d.fail_cell in cell_id(cfg):
+        raise InjectedFault(f"debug.fail_stage={stage}: injected failure in cell {cell_id(cfg)}")
+
+
+def _worker_fault(cfg) -> Optional[str]:
+    d = cfg.debug
+    if d.fail_cell in cell_id(cfg):
+        return {"worker_crash": "crash", "worker_hang": "hang"}.get(d.fail_stage.value)
+    return None
+
+
+def _job_info() -> Dict[str, str]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        return {"output_dir": hc.runtime.output_dir, "sweep_dir": hc.sweep.dir if hc.mode.name == "MULTIRUN" else "",
+                "job_num": str(hc.job.num) if hc.mode.name == "MULTIRUN" else "0"}
+    except Exception:
+        return {"output_dir": tempfile.mkdtemp(prefix="bsb_hydra_"), "sweep_dir": "", "job_num": "0"}
+
+
+def measure(cfg, dict_cfg, workdir: Path, log) -> Dict[str, Any]:
+    """Everything after the support check. Returns metrics; logs artifacts through ``log``."""
+    from bsb_hydra.backends import get_backend
+    from bsb_hydra.data import calibration_samples, load_dataset
+    from bsb_hydra.train import get_fp32_model
+
+    info = system_info()
+    scheme = cfg.quant.scheme.value
+    backend = get_backend(cfg.backend.name)
+    engine = torch_engine(cfg.device.torch_engine, info["arch"])
+
+    ds = load_dataset(cfg.data, cfg.seed)
+    calibration = calibration_samples(ds, cfg.quant.samples, cfg.seed) if scheme == "static" else None
+    _maybe_fault(cfg, "train")
+    fp32 = get_fp32_model(cfg, ds, cfg.paths.cache_dir)
+    log.tags({"fp32_source": fp32.source, "fp32_key": fp32.key, "fp32_weights_sha256": fp32.weights_sha256})
+    for step, loss in enumerate(fp32.loss_curve):
+        log.metric("train_loss", loss, step)
+    if fp32.train_seconds:
+        log.metrics({"train_seconds": fp32.train_seconds})
+
+    _maybe_fault(cfg, "quantize")
+    workdir.mkdir(parents=True, exist_ok=True)
+    ctx = BuildContext(fp32.module, ds.x_train[:1].copy(), calibration, cfg, engine, info["isa"], workdir)
+    t0 = time.perf_counter()
+    fp32_art = backend.build("fp32", ctx, workdir / f"fp32{backend.suffix}")
+    art = fp32_art if scheme == "fp32" else backend.build(scheme, ctx, workdir / f"{scheme}{backend.suffix}")
+    log.metrics({"quantize_seconds": time.perf_counter() - t0})
+    log.tags({f"build.{k}": v[:5000] for k, v in art.info.items()})
+
+    _maybe_fault(cfg, "benchmark")
+    b = cfg.benchmark
+    latency_input = workdir / "latency_input.npy"
+    np.save(latency_input, ds.x_test[:max(b.batch_sizes)])
+    eval_input = workdir / "eval_input.npy"
+    np.save(eval_input, ds.x_test)
+    lat = {"batch_sizes": list(b.batch_sizes), "warmup_runs": b.warmup_runs, "min_runs": b.min_runs,
+           "min_duration_s": b.min_duration_s, "max_duration_s": b.max_duration_s}
+    common = dict(backend=cfg.backend.name, threads=cfg.device.threads,
+                  settings=backend.runner_settings(cfg, engine), latency_input=latency_input, eval_input=eval_input,
+                  eval_batch_size=b.eval_batch_size, workdir=workdir / "bench", timeout_s=b.timeout_s)
+    base = None
+    if scheme != "fp32":  # the fp32 reference of the same backend, measured in this job, first
+        base = run_worker(artifact=fp32_art.path, input_dtype=fp32_art.input_dtype,
+                          latency=lat if b.paired_baseline else None, tag="fp32_reference", **common)
+    res = run_worker(artifact=art.path, input_dtype=art.input_dtype, latency=lat, tag=scheme,
+                     inject_fault=_worker_fault(cfg), **common)
+    ref = base if base is not None else res
+
+    m: Dict[str, float] = {}
+    m["size_bytes"] = os.path.getsize(art.path)
+    m["fp32_size_bytes"] = os.path.getsize(fp32_art.path)
+    m["size_ratio"] = m["size_bytes"] / m["fp32_size_bytes"]
+    acc = stats.accuracy_metrics(res.logits, ds.y_test, ds.num_classes)
+    ref_acc = stats.accuracy_metrics(ref.logits, ds.y_test, ds.num_classes)
+    m.update({k: acc[k] for k in ("accuracy", "accuracy_ci_low", "accuracy_ci_high")})
+    m["fp32_accuracy"] = ref_acc["accuracy"]
+    m["accuracy_delta_pp"] = 100.0 * (acc["accuracy"] - ref_acc["accuracy"])
+    m["test_samples"] = acc["n"]
+    m.update(stats.agreement_metrics(res.logits, ref.logits))
+    for key in ("load_ms", "first_inference_ms", "peak_rss_mb", "rss_delta_mb", "rss_after_import_mb"):
+        m[key] = res.data[key]
+    for bs, samples in res.data["samples_ms"].items():
+        s = stats.latency_stats(samples, int(bs), b.bootstrap_resamples, cfg.seed)
+        for k in ("mean", "p50", "p90", "p95", "p99", "std"):
+            m[f"latency_{k}_ms_b{bs}"] = s[f"{k}_ms"]
+        m[f"latency_cv_b{bs}"] = s["cv"]
+        m[f"latency_p50_ci_low_ms_b{bs}"] = s["p50_ci_low_ms"]
+        m[f"latency_p50_ci_high_ms_b{bs}"] = s["p50_ci_high_ms"]
+        m[f"latency_count_b{bs}"] = s["count"]
+        m[f"throughput_sps_b{bs}"] = s["throughput_sps"]
+        if scheme == "fp32":
+            m[f"speedup_b{bs}"] = 1.0
+        elif base is not None and base.data.get("samples_ms"):
+            ref_p50 = float(np.percentile(base.data["samples_ms"][bs], 50))
+            m[f"fp32_latency_p50_ms_b{bs}"] = ref_p50
+            m[f"speedup_b{bs}"] = ref_p50 / s["p50_ms"]
+    log.json({"per_class_accuracy": {ds.class_names[c] if c < len(ds.class_names) else str(c): v
+                                     for c, v in acc["per_class"].items()},
+              "fp32_per_class_accuracy": {str(c): v for c, v in ref_acc["per_class"].items()}},
+             "per_class_accuracy.json")
+    log.json({"samples_ms": res.data["samples_ms"],
+              "fp32_reference_samples_ms": (base.data.get("samples_ms") if base else None)}, "latency_samples.json")
+    log.artifact(art.path, "model")
+    pred_path = workdir / "predictions.npy"  # top-1 class per test sample: cross-backend agreement
+    np.save(pred_path, res.logits.argmax(axis=1).astype(np.int16))
+    log.artifact(pred_path, "")
+    log.tags({"worker_imports": ",".join(res.data["heavy_modules"]), "input_dtype": art.input_dtype,
+              "torch_engine": engine if cfg.backend.name == "pytorch" else ""})
+    return m
+
+
+class RunLog:
+    """Thin wrapper over the active MLflow run, so measure() reads as a list of steps."""
+
+    def __init__(self, mlflow) -> None:
+        self.mlflow = mlflow
+
+    def tags(self, d: Dict[str, Any]) -> None:
+        self.mlflow.set_tags({k: str(v) for k, v in d.items()})
+
+    def metrics(self, d: Dict[str, float]) -> None:
+        self.mlflow.log_metrics({k: float(v) for k, v in d.items()})
+
+    def metric(self, key: str, value: float, step: int) -> None:
+        self.mlflow.log_metric(key, float(value), step=step)
+
+    def json(self, obj: Any, name: str) -> None:
+        self.mlflow.log_dict(obj, name)
+
+    def artifact(self, path: Path, folder: str) -> None:
+        self.mlflow.log_artifact(str(path), folder)
+
+
+def run_cell(dict_cfg: DictConfig) -> Dict[str, Any]:
+    import mlflow
+
+    from bsb_hydra import tracking
+    from bsb_hydra.backends import get_backend
+
+    job = _job_info()
+    out_dir = Path(job["output_dir"])
+    cid = cell_id(dict_cfg)
+    result: Dict[str, Any] = {"cell": cid, "status": "failed", "reason": "", "metrics": {},
+                              "job_num": job["job_num"]}
+    t_start = time.perf_counter()
+    try:
+        experiment_id = tracking.setup(dict_cfg)
+    except Exception as e:
+        result["reason"] = f"MLflow store {dict_cfg.mlflow.tracking_uri} unusable: {e}"
+        print(f"[failed] {cid}: {result['reason']}", flush=True)
+        _write_result(out_dir, result)
+        return result
+    info = system_info()
+    with mlflow.start_run(experiment_id=experiment_id, run_name=cid) as run:
+        log = RunLog(mlflow)
+        result["run_id"] = run.info.run_id
+        log.tags({"status": "running", "cell": cid, "config_hash": config_hash(dict_cfg), "git_sha": git_sha(),
+                  "sweep_dir": job["sweep_dir"], "job_num": job["job_num"], **info})
+        try:
+            log.tags({"model": dict_cfg.model.name, "data": dict_cfg.data.name, "quant": _name(dict_cfg.quant.scheme),
+                      "backend": dict_cfg.backend.name, "device": dict_cfg.device.name,
+                      "threads": dict_cfg.device.threads})
+            mlflow.log_params(tracking.resolved_params(dict_cfg))
+            log.json(OmegaConf.to_container(dict_cfg, resolve=True, enum_to_str=True), "config.json")
+            cfg = validate(dict_cfg)
+            if cfg.device.expected_arch and cfg.device.expected_arch != info["arch"]:
+                raise Unsupported(f"device={cfg.device.name} expects arch {cfg.device.expected_arch}, "
+                                  f"this machine is {info['arch']}")
+            reason = get_backend(cfg.backend.name).unsupported_reason(cfg)
+            if reason:
+                raise Unsupported(reason)
+            result["metrics"] = measure(cfg, dict_cfg, out_dir / "artifacts", log)
+            log.metrics(result["metrics"])
+            result["status"] = "ok"
+        except Unsupported as e:
+            result["status"], result["reason"] = "unsupported", str(e)
+        except Exception as e:  # one failing cell never stops the sweep
+            result["status"], result["reason"] = "failed", f"{type(e).__name__}: {e}"
+            tb = traceback.format_exc()
+            (out_dir / "traceback.txt").parent.mkdir(parents=True, exist_ok=True)
+            (out_dir / "traceback.txt").write_text(tb)
+            try:
+                mlflow.log_text(tb, "traceback.txt")
+            except Exception:
+                pass
+        result["seconds"] = time.perf_counter() - t_start
+        log.tags({"status": result["status"], "reason": result["reason"][:5000]})
+        log.metrics({"cell_seconds": result["seconds"]})
+        if result["status"] == "failed":
+            mlflow.end_run(status="FAILED")
+    print(summary_line(result), flush=True)
+    _write_result(out_dir, result)
+    return result
+
+
+def summary_line(r: Dict[str, Any]) -> str:
+    m = r.get("metrics") or {}
+    if r["status"] != "ok":
+        return f"[{r['status']}] {r['cell']}: {r['reason'].splitlines()[0] if r['reason'] else ''}"
+    parts = [f"size {m['size_bytes'] / 1024:.0f} KiB ({m['size_ratio']:.2f}x fp32)",
+             f"acc {100 * m['accuracy']:.2f}% ({m['accuracy_delta_pp']:+.2f} pp)",
+             f"agree {100 * m['top1_agreement']:.2f}%"]
+    if "latency_p50_ms_b1" in m:
+        parts.append(f"p50@b1 {m['latency_p50_ms_b1']:.3f} ms (speedup {m.get('speedup_b1', float('nan')):.2f}x)")
+    parts.append(f"peak {m['peak_rss_mb']:.0f} MB")
+    return f"[ok] {r['cell']}: " + ", ".join(parts)
+
+
+def _write_result(out_dir: Path, result: Dict[str, Any]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "result.json").write_text(json.dumps(result, indent=1, default=str))

@@ -1,0 +1,152 @@
+"""The fp32 model: trained once per (model, data, train settings, seed) and cached by content
+hash, or loaded from a user's checkpoint. Every backend and scheme of a sweep starts from it."""
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+
+@dataclass
+class Fp32Model:
+    module: "object"  # torch.nn.Module, eval mode
+    source: str  # trained | cache | checkpoint
+    key: str  # content hash of what determines the weights
+    weights_path: str
+    weights_sha256: str
+    train_seconds: float = 0.0
+    loss_curve: List[float] = field(default_factory=list)
+
+
+def _plain(obj):
+    d = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(obj)
+    return {k: (v.value if hasattr(v, "value") else v) for k, v in d.items()}
+
+
+def cache_key(model_cfg, data_cfg, train_cfg, seed: int, input_shape, num_classes) -> str:
+    import torch
+
+    m = _plain(model_cfg)
+    m.pop("checkpoint", None)
+    m.pop("default_data", None)
+    t = _plain(train_cfg)
+    t.pop("name", None)  # `smoke` and an identical custom preset share weights
+    d = _plain(data_cfg)
+    d.pop("limit_test", None)
+    blob = json.dumps({"model": m, "data": d, "train": t, "seed": seed, "input_shape": list(input_shape),
+                       "num_classes": num_classes, "torch": torch.__version__.split("+")[0]}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@contextmanager
+def file_lock(path: Path):
+    """An exclusive lock so two jobs asking for the same model train it once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def train_model(module, ds, cfg, seed: int) -> List[float]:
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    x, y = ds.x_train, ds.y_train
+    if cfg.limit_samples is not None and cfg.limit_samples < len(y):
+        idx = np.sort(np.random.default_rng(seed + 2).choice(len(y), cfg.limit_samples, replace=False))
+        x, y = x[idx], y[idx]
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = cfg.epochs * ((len(y) + cfg.batch_size - 1) // cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
+    loss_fn = nn.CrossEntropyLoss()
+    gen = torch.Generator().manual_seed(seed)
+    curve = []
+    module.train()
+    for epoch in range(cfg.epochs):
+        perm = torch.randperm(len(y), generator=gen)
+        total, n = 0.0, 0
+        for i in range(0, len(y), cfg.batch_size):
+            b = perm[i:i + cfg.batch_size]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(module(xt[b]), yt[b])
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(b)
+            n += len(b)
+        curve.append(total / n)
+        print(f"  train epoch {epoch + 1}/{cfg.epochs}: loss {curve[-1]:.4f}", flush=True)
+    module.eval()
+    return curve
+
+
+def get_fp32_model(cfg, ds, cache_dir: str) -> Fp32Model:
+    import torch
+
+    from bsb_hydra.models import build_model
+
+    module = build_model(cfg.model, ds.input_shape, ds.num_classes)
+    if cfg.model.checkpoint:
+        path = Path(cfg.model.checkpoint).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"model.checkpoint={cfg.model.checkpoint!r}: no such file")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            module.load_state_dict(state)
+        except RuntimeError as e:
+            raise ValueError(f"model.checkpoint={str(path)!r} does not fit model={cfg.model.name} "
+                             f"for input {ds.input_shape}: {e}") from e
+        module.eval()
+        digest = sha256_file(path)
+        return Fp32Model(module, "checkpoint", "ckpt-" + digest[:20], str(path), digest)
+
+    key = cache_key(cfg.model, cfg.data, cfg.train, cfg.seed, ds.input_shape, ds.num_classes)
+    folder = Path(cache_dir) / "models"
+    weights = folder / f"{cfg.model.name}-{key}.pt"
+    meta_path = weights.with_suffix(".json")
+    with file_lock(folder / f".{key}.lock"):
+        if weights.is_file() and meta_path.is_file():
+            meta = json.loads(meta_path.read_text())
+            digest = sha256_file(weights)
+            if digest != meta.get("sha256"):
+                print(f"  cached weights {weights} fail their hash check: retraining", flush=True)
+            else:
+                module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+                module.eval()
+                return Fp32Model(module, "cache", key, str(weights), digest, meta.get("train_seconds", 0.0),
+                                 meta.get("loss_curve", []))
+        torch.set_num_threads(os.cpu_count() or 1)
+        t0 = time.perf_counter()
+        curve = train_model(module, ds, cfg.train, cfg.seed)
+        seconds = time.perf_counter() - t0
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = weights.with_suffix(f".tmp{os.getpid()}")
+        torch.save(module.state_dict(), tmp)
+        digest = sha256_file(tmp)
+        os.replace(tmp, weights)  # atomic: a reader never sees half a file
+        tmp_meta = meta_path.with_suffix(f".tmp{os.getpid()}")
+        tmp_meta.write_text(json.dumps({"sha256": digest, "train_seconds": seconds, "loss_curve": curve}))
+        os.replace(tmp_meta, meta_path)
+    return Fp32Model(module, "trained", key, str(weights), digest, seconds, curve)

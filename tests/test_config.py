@@ -1,0 +1,101 @@
+"""Config composition with Hydra's compose for every group option, and early, named errors."""
+import pytest
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import OmegaConf
+
+from bsb_hydra.config import ConfigError, validate
+from tests.conftest import CONF
+
+GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in
+          ("model", "data", "quant", "backend", "device", "train")}
+
+
+def _resolvable(cfg):
+    # paths.root interpolates hydra:runtime.cwd, absent outside a Hydra run
+    cfg.paths.root = "/tmp/project"
+    return cfg
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
+def test_every_group_option_composes_and_validates(compose_cfg, group, option):
+    cfg = _resolvable(compose_cfg([f"{group}={option}"]))
+    obj = validate(cfg)
+    assert getattr(obj, group) is not None
+
+
+def test_each_model_names_its_default_data(compose_cfg):
+    for m in GROUPS["model"]:
+        cfg = compose_cfg([f"model={m}"])
+        assert cfg.data.name == cfg.model.default_data, m
+
+
+def test_static_quant_options_are_typed(compose_cfg):
+    cfg = _resolvable(compose_cfg(["quant=static", "quant.granularity=per_tensor", "quant.method=entropy"]))
+    q = validate(cfg).quant
+    assert q.granularity.value == "per_tensor" and q.method.value == "entropy" and q.samples == 256
+
+
+def test_unknown_group_option_names_it_and_the_valid_ones(compose_cfg):
+    with pytest.raises(MissingConfigException) as e:
+        compose_cfg(["model=cnnn"])
+    msg = str(e.value)
+    assert "cnnn" in msg and "cnn" in msg and "mobilenet" in msg
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("quant.granularity=per_row", "per_row"),
+    ("train.epochs=many", "many"),
+    ("benchmark.min_runs=1.5x", "1.5x"),
+])
+def test_wrong_typed_value_is_named(compose_cfg, override, needle):
+    over = ["quant=static", override] if override.startswith("quant") else [override]
+    with pytest.raises(ConfigCompositionException) as e:
+        compose_cfg(over)
+    assert needle in str(e.value) or needle in str(e.value.__cause__)
+
+
+def test_invalid_enum_lists_valid_values(compose_cfg):
+    with pytest.raises(ConfigCompositionException) as e:
+        compose_cfg(["quant=static", "quant.granularity=per_row"])
+    text = str(e.value.__cause__)
+    assert "per_channel" in text and "per_tensor" in text
+
+
+def test_unknown_key_is_refused(compose_cfg):
+    with pytest.raises(ConfigCompositionException) as e:
+        compose_cfg(["model.depth=3"])
+    assert "depth" in str(e.value)
+
+
+@pytest.mark.parametrize("override,key", [
+    ("train.epochs=0", "train.epochs"),
+    ("train.batch_size=-4", "train.batch_size"),
+    ("benchmark.batch_sizes=[]", "benchmark.batch_sizes"),
+    ("benchmark.batch_sizes=[1,0]", "benchmark.batch_sizes[1]"),
+    ("device.threads=0", "device.threads"),
+    ("data.limit_test=0", "data.limit_test"),
+    ("device.torch_engine=cuda", "device.torch_engine"),
+])
+def test_out_of_range_values_fail_validation_naming_the_key(compose_cfg, override, key):
+    cfg = _resolvable(compose_cfg([override]))
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    assert key in str(e.value)
+
+
+def test_static_samples_must_be_positive(compose_cfg):
+    cfg = _resolvable(compose_cfg(["quant=static", "quant.samples=0"]))
+    with pytest.raises(ConfigError, match="quant.samples"):
+        validate(cfg)
+
+
+def test_default_grid_experiment_sweeps_the_foundation(compose_cfg):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=default_grid"], return_hydra_config=True)
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params)
+    assert params == {"model": "mlp,cnn,mobilenet", "quant": "fp32,fp16,dynamic,static",
+                      "backend": "pytorch,onnxruntime"}

@@ -1,0 +1,153 @@
+"""A real multirun through `python -m bsb_hydra -m ...` into a temporary MLflow store."""
+import numpy as np
+import pytest
+
+from tests.conftest import SMOKE, run_bsb, runs_of
+
+GRID = ["-m", "model=mlp,cnn", "quant=fp32,dynamic,static", "backend=pytorch,onnxruntime"]
+LATENCY_METRICS = [f"latency_{k}_ms_b{b}" for k in ("mean", "p50", "p90", "p95", "p99", "std") for b in (1, 8)]
+SCHEMA_METRICS = ["size_bytes", "size_ratio", "accuracy", "accuracy_ci_low", "accuracy_ci_high",
+                  "accuracy_delta_pp", "top1_agreement", "confidence_drift", "kl_div", "latency_cv_b1",
+                  "throughput_sps_b1", "speedup_b1", "speedup_b8", "load_ms", "first_inference_ms", "peak_rss_mb",
+                  "rss_delta_mb", *LATENCY_METRICS]
+SCHEMA_TAGS = ["status", "reason", "model", "data", "quant", "backend", "device", "arch", "cpu", "isa", "emulated",
+               "os", "python", "version_torch", "version_onnxruntime", "git_sha", "config_hash", "sweep_dir",
+               "job_num"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    proc = run_bsb([*GRID, *SMOKE], tmp)
+    client, runs = runs_of(tmp)
+    return tmp, proc, client, runs
+
+
+def by_cell(runs):
+    return {(r.data.tags["model"], r.data.tags["quant"], r.data.tags["backend"]): r for r in runs}
+
+
+def test_every_cell_has_a_run_with_status(sweep):
+    _, proc, _, runs = sweep
+    cells = by_cell(runs)
+    assert len(runs) == 12 and len(cells) == 12
+    for key, r in cells.items():
+        status = r.data.tags["status"]
+        assert status in ("ok", "unsupported"), (key, status, r.data.tags.get("reason"))
+        if status == "unsupported":
+            assert r.data.tags["reason"]
+    # the summary table at the end of the sweep lists every cell
+    assert "12 cells" in proc.stdout and proc.stdout.count("-fashion_mnist-") >= 24
+
+
+def test_mlflow_schema(sweep):
+    _, _, _, runs = sweep
+    for r in runs:
+        if r.data.tags["status"] != "ok":
+            continue
+        missing_m = [k for k in SCHEMA_METRICS if k not in r.data.metrics]
+        missing_t = [k for k in SCHEMA_TAGS if k not in r.data.tags]
+        assert not missing_m and not missing_t, (r.info.run_name, missing_m, missing_t)
+        assert r.data.tags["arch"] in ("x86_64", "aarch64") and r.data.tags["emulated"] in ("true", "false")
+        assert r.data.params["quant.scheme"] == r.data.tags["quant"]
+        assert r.data.params["train.name"] == "smoke" and r.data.params["device.threads"] == "1"
+        assert r.data.metrics["accuracy_ci_low"] <= r.data.metrics["accuracy"] <= r.data.metrics["accuracy_ci_high"]
+
+
+def test_artifacts_logged(sweep):
+    _, _, client, runs = sweep
+    r = by_cell(runs)[("cnn", "static", "onnxruntime")]
+    names = {a.path for a in client.list_artifacts(r.info.run_id)}
+    assert {"model", "config.json", "per_class_accuracy.json", "latency_samples.json", "predictions.npy"} <= names
+    model_files = [a.path for a in client.list_artifacts(r.info.run_id, "model")]
+    assert model_files == ["model/static.onnx"]
+
+
+def test_static_int8_is_at_most_30_percent_of_fp32(sweep):
+    _, _, _, runs = sweep
+    cells = by_cell(runs)
+    for model in ("mlp", "cnn"):
+        for backend in ("pytorch", "onnxruntime"):
+            s, f = cells[(model, "static", backend)], cells[(model, "fp32", backend)]
+            assert s.data.tags["status"] == "ok"
+            assert s.data.metrics["size_bytes"] <= 0.30 * f.data.metrics["size_bytes"], (model, backend)
+            assert s.data.metrics["size_ratio"] <= 0.30
+
+
+def test_fp32_pytorch_and_onnxruntime_agree(sweep):
+    tmp, _, client, runs = sweep
+    cells = by_cell(runs)
+    for model in ("mlp", "cnn"):
+        preds = []
+        for backend in ("pytorch", "onnxruntime"):
+            run_id = cells[(model, "fp32", backend)].info.run_id
+            path = client.download_artifacts(run_id, "predictions.npy", str(tmp / f"dl-{model}-{backend}"))
+            preds.append(np.load(path))
+        assert len(preds[0]) == 1000
+        assert (preds[0] == preds[1]).mean() >= 0.999, model
+
+
+def test_fp32_model_trained_once_per_model(sweep):
+    _, _, _, runs = sweep
+    for model in ("mlp", "cnn"):
+        sources = [r.data.tags["fp32_source"] for r in runs if r.data.tags["model"] == model]
+        assert sources.count("trained") == 1 and sources.count("cache") == 5, (model, sources)
+        keys = {r.data.tags["fp32_key"] for r in runs if r.data.tags["model"] == model}
+        assert len(keys) == 1
+
+
+def test_quantized_cells_compare_with_their_backends_fp32(sweep):
+    _, _, _, runs = sweep
+    cells = by_cell(runs)
+    for (model, quant, backend), r in cells.items():
+        fp32 = cells[(model, "fp32", backend)].data.metrics
+        m = r.data.metrics
+        assert m["fp32_accuracy"] == pytest.approx(fp32["accuracy"]), (model, quant, backend)
+        assert m["accuracy_delta_pp"] == pytest.approx(100 * (m["accuracy"] - fp32["accuracy"]), abs=1e-9)
+        if quant != "fp32":
+            assert m["speedup_b1"] == pytest.approx(m["fp32_latency_p50_ms_b1"] / m["latency_p50_ms_b1"])
+
+
+def test_benchmark_worker_imports_only_its_runtime(sweep):
+    _, _, _, runs = sweep
+    for r in runs:
+        expected = {"pytorch": "torch", "onnxruntime": "onnxruntime"}[r.data.tags["backend"]]
+        assert r.data.tags["worker_imports"] == expected, (r.info.run_name, r.data.tags["worker_imports"])
+
+
+def test_one_failing_cell_leaves_the_others_intact(tmp_path):
+    proc = run_bsb(["-m", "model=mlp", "data=digits", "quant=fp32,static", "backend=pytorch",
+                    "debug.fail_stage=quantize,worker_crash", "debug.fail_cell=static", *SMOKE], tmp_path)
+    _, runs = runs_of(tmp_path)
+    assert len(runs) == 4
+    status = sorted((r.data.tags["quant"], r.data.params["debug.fail_stage"], r.data.tags["status"]) for r in runs)
+    assert status == [("fp32", "quantize", "ok"), ("fp32", "worker_crash", "ok"),
+                      ("static", "quantize", "failed"), ("static", "worker_crash", "failed")]
+    reasons = {r.data.params["debug.fail_stage"]: r.data.tags["reason"] for r in runs
+               if r.data.tags["status"] == "failed"}
+    assert "InjectedFault" in reasons["quantize"]
+    assert "SIGSEGV" in reasons["worker_crash"]
+    failed = [r for r in runs if r.data.tags["status"] == "failed"]
+    assert all(r.info.status == "FAILED" for r in failed)
+    assert "2 ok, 0 unsupported, 2 failed" in proc.stdout
+
+
+def test_unsupported_cell_is_logged_with_reason(tmp_path):
+    run_bsb(["model=mlp", "data=digits", "quant=static", "quant.method=entropy", "backend=pytorch", *SMOKE],
+            tmp_path)
+    _, runs = runs_of(tmp_path)
+    assert len(runs) == 1
+    tags = runs[0].data.tags
+    assert tags["status"] == "unsupported" and "entropy" in tags["reason"] and "onnxruntime" in tags["reason"]
+    assert "fp32_source" not in tags  # refused before any training
+
+
+def test_checkpoint_with_wrong_shapes_fails_naming_the_file(tmp_path):
+    import torch
+
+    bad = tmp_path / "bad.pt"
+    torch.save({"0.weight": torch.zeros(3, 3)}, bad)
+    run_bsb(["model=mlp", "data=digits", f"model.checkpoint={bad}", *SMOKE], tmp_path)
+    _, runs = runs_of(tmp_path)
+    tags = runs[0].data.tags
+    assert tags["status"] == "failed" and str(bad) in tags["reason"]
