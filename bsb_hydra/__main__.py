@@ -13,9 +13,14 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    import traceback
+
     from bsb_hydra.pipeline import run_cell
 
-    run_cell(cfg)
+    try:
+        run_cell(cfg)
+    except Exception:  # e.g. the MLflow store failing while the run is closed: report, go on
+        print(f"[failed] cell could not be recorded:\n{traceback.format_exc()}", flush=True)
 
 
 if __name__ == "__main__":

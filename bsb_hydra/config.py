@@ -101,7 +101,8 @@ class CnnConfig(ModelConfig):
 @dataclass
 class MobilenetConfig(ModelConfig):
     name: str = "mobilenet"
-    width_mult: float = 1.0
+    # Half width by default: 77k parameters, about 1 min per epoch on 2 cores for Fashion-MNIST.
+    width_mult: float = 0.5
     stem_channels: int = 16
     # MobileNetV2 inverted-residual settings (expansion t, out channels c, repeats n, stride s),
     # sized for 28-32 px inputs: a stride-2 stem and two stride-2 stages (28 -> 14 -> 7 -> 4)
@@ -173,6 +174,9 @@ class StaticQuantConfig(QuantConfig):
     method: CalibrationMethod = CalibrationMethod.minmax
     samples: int = 256
     percentile: float = 99.999
+    # 7-bit weights (and, on pytorch, 7-bit activations). null = the backend decides from the CPU:
+    # pytorch: on when the CPU lacks VNNI; onnxruntime: on for x86_64 (see docs/methodology.md).
+    reduce_range: Optional[bool] = None
 
     def __post_init__(self) -> None:
         _positive("quant.samples", self.samples)
@@ -232,7 +236,7 @@ class DeviceConfig:
 @dataclass
 class TrainConfig:
     name: str = "default"
-    epochs: int = 5
+    epochs: int = 3
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -255,7 +259,7 @@ class BenchmarkConfig:
     warmup_runs: int = 20
     # Timed runs continue until BOTH min_runs and min_duration_s are reached (or max_duration_s).
     min_runs: int = 100
-    min_duration_s: float = 2.0
+    min_duration_s: float = 1.0
     max_duration_s: float = 30.0
     # Measure the fp32 artifact of the same backend in the same job, right before the quantized
     # one, so speedup_b{N} is a ratio of two timings taken minutes apart at most.

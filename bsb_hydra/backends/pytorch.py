@@ -101,7 +101,9 @@ class PytorchBackend(Backend):
         q = ctx.cfg.quant
         torch.backends.quantized.engine = ctx.engine
         # fbgemm/x86 without VNNI can saturate 16-bit accumulators: keep 7-bit activations there.
-        reduce_range = ctx.engine in ("x86", "fbgemm") and "avx512_vnni" not in ctx.isa and "avx_vnni" not in ctx.isa
+        reduce_range = q.reduce_range
+        if reduce_range is None:
+            reduce_range = ctx.engine in ("x86", "fbgemm") and "avx512_vnni" not in ctx.isa and "avx_vnni" not in ctx.isa
         act_observer = HistogramObserver if q.method.value == "histogram" else MinMaxObserver
         activation = act_observer.with_args(dtype=torch.quint8, qscheme=torch.per_tensor_affine,
                                             reduce_range=reduce_range)
