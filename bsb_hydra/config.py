@@ -175,7 +175,7 @@ class StaticQuantConfig(QuantConfig):
     samples: int = 256
     percentile: float = 99.999
     # 7-bit weights (and, on pytorch, 7-bit activations). null = the backend decides from the CPU:
-    # pytorch: on when the CPU lacks VNNI; onnxruntime: on for x86_64 (see docs/methodology.md).
+    # on for x86 CPUs without VNNI, on both backends (see docs/methodology.md).
     reduce_range: Optional[bool] = None
 
     def __post_init__(self) -> None:

@@ -89,7 +89,8 @@ def measure(cfg, dict_cfg, workdir: Path, log) -> Dict[str, Any]:
 
     _maybe_fault(cfg, "quantize")
     workdir.mkdir(parents=True, exist_ok=True)
-    ctx = BuildContext(fp32.module, ds.x_train[:1].copy(), calibration, cfg, engine, info["isa"], workdir)
+    ctx = BuildContext(fp32.module, ds.x_train[:1].copy(), calibration, cfg, engine, info["arch"], info["isa"],
+                       workdir)
     t0 = time.perf_counter()
     fp32_art = backend.build("fp32", ctx, workdir / f"fp32{backend.suffix}")
     art = fp32_art if scheme == "fp32" else backend.build(scheme, ctx, workdir / f"{scheme}{backend.suffix}")

@@ -19,6 +19,7 @@ class BuildContext:
     calibration: Optional[np.ndarray]  # real training samples, for static schemes
     cfg: Any  # the validated Config
     engine: str  # PyTorch quantized engine (x86 | qnnpack | ...)
+    arch: str  # x86_64 | aarch64, of the machine building (and measuring) the artifact
     isa: str
     workdir: Path
 

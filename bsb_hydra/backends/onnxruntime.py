@@ -5,8 +5,8 @@ fp32   the exported graph (ORT fuses conv+bn when it builds the session);
 fp16   onnxruntime.transformers.float16.convert_float_to_float16(keep_io_types=True);
 dynamic onnxruntime.quantization.quantize_dynamic (int8 weights; on convolutions this yields
        ConvInteger, which is slow on x86: reported as measured);
-static quantize_static in QDQ format, int8 weights (7-bit range on x86_64) and uint8 activations
-       on x86_64 (int8 on ARM), a CalibrationDataReader over real training samples, MinMax /
+static quantize_static in QDQ format, int8 weights (7-bit range on x86 without VNNI) and uint8
+       activations on x86 (int8 on ARM), a CalibrationDataReader over real training samples, MinMax /
        Entropy / Percentile calibration."""
 from __future__ import annotations
 
@@ -117,12 +117,13 @@ class OnnxruntimeBackend(Backend):
         method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                   "percentile": CalibrationMethod.Percentile}[q.method.value]
         extra = {"CalibPercentile": q.percentile} if q.method.value == "percentile" else {}
-        # On x86_64, ORT's fused int8 kernels (QLinearConv via MLAS) saturate with full 8-bit
-        # weights: a QDQ cnn scored 91.14% run unfused but 90.00% fused (S8S8 and U8S8 alike); with
-        # 7-bit weights it scored 91.18% at the same speed. U8S8 is ORT's recommended x86 pairing;
-        # S8S8 with reduce_range was 1.5x slower here. On ARM, S8S8 without reduce_range.
-        x86 = ctx.cfg.device.expected_arch in (None, "x86_64") and "neon" not in ctx.isa
-        reduce_range = x86 if q.reduce_range is None else q.reduce_range
+        # x86 without VNNI: ORT's u8s8 int8 kernels (AVX2 vpmaddubsw) saturate 16-bit sums, which ORT's
+        # docs answer with 7-bit weights (reduce_range). Measured on an AVX2-only EPYC: a QDQ cnn scored
+        # 91.14% run unfused but 90.00% with the fused kernels; with reduce_range, 91.18% at the same
+        # speed. U8S8 is ORT's x86 pairing (S8S8 + reduce_range ran 1.5x slower here); ARM uses S8S8.
+        x86 = ctx.arch == "x86_64"
+        vnni = "avx512_vnni" in ctx.isa or "avx_vnni" in ctx.isa
+        reduce_range = (x86 and not vnni) if q.reduce_range is None else q.reduce_range
         activation = QuantType.QUInt8 if x86 else QuantType.QInt8
         quantize_static(
             str(self._preprocessed(ctx)), str(out), TrainingSamplesReader(ctx.calibration),
