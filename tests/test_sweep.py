@@ -52,6 +52,10 @@ def test_mlflow_schema(sweep):
         assert r.data.params["quant.scheme"] == r.data.tags["quant"]
         assert r.data.params["train.name"] == "smoke" and r.data.params["device.threads"] == "1"
         assert r.data.metrics["accuracy_ci_low"] <= r.data.metrics["accuracy"] <= r.data.metrics["accuracy_ci_high"]
+        if r.data.tags["quant"] == "static":  # the 7-bit choice is recorded, and follows the CPU's VNNI
+            vnni = "vnni" in r.data.tags["isa"]
+            expected = str(r.data.tags["arch"] == "x86_64" and not vnni).lower()
+            assert r.data.tags["build.reduce_range"] == expected, r.info.run_name
 
 
 def test_artifacts_logged(sweep):
