@@ -332,8 +332,11 @@ SCHEMAS = {
 
 
 def register_configs() -> None:
+    from hydra_plugins.bsb_hydra_sweeper.validating_sweeper import ValidatingSweeperConf
+
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
+    cs.store(group="hydra/sweeper", name="validating", node=ValidatingSweeperConf)
     for group, options in SCHEMAS.items():
         for name, node in options.items():
             cs.store(group=f"schema/{group}", name=name, node=node)

@@ -155,3 +155,19 @@ def test_checkpoint_with_wrong_shapes_fails_naming_the_file(tmp_path):
     _, runs = runs_of(tmp_path)
     tags = runs[0].data.tags
     assert tags["status"] == "failed" and str(bad) in tags["reason"]
+
+
+def test_out_of_range_value_stops_the_sweep_before_any_job(tmp_path):
+    proc = run_bsb(["-m", "model=mlp,cnn", "train.epochs=1,0", *SMOKE], tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "train.epochs=0 is not allowed" in proc.stderr + proc.stdout
+    assert not (tmp_path / "mlflow.db").exists()  # no job ran, not even the valid ones
+    assert not list((tmp_path / "sweep").glob("*/result.json"))
+
+
+def test_unknown_option_in_a_sweep_lists_the_valid_ones(tmp_path):
+    proc = run_bsb(["-m", "model=mlp,cnnn"], tmp_path, check=False)
+    assert proc.returncode != 0
+    err = proc.stderr + proc.stdout
+    assert "cnnn" in err and "mobilenet" in err
+    assert not (tmp_path / "mlflow.db").exists()
