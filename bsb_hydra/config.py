@@ -174,8 +174,8 @@ class StaticQuantConfig(QuantConfig):
     method: CalibrationMethod = CalibrationMethod.minmax
     samples: int = 256
     percentile: float = 99.999
-    # 7-bit weights (and, on pytorch, 7-bit activations). null = the backend decides from the CPU:
-    # on for x86 CPUs without VNNI, on both backends (see docs/methodology.md).
+    # 7-bit ranges against int8 kernel saturation: activations on pytorch (fbgemm), weights on
+    # onnxruntime. null = on for x86 CPUs without VNNI, on both backends (docs/methodology.md).
     reduce_range: Optional[bool] = None
 
     def __post_init__(self) -> None:
@@ -262,7 +262,7 @@ class BenchmarkConfig:
     min_duration_s: float = 1.0
     max_duration_s: float = 30.0
     # Measure the fp32 artifact of the same backend in the same job, right before the quantized
-    # one, so speedup_b{N} is a ratio of two timings taken minutes apart at most.
+    # one, so speedup_b{N} is a ratio of two timings taken seconds apart.
     paired_baseline: bool = True
     eval_batch_size: int = 256
     bootstrap_resamples: int = 1000

@@ -62,6 +62,9 @@ def main() -> int:
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=[a.experiment], filter_string=f"tags.sweep_dir = '{sweep_dir}'",
                               output_format="list")
+    if not runs:
+        print(f"no runs with tags.sweep_dir = '{sweep_dir}' in experiment {a.experiment} of {uri}")
+        return 1
     cells = {(r.data.tags["model"], r.data.tags["quant"], r.data.tags["backend"]): r for r in runs}
     rows, ok_all = [], True
 
@@ -101,9 +104,6 @@ def main() -> int:
         check("default grid cells ok", f"{statuses.count('ok')}/{len(runs)} ok", "all ok",
               statuses.count("ok") == len(runs) == 24)
 
-    if not runs:
-        print(f"no runs with tags.sweep_dir = '{sweep_dir}' in experiment {a.experiment} of {uri}")
-        return 1
     info = runs[0].data.tags
     head = (f"# bsb-hydra bench, {datetime.now():%Y-%m-%d %H:%M}\n\n"
             f"Machine: {info.get('cpu', '?')} ({info.get('arch', '?')}, isa {info.get('isa', '?')}), "
