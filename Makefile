@@ -15,7 +15,7 @@ setup: $(STAMP) data
 
 $(STAMP): pyproject.toml requirements/lock.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements/lock.txt -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements/lock.txt -e '.[dev,tflite]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

@@ -33,6 +33,7 @@ class Scheme(Enum):
     fp16 = "fp16"
     dynamic = "dynamic"
     static = "static"
+    qat = "qat"
 
 
 class Granularity(Enum):
@@ -184,6 +185,30 @@ class StaticQuantConfig(QuantConfig):
             raise ConfigError(f"quant.percentile={self.percentile} is not allowed: use 90 <= p <= 100")
 
 
+@dataclass
+class QatQuantConfig(QuantConfig):
+    """Quantization-aware training: start from the cached fp32 model, fine-tune with fake
+    quantization on the training split, then convert to a real int8 model for the backend."""
+    scheme: Scheme = Scheme.qat
+    granularity: Granularity = Granularity.per_channel
+    epochs: int = 1
+    lr: float = 1e-4
+    batch_size: int = 128
+    # Fine-tune on a seeded subset of this many training samples (smoke runs); null = all of them.
+    limit_samples: Optional[int] = None
+    # Real training samples for what the converter still calibrates (TFLite's input scale).
+    samples: int = 256
+    # As for static: 7-bit ranges where int8 kernels can saturate (x86 without VNNI). null = auto.
+    reduce_range: Optional[bool] = None
+
+    def __post_init__(self) -> None:
+        _positive("quant.epochs", self.epochs)
+        _positive("quant.lr", self.lr)
+        _positive("quant.batch_size", self.batch_size)
+        _positive("quant.limit_samples", self.limit_samples, allow_none=True)
+        _positive("quant.samples", self.samples)
+
+
 # -------------------------------------------------------------------------------------- backend
 @dataclass
 class BackendConfig:
@@ -210,6 +235,16 @@ class OnnxruntimeBackendConfig(BackendConfig):
             )
         if not 13 <= self.opset <= 21:
             raise ConfigError(f"backend.opset={self.opset} is not allowed: use 13..21")
+
+
+@dataclass
+class TfliteBackendConfig(BackendConfig):
+    name: str = "tflite"
+    # Full-integer schemes (static, qat): int8 model input and output instead of float ones. The
+    # worker quantizes inputs with the model's own scale before the clock starts.
+    int8_io: bool = False
+    # Run through LiteRT's XNNPACK delegate (the default CPU path); false = the builtin kernels.
+    xnnpack: bool = True
 
 
 # --------------------------------------------------------------------------------------- device
@@ -324,8 +359,10 @@ class Config:
 SCHEMAS = {
     "model": {"mlp": MlpConfig, "cnn": CnnConfig, "mobilenet": MobilenetConfig},
     "data": {"base": DataConfig},
-    "quant": {"fp32": Fp32Config, "fp16": Fp16Config, "dynamic": DynamicQuantConfig, "static": StaticQuantConfig},
-    "backend": {"pytorch": PytorchBackendConfig, "onnxruntime": OnnxruntimeBackendConfig},
+    "quant": {"fp32": Fp32Config, "fp16": Fp16Config, "dynamic": DynamicQuantConfig, "static": StaticQuantConfig,
+              "qat": QatQuantConfig},
+    "backend": {"pytorch": PytorchBackendConfig, "onnxruntime": OnnxruntimeBackendConfig,
+                "tflite": TfliteBackendConfig},
     "device": {"base": DeviceConfig},
     "train": {"base": TrainConfig},
 }

@@ -69,7 +69,7 @@ def _job_info() -> Dict[str, str]:
 def measure(cfg, dict_cfg, workdir: Path, log) -> Dict[str, Any]:
     """Everything after the support check. Returns metrics; logs artifacts through ``log``."""
     from bsb_hydra.backends import get_backend
-    from bsb_hydra.data import calibration_samples, load_dataset
+    from bsb_hydra.data import calibration_indices, load_dataset
     from bsb_hydra.train import get_fp32_model
 
     info = system_info()
@@ -78,7 +78,8 @@ def measure(cfg, dict_cfg, workdir: Path, log) -> Dict[str, Any]:
     engine = torch_engine(cfg.device.torch_engine, info["arch"])
 
     ds = load_dataset(cfg.data, cfg.seed)
-    calibration = calibration_samples(ds, cfg.quant.samples, cfg.seed) if scheme == "static" else None
+    calib_idx = calibration_indices(ds, cfg.quant.samples, cfg.seed) if scheme in ("static", "qat") else None
+    calibration = ds.x_train[calib_idx] if calib_idx is not None else None
     _maybe_fault(cfg, "train")
     fp32 = get_fp32_model(cfg, ds, cfg.paths.cache_dir)
     log.tags({"fp32_source": fp32.source, "fp32_key": fp32.key, "fp32_weights_sha256": fp32.weights_sha256})
@@ -90,12 +91,17 @@ def measure(cfg, dict_cfg, workdir: Path, log) -> Dict[str, Any]:
     _maybe_fault(cfg, "quantize")
     workdir.mkdir(parents=True, exist_ok=True)
     ctx = BuildContext(fp32.module, ds.x_train[:1].copy(), calibration, cfg, engine, info["arch"], info["isa"],
-                       workdir)
+                       workdir, data=ds, calibration_indices=calib_idx)
+    if calib_idx is not None:  # proof that calibration used real training samples, and which ones
+        log.json({"split": "train", "indices": calib_idx.tolist()}, "calibration_indices.json")
     t0 = time.perf_counter()
     fp32_art = backend.build("fp32", ctx, workdir / f"fp32{backend.suffix}")
     art = fp32_art if scheme == "fp32" else backend.build(scheme, ctx, workdir / f"{scheme}{backend.suffix}")
     log.metrics({"quantize_seconds": time.perf_counter() - t0})
     log.tags({f"build.{k}": v[:5000] for k, v in art.info.items()})
+    for name, curve in art.curves.items():
+        for step, value in enumerate(curve):
+            log.metric(name, value, step)
 
     _maybe_fault(cfg, "benchmark")
     b = cfg.benchmark
@@ -127,6 +133,10 @@ def measure(cfg, dict_cfg, workdir: Path, log) -> Dict[str, Any]:
     m["accuracy_delta_pp"] = 100.0 * (acc["accuracy"] - ref_acc["accuracy"])
     m["test_samples"] = acc["n"]
     m.update(stats.agreement_metrics(res.logits, ref.logits))
+    if cfg.backend.name != "pytorch":  # the same weights on another runtime: how close is its fp32?
+        torch_logits = _torch_logits(fp32.module, ds.x_test, b.eval_batch_size)
+        m["fp32_vs_pytorch_agreement"] = float(np.mean(ref.logits.argmax(1) == torch_logits.argmax(1)))
+        m["fp32_vs_pytorch_max_abs_logit_diff"] = float(np.max(np.abs(ref.logits - torch_logits)))
     for key in ("load_ms", "first_inference_ms", "peak_rss_mb", "rss_delta_mb", "rss_after_import_mb"):
         m[key] = res.data[key]
     for bs, samples in res.data["samples_ms"].items():
@@ -157,6 +167,13 @@ def measure(cfg, dict_cfg, workdir: Path, log) -> Dict[str, Any]:
     log.tags({"worker_imports": ",".join(res.data["heavy_modules"]), "input_dtype": art.input_dtype,
               "torch_engine": engine if cfg.backend.name == "pytorch" else ""})
     return m
+
+
+def _torch_logits(module, x: np.ndarray, batch: int) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        return np.concatenate([module(torch.from_numpy(x[i:i + batch])).numpy() for i in range(0, len(x), batch)])
 
 
 class RunLog:

@@ -12,7 +12,8 @@ X86_FEATURES = {"avx2": "avx2", "avx512f": "avx512f", "avx512_vnni": "avx512_vnn
                 "amx_tile": "amx", "amx_int8": "amx_int8", "avx512_bf16": "avx512_bf16", "avx512_fp16": "avx512_fp16"}
 ARM_FEATURES = {"asimd": "neon", "asimddp": "dotprod", "i8mm": "i8mm", "sve": "sve", "sve2": "sve2",
                 "bf16": "bf16", "fphp": "fp16"}
-LIBRARIES = ["torch", "onnx", "onnxruntime", "mlflow", "hydra-core", "numpy"]
+LIBRARIES = ["torch", "torchao", "onnx", "onnxruntime", "tensorflow", "tf-keras", "tensorflow-model-optimization",
+             "ai-edge-litert", "mlflow", "hydra-core", "numpy"]
 
 
 def normalize_arch(machine: str) -> str:

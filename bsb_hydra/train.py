@@ -27,7 +27,7 @@ class Fp32Model:
     loss_curve: List[float] = field(default_factory=list)
 
 
-def _plain(obj):
+def plain_dict(obj):
     d = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(obj)
     return {k: (v.value if hasattr(v, "value") else v) for k, v in d.items()}
 
@@ -35,12 +35,12 @@ def _plain(obj):
 def cache_key(model_cfg, data_cfg, train_cfg, seed: int, input_shape, num_classes) -> str:
     import torch
 
-    m = _plain(model_cfg)
+    m = plain_dict(model_cfg)
     m.pop("checkpoint", None)
     m.pop("default_data", None)
-    t = _plain(train_cfg)
+    t = plain_dict(train_cfg)
     t.pop("name", None)  # `smoke` and an identical custom preset share weights
-    d = _plain(data_cfg)
+    d = plain_dict(data_cfg)
     d.pop("limit_test", None)
     blob = json.dumps({"model": m, "data": d, "train": t, "seed": seed, "input_shape": list(input_shape),
                        "num_classes": num_classes, "torch": torch.__version__.split("+")[0]}, sort_keys=True)
@@ -67,17 +67,25 @@ def file_lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def train_model(module, ds, cfg, seed: int) -> List[float]:
+def training_subset(ds, limit: Optional[int], seed: int):
+    """The training split, or a seeded subset of ``limit`` samples of it (smoke runs)."""
+    x, y = ds.x_train, ds.y_train
+    if limit is not None and limit < len(y):
+        idx = np.sort(np.random.default_rng(seed + 2).choice(len(y), limit, replace=False))
+        x, y = x[idx], y[idx]
+    return x, y
+
+
+def train_model(module, ds, cfg, seed: int, label: str = "train") -> List[float]:
+    """Train ``module`` on ds's training split with cfg's epochs, batch_size, lr (one-cycle),
+    weight_decay and limit_samples. Returns the per-epoch mean loss. Also QAT's fine-tuning loop."""
     import torch
     from torch import nn
 
     torch.manual_seed(seed)
-    x, y = ds.x_train, ds.y_train
-    if cfg.limit_samples is not None and cfg.limit_samples < len(y):
-        idx = np.sort(np.random.default_rng(seed + 2).choice(len(y), cfg.limit_samples, replace=False))
-        x, y = x[idx], y[idx]
+    x, y = training_subset(ds, cfg.limit_samples, seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=getattr(cfg, "weight_decay", 0.0))
     steps = cfg.epochs * ((len(y) + cfg.batch_size - 1) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
     loss_fn = nn.CrossEntropyLoss()
@@ -97,7 +105,7 @@ def train_model(module, ds, cfg, seed: int) -> List[float]:
             total += loss.item() * len(b)
             n += len(b)
         curve.append(total / n)
-        print(f"  train epoch {epoch + 1}/{cfg.epochs}: loss {curve[-1]:.4f}", flush=True)
+        print(f"  {label} epoch {epoch + 1}/{cfg.epochs}: loss {curve[-1]:.4f}", flush=True)
     module.eval()
     return curve
 

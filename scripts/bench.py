@@ -1,5 +1,7 @@
 #!/usr/bin/env python
-"""`make bench`: measure the foundation's targets on this machine and say PASS or FAIL for each.
+"""`make bench`: measure the targets of the issues on this machine and say PASS or FAIL for each.
+
+Suite `foundation` (issue 2):
 
 1. Runs the default grid (experiment=default_grid: mlp,cnn,mobilenet x fp32,fp16,dynamic,static x
    pytorch,onnxruntime) with the default training on the full Fashion-MNIST from a COLD model cache,
@@ -11,7 +13,13 @@
    - static int8 artifact <= 0.27 of the fp32 artifact, cnn, both backends;
    - accuracy drop <= 0.5 pp, mlp and cnn, per-channel static, both backends.
    - the default grid finishes in under 15 minutes, every cell ok.
-Writes the table to reports/bench-<time>.md as well.
+Suite `tflite_qat` (issue 3), after it with the same (warm) model cache: experiment=tflite_grid
+(every scheme on TFLite) and experiment=qat_grid (static vs qat on pytorch and onnxruntime):
+   - cnn TFLite static int8 >= 3x faster than TFLite fp32 at batch 1, <= 0.27 of its size, accuracy
+     drop <= 0.5 pp;
+   - fp32 TFLite agrees with fp32 PyTorch on >= 99.9% of test predictions (every model);
+   - mobilenet QAT accuracy >= per-channel static PTQ accuracy, on each backend.
+`--suite` picks one; `--evaluate DIR...` re-checks finished sweeps. Writes reports/bench-<time>.md.
 """
 from __future__ import annotations
 
@@ -37,85 +45,168 @@ def sweep(args, extra_env=None) -> tuple[str, float]:
     return str(sweep_dir), time.perf_counter() - t0
 
 
+class Checks:
+    def __init__(self) -> None:
+        self.rows, self.ok = [], True
+
+    def check(self, name, value, target, passed) -> None:
+        self.ok &= bool(passed)
+        self.rows.append(f"| {name} | {value} | {target} | {'PASS' if passed else 'FAIL'} |")
+
+    def info(self, name, value) -> None:
+        self.rows.append(f"| (info) {name} | {value} | - | - |")
+
+
+def runs_of(experiment: str, sweep_dirs):
+    import mlflow
+
+    runs = []
+    for d in sweep_dirs:
+        runs += mlflow.search_runs(experiment_names=[experiment], filter_string=f"tags.sweep_dir = '{d}'",
+                                   output_format="list")
+    return runs
+
+
+def ok_metrics(c: Checks, cells, key):
+    r = cells.get(key)
+    if r is None or r.data.tags["status"] != "ok":
+        c.check(" ".join(key), "missing: " + (r.data.tags.get("reason", "") if r else "no run"), "ok", False)
+        return None
+    return r.data.metrics
+
+
+def foundation_checks(c: Checks, cells, seconds: float, n_runs: int, n_ok: int, timed: bool) -> None:
+    """Issue 2: the foundation's targets (cnn static on pytorch and onnxruntime; grid time)."""
+    for backend in ("pytorch", "onnxruntime"):
+        m = ok_metrics(c, cells, ("cnn", "static", backend))
+        if m is None:
+            continue
+        c.check(f"cnn static per-channel speedup b1, {backend}",
+                f"{m['speedup_b1']:.2f}x (fp32 {m['fp32_latency_p50_ms_b1']:.4f} ms -> int8 {m['latency_p50_ms_b1']:.4f} ms)",
+                ">= 2.5x", m["speedup_b1"] >= 2.5)
+        c.info(f"cnn static speedup b8 / b32, {backend}",
+               f"{m.get('speedup_b8', float('nan')):.2f}x / {m.get('speedup_b32', float('nan')):.2f}x")
+        c.check(f"cnn static size ratio, {backend}", f"{m['size_ratio']:.4f} ({m['size_bytes']:.0f} / "
+                f"{m['fp32_size_bytes']:.0f} B)", "<= 0.27", m["size_ratio"] <= 0.27)
+    for model in ("mlp", "cnn"):
+        for backend in ("pytorch", "onnxruntime"):
+            m = ok_metrics(c, cells, (model, "static", backend))
+            if m is not None:
+                c.check(f"{model} static per-channel accuracy delta, {backend}",
+                        f"{m['accuracy_delta_pp']:+.2f} pp ({100 * m['fp32_accuracy']:.2f}% -> {100 * m['accuracy']:.2f}%)",
+                        ">= -0.5 pp", m["accuracy_delta_pp"] >= -0.5)
+    if timed:
+        c.check("default grid wall time (cold model cache, training included)", f"{seconds / 60:.1f} min",
+                "< 15 min", seconds < 900)
+        c.check("default grid cells ok", f"{n_ok}/{n_runs} ok", "all ok", n_ok == n_runs == 24)
+
+
+def tflite_qat_checks(c: Checks, cells) -> None:
+    """Issue 3: TFLite static int8 on the cnn; QAT against per-channel static PTQ on the mobilenet."""
+    m = ok_metrics(c, cells, ("cnn", "static", "tflite"))
+    if m is not None:
+        c.check("cnn tflite static int8 speedup b1 (XNNPACK)",
+                f"{m['speedup_b1']:.2f}x (fp32 {m['fp32_latency_p50_ms_b1']:.4f} ms -> int8 {m['latency_p50_ms_b1']:.4f} ms)",
+                ">= 3x", m["speedup_b1"] >= 3.0)
+        c.info("cnn tflite static speedup b8 / b32",
+               f"{m.get('speedup_b8', float('nan')):.2f}x / {m.get('speedup_b32', float('nan')):.2f}x")
+        c.check("cnn tflite static size ratio", f"{m['size_ratio']:.4f} ({m['size_bytes']:.0f} / "
+                f"{m['fp32_size_bytes']:.0f} B)", "<= 0.27", m["size_ratio"] <= 0.27)
+        c.check("cnn tflite static accuracy delta",
+                f"{m['accuracy_delta_pp']:+.2f} pp ({100 * m['fp32_accuracy']:.2f}% -> {100 * m['accuracy']:.2f}%)",
+                ">= -0.5 pp", m["accuracy_delta_pp"] >= -0.5)
+    for model in ("mlp", "cnn", "mobilenet"):
+        m = ok_metrics(c, cells, (model, "fp32", "tflite"))
+        if m is not None:
+            c.check(f"{model} fp32 tflite vs fp32 pytorch agreement",
+                    f"{100 * m['fp32_vs_pytorch_agreement']:.2f}% (max |logit diff| "
+                    f"{m['fp32_vs_pytorch_max_abs_logit_diff']:.2e})", ">= 99.9%",
+                    m["fp32_vs_pytorch_agreement"] >= 0.999)
+    for model in ("mobilenet", "cnn", "mlp"):
+        for backend in ("pytorch", "onnxruntime", "tflite"):
+            s = ok_metrics(c, cells, (model, "static", backend))
+            q = ok_metrics(c, cells, (model, "qat", backend))
+            if s is None or q is None:
+                continue
+            text = (f"QAT {100 * q['accuracy']:.2f}% ({q['accuracy_delta_pp']:+.2f} pp, b1 {q['speedup_b1']:.2f}x) vs "
+                    f"PTQ {100 * s['accuracy']:.2f}% ({s['accuracy_delta_pp']:+.2f} pp, b1 {s['speedup_b1']:.2f}x)")
+            if model == "mobilenet":
+                c.check(f"mobilenet QAT >= per-channel static PTQ accuracy, {backend}", text, "QAT >= PTQ",
+                        q["accuracy"] >= s["accuracy"])
+            else:
+                c.info(f"{model} QAT vs static PTQ, {backend}", text)
+    for (model, quant, backend), r in sorted(cells.items()):
+        if backend == "tflite" and r.data.tags["status"] == "ok" and quant in ("fp16", "dynamic", "qat"):
+            m = r.data.metrics
+            c.info(f"{model} tflite {quant}", f"size {m['size_ratio']:.2f}x, {m['accuracy_delta_pp']:+.2f} pp, "
+                   f"b1 {m['speedup_b1']:.2f}x")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experiment", default="bench")
+    ap.add_argument("--suite", choices=("all", "foundation", "tflite_qat"), default="all")
     ap.add_argument("--targets-only", action="store_true",
-                    help="sweep only mlp,cnn x fp32,static x pytorch,onnxruntime (warm cache), not the whole grid")
-    ap.add_argument("--evaluate", metavar="SWEEP_DIR", help="only check the targets on a finished sweep's runs")
-    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for the target sweep")
+                    help="foundation: sweep only mlp,cnn x fp32,static x pytorch,onnxruntime (warm cache)")
+    ap.add_argument("--evaluate", metavar="SWEEP_DIR", nargs="+", help="only check the targets on finished sweeps")
+    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every sweep")
     a = ap.parse_args()
-
-    # quant=static defaults to granularity=per_channel, method=minmax, 256 training samples.
-    if a.evaluate:  # check the targets on a finished sweep
-        sweep_dir, seconds = str(Path(a.evaluate).resolve()), float("nan")
-    elif a.targets_only:
-        sweep_dir, seconds = sweep(["model=mlp,cnn", "quant=fp32,static", "backend=pytorch,onnxruntime",
-                                    f"mlflow.experiment={a.experiment}", *a.overrides])
-    else:  # the default grid holds every target cell; time it from a cold model cache
-        with tempfile.TemporaryDirectory() as cold:
-            sweep_dir, seconds = sweep(["experiment=default_grid", f"mlflow.experiment={a.experiment}",
-                                        *a.overrides], {"BSB_CACHE_DIR": cold})
+    uri = os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT}/mlflow.db")
     import mlflow
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT}/mlflow.db")
     mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(experiment_names=[a.experiment], filter_string=f"tags.sweep_dir = '{sweep_dir}'",
-                              output_format="list")
+    exp = [f"mlflow.experiment={a.experiment}", *a.overrides]
+    c = Checks()
+    sweep_dirs, seconds, timed = [], float("nan"), False
+    if a.evaluate:
+        sweep_dirs = [str(Path(d).resolve()) for d in a.evaluate]
+    else:
+        with tempfile.TemporaryDirectory() as cold:
+            # The timed foundation sweep trains from a cold model cache; the later sweeps reuse it.
+            # The tflite_qat suite alone uses the project's cache (trained once by `make run`).
+            env = {"BSB_CACHE_DIR": cold} if a.suite in ("all", "foundation") else {}
+            if a.suite in ("all", "foundation"):
+                if a.targets_only:
+                    d, seconds = sweep(["model=mlp,cnn", "quant=fp32,static", "backend=pytorch,onnxruntime", *exp], env)
+                else:  # the default grid holds every foundation target cell; timed
+                    d, seconds = sweep(["experiment=default_grid", *exp], env)
+                    timed = True
+                sweep_dirs.append(d)
+            if a.suite in ("all", "tflite_qat"):
+                for grid in ("tflite_grid", "qat_grid"):
+                    d, t = sweep([f"experiment={grid}", *exp], env)
+                    print(f"{grid}: {t / 60:.1f} min", flush=True)
+                    sweep_dirs.append(d)
+    runs = runs_of(a.experiment, sweep_dirs)
     if not runs:
-        print(f"no runs with tags.sweep_dir = '{sweep_dir}' in experiment {a.experiment} of {uri}")
+        print(f"no runs of sweeps {sweep_dirs} in experiment {a.experiment} of {uri}")
         return 1
-    cells = {(r.data.tags["model"], r.data.tags["quant"], r.data.tags["backend"]): r for r in runs}
-    rows, ok_all = [], True
-
-    def check(name, value, target, passed):
-        nonlocal ok_all
-        ok_all &= passed
-        rows.append(f"| {name} | {value} | {target} | {'PASS' if passed else 'FAIL'} |")
-
-    for backend in ("pytorch", "onnxruntime"):
-        r = cells.get(("cnn", "static", backend))
-        if r is None or r.data.tags["status"] != "ok":
-            check(f"cnn static {backend}", "missing: " + (r.data.tags.get("reason", "") if r else "no run"), "ok", False)
-            continue
-        m = r.data.metrics
-        check(f"cnn static per-channel speedup b1, {backend}",
-              f"{m['speedup_b1']:.2f}x (fp32 {m['fp32_latency_p50_ms_b1']:.4f} ms -> int8 {m['latency_p50_ms_b1']:.4f} ms)",
-              ">= 2.5x", m["speedup_b1"] >= 2.5)
-        rows.append(f"| (info) cnn static speedup b8 / b32, {backend} | {m.get('speedup_b8', float('nan')):.2f}x / "
-                    f"{m.get('speedup_b32', float('nan')):.2f}x | - | - |")
-        check(f"cnn static size ratio, {backend}",
-              f"{m['size_ratio']:.4f} ({m['size_bytes']:.0f} / {m['fp32_size_bytes']:.0f} B)", "<= 0.27",
-              m["size_ratio"] <= 0.27)
-    for model in ("mlp", "cnn"):
-        for backend in ("pytorch", "onnxruntime"):
-            r = cells.get((model, "static", backend))
-            if r is None or r.data.tags["status"] != "ok":
-                check(f"{model} static {backend}", "missing", "ok", False)
-                continue
-            m = r.data.metrics
-            check(f"{model} static per-channel accuracy delta, {backend}",
-                  f"{m['accuracy_delta_pp']:+.2f} pp ({100 * m['fp32_accuracy']:.2f}% -> {100 * m['accuracy']:.2f}%)",
-                  ">= -0.5 pp", m["accuracy_delta_pp"] >= -0.5)
-    if not a.targets_only and not a.evaluate:
-        check("default grid wall time (cold model cache, training included)", f"{seconds / 60:.1f} min",
-              "< 15 min", seconds < 900)
-        statuses = [r.data.tags["status"] for r in runs]
-        check("default grid cells ok", f"{statuses.count('ok')}/{len(runs)} ok", "all ok",
-              statuses.count("ok") == len(runs) == 24)
+    # newest run per cell (a later sweep's cell replaces an earlier one's)
+    cells = {}
+    for r in sorted(runs, key=lambda r: r.info.start_time):
+        cells[(r.data.tags["model"], r.data.tags["quant"], r.data.tags["backend"])] = r
+    backends = {k[2] for k in cells}
+    if backends & {"pytorch", "onnxruntime"} and (a.suite != "tflite_qat"):
+        default_runs = [r for r in runs if r.data.tags.get("sweep_dir") == sweep_dirs[0]]
+        foundation_checks(c, cells, seconds, len(default_runs),
+                          sum(r.data.tags["status"] == "ok" for r in default_runs), timed)
+    if "tflite" in backends or any(k[1] == "qat" for k in cells):
+        tflite_qat_checks(c, cells)
 
     info = runs[0].data.tags
+    shown = ", ".join(str(Path(d).relative_to(ROOT)) if d.startswith(str(ROOT)) else d for d in sweep_dirs)
     head = (f"# bsb-hydra bench, {datetime.now():%Y-%m-%d %H:%M}\n\n"
             f"Machine: {info.get('cpu', '?')} ({info.get('arch', '?')}, isa {info.get('isa', '?')}), "
-            f"threads {info.get('threads', '?')}. Sweep: {Path(sweep_dir).relative_to(ROOT) if sweep_dir.startswith(str(ROOT)) else sweep_dir} ({seconds / 60:.1f} min).\n\n"
+            f"threads {info.get('threads', '?')}. Sweeps: {shown}"
+            + (f" (default grid {seconds / 60:.1f} min)" if timed else "") + ".\n\n"
             "| target | measured | goal | result |\n|---|---|---|---|\n")
-    text = head + "\n".join(rows) + "\n"
+    text = head + "\n".join(c.rows) + "\n"
     print("\n" + text)
     out = ROOT / "reports" / f"bench-{datetime.now():%Y-%m-%d_%H-%M-%S}.md"
     out.parent.mkdir(exist_ok=True)
     out.write_text(text)
     print(f"written to {out.relative_to(ROOT)}")
-    return 0 if ok_all else 1
+    return 0 if c.ok else 1
 
 
 if __name__ == "__main__":

@@ -99,3 +99,36 @@ def test_default_grid_experiment_sweeps_the_foundation(compose_cfg):
     params = OmegaConf.to_container(cfg.hydra.sweeper.params)
     assert params == {"model": "mlp,cnn,mobilenet", "quant": "fp32,fp16,dynamic,static",
                       "backend": "pytorch,onnxruntime"}
+
+
+@pytest.mark.parametrize("override,key", [
+    ("quant.epochs=0", "quant.epochs"),
+    ("quant.lr=0", "quant.lr"),
+    ("quant.batch_size=-1", "quant.batch_size"),
+    ("quant.limit_samples=0", "quant.limit_samples"),
+])
+def test_qat_values_fail_validation_naming_the_key(compose_cfg, override, key):
+    cfg = _resolvable(compose_cfg(["quant=qat", override]))
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    assert key in str(e.value)
+
+
+def test_qat_fine_tunes_on_as_many_samples_as_training(compose_cfg):
+    cfg = _resolvable(compose_cfg(["quant=qat", "train=smoke"]))
+    assert validate(cfg).quant.limit_samples == 512
+    cfg = _resolvable(compose_cfg(["quant=qat"]))
+    assert validate(cfg).quant.limit_samples is None
+
+
+def test_tflite_int8_io_needs_a_full_integer_scheme(compose_cfg):
+    from bsb_hydra.backends import get_backend
+
+    pytest.importorskip("ai_edge_litert")
+    backend = get_backend("tflite")
+    cfg = validate(_resolvable(compose_cfg(["backend=tflite", "quant=dynamic", "backend.int8_io=true"])))
+    assert "backend.int8_io=true" in backend.unsupported_reason(cfg)
+    cfg = validate(_resolvable(compose_cfg(["backend=tflite", "quant=static", "quant.method=entropy"])))
+    assert "quant.method=entropy" in backend.unsupported_reason(cfg)
+    cfg = validate(_resolvable(compose_cfg(["backend=tflite", "quant=static", "backend.int8_io=true"])))
+    assert backend.unsupported_reason(cfg) is None

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -16,12 +16,14 @@ class Unsupported(Exception):
 class BuildContext:
     model: Any  # fp32 torch.nn.Module in eval mode
     example: np.ndarray  # one real input, batch 1
-    calibration: Optional[np.ndarray]  # real training samples, for static schemes
+    calibration: Optional[np.ndarray]  # real training samples, for static and qat schemes
     cfg: Any  # the validated Config
     engine: str  # PyTorch quantized engine (x86 | qnnpack | ...)
     arch: str  # x86_64 | aarch64, of the machine building (and measuring) the artifact
     isa: str
     workdir: Path
+    data: Any = None  # the Dataset (QAT fine-tunes on its training split)
+    calibration_indices: Optional[np.ndarray] = None  # where ``calibration`` sits in x_train
 
 
 @dataclass
@@ -31,6 +33,8 @@ class Artifact:
     input_dtype: str = "float32"
     # Facts about the conversion, logged as tags/params (quantized layer counts, notes).
     info: Dict[str, str] = field(default_factory=dict)
+    # Per-step curves of the conversion (QAT's fine-tuning loss), logged as MLflow metric history.
+    curves: Dict[str, List[float]] = field(default_factory=dict)
 
 
 class Backend:

@@ -121,9 +121,10 @@ class OnnxruntimeBackend(Backend):
         # docs answer with 7-bit weights (reduce_range). Measured on an AVX2-only EPYC: a QDQ cnn scored
         # 91.14% run unfused but 90.00% with the fused kernels; with reduce_range, 91.18% at the same
         # speed. U8S8 is ORT's x86 pairing (S8S8 + reduce_range ran 1.5x slower here); ARM uses S8S8.
+        from bsb_hydra.qat import reduce_range_default
+
         x86 = ctx.arch == "x86_64"
-        vnni = "avx512_vnni" in ctx.isa or "avx_vnni" in ctx.isa
-        reduce_range = (x86 and not vnni) if q.reduce_range is None else q.reduce_range
+        reduce_range = reduce_range_default(q, x86, ctx.isa)
         activation = QuantType.QUInt8 if x86 else QuantType.QInt8
         quantize_static(
             str(self._preprocessed(ctx)), str(out), TrainingSamplesReader(ctx.calibration),
@@ -135,6 +136,24 @@ class OnnxruntimeBackend(Backend):
         info.update({"reduce_range": str(reduce_range).lower(),
                      "activation_dtype": "uint8" if activation == QuantType.QUInt8 else "int8", "weight_dtype": "int8"})
         return Artifact(out, "float32", info)
+
+
+    def build_qat(self, ctx: BuildContext, out: Path) -> Artifact:
+        """torch.ao FX QAT (shared with the pytorch backend), exported as a QDQ graph that keeps the
+        learned ranges and int8 weights (``qat_onnx``)."""
+        import torch
+
+        from bsb_hydra.backends.qat_onnx import qat_to_ort
+        from bsb_hydra.qat import fx_qat
+
+        qat = fx_qat(ctx.model, ctx.data, ctx.cfg.quant, ctx.cfg.seed, "x86" if ctx.arch == "x86_64" else "qnnpack",
+                     ctx.isa)
+        facts = qat_to_ort(qat.model, torch.from_numpy(ctx.example), str(out), opset=min(ctx.cfg.backend.opset, 17))
+        info = op_counts(out)
+        info.update({"reduce_range": str(qat.reduce_range).lower(), "activation_dtype": "uint8", "weight_dtype": "int8",
+                     "qat_method": "torch.ao FX prepare_qat_fx -> QDQ export keeping the learned ranges",
+                     "qat_seconds": f"{qat.seconds:.1f}", **{k: str(v) for k, v in facts.items()}})
+        return Artifact(out, "float32", info, curves={"qat_loss": qat.losses})
 
 
 class OnnxruntimeRunner(Runner):
@@ -167,4 +186,5 @@ class OnnxruntimeRunner(Runner):
         return np.asarray(out[0], dtype=np.float32)
 
 
+RUNTIME_MODULE = "onnxruntime"  # what the benchmark worker imports before its baseline
 RUNNER = OnnxruntimeRunner

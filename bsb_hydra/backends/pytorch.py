@@ -98,12 +98,12 @@ class PytorchBackend(Backend):
                                                     PerChannelMinMaxObserver)
         from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
+        from bsb_hydra.qat import reduce_range_default
+
         q = ctx.cfg.quant
         torch.backends.quantized.engine = ctx.engine
         # fbgemm/x86 without VNNI can saturate 16-bit accumulators: keep 7-bit activations there.
-        reduce_range = q.reduce_range
-        if reduce_range is None:
-            reduce_range = ctx.engine in ("x86", "fbgemm") and "avx512_vnni" not in ctx.isa and "avx_vnni" not in ctx.isa
+        reduce_range = reduce_range_default(q, ctx.engine in ("x86", "fbgemm"), ctx.isa)
         act_observer = HistogramObserver if q.method.value == "histogram" else MinMaxObserver
         activation = act_observer.with_args(dtype=torch.quint8, qscheme=torch.per_tensor_affine,
                                             reduce_range=reduce_range)
@@ -124,6 +124,23 @@ class PytorchBackend(Backend):
         info["reduce_range"] = str(reduce_range).lower()
         info["engine"] = ctx.engine
         return Artifact(out, "float32", info)
+
+    def build_qat(self, ctx: BuildContext, out: Path) -> Artifact:
+        import torch
+        from torch.ao.quantization.quantize_fx import convert_fx
+
+        from bsb_hydra.qat import fx_qat
+
+        qat = fx_qat(ctx.model, ctx.data, ctx.cfg.quant, ctx.cfg.seed, ctx.engine, ctx.isa)
+        with warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore")
+            quantized = convert_fx(copy.deepcopy(qat.model))
+        _save_script(quantized, torch.from_numpy(ctx.example), out)
+        info = _layer_counts(quantized)
+        info.update({"reduce_range": str(qat.reduce_range).lower(), "engine": ctx.engine,
+                     "qat_method": "torch.ao FX prepare_qat_fx -> convert_fx",
+                     "qat_seconds": f"{qat.seconds:.1f}"})
+        return Artifact(out, "float32", info, curves={"qat_loss": qat.losses})
 
 
 class PytorchRunner(Runner):
@@ -149,4 +166,5 @@ class PytorchRunner(Runner):
         return out.float().numpy()
 
 
+RUNTIME_MODULE = "torch"  # what the benchmark worker imports before its baseline
 RUNNER = PytorchRunner

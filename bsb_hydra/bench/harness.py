@@ -13,9 +13,6 @@ from typing import Dict, Optional
 
 import numpy as np
 
-RUNTIME_MODULE = {"pytorch": "torch", "onnxruntime": "onnxruntime"}
-
-
 class WorkerError(RuntimeError):
     pass
 
@@ -31,7 +28,7 @@ def run_worker(*, backend: str, artifact: Path, input_dtype: str, threads: int, 
                workdir: Path, tag: str, timeout_s: float, inject_fault: Optional[str] = None) -> WorkerResult:
     workdir.mkdir(parents=True, exist_ok=True)
     req = {
-        "backend": backend, "runtime_module": RUNTIME_MODULE.get(backend, backend), "artifact": str(artifact),
+        "backend": backend, "artifact": str(artifact),
         "input_dtype": input_dtype, "threads": threads, "settings": settings, "latency_input": str(latency_input),
         "latency": latency, "eval_input": str(eval_input) if eval_input else None, "eval_batch_size": eval_batch_size,
         "logits_out": str(workdir / f"{tag}_logits.npy"), "result": str(workdir / f"{tag}_result.json"),

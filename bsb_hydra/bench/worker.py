@@ -66,7 +66,7 @@ def main(request_path: str) -> None:
     backend_module = importlib.import_module(f"bsb_hydra.backends.{req['backend']}")
     runner_cls = backend_module.RUNNER
     # Import the runtime itself before the baseline, so the baseline is "runtime imported, no model".
-    importlib.import_module(req["runtime_module"])
+    importlib.import_module(backend_module.RUNTIME_MODULE)
     out = {"rss_after_import_mb": rss_mb()}
     _fault(req)
 

@@ -58,12 +58,16 @@ def stratified_split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: i
     return train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
 
 
-def calibration_samples(ds: Dataset, n: int, seed: int) -> np.ndarray:
-    """``n`` real TRAINING samples, chosen with the seed (never random tensors)."""
+def calibration_indices(ds: Dataset, n: int, seed: int) -> np.ndarray:
+    """Indices into the TRAINING split of ``n`` calibration samples, chosen with the seed."""
     if n > len(ds.y_train):
         raise ValueError(
             f"quant.samples={n} is larger than the training split ({len(ds.y_train)} samples); "
             f"use at most {len(ds.y_train)}"
         )
-    idx = np.random.default_rng(seed + 1).choice(len(ds.y_train), size=n, replace=False)
-    return ds.x_train[np.sort(idx)]
+    return np.sort(np.random.default_rng(seed + 1).choice(len(ds.y_train), size=n, replace=False))
+
+
+def calibration_samples(ds: Dataset, n: int, seed: int) -> np.ndarray:
+    """``n`` real TRAINING samples, chosen with the seed (never random tensors)."""
+    return ds.x_train[calibration_indices(ds, n, seed)]
