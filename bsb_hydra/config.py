@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, List, Optional
+from typing import Any, ClassVar, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
@@ -65,6 +65,7 @@ class ModelConfig:
     # A user's trained fp32 weights (a state_dict saved with torch.save); loaded with
     # torch.load(weights_only=True) instead of training.
     checkpoint: Optional[str] = None
+    recurrent: ClassVar[bool] = False  # has an LSTM (backends refuse the schemes they cannot apply)
 
 
 @dataclass
@@ -125,6 +126,25 @@ class MobilenetConfig(ModelConfig):
                 raise ConfigError(f"model.blocks[{i}]={list(b)} is not allowed: use [t, c, n, s], all > 0")
 
 
+@dataclass
+class LstmConfig(ModelConfig):
+    """Embedding -> LSTM -> linear head on the last time step (texts are left-padded)."""
+    name: str = "lstm"
+    default_data: str = "rt_snippets"
+    recurrent: ClassVar[bool] = True
+    vocab_size: int = MISSING  # the data's vocabulary (conf/model/lstm.yaml: ${data.vocab_size})
+    embed_dim: int = 64
+    hidden: int = 128
+    layers: int = 1
+    dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        for key in ("vocab_size", "embed_dim", "hidden", "layers"):
+            _positive(f"model.{key}", getattr(self, key))
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout={self.dropout} is not allowed: use 0 <= dropout < 1")
+
+
 # ----------------------------------------------------------------------------------------- data
 @dataclass
 class DataConfig:
@@ -142,6 +162,25 @@ class DataConfig:
         _positive("data.limit_test", self.limit_test, allow_none=True)
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(f"data.test_fraction={self.test_fraction} is not allowed: use 0 < f < 1")
+
+
+@dataclass
+class TextDataConfig(DataConfig):
+    """A text set, tokenized for the sequence models (bsb_hydra/data/text.py)."""
+    # word: a vocabulary built from the training split (the only tokenizer so far)
+    tokenizer: str = "word"
+    vocab_size: int = 20000
+    # Tokens per text: longer texts are truncated, shorter ones left-padded. Tagged on every run.
+    seq_len: int = 64
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.tokenizer not in ("word",):
+            raise ConfigError(f"data.tokenizer={self.tokenizer!r} is not allowed: use word")
+        _positive("data.seq_len", self.seq_len)
+        if self.vocab_size < 3:
+            raise ConfigError(f"data.vocab_size={self.vocab_size} is not allowed: it must be at least 3 "
+                              "(padding, unknown and one word)")
 
 
 # ---------------------------------------------------------------------------------------- quant
@@ -357,8 +396,8 @@ class Config:
 
 
 SCHEMAS = {
-    "model": {"mlp": MlpConfig, "cnn": CnnConfig, "mobilenet": MobilenetConfig},
-    "data": {"base": DataConfig},
+    "model": {"mlp": MlpConfig, "cnn": CnnConfig, "mobilenet": MobilenetConfig, "lstm": LstmConfig},
+    "data": {"base": DataConfig, "text": TextDataConfig},
     "quant": {"fp32": Fp32Config, "fp16": Fp16Config, "dynamic": DynamicQuantConfig, "static": StaticQuantConfig,
               "qat": QatQuantConfig},
     "backend": {"pytorch": PytorchBackendConfig, "onnxruntime": OnnxruntimeBackendConfig,

@@ -226,7 +226,7 @@ def run_cell(dict_cfg: DictConfig) -> Dict[str, Any]:
         try:
             log.tags({"model": dict_cfg.model.name, "data": dict_cfg.data.name, "quant": _name(dict_cfg.quant.scheme),
                       "backend": dict_cfg.backend.name, "device": dict_cfg.device.name,
-                      "threads": dict_cfg.device.threads})
+                      "threads": dict_cfg.device.threads, "seq_len": dict_cfg.data.get("seq_len") or ""})
             mlflow.log_params(tracking.resolved_params(dict_cfg))
             log.json(OmegaConf.to_container(dict_cfg, resolve=True, enum_to_str=True), "config.json")
             cfg = validate(dict_cfg)

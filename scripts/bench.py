@@ -19,6 +19,9 @@ Suite `tflite_qat` (issue 3), after it with the same (warm) model cache: experim
      drop <= 0.5 pp;
    - fp32 TFLite agrees with fp32 PyTorch on >= 99.9% of test predictions (every model);
    - mobilenet QAT accuracy >= per-channel static PTQ accuracy, on each backend.
+Suite `text` (issue 4, LSTM part): experiment=text_grid (lstm on rt_snippets, every scheme and
+backend): dynamic int8 not slower than fp32 at batch 1 on at least one backend, <= 0.3 of its
+size, accuracy drop <= 1 pp on each.
 `--suite` picks one; `--evaluate DIR...` re-checks finished sweeps. Writes reports/bench-<time>.md.
 """
 from __future__ import annotations
@@ -142,10 +145,30 @@ def tflite_qat_checks(c: Checks, cells) -> None:
                    f"b1 {m['speedup_b1']:.2f}x")
 
 
+def text_checks(c: Checks, cells) -> None:
+    """Issue 4 (the LSTM part): dynamic int8 against fp32 on each backend."""
+    faster = []
+    for backend in ("pytorch", "onnxruntime"):
+        m = ok_metrics(c, cells, ("lstm", "dynamic", backend))
+        if m is None:
+            continue
+        faster.append(m["speedup_b1"] >= 1.0)
+        c.info(f"lstm dynamic int8 speedup b1 / b8 / b32, {backend}",
+               f"{m['speedup_b1']:.2f}x (fp32 {m['fp32_latency_p50_ms_b1']:.3f} ms -> {m['latency_p50_ms_b1']:.3f} ms) / "
+               f"{m.get('speedup_b8', float('nan')):.2f}x / {m.get('speedup_b32', float('nan')):.2f}x")
+        c.check(f"lstm dynamic int8 size ratio, {backend}", f"{m['size_ratio']:.3f}", "<= 0.3", m["size_ratio"] <= 0.3)
+        c.check(f"lstm dynamic int8 accuracy delta, {backend}",
+                f"{m['accuracy_delta_pp']:+.2f} pp ({100 * m['fp32_accuracy']:.2f}% -> {100 * m['accuracy']:.2f}%)",
+                ">= -1 pp", m["accuracy_delta_pp"] >= -1.0)
+    if faster:
+        c.check("lstm dynamic int8 not slower than fp32 at b1 on at least one backend",
+                f"{sum(faster)} of {len(faster)} backends", ">= 1", any(faster))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experiment", default="bench")
-    ap.add_argument("--suite", choices=("all", "foundation", "tflite_qat"), default="all")
+    ap.add_argument("--suite", choices=("all", "foundation", "tflite_qat", "text"), default="all")
     ap.add_argument("--targets-only", action="store_true",
                     help="foundation: sweep only mlp,cnn x fp32,static x pytorch,onnxruntime (warm cache)")
     ap.add_argument("--evaluate", metavar="SWEEP_DIR", nargs="+", help="only check the targets on finished sweeps")
@@ -172,8 +195,11 @@ def main() -> int:
                     d, seconds = sweep(["experiment=default_grid", *exp], env)
                     timed = True
                 sweep_dirs.append(d)
-            if a.suite in ("all", "tflite_qat"):
-                for grid in ("tflite_grid", "qat_grid"):
+            grids = {"tflite_qat": ["tflite_grid", "qat_grid"], "text": ["text_grid"]}
+            for suite, names in grids.items():
+                if a.suite not in ("all", suite):
+                    continue
+                for grid in names:
                     d, t = sweep([f"experiment={grid}", *exp], env)
                     print(f"{grid}: {t / 60:.1f} min", flush=True)
                     sweep_dirs.append(d)
@@ -185,13 +211,15 @@ def main() -> int:
     cells = {}
     for r in sorted(runs, key=lambda r: r.info.start_time):
         cells[(r.data.tags["model"], r.data.tags["quant"], r.data.tags["backend"])] = r
-    backends = {k[2] for k in cells}
-    if backends & {"pytorch", "onnxruntime"} and (a.suite != "tflite_qat"):
+    if any(k[0] in ("mlp", "cnn") and k[2] != "tflite" and k[1] == "fp32" for k in cells) and \
+            a.suite in ("all", "foundation"):
         default_runs = [r for r in runs if r.data.tags.get("sweep_dir") == sweep_dirs[0]]
         foundation_checks(c, cells, seconds, len(default_runs),
                           sum(r.data.tags["status"] == "ok" for r in default_runs), timed)
-    if "tflite" in backends or any(k[1] == "qat" for k in cells):
+    if any(k[2] == "tflite" or k[1] == "qat" for k in cells if k[0] != "lstm"):
         tflite_qat_checks(c, cells)
+    if any(k[0] == "lstm" for k in cells):
+        text_checks(c, cells)
 
     info = runs[0].data.tags
     shown = ", ".join(str(Path(d).relative_to(ROOT)) if d.startswith(str(ROOT)) else d for d in sweep_dirs)

@@ -25,6 +25,11 @@ class BuildContext:
     data: Any = None  # the Dataset (QAT fine-tunes on its training split)
     calibration_indices: Optional[np.ndarray] = None  # where ``calibration`` sits in x_train
 
+    @property
+    def input_dtype(self) -> str:
+        """What the model takes: float32 images, or int64 token ids for the sequence models."""
+        return str(self.example.dtype)
+
 
 @dataclass
 class Artifact:
@@ -41,11 +46,16 @@ class Backend:
     name: str = ""
     suffix: str = ""
 
+    # Schemes this backend cannot apply to a recurrent model (an LSTM), with the reason.
+    recurrent_unsupported: Dict[str, str] = {}
+
     def unsupported_reason(self, cfg) -> Optional[str]:
         """Why this backend cannot run cfg's scheme (None = it can). Checked before any work."""
         scheme = cfg.quant.scheme.value
         if not hasattr(self, f"build_{scheme}"):
             return f"backend {self.name} has no '{scheme}' scheme"
+        if getattr(cfg.model, "recurrent", False) and scheme in self.recurrent_unsupported:
+            return f"model={cfg.model.name}, quant={scheme} on {self.name}: {self.recurrent_unsupported[scheme]}"
         return None
 
     def runner_settings(self, cfg, engine: str) -> Dict[str, Any]:

@@ -58,6 +58,11 @@ class TrainingSamplesReader:
 class OnnxruntimeBackend(Backend):
     name = "onnxruntime"
     suffix = ".onnx"
+    recurrent_unsupported = {
+        "static": "ORT's static QDQ quantizer has no int8 LSTM (only MatMul/Gather around it would be "
+                  "quantized); the LSTM's int8 path in ORT is quant=dynamic (DynamicQuantizeLSTM)",
+        "qat": "the QAT path (torch.ao FX QAT, exported as QDQ) has no LSTM support",
+    }
 
     def unsupported_reason(self, cfg) -> Optional[str]:
         reason = super().unsupported_reason(cfg)
@@ -91,7 +96,7 @@ class OnnxruntimeBackend(Backend):
         import shutil
 
         shutil.copyfile(self._fp32(ctx), out)
-        return Artifact(out, "float32", op_counts(out))
+        return Artifact(out, ctx.input_dtype, op_counts(out))
 
     def build_fp16(self, ctx: BuildContext, out: Path) -> Artifact:
         import onnx
@@ -101,14 +106,14 @@ class OnnxruntimeBackend(Backend):
         onnx.save(model, str(out))
         info = op_counts(out)
         info["note"] = "fp16 weights; inputs/outputs stay fp32 (Cast at the edges)"
-        return Artifact(out, "float32", info)
+        return Artifact(out, ctx.input_dtype, info)
 
     def build_dynamic(self, ctx: BuildContext, out: Path) -> Artifact:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         quantize_dynamic(str(self._preprocessed(ctx)), str(out), weight_type=QuantType.QInt8,
                          per_channel=ctx.cfg.quant.granularity.value == "per_channel")
-        return Artifact(out, "float32", op_counts(out))
+        return Artifact(out, ctx.input_dtype, op_counts(out))
 
     def build_static(self, ctx: BuildContext, out: Path) -> Artifact:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -135,7 +140,7 @@ class OnnxruntimeBackend(Backend):
         info = op_counts(out)
         info.update({"reduce_range": str(reduce_range).lower(),
                      "activation_dtype": "uint8" if activation == QuantType.QUInt8 else "int8", "weight_dtype": "int8"})
-        return Artifact(out, "float32", info)
+        return Artifact(out, ctx.input_dtype, info)
 
 
     def build_qat(self, ctx: BuildContext, out: Path) -> Artifact:
@@ -153,7 +158,7 @@ class OnnxruntimeBackend(Backend):
         info.update({"reduce_range": str(qat.reduce_range).lower(), "activation_dtype": "uint8", "weight_dtype": "int8",
                      "qat_method": "torch.ao FX prepare_qat_fx -> QDQ export keeping the learned ranges",
                      "qat_seconds": f"{qat.seconds:.1f}", **{k: str(v) for k, v in facts.items()}})
-        return Artifact(out, "float32", info, curves={"qat_loss": qat.losses})
+        return Artifact(out, ctx.input_dtype, info, curves={"qat_loss": qat.losses})
 
 
 class OnnxruntimeRunner(Runner):

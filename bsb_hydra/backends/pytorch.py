@@ -48,6 +48,10 @@ def _layer_counts(module) -> Dict[str, str]:
 class PytorchBackend(Backend):
     name = "pytorch"
     suffix = ".pt"
+    recurrent_unsupported = {
+        "static": "torch.ao has no static int8 LSTM kernel on CPU (its quantized LSTM is dynamic: quant=dynamic)",
+        "qat": "torch.ao FX QAT has no LSTM fake-quantization path; QAT for the LSTM is not available here",
+    }
 
     def unsupported_reason(self, cfg) -> Optional[str]:
         reason = super().unsupported_reason(cfg)
@@ -66,14 +70,16 @@ class PytorchBackend(Backend):
         import torch
 
         _save_script(_bn_folded(ctx.model), torch.from_numpy(ctx.example), out)
-        return Artifact(out, "float32", {})
+        return Artifact(out, ctx.input_dtype, {})
 
     def build_fp16(self, ctx: BuildContext, out: Path) -> Artifact:
         import torch
 
         half = _bn_folded(ctx.model).half()
-        _save_script(half, torch.from_numpy(ctx.example).half(), out)
-        return Artifact(out, "float16", {"note": "fp16 weights and compute on the CPU"})
+        example = torch.from_numpy(ctx.example)
+        floating = example.is_floating_point()  # token ids stay int64
+        _save_script(half, example.half() if floating else example, out)
+        return Artifact(out, "float16" if floating else ctx.input_dtype, {"note": "fp16 weights and compute on the CPU"})
 
     def build_dynamic(self, ctx: BuildContext, out: Path) -> Artifact:
         import torch
@@ -81,15 +87,20 @@ class PytorchBackend(Backend):
         from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
 
         torch.backends.quantized.engine = ctx.engine
+        from torch.ao.quantization import float_qparams_weight_only_qconfig
+
         qconfig = per_channel_dynamic_qconfig if ctx.cfg.quant.granularity.value == "per_channel" \
             else default_dynamic_qconfig
+        # Linear (per-channel or per-tensor) and LSTM (per-tensor: torch's dynamic LSTM) get int8
+        # weights with activations quantized per call; embeddings get int8 weights (per-row scales).
+        spec = {nn.Linear: qconfig, nn.LSTM: default_dynamic_qconfig, nn.Embedding: float_qparams_weight_only_qconfig}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            q = quantize_dynamic(_bn_folded(ctx.model), {nn.Linear: qconfig}, dtype=torch.qint8)
+            q = quantize_dynamic(_bn_folded(ctx.model), spec, dtype=torch.qint8)
         _save_script(q, torch.from_numpy(ctx.example), out)
         info = _layer_counts(q)
-        info["note"] = "dynamic int8 covers Linear layers only; convolutions stay fp32"
-        return Artifact(out, "float32", info)
+        info["note"] = "dynamic int8 covers Linear, LSTM and Embedding layers; convolutions stay fp32"
+        return Artifact(out, ctx.input_dtype, info)
 
     def build_static(self, ctx: BuildContext, out: Path) -> Artifact:
         import torch
@@ -123,7 +134,7 @@ class PytorchBackend(Backend):
         info = _layer_counts(quantized)
         info["reduce_range"] = str(reduce_range).lower()
         info["engine"] = ctx.engine
-        return Artifact(out, "float32", info)
+        return Artifact(out, ctx.input_dtype, info)
 
     def build_qat(self, ctx: BuildContext, out: Path) -> Artifact:
         import torch
@@ -140,7 +151,7 @@ class PytorchBackend(Backend):
         info.update({"reduce_range": str(qat.reduce_range).lower(), "engine": ctx.engine,
                      "qat_method": "torch.ao FX prepare_qat_fx -> convert_fx",
                      "qat_seconds": f"{qat.seconds:.1f}"})
-        return Artifact(out, "float32", info, curves={"qat_loss": qat.losses})
+        return Artifact(out, ctx.input_dtype, info, curves={"qat_loss": qat.losses})
 
 
 class PytorchRunner(Runner):

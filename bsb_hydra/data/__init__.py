@@ -1,8 +1,9 @@
-"""Data sets: each module loads one set into a ``Dataset`` of float32 NCHW arrays in [0, 1]."""
+"""Data sets: each module loads one set into a ``Dataset``: images as float32 NCHW arrays in
+[0, 1], texts as int64 token ids (N, seq_len) (``bsb_hydra.data.text``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Tuple
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
@@ -24,17 +25,18 @@ class Dataset:
     y_test: np.ndarray
     num_classes: int
     class_names: List[str] = field(default_factory=list)
+    vocab: Any = None  # text sets: the word vocabulary built from the training split
+    texts_test: Optional[List[str]] = None  # text sets: the raw test texts, aligned with x_test
 
     @property
     def input_shape(self) -> Tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
 
 
-def _subset(x: np.ndarray, y: np.ndarray, limit, rng: np.random.Generator):
-    if limit is None or limit >= len(y):
-        return x, y
-    idx = np.sort(rng.choice(len(y), size=limit, replace=False))
-    return x[idx], y[idx]
+def _subset_idx(n: int, limit, rng: np.random.Generator) -> Optional[np.ndarray]:
+    if limit is None or limit >= n:
+        return None
+    return np.sort(rng.choice(n, size=limit, replace=False))
 
 
 def load_dataset(cfg, seed: int) -> Dataset:
@@ -42,10 +44,17 @@ def load_dataset(cfg, seed: int) -> Dataset:
     loader = DATASETS.get(cfg.name)
     ds: Dataset = loader(cfg, seed)
     rng = np.random.default_rng(seed)
-    ds.x_train, ds.y_train = _subset(ds.x_train, ds.y_train, cfg.limit_train, rng)
-    ds.x_test, ds.y_test = _subset(ds.x_test, ds.y_test, cfg.limit_test, rng)
-    ds.x_train = np.ascontiguousarray(ds.x_train, dtype=np.float32)
-    ds.x_test = np.ascontiguousarray(ds.x_test, dtype=np.float32)
+    idx = _subset_idx(len(ds.y_train), cfg.limit_train, rng)
+    if idx is not None:
+        ds.x_train, ds.y_train = ds.x_train[idx], ds.y_train[idx]
+    idx = _subset_idx(len(ds.y_test), cfg.limit_test, rng)
+    if idx is not None:
+        ds.x_test, ds.y_test = ds.x_test[idx], ds.y_test[idx]
+        if ds.texts_test is not None:
+            ds.texts_test = [ds.texts_test[i] for i in idx]
+    dtype = np.int64 if np.issubdtype(ds.x_train.dtype, np.integer) else np.float32  # token ids stay ints
+    ds.x_train = np.ascontiguousarray(ds.x_train, dtype=dtype)
+    ds.x_test = np.ascontiguousarray(ds.x_test, dtype=dtype)
     ds.y_train = ds.y_train.astype(np.int64)
     ds.y_test = ds.y_test.astype(np.int64)
     return ds

@@ -1,0 +1,28 @@
+"""An LSTM text classifier: embedding -> LSTM -> linear head on the last time step. Texts are
+left-padded (bsb_hydra/data/text.py), so the last step has read every real token."""
+import torch
+from torch import nn
+
+from bsb_hydra.models import MODELS
+
+
+class LstmClassifier(nn.Module):
+    def __init__(self, cfg, num_classes: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=0)
+        self.lstm = nn.LSTM(cfg.embed_dim, cfg.hidden, num_layers=cfg.layers, batch_first=True,
+                            dropout=cfg.dropout if cfg.layers > 1 else 0.0)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(cfg.hidden, num_classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(self.embedding(ids))
+        return self.head(self.dropout(out[:, -1]))
+
+
+@MODELS.register("lstm")
+def build(cfg, input_shape, num_classes) -> nn.Module:
+    if len(input_shape) != 1:
+        raise ValueError(f"model=lstm takes token ids (N, seq_len), not inputs of shape {input_shape}: "
+                         "use a text data set (rt_snippets, imdb, sst2)")
+    return LstmClassifier(cfg, num_classes)
