@@ -136,7 +136,7 @@ class LstmConfig(ModelConfig):
     embed_dim: int = 64
     hidden: int = 128
     layers: int = 1
-    dropout: float = 0.2
+    dropout: float = 0.5
 
     def __post_init__(self) -> None:
         for key in ("vocab_size", "embed_dim", "hidden", "layers"):
