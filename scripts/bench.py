@@ -148,7 +148,7 @@ def tflite_qat_checks(c: Checks, cells) -> None:
 def text_checks(c: Checks, cells) -> None:
     """Issue 4 (the LSTM part): dynamic int8 against fp32 on each backend."""
     faster = []
-    for backend in ("pytorch", "onnxruntime"):
+    for backend in ("pytorch", "onnxruntime", "tflite"):
         m = ok_metrics(c, cells, ("lstm", "dynamic", backend))
         if m is None:
             continue
@@ -160,6 +160,17 @@ def text_checks(c: Checks, cells) -> None:
         c.check(f"lstm dynamic int8 accuracy delta, {backend}",
                 f"{m['accuracy_delta_pp']:+.2f} pp ({100 * m['fp32_accuracy']:.2f}% -> {100 * m['accuracy']:.2f}%)",
                 ">= -1 pp", m["accuracy_delta_pp"] >= -1.0)
+    for (model, quant, backend), r in sorted(cells.items()):
+        if model == "lstm" and quant in ("fp16", "static") and r.data.tags["status"] == "ok":
+            m = r.data.metrics
+            c.info(f"lstm {quant} {backend}", f"size {m['size_ratio']:.2f}x, {m['accuracy_delta_pp']:+.2f} pp, "
+                   f"b1 {m['speedup_b1']:.2f}x")
+    for backend in ("onnxruntime", "tflite"):
+        m = ok_metrics(c, cells, ("lstm", "fp32", backend))
+        if m is not None:
+            c.check(f"lstm fp32 {backend} vs fp32 pytorch agreement",
+                    f"{100 * m['fp32_vs_pytorch_agreement']:.2f}% (max |logit diff| "
+                    f"{m['fp32_vs_pytorch_max_abs_logit_diff']:.2e})", ">= 99.9%", m["fp32_vs_pytorch_agreement"] >= 0.999)
     if faster:
         c.check("lstm dynamic int8 not slower than fp32 at b1 on at least one backend",
                 f"{sum(faster)} of {len(faster)} backends", ">= 1", any(faster))

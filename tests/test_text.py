@@ -100,22 +100,24 @@ def test_lstm_cells_ok_or_unsupported_with_reason(lstm_sweep):
         if r.data.tags["status"] == "unsupported":
             assert "lstm" in r.data.tags["reason"]
         assert r.data.tags["seq_len"] == "32"
-    for backend in ("pytorch", "onnxruntime"):
+    for backend in ("pytorch", "onnxruntime", "tflite"):
         assert cells[("fp32", backend)].data.tags["status"] == "ok"
         assert cells[("dynamic", backend)].data.tags["status"] == "ok"
+    assert cells[("static", "tflite")].data.tags["status"] == "ok"  # full-integer, unrolled LSTM
 
 
 def test_lstm_dynamic_int8_at_most_40_percent(lstm_sweep):
     _, _, cells = lstm_sweep
-    for backend in ("pytorch", "onnxruntime"):
+    for backend in ("pytorch", "onnxruntime", "tflite"):
         m = cells[("dynamic", backend)].data.metrics
         assert m["size_ratio"] <= 0.40, backend
         assert m["top1_agreement"] >= 0.95, backend
     assert "DynamicQuantizeLSTM" in cells[("dynamic", "onnxruntime")].data.tags["build.ops"]
 
 
-def test_lstm_fp32_onnxruntime_agrees_with_pytorch(lstm_sweep):
+def test_lstm_fp32_onnxruntime_and_tflite_agree_with_pytorch(lstm_sweep):
     _, _, cells = lstm_sweep
-    m = cells[("fp32", "onnxruntime")].data.metrics
-    assert m["fp32_vs_pytorch_agreement"] >= 0.999 and m["fp32_vs_pytorch_max_abs_logit_diff"] < 1e-3
+    for backend in ("onnxruntime", "tflite"):
+        m = cells[("fp32", backend)].data.metrics
+        assert m["fp32_vs_pytorch_agreement"] >= 0.999 and m["fp32_vs_pytorch_max_abs_logit_diff"] < 1e-3, backend
     assert cells[("fp32", "pytorch")].data.tags["input_dtype"] == "int64"

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-TWINS = ("mlp", "cnn", "mobilenet")  # models with a Keras twin; others are unsupported on tflite
+TWINS = ("mlp", "cnn", "mobilenet", "lstm")  # models with a Keras twin; others are unsupported on tflite
 
 
 class _KerasLayers:
@@ -85,9 +85,27 @@ def _conv_bn_relu6(x, prefix, cin, cout, k, stride, groups, relu6):
     return _relu6(_k(prefix + ".2"), relu6)(x)
 
 
-def build_twin(name, cfg, input_shape_chw, num_classes, relu6="relu"):
+def _lstm_twin(cfg, seq_len: int, num_classes: int, unroll: bool):
+    """torch: Embedding(padding_idx=0) -> LSTM (gates i,f,g,o == Keras i,f,c,o) -> last step ->
+    Dropout -> Linear. Inputs are left-padded int32 ids; padding steps run through the LSTM in both
+    (no masking), as in torch. ``unroll``: a static graph per time step (what tflite_convert uses:
+    the fused sequence op needs a fixed batch and its full-integer conversion crashes)."""
     import tensorflow as tf
 
+    inp = tf.keras.Input((seq_len,), dtype=tf.int32, name="input")
+    x = L.Embedding(cfg.vocab_size, cfg.embed_dim, name=_k("embedding"))(inp)
+    for i in range(cfg.layers):
+        x = L.LSTM(cfg.hidden, return_sequences=i < cfg.layers - 1, unroll=unroll, name=_k(f"lstm.l{i}"))(x)
+    x = L.Dropout(cfg.dropout, name=_k("dropout"))(x)
+    x = L.Dense(num_classes, name=_k("head"))(x)
+    return tf.keras.Model(inp, x, name="lstm_twin")
+
+
+def build_twin(name, cfg, input_shape_chw, num_classes, relu6="relu", unroll=False):
+    import tensorflow as tf
+
+    if name == "lstm":
+        return _lstm_twin(cfg, input_shape_chw[0], num_classes, unroll)
     c, h, w = input_shape_chw
     inp = tf.keras.Input((h, w, c), name="input")
     x = inp
@@ -157,11 +175,19 @@ def load_torch_weights(kmodel, name, cfg, state_dict_numpy):
     prefixes = {}
     for key in sd:
         prefix, _, leaf = key.rpartition(".")
+        if leaf.startswith(("weight_ih_l", "weight_hh_l", "bias_ih_l", "bias_hh_l")):  # LSTM layer k
+            kind, _, layer_idx = leaf.rpartition("_l")
+            prefix, leaf = f"{prefix}.l{layer_idx}", kind
         prefixes.setdefault(prefix, {})[leaf] = sd[key]
     loaded = set()
     for prefix, p in prefixes.items():
         layer = kmodel.get_layer(_k(prefix))     # KeyError/ValueError if the twin lacks it
-        if isinstance(layer, L.DepthwiseConv2D):
+        if isinstance(layer, L.LSTM):
+            # torch: W_ih (4H, in), W_hh (4H, H), b_ih + b_hh; Keras: kernel (in, 4H), recurrent (H, 4H), bias
+            ws = [p["weight_ih"].T, p["weight_hh"].T, p["bias_ih"] + p["bias_hh"]]
+        elif isinstance(layer, L.Embedding):
+            ws = [p["weight"]]
+        elif isinstance(layer, L.DepthwiseConv2D):
             wt = p["weight"]
             assert wt.shape[1] == 1, (prefix, wt.shape)
             ws = [wt.transpose(2, 3, 0, 1)]

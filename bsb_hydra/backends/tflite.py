@@ -55,6 +55,9 @@ class TfliteBackend(Backend):
         if q.scheme.value == "static" and q.method.value != "minmax":
             return (f"quant.method={q.method.value}: the TFLite converter calibrates with min/max over the "
                     "representative dataset only; use quant.method=minmax on tflite")
+        if getattr(cfg.model, "recurrent", False) and q.scheme.value == "qat":
+            return ("model=lstm, quant=qat on tflite: tensorflow-model-optimization's QAT has no LSTM "
+                    "support (quantize_model rejects the layer)")
         if cfg.backend.int8_io and q.scheme.value not in ("static", "qat"):
             return (f"backend.int8_io=true needs a full-integer scheme (static or qat), not "
                     f"quant={q.scheme.value}")
@@ -168,6 +171,8 @@ class TfliteRunner(Runner):
 
     def prepare(self, x: np.ndarray) -> Any:
         self._resize(x.shape[0])
+        if np.issubdtype(x.dtype, np.integer):  # token ids: the model's own index dtype (int32)
+            return np.ascontiguousarray(x, dtype=self.inp["dtype"])
         if x.ndim == 4:
             x = x.transpose(0, 2, 3, 1)
         x = np.ascontiguousarray(x, dtype=np.float32)

@@ -79,9 +79,13 @@ def main(request_path: str) -> None:
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     cfg = SimpleNamespace(**req["model_cfg"])
     shape = tuple(req["input_shape"])
-    model = build_twin(req["model"], cfg, shape, req["num_classes"])
-    load_torch_weights(model, req["model"], cfg, dict(np.load(req["weights"])))
+    weights = dict(np.load(req["weights"]))
 
+    # The LSTM twin is unrolled over seq_len steps for every scheme: the fused sequence op needs a
+    # fixed batch (TensorList lowering), cannot then be resized to other batch sizes, and its
+    # full-integer conversion crashes; the unrolled graph converts for fp32, fp16, dynamic and int8.
+    model = build_twin(req["model"], cfg, shape, req["num_classes"], unroll=req["model"] == "lstm")
+    load_torch_weights(model, req["model"], cfg, weights)
     for job in req["outputs"]:  # e.g. the fp32 reference and the cell's scheme, one TF start-up
         convert(model, req, job["scheme"], job["out"], job["info_out"], log)
 
@@ -107,10 +111,11 @@ def convert(model, req, scheme: str, out: str, info_out: str, log) -> None:
     elif scheme in ("static", "qat"):
         import hashlib
 
-        calib = np.load(req["calibration"]).astype(np.float32)
-        # Fingerprint of the samples as the pipeline chose them (NCHW, from the training split).
+        calib = np.load(req["calibration"])
+        # Fingerprint of the samples as the pipeline chose them (NCHW images or int64 token ids).
         info["calibration_sha256"] = hashlib.sha256(np.ascontiguousarray(calib).tobytes()).hexdigest()
         info["calibration_samples"] = str(len(calib))
+        calib = calib.astype(np.int32 if np.issubdtype(calib.dtype, np.integer) else np.float32)  # ids: int32
         if calib.ndim == 4:
             calib = calib.transpose(0, 2, 3, 1)
         calib = np.ascontiguousarray(calib)
