@@ -54,7 +54,9 @@ def run_worker(*, backend: str, artifact: Path, input_dtype: str, threads: int, 
         if proc.returncode < 0:
             sig = signal.Signals(-proc.returncode).name
             raise WorkerError(f"benchmark worker ({tag}) was killed by {sig}; log tail:\n{tail}")
-        raise WorkerError(f"benchmark worker ({tag}) exited with code {proc.returncode}; log tail:\n{tail}")
+        last = next((line for line in reversed(tail.strip().splitlines()) if line.strip()), "")
+        raise WorkerError(f"benchmark worker ({tag}) exited with code {proc.returncode}: {last[:300]}\n"
+                          f"log tail:\n{tail}")
     data = json.loads(Path(req["result"]).read_text())
     logits = np.load(req["logits_out"]) if eval_input else None
     return WorkerResult(data, logits)

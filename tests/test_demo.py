@@ -1,0 +1,36 @@
+"""The demo classifies one input with the fp32 model and a quantized variant, side by side."""
+import os
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def _demo(args, tmp_path):
+    env = dict(os.environ, BSB_CACHE_DIR=str(tmp_path / "cache"), TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, "-m", "bsb_hydra.demo", "train=smoke", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _rows(out):
+    return [line.split() for line in out.splitlines() if line.split() and line.split()[0] in
+            ("fp32", "dynamic", "static")]
+
+
+def test_text_demo_prints_fp32_and_int8_rows(tmp_path):
+    out = _demo(["model=lstm", "backend=onnxruntime", "data.vocab_size=2000", "data.seq_len=16",
+                 "a gorgeous, witty, seductive movie"], tmp_path)
+    assert "'a gorgeous, witty, seductive movie'" in out
+    rows = _rows(out)
+    assert [r[0] for r in rows] == ["fp32", "dynamic"]
+    for r in rows:
+        assert r[1] in ("positive", "negative") and 0.5 <= float(r[2]) <= 1.0 and float(r[3]) > 0
+    assert float(rows[1][4]) < float(rows[0][4])  # the int8 file is smaller
+
+
+def test_image_demo_picks_a_test_image(tmp_path):
+    out = _demo(["model=mlp", "data=digits", "index=5"], tmp_path)
+    assert "test image #5 of digits" in out
+    assert [r[0] for r in _rows(out)] == ["fp32", "static"]
