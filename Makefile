@@ -40,7 +40,7 @@ run: setup
 test: setup
 	$(PY) -m pytest -q
 
-# The foundation's speed / size / accuracy targets, measured on this machine.
+# The issues' speed / size / accuracy targets (scripts/bench.py: foundation, tflite_qat, text), PASS/FAIL each.
 bench: setup
 	$(PY) scripts/bench.py
 
