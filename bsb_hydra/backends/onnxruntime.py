@@ -151,8 +151,7 @@ class OnnxruntimeBackend(Backend):
         from bsb_hydra.backends.qat_onnx import qat_to_ort
         from bsb_hydra.qat import fx_qat
 
-        qat = fx_qat(ctx.model, ctx.data, ctx.cfg.quant, ctx.cfg.seed, "x86" if ctx.arch == "x86_64" else "qnnpack",
-                     ctx.isa)
+        qat = fx_qat(ctx.model, ctx.data, ctx.cfg.quant, ctx.cfg.seed, ctx.engine, ctx.isa)
         facts = qat_to_ort(qat.model, torch.from_numpy(ctx.example), str(out), opset=min(ctx.cfg.backend.opset, 17))
         info = op_counts(out)
         info.update({"reduce_range": str(qat.reduce_range).lower(), "activation_dtype": "uint8", "weight_dtype": "int8",

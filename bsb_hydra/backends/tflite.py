@@ -109,10 +109,13 @@ class TfliteBackend(Backend):
             print(proc.stdout.rstrip(), flush=True)
         if proc.returncode != 0 or not all(o.is_file() for o in outs):
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
-            raise RuntimeError(f"TFLite conversion ({', '.join(schemes)}) exited {proc.returncode}:\n" + "\n".join(tail))
+            last = next((line for line in reversed(tail) if line.strip()), "")
+            raise RuntimeError(f"TFLite conversion ({', '.join(schemes)}) exited {proc.returncode}: {last[:300]}\n"
+                               + "\n".join(tail))
         for s, o in zip(schemes, outs):
             result = json.loads((work / f"{s}_info.json").read_text())
-            self._built[s] = Artifact(o, "int8" if result["input_dtype"] == "int8" else "float32",
+            # int8 model I/O, else what the data is: float32 images or int64 token ids (fed as int32)
+            self._built[s] = Artifact(o, "int8" if result["input_dtype"] == "int8" else ctx.input_dtype,
                                       result.get("info", {}), curves=result.get("curves", {}))
 
     def _artifact(self, ctx: BuildContext, scheme: str, out: Path) -> Artifact:

@@ -2,7 +2,6 @@
 ``{train,test}/{pos,neg}/*.txt``. ``data.root`` (or IMDB_DIR) points at the ``aclImdb`` folder."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +29,9 @@ def _read_split(root: Path, split: str):
 
 @DATASETS.register("imdb")
 def load(cfg, seed: int):
-    root = cfg.root or os.environ.get("IMDB_DIR")
-    if not root:
+    if not cfg.root:
         raise DataNotFoundError("data=imdb needs data.root=PATH/aclImdb (or IMDB_DIR)")
-    root = Path(root).expanduser()
+    root = Path(cfg.root).expanduser()
     xtr, ytr = _read_split(root, "train")
     xte, yte = _read_split(root, "test")
     return to_dataset(TextSplits("imdb", xtr, ytr, xte, yte, ["negative", "positive"]), cfg)

@@ -3,7 +3,6 @@ in ``data.root`` (or SST2_DIR). GLUE's test labels are hidden, so ``dev.tsv`` is
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +29,9 @@ def _read(path: Path):
 
 @DATASETS.register("sst2")
 def load(cfg, seed: int):
-    root = cfg.root or os.environ.get("SST2_DIR")
-    if not root:
+    if not cfg.root:
         raise DataNotFoundError("data=sst2 needs data.root=PATH (or SST2_DIR) with train.tsv and dev.tsv")
-    root = Path(root).expanduser()
+    root = Path(cfg.root).expanduser()
     xtr, ytr = _read(root / "train.tsv")
     xte, yte = _read(root / "dev.tsv")
     return to_dataset(TextSplits("sst2", xtr, ytr, xte, yte, ["negative", "positive"]), cfg)
