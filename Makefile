@@ -18,7 +18,7 @@ setup: $(STAMP) data
 
 $(STAMP): pyproject.toml requirements/lock.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements/lock.txt -e '.[dev,tflite]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements/lock.txt -e '.[dev,tflite,text]'
 	@rm -f $(VENV)/.installed-* $(VENV)/.data-*
 	@touch $@
 

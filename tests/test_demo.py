@@ -30,6 +30,15 @@ def test_text_demo_prints_fp32_and_int8_rows(tmp_path):
     assert float(rows[1][4]) < float(rows[0][4])  # the int8 file is smaller
 
 
+def test_transformer_demo_prints_fp32_and_int8_rows(tmp_path):
+    out = _demo(["model=transformer_tiny", "backend=pytorch", "data.seq_len=16", "flat, tedious and overlong"], tmp_path)
+    assert "'flat, tedious and overlong'" in out and "seq_len 16" in out
+    rows = _rows(out)
+    assert [r[0] for r in rows] == ["fp32", "dynamic"]
+    assert all(r[1] in ("positive", "negative") for r in rows)
+    assert float(rows[1][4]) < float(rows[0][4])
+
+
 def test_image_demo_picks_a_test_image(tmp_path):
     out = _demo(["model=mlp", "data=digits", "index=5"], tmp_path)
     assert "test image #5 of digits" in out

@@ -25,6 +25,70 @@ def test_vocab_round_trip_padding_truncation_and_unknowns():
     assert v.encode("", 4).tolist() == [PAD] * 4 and UNK == 1
 
 
+def test_minilm_tokenizer_round_trip_right_padding_and_truncation():
+    from bsb_hydra.data.text import MiniLmTokenizer
+
+    tok = MiniLmTokenizer()
+    assert len(tok) == 30522
+    ids = tok.encode("A gorgeous, witty, seductive movie.", seq_len=16)
+    assert ids.dtype == np.int64 and ids.shape == (16,)
+    assert tok.decode(ids) == ["[CLS]", "a", "gorgeous", ",", "witty", ",", "seductive", "movie", ".", "[SEP]"]
+    assert ids[10:].tolist() == [PAD] * 6  # right padding
+    short = tok.encode("a gorgeous, witty, seductive movie", seq_len=4)
+    assert tok.decode(short) == ["[CLS]", "a", "gorgeous", "[SEP]"]  # truncated, still closed by [SEP]
+    batch = tok.encode_batch(["good", "bad film"], seq_len=8)
+    assert batch.shape == (2, 8) and batch[0].tolist() == tok.encode("good", 8).tolist()
+
+
+def test_minilm_tokenizer_vocab_size_must_match(tmp_path):
+    cfg = TextDataConfig(name="rt_snippets", tokenizer="minilm", vocab_size=20000, seq_len=16, limit_test=10)
+    with pytest.raises(ValueError, match="data.vocab_size=20000 does not match the MiniLM tokenizer's vocabulary"):
+        load_dataset(cfg, seed=0)
+
+
+def test_trimming_trailing_padding_changes_no_transformer_output():
+    """Training drops a batch's trailing pad columns (train.trim_trailing_padding): for the masking
+    transformer that must give the same logits as the full sequence length."""
+    import torch
+
+    from bsb_hydra.config import TransformerTinyConfig
+    from bsb_hydra.data.text import MiniLmTokenizer
+    from bsb_hydra.models import build_model
+    from bsb_hydra.train import trim_trailing_padding
+
+    ids = torch.from_numpy(MiniLmTokenizer().encode_batch(["a witty film", "dull, flat and far too long"], 32))
+    trimmed = trim_trailing_padding(ids)
+    assert trimmed.shape[1] == int((ids != 0).sum(1).max()) < 32
+    model = build_model(TransformerTinyConfig(vocab_size=30522, max_positions=32), (32,), 2).eval()
+    with torch.inference_mode():
+        assert torch.allclose(model(ids), model(trimmed), atol=1e-5)
+    left = torch.tensor([[0, 0, 5, 6], [0, 7, 8, 9]])
+    assert torch.equal(trim_trailing_padding(left), left)  # left-padded ids (the LSTM's) are never cut
+
+
+def test_transformer_loads_the_pretrained_minilm_offline():
+    import torch
+
+    from bsb_hydra.config import TransformerConfig
+    from bsb_hydra.data.text import MiniLmTokenizer
+    from bsb_hydra.models import build_model
+
+    model = build_model(TransformerConfig(), (16,), 2).eval()
+    assert sum(p.numel() for p in model.encoder.parameters()) == 22_565_376  # all-MiniLM-L6-v2 without its pooler
+    tok = MiniLmTokenizer()
+
+    def embed(text):
+        ids = torch.from_numpy(tok.encode_batch([text], 16))
+        with torch.inference_mode():
+            h = model.encoder(input_ids=ids, attention_mask=(ids != 0).long()).last_hidden_state
+        m = (ids != 0).unsqueeze(-1).float()
+        return torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)[0]
+
+    # pretrained sentence embeddings: paraphrases close, unrelated texts far (a random encoder is not)
+    good, great, table = embed("a wonderful movie"), embed("a great film"), embed("the tax form is due monday")
+    assert float(good @ great) > 0.6 > float(good @ table) + 0.3
+
+
 def test_rt_snippets_labels_split_and_vocabulary():
     cfg = TextDataConfig(name="rt_snippets", vocab_size=5000, seq_len=32)
     ds = load_dataset(cfg, seed=0)
@@ -84,41 +148,60 @@ def test_sst2_loader_on_glue_tsv(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def lstm_sweep(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("lstm")
-    run_bsb(["-m", "model=lstm", "quant=fp32,dynamic,static", "backend=pytorch,onnxruntime,tflite",
-             "data.vocab_size=5000", "data.seq_len=32", *SMOKE], tmp)
+def text_sweep(tmp_path_factory):
+    """The issue's smoke sweep: both sequence models, three schemes, three backends (18 cells)."""
+    tmp = tmp_path_factory.mktemp("text")
+    run_bsb(["-m", "model=lstm,transformer_tiny", "quant=fp32,dynamic,static", "backend=pytorch,onnxruntime,tflite",
+             "data.seq_len=choice(32)", *SMOKE], tmp, timeout=1800)  # choice(): a key only text data has
     client, runs = runs_of(tmp)
-    return tmp, client, {(r.data.tags["quant"], r.data.tags["backend"]): r for r in runs}
+    return tmp, client, {(r.data.tags["model"], r.data.tags["quant"], r.data.tags["backend"]): r for r in runs}
 
 
-def test_lstm_cells_ok_or_unsupported_with_reason(lstm_sweep):
-    _, _, cells = lstm_sweep
-    assert len(cells) == 9
+def test_text_cells_ok_or_unsupported_with_reason(text_sweep):
+    _, _, cells = text_sweep
+    assert len(cells) == 18
     for key, r in cells.items():
         assert r.data.tags["status"] in ("ok", "unsupported"), (key, r.data.tags.get("reason"))
         if r.data.tags["status"] == "unsupported":
-            assert "lstm" in r.data.tags["reason"]
+            assert key[0] in r.data.tags["reason"], key
         assert r.data.tags["seq_len"] == "32"
     for backend in ("pytorch", "onnxruntime", "tflite"):
-        assert cells[("fp32", backend)].data.tags["status"] == "ok"
-        assert cells[("dynamic", backend)].data.tags["status"] == "ok"
-    assert cells[("static", "tflite")].data.tags["status"] == "ok"  # full-integer, unrolled LSTM
+        assert cells[("lstm", "fp32", backend)].data.tags["status"] == "ok"
+        assert cells[("lstm", "dynamic", backend)].data.tags["status"] == "ok"
+    assert cells[("lstm", "static", "tflite")].data.tags["status"] == "ok"  # full-integer, unrolled LSTM
+    for scheme in ("fp32", "dynamic", "static"):  # the transformer: every scheme on pytorch and ORT
+        for backend in ("pytorch", "onnxruntime"):
+            assert cells[("transformer_tiny", scheme, backend)].data.tags["status"] == "ok", (scheme, backend)
+        assert "no Keras twin of transformers' BertModel" in cells[("transformer_tiny", scheme, "tflite")].data.tags["reason"]
 
 
-def test_lstm_dynamic_int8_at_most_40_percent(lstm_sweep):
-    _, _, cells = lstm_sweep
-    for backend in ("pytorch", "onnxruntime", "tflite"):
-        m = cells[("dynamic", backend)].data.metrics
-        assert m["size_ratio"] <= 0.40, backend
-        assert m["top1_agreement"] >= 0.95, backend
-    assert "DynamicQuantizeLSTM" in cells[("dynamic", "onnxruntime")].data.tags["build.ops"]
+def test_text_dynamic_int8_at_most_40_percent(text_sweep):
+    _, _, cells = text_sweep
+    for model, backends in (("lstm", ("pytorch", "onnxruntime", "tflite")),
+                            ("transformer_tiny", ("pytorch", "onnxruntime"))):
+        for backend in backends:
+            m = cells[(model, "dynamic", backend)].data.metrics
+            assert m["size_ratio"] <= 0.40, (model, backend)
+            assert m["top1_agreement"] >= 0.95, (model, backend)
+    assert "DynamicQuantizeLSTM" in cells[("lstm", "dynamic", "onnxruntime")].data.tags["build.ops"]
+    ops = cells[("transformer_tiny", "dynamic", "onnxruntime")].data.tags["build.ops"]
+    assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops, ops
 
 
-def test_lstm_fp32_onnxruntime_and_tflite_agree_with_pytorch(lstm_sweep):
-    _, _, cells = lstm_sweep
-    for backend in ("onnxruntime", "tflite"):
-        m = cells[("fp32", backend)].data.metrics
+def test_text_fp32_onnxruntime_and_tflite_agree_with_pytorch(text_sweep):
+    _, _, cells = text_sweep
+    for model, backend in (("lstm", "onnxruntime"), ("lstm", "tflite"), ("transformer_tiny", "onnxruntime")):
+        m = cells[(model, "fp32", backend)].data.metrics
         assert m["fp32_vs_pytorch_agreement"] >= 0.999 and m["fp32_vs_pytorch_max_abs_logit_diff"] < 1e-3, backend
-    for backend in ("pytorch", "onnxruntime", "tflite"):  # token ids on every backend
-        assert cells[("fp32", backend)].data.tags["input_dtype"] == "int64", backend
+    for model, backend in (("lstm", "pytorch"), ("lstm", "onnxruntime"), ("lstm", "tflite"),
+                           ("transformer_tiny", "pytorch"), ("transformer_tiny", "onnxruntime")):
+        assert cells[(model, "fp32", backend)].data.tags["input_dtype"] == "int64", backend  # token ids
+
+
+def test_transformer_static_logs_what_stays_float(text_sweep):
+    _, _, cells = text_sweep
+    ort = cells[("transformer_tiny", "static", "onnxruntime")].data.tags
+    assert "QuantizeLinear" in ort["build.ops"] and ort["build.float_op_types"]
+    assert ort["build.excluded_nodes"]  # the activation x activation MatMuls of attention
+    pt = cells[("transformer_tiny", "static", "pytorch")].data.tags
+    assert "LinearPackedParams" in pt["build.layers"] and "stay fp32" in pt["build.note"]

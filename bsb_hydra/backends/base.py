@@ -46,16 +46,17 @@ class Backend:
     name: str = ""
     suffix: str = ""
 
-    # Schemes this backend cannot apply to a recurrent model (an LSTM), with the reason.
-    recurrent_unsupported: Dict[str, str] = {}
+    # Schemes this backend cannot apply to a model family (ModelConfig.family), with the reason.
+    family_unsupported: Dict[str, Dict[str, str]] = {}
 
     def unsupported_reason(self, cfg) -> Optional[str]:
         """Why this backend cannot run cfg's scheme (None = it can). Checked before any work."""
         scheme = cfg.quant.scheme.value
         if not hasattr(self, f"build_{scheme}"):
             return f"backend {self.name} has no '{scheme}' scheme"
-        if getattr(cfg.model, "recurrent", False) and scheme in self.recurrent_unsupported:
-            return f"model={cfg.model.name}, quant={scheme} on {self.name}: {self.recurrent_unsupported[scheme]}"
+        reasons = self.family_unsupported.get(cfg.model.family, {})
+        if scheme in reasons:
+            return f"model={cfg.model.name}, quant={scheme} on {self.name}: {reasons[scheme]}"
         return None
 
     def runner_settings(self, cfg, engine: str) -> Dict[str, Any]:

@@ -51,17 +51,52 @@ class TrainingSamplesReader:
 
     def get_next(self):
         b = next(self.batches, None)
-        return None if b is None else {INPUT_NAME: np.ascontiguousarray(b, dtype=np.float32)}
+        return None if b is None else {INPUT_NAME: np.ascontiguousarray(b)}  # float32 images, int64 ids
+
+
+# Static QDQ on a transformer quantizes only the weight-carrying ops. Kept float, measured on the
+# fine-tuned MiniLM (docs/methodology.md): LayerNorm, Softmax, GELU (Erf), the residual Adds, and the
+# two activation x activation MatMuls of each attention head (Q.K^T and P.V), whose int8 ranges
+# cost the most accuracy. Logged per cell: build.quantized_op_types, build.excluded_nodes, build.float_op_types.
+TRANSFORMER_STATIC_OP_TYPES = ["MatMul", "Gemm", "Gather"]
+
+
+def transformer_static_scope(path: Path) -> Dict[str, Any]:
+    import onnx
+
+    g = onnx.load(str(path)).graph
+    weights = {i.name for i in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
+    activation_matmuls = [n.name for n in g.node if n.op_type == "MatMul" and not weights & set(n.input)]
+    return {"op_types_to_quantize": TRANSFORMER_STATIC_OP_TYPES, "nodes_to_exclude": activation_matmuls}
+
+
+def float_compute_ops(path: Path) -> str:
+    """Compute ops of a QDQ graph that still run in float (no DequantizeLinear feeding them), with
+    counts; shape plumbing left out."""
+    import onnx
+
+    g = onnx.load(str(path)).graph
+    dq_out = {o for n in g.node if n.op_type == "DequantizeLinear" for o in n.output}
+    plumbing = {"QuantizeLinear", "DequantizeLinear", "Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Reshape",
+                "Slice", "Cast", "ConstantOfShape", "Range", "Expand", "Equal", "Not", "And", "Where", "Transpose",
+                "Constant", "Flatten"}
+    ops = Counter(n.op_type for n in g.node if n.op_type not in plumbing and not dq_out & set(n.input))
+    return ",".join(f"{k}:{v}" for k, v in sorted(ops.items()))
 
 
 @BACKENDS.register("onnxruntime")
 class OnnxruntimeBackend(Backend):
     name = "onnxruntime"
     suffix = ".onnx"
-    recurrent_unsupported = {
-        "static": "ORT's static QDQ quantizer has no int8 LSTM (only MatMul/Gather around it would be "
-                  "quantized); the LSTM's int8 path in ORT is quant=dynamic (DynamicQuantizeLSTM)",
-        "qat": "the QAT path (torch.ao FX QAT, exported as QDQ) has no LSTM support",
+    family_unsupported = {
+        "recurrent": {
+            "static": "ORT's static QDQ quantizer has no int8 LSTM (only MatMul/Gather around it would be "
+                      "quantized); the LSTM's int8 path in ORT is quant=dynamic (DynamicQuantizeLSTM)",
+            "qat": "the QAT path (torch.ao FX QAT, exported as QDQ) has no LSTM support",
+        },
+        "transformer": {
+            "qat": "the QAT path is torch.ao FX QAT, which cannot trace transformers' BertModel",
+        },
     }
 
     def unsupported_reason(self, cfg) -> Optional[str]:
@@ -131,13 +166,21 @@ class OnnxruntimeBackend(Backend):
         x86 = ctx.arch == "x86_64"
         reduce_range = reduce_range_default(q, x86, ctx.isa)
         activation = QuantType.QUInt8 if x86 else QuantType.QInt8
+        src = self._preprocessed(ctx)
+        scope: Dict[str, Any] = {}
+        if ctx.cfg.model.family == "transformer":
+            scope = transformer_static_scope(src)
         quantize_static(
-            str(self._preprocessed(ctx)), str(out), TrainingSamplesReader(ctx.calibration),
+            str(src), str(out), TrainingSamplesReader(ctx.calibration),
             quant_format=QuantFormat.QDQ, activation_type=activation, weight_type=QuantType.QInt8,
             per_channel=q.granularity.value == "per_channel", reduce_range=reduce_range, calibrate_method=method,
-            extra_options=extra,
+            extra_options=extra, **scope,
         )
         info = op_counts(out)
+        if scope:
+            info["quantized_op_types"] = ",".join(scope["op_types_to_quantize"])
+            info["excluded_nodes"] = ",".join(scope["nodes_to_exclude"])
+            info["float_op_types"] = float_compute_ops(out)
         info.update({"reduce_range": str(reduce_range).lower(),
                      "activation_dtype": "uint8" if activation == QuantType.QUInt8 else "int8", "weight_dtype": "int8"})
         return Artifact(out, ctx.input_dtype, info)

@@ -32,9 +32,13 @@ def _save_script(module, example, out: Path) -> None:
 
 def _bn_folded(model):
     """A copy with every conv+batch-norm pair folded into one conv (inference form), so fp32, fp16
-    and dynamic artifacts start from the same graph that FX static quantization fuses itself."""
+    and dynamic artifacts start from the same graph that FX static quantization fuses itself.
+    Models without batch-norm (the text models; BertModel is not FX-traceable) are copied as they are."""
+    from torch import nn
     from torch.fx.experimental.optimization import fuse
 
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return copy.deepcopy(model).eval()
     return fuse(copy.deepcopy(model).eval())
 
 
@@ -44,13 +48,44 @@ def _layer_counts(module) -> Dict[str, str]:
     return {"layers": ",".join(f"{k}:{v}" for k, v in sorted(counts.items()))}
 
 
+def _static_linears_eager(model, qconfig, calibrate):
+    """Eager-mode static int8 for models FX cannot trace (transformers' BertModel): every nn.Linear
+    is wrapped in QuantStub -> int8 Linear -> DeQuantStub (torch.ao's QuantWrapper), its input range
+    calibrated on the training samples, and embedding tables get int8 weights; LayerNorm, softmax,
+    GELU and the attention MatMuls stay fp32."""
+    from torch import nn
+    from torch.ao.quantization import QuantWrapper, convert, float_qparams_weight_only_qconfig, prepare
+
+    m = copy.deepcopy(model).eval()
+    for parent in list(m.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                wrapped = QuantWrapper(child)
+                wrapped.qconfig = qconfig
+                setattr(parent, name, wrapped)
+            elif isinstance(child, nn.Embedding):  # int8 table, per-row scales (a lookup has no activations)
+                child.qconfig = float_qparams_weight_only_qconfig
+    prepare(m, inplace=True)
+    calibrate(m)
+    convert(m, inplace=True)
+    return m, ("eager mode: each Linear static int8 (quantize -> int8 Linear -> dequantize, input ranges "
+               "calibrated), embedding tables int8 (per-row); LayerNorm, softmax, GELU and the attention "
+               "MatMuls stay fp32")
+
+
 @BACKENDS.register("pytorch")
 class PytorchBackend(Backend):
     name = "pytorch"
     suffix = ".pt"
-    recurrent_unsupported = {
-        "static": "torch.ao has no static int8 LSTM kernel on CPU (its quantized LSTM is dynamic: quant=dynamic)",
-        "qat": "torch.ao FX QAT has no LSTM fake-quantization path; QAT for the LSTM is not available here",
+    family_unsupported = {
+        "recurrent": {
+            "static": "torch.ao has no static int8 LSTM kernel on CPU (its quantized LSTM is dynamic: quant=dynamic)",
+            "qat": "torch.ao FX QAT has no LSTM fake-quantization path; QAT for the LSTM is not available here",
+        },
+        "transformer": {
+            "qat": "torch.ao FX cannot trace transformers' BertModel (data-dependent mask code), so FX QAT "
+                   "does not apply; no transformer QAT here",
+        },
     }
 
     def unsupported_reason(self, cfg) -> Optional[str]:
@@ -122,16 +157,22 @@ class PytorchBackend(Backend):
             weight = PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
         else:
             weight = MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
-        mapping = QConfigMapping().set_global(QConfig(activation=activation, weight=weight))
+        qconfig = QConfig(activation=activation, weight=weight)
         example = torch.from_numpy(ctx.example)
+        calibrate = lambda m: [m(torch.from_numpy(ctx.calibration[i:i + CALIBRATION_BATCH]))  # noqa: E731
+                               for i in range(0, len(ctx.calibration), CALIBRATION_BATCH)]
         with warnings.catch_warnings(), torch.inference_mode():
             warnings.simplefilter("ignore")
-            prepared = prepare_fx(copy.deepcopy(ctx.model).eval(), mapping, (example,))
-            for i in range(0, len(ctx.calibration), CALIBRATION_BATCH):
-                prepared(torch.from_numpy(ctx.calibration[i:i + CALIBRATION_BATCH]))
-            quantized = convert_fx(prepared)
+            if ctx.cfg.model.family == "transformer":
+                quantized, note = _static_linears_eager(ctx.model, qconfig, calibrate)
+            else:
+                prepared = prepare_fx(copy.deepcopy(ctx.model).eval(), QConfigMapping().set_global(qconfig),
+                                      (example,))
+                calibrate(prepared)
+                quantized, note = convert_fx(prepared), "FX graph mode: conv+bn(+relu) fused, int8 between layers"
         _save_script(quantized, example, out)
         info = _layer_counts(quantized)
+        info["note"] = note
         info["reduce_range"] = str(reduce_range).lower()
         info["engine"] = ctx.engine
         return Artifact(out, ctx.input_dtype, info)

@@ -37,6 +37,10 @@ CONVERT_TIMEOUT_S = 3600
 class TfliteBackend(Backend):
     name = "tflite"
     suffix = ".tflite"
+    _NO_BERT_TWIN = ("the TFLite path carries the trained weights through a Keras twin, and there is no Keras "
+                     "twin of transformers' BertModel yet (an honest full-integer BERT also needs int8-safe "
+                     "attention masking); run the transformer on pytorch or onnxruntime")
+    family_unsupported = {"transformer": dict.fromkeys(("fp32", "fp16", "dynamic", "static", "qat"), _NO_BERT_TWIN)}
 
     def unsupported_reason(self, cfg) -> Optional[str]:
         reason = super().unsupported_reason(cfg)
@@ -55,7 +59,7 @@ class TfliteBackend(Backend):
         if q.scheme.value == "static" and q.method.value != "minmax":
             return (f"quant.method={q.method.value}: the TFLite converter calibrates with min/max over the "
                     "representative dataset only; use quant.method=minmax on tflite")
-        if getattr(cfg.model, "recurrent", False) and q.scheme.value == "qat":
+        if cfg.model.family == "recurrent" and q.scheme.value == "qat":
             return ("model=lstm, quant=qat on tflite: tensorflow-model-optimization's QAT has no LSTM "
                     "support (quantize_model rejects the layer)")
         if cfg.backend.int8_io and q.scheme.value not in ("static", "qat"):

