@@ -149,9 +149,9 @@ def test_sst2_loader_on_glue_tsv(tmp_path):
 
 @pytest.fixture(scope="module")
 def text_sweep(tmp_path_factory):
-    """The issue's smoke sweep: both sequence models, three schemes, three backends (18 cells)."""
+    """The issue's smoke sweep (both sequence models, fp32/dynamic/static, three backends), plus qat: 24 cells."""
     tmp = tmp_path_factory.mktemp("text")
-    run_bsb(["-m", "model=lstm,transformer_tiny", "quant=fp32,dynamic,static", "backend=pytorch,onnxruntime,tflite",
+    run_bsb(["-m", "model=lstm,transformer_tiny", "quant=fp32,dynamic,static,qat", "backend=pytorch,onnxruntime,tflite",
              "data.seq_len=choice(32)", *SMOKE], tmp, timeout=1800)  # choice(): a key only text data has
     client, runs = runs_of(tmp)
     return tmp, client, {(r.data.tags["model"], r.data.tags["quant"], r.data.tags["backend"]): r for r in runs}
@@ -159,7 +159,7 @@ def text_sweep(tmp_path_factory):
 
 def test_text_cells_ok_or_unsupported_with_reason(text_sweep):
     _, _, cells = text_sweep
-    assert len(cells) == 18
+    assert len(cells) == 24
     for key, r in cells.items():
         assert r.data.tags["status"] in ("ok", "unsupported"), (key, r.data.tags.get("reason"))
         if r.data.tags["status"] == "unsupported":
@@ -169,7 +169,16 @@ def test_text_cells_ok_or_unsupported_with_reason(text_sweep):
         assert cells[("lstm", "fp32", backend)].data.tags["status"] == "ok"
         assert cells[("lstm", "dynamic", backend)].data.tags["status"] == "ok"
     assert cells[("lstm", "static", "tflite")].data.tags["status"] == "ok"  # full-integer, unrolled LSTM
-    for scheme in ("fp32", "dynamic", "static"):  # the transformer: every scheme on pytorch and ORT
+    for scheme, key in (("static", "build.note"), ("qat", "build.qat_method")):  # torch.ao eager quantizable LSTM
+        tags = cells[("lstm", scheme, "pytorch")].data.tags
+        assert tags["status"] == "ok" and "quantized.LSTM" in tags[key], tags.get("reason")
+        assert "LinearPackedParams" in tags["build.layers"]  # its gates are int8 Linear layers
+    assert cells[("lstm", "qat", "pytorch")].data.metrics["size_ratio"] <= 0.40
+    for backend in ("onnxruntime", "tflite"):
+        assert cells[("lstm", "qat", backend)].data.tags["status"] == "unsupported"
+    for backend in ("pytorch", "onnxruntime", "tflite"):
+        assert cells[("transformer_tiny", "qat", backend)].data.tags["status"] == "unsupported"
+    for scheme in ("fp32", "dynamic", "static"):  # the transformer: every PTQ scheme on pytorch and ORT
         for backend in ("pytorch", "onnxruntime"):
             assert cells[("transformer_tiny", scheme, backend)].data.tags["status"] == "ok", (scheme, backend)
         assert "no Keras twin of transformers' BertModel" in cells[("transformer_tiny", scheme, "tflite")].data.tags["reason"]

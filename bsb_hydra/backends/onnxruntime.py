@@ -10,8 +10,10 @@ static quantize_static in QDQ format, int8 weights (7-bit range on x86 without V
        Entropy / Percentile calibration."""
 from __future__ import annotations
 
+import logging
 import warnings
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -41,6 +43,19 @@ def op_counts(path: Path) -> Dict[str, str]:
 
     ops = Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
     return {"ops": ",".join(f"{k}:{v}" for k, v in sorted(ops.items()))}
+
+
+@contextmanager
+def _quiet_root_logger():
+    """ORT's quantizer logs a line per tensor at INFO on the root logger, which Hydra shows: hundreds
+    of lines for a transformer. Warnings still pass."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 class TrainingSamplesReader:
@@ -92,7 +107,8 @@ class OnnxruntimeBackend(Backend):
         "recurrent": {
             "static": "ORT's static QDQ quantizer has no int8 LSTM (only MatMul/Gather around it would be "
                       "quantized); the LSTM's int8 path in ORT is quant=dynamic (DynamicQuantizeLSTM)",
-            "qat": "the QAT path (torch.ao FX QAT, exported as QDQ) has no LSTM support",
+            "qat": "ORT has no int8 LSTM a QDQ graph can carry learned ranges into (its int8 LSTM is "
+                   "DynamicQuantizeLSTM); QAT for the LSTM runs on backend=pytorch",
         },
         "transformer": {
             "qat": "the QAT path is torch.ao FX QAT, which cannot trace transformers' BertModel",
@@ -146,8 +162,9 @@ class OnnxruntimeBackend(Backend):
     def build_dynamic(self, ctx: BuildContext, out: Path) -> Artifact:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        quantize_dynamic(str(self._preprocessed(ctx)), str(out), weight_type=QuantType.QInt8,
-                         per_channel=ctx.cfg.quant.granularity.value == "per_channel")
+        with _quiet_root_logger():
+            quantize_dynamic(str(self._preprocessed(ctx)), str(out), weight_type=QuantType.QInt8,
+                             per_channel=ctx.cfg.quant.granularity.value == "per_channel")
         return Artifact(out, ctx.input_dtype, op_counts(out))
 
     def build_static(self, ctx: BuildContext, out: Path) -> Artifact:
@@ -170,12 +187,13 @@ class OnnxruntimeBackend(Backend):
         scope: Dict[str, Any] = {}
         if ctx.cfg.model.family == "transformer":
             scope = transformer_static_scope(src)
-        quantize_static(
-            str(src), str(out), TrainingSamplesReader(ctx.calibration),
-            quant_format=QuantFormat.QDQ, activation_type=activation, weight_type=QuantType.QInt8,
-            per_channel=q.granularity.value == "per_channel", reduce_range=reduce_range, calibrate_method=method,
-            extra_options=extra, **scope,
-        )
+        with _quiet_root_logger():
+            quantize_static(
+                str(src), str(out), TrainingSamplesReader(ctx.calibration),
+                quant_format=QuantFormat.QDQ, activation_type=activation, weight_type=QuantType.QInt8,
+                per_channel=q.granularity.value == "per_channel", reduce_range=reduce_range, calibrate_method=method,
+                extra_options=extra, **scope,
+            )
         info = op_counts(out)
         if scope:
             info["quantized_op_types"] = ",".join(scope["op_types_to_quantize"])

@@ -3,7 +3,10 @@ torch.ao quantized model: a fresh process loads it without the model's Python co
 
 Schemes: fp32; fp16 (weights and compute in half precision); dynamic (torch.ao quantize_dynamic:
 int8 Linear, conv layers stay fp32); static (torch.ao FX graph mode PTQ: conv+bn(+relu) fused,
-int8 weights per-channel or per-tensor, int8 activations calibrated on real training samples)."""
+int8 weights per-channel or per-tensor, int8 activations calibrated on real training samples);
+qat (FX QAT -> convert_fx). The text models FX cannot handle use eager mode instead: the LSTM's
+static and qat go through torch.ao's quantizable LSTM (``bsb_hydra.eager_lstm``), the transformer's
+static wraps each Linear (``_static_linears_eager``)."""
 from __future__ import annotations
 
 import copy
@@ -78,10 +81,6 @@ class PytorchBackend(Backend):
     name = "pytorch"
     suffix = ".pt"
     family_unsupported = {
-        "recurrent": {
-            "static": "torch.ao has no static int8 LSTM kernel on CPU (its quantized LSTM is dynamic: quant=dynamic)",
-            "qat": "torch.ao FX QAT has no LSTM fake-quantization path; QAT for the LSTM is not available here",
-        },
         "transformer": {
             "qat": "torch.ao FX cannot trace transformers' BertModel (data-dependent mask code), so FX QAT "
                    "does not apply; no transformer QAT here",
@@ -165,6 +164,10 @@ class PytorchBackend(Backend):
             warnings.simplefilter("ignore")
             if ctx.cfg.model.family == "transformer":
                 quantized, note = _static_linears_eager(ctx.model, qconfig, calibrate)
+            elif ctx.cfg.model.family == "recurrent":
+                from bsb_hydra.eager_lstm import NOTE, lstm_static
+
+                quantized, note = lstm_static(ctx.model, qconfig, calibrate), NOTE
             else:
                 prepared = prepare_fx(copy.deepcopy(ctx.model).eval(), QConfigMapping().set_global(qconfig),
                                       (example,))
@@ -183,14 +186,21 @@ class PytorchBackend(Backend):
 
         from bsb_hydra.qat import fx_qat
 
-        qat = fx_qat(ctx.model, ctx.data, ctx.cfg.quant, ctx.cfg.seed, ctx.engine, ctx.isa)
-        with warnings.catch_warnings(), torch.inference_mode():
-            warnings.simplefilter("ignore")
-            quantized = convert_fx(copy.deepcopy(qat.model))
+        if ctx.cfg.model.family == "recurrent":
+            from bsb_hydra.eager_lstm import NOTE, lstm_qat
+
+            quantized, qat = lstm_qat(ctx.model, ctx.data, ctx.cfg.quant, ctx.cfg.seed, ctx.engine, ctx.isa)
+            method = "torch.ao eager QAT (quantizable LSTM, QAT Linear) -> convert: " + NOTE
+        else:
+            qat = fx_qat(ctx.model, ctx.data, ctx.cfg.quant, ctx.cfg.seed, ctx.engine, ctx.isa)
+            with warnings.catch_warnings(), torch.inference_mode():
+                warnings.simplefilter("ignore")
+                quantized = convert_fx(copy.deepcopy(qat.model))
+            method = "torch.ao FX prepare_qat_fx -> convert_fx"
         _save_script(quantized, torch.from_numpy(ctx.example), out)
         info = _layer_counts(quantized)
         info.update({"reduce_range": str(qat.reduce_range).lower(), "engine": ctx.engine,
-                     "qat_method": "torch.ao FX prepare_qat_fx -> convert_fx",
+                     "qat_method": method,
                      "qat_seconds": f"{qat.seconds:.1f}"})
         return Artifact(out, ctx.input_dtype, info, curves={"qat_loss": qat.losses})
 
