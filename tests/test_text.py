@@ -214,3 +214,22 @@ def test_transformer_static_logs_what_stays_float(text_sweep):
     assert ort["build.excluded_nodes"]  # the activation x activation MatMuls of attention
     pt = cells[("transformer_tiny", "static", "pytorch")].data.tags
     assert "LinearPackedParams" in pt["build.layers"] and "stay fp32" in pt["build.note"]
+
+
+def test_freeze_encoder_trains_only_the_head():
+    import torch
+
+    from bsb_hydra.config import TrainConfig, TransformerTinyConfig
+    from bsb_hydra.data import Dataset
+    from bsb_hydra.models import build_model
+    from bsb_hydra.train import train_model
+
+    model = build_model(TransformerTinyConfig(vocab_size=100, max_positions=8, freeze_encoder=True), (8,), 2)
+    encoder = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    head = model.head.weight.detach().clone()
+    rng = np.random.default_rng(0)
+    x = rng.integers(1, 100, size=(64, 8)).astype(np.int64)
+    ds = Dataset("toy", x, rng.integers(0, 2, 64), x[:8], np.zeros(8, dtype=np.int64), 2)
+    train_model(model, ds, TrainConfig(epochs=1, batch_size=16, lr=1e-2), seed=0)
+    assert all(torch.equal(v, model.encoder.state_dict()[k]) for k, v in encoder.items())
+    assert not torch.equal(head, model.head.weight)
