@@ -7,48 +7,38 @@ the head becomes an int8 Linear inside its own QuantWrapper; the embedding gets 
 ``convert`` turns the LSTM into ``torch.ao.nn.quantized.LSTM``: int8 GEMMs and quantized
 elementwise ops, one time step after another (there is no fused static int8 LSTM kernel).
 Static calibrates the activation ranges on training samples; QAT fine-tunes with fake quantization
-first (``bsb_hydra.train.train_model``, the same loop as FX QAT)."""
+first (``bsb_hydra.train.train_model``, the same loop as FX QAT). Imported only by the backends'
+build steps, never by a benchmark worker."""
 from __future__ import annotations
 
 import copy
 import time
 import warnings
 
+from torch import nn
+from torch.ao.quantization import DeQuantStub, QuantStub
 
-class _QuantizedLstm:  # namespace for the wrapper class, built on first use (torch imported lazily)
-    cls = None
 
+class LstmQDQ(nn.Module):
+    """QuantStub -> LSTM -> DeQuantStub; returns (output, None) like the float call site uses."""
 
-def _wrapper_cls():
-    if _QuantizedLstm.cls is None:
-        from torch import nn
-        from torch.ao.quantization import DeQuantStub, QuantStub
+    def __init__(self, lstm: nn.Module) -> None:
+        super().__init__()
+        self.quant, self.lstm, self.dequant = QuantStub(), lstm, DeQuantStub()
 
-        class LstmQDQ(nn.Module):
-            """QuantStub -> LSTM -> DeQuantStub; returns (output, None) like the float call site uses."""
-
-            def __init__(self, lstm: nn.Module) -> None:
-                super().__init__()
-                self.quant, self.lstm, self.dequant = QuantStub(), lstm, DeQuantStub()
-
-            def forward(self, x):
-                out, _ = self.lstm(self.quant(x))
-                return self.dequant(out), None
-
-        _QuantizedLstm.cls = LstmQDQ
-    return _QuantizedLstm.cls
+    def forward(self, x):
+        out, _ = self.lstm(self.quant(x))
+        return self.dequant(out), None
 
 
 def _wrap(model, qconfig):
-    from torch import nn
     from torch.ao.quantization import QuantWrapper, float_qparams_weight_only_qconfig
 
     m = copy.deepcopy(model)
-    wrapper = _wrapper_cls()
     for parent in list(m.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.LSTM):
-                w = wrapper(child)
+                w = LstmQDQ(child)
             elif isinstance(child, nn.Linear):
                 w = QuantWrapper(child)
             elif isinstance(child, nn.Embedding):
@@ -62,8 +52,6 @@ def _wrap(model, qconfig):
 
 
 def _custom(kind: str):
-    from torch import nn
-
     if kind == "prepare":
         return {"float_to_observed_custom_module_class": {nn.LSTM: nn.quantizable.LSTM}}
     return {"observed_to_quantized_custom_module_class": {nn.quantizable.LSTM: nn.quantized.LSTM}}
