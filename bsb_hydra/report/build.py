@@ -1,0 +1,107 @@
+"""The report's steps in order: store -> runs -> groups and frontier -> files -> MLflow tags and a
+``report`` run -> the picks printed."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Dict, List
+
+from bsb_hydra.report import analysis, plots, render, runs as runs_mod
+
+ARCHS = ("x86_64", "aarch64")
+# What a report writes into `out` (and deletes there first, so a stale plot never ships).
+OWN_FILES = ("report.md", "report.html", "rows.csv", "*.png")
+
+
+class ReportError(ValueError):
+    """Bad report input: the message names the value and what is allowed."""
+
+
+@dataclass
+class Report:
+    out: Path
+    groups: List[analysis.Group]
+    runs: runs_mod.Runs
+    report_run_id: str
+    tagged: Dict[str, str]  # run id -> pareto_optimal value set
+
+
+def _safe_uri(uri: str) -> str:
+    if "@" in uri and "://" in uri:  # user:password@host
+        scheme, rest = uri.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return uri
+
+
+def _check(cfg) -> None:
+    if cfg.arch is not None and cfg.arch not in ARCHS:
+        raise ReportError(f"arch={cfg.arch!r} is not allowed: use one of {', '.join(ARCHS)} (or leave it unset for every arch)")
+    if cfg.budget_pp is None or cfg.budget_pp < 0:
+        raise ReportError(f"budget_pp={cfg.budget_pp!r} is not allowed: it must be a number of percentage points >= 0")
+    if not str(cfg.out).strip():
+        raise ReportError("out='' is not allowed: give a folder for the report")
+
+
+def build_report(cfg) -> Report:
+    from mlflow import MlflowClient
+
+    _check(cfg)
+    client = MlflowClient(cfg.tracking_uri)
+    exp = client.get_experiment_by_name(cfg.experiment)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise ReportError(f"experiment={cfg.experiment!r} is not in the store {_safe_uri(cfg.tracking_uri)}: "
+                          f"experiments there: {', '.join(names) or 'none (run a sweep first)'}")
+    runs = runs_mod.load(client, exp.experiment_id, cfg.arch)
+    if not runs.cells and not runs.others:
+        found = sorted({r.data.tags.get("arch", "?") for r in runs_mod.search_all(client, exp.experiment_id)
+                        if r.data.tags.get("kind") != "report"})
+        raise ReportError(f"no runs in experiment {cfg.experiment!r}" + (f" with arch={cfg.arch}" if cfg.arch else "")
+                          + (f": archs found there: {', '.join(found)}" if found else ": run a sweep first"))
+    groups = analysis.analyze(runs.cells, float(cfg.budget_pp))
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for pattern in OWN_FILES:
+        for p in out.glob(pattern):
+            p.unlink()
+    made = plots.draw_all(groups, out)
+    meta = {"experiment": cfg.experiment, "store": _safe_uri(cfg.tracking_uri), "arch": cfg.arch or "",
+            "budget_pp": f"{float(cfg.budget_pp):g}",
+            "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    (out / "report.md").write_text(render.markdown(meta, groups, runs, made))
+    (out / "report.html").write_text(render.html_page(meta, groups, runs, made, out))
+    render.write_csv(groups, out / "rows.csv")
+
+    tagged: Dict[str, str] = {}
+    if cfg.tag_runs:
+        for g in groups:
+            for c in g.cells:
+                tagged[c.run_id] = {True: "true", False: "false", None: "n/a"}[c.derived.get("pareto")]
+        tagged.update({rid: "superseded" for rid in runs.superseded})
+        for rid, v in tagged.items():
+            client.set_tag(rid, "pareto_optimal", v)
+    run_id = ""
+    if cfg.log_run:
+        run = client.create_run(exp.experiment_id, run_name="report",
+                                tags={"kind": "report", "arch": cfg.arch or "all", "status": "report"})
+        run_id = run.info.run_id
+        client.log_param(run_id, "budget_pp", meta["budget_pp"])
+        client.log_param(run_id, "arch", cfg.arch or "all")
+        client.log_metric(run_id, "cells", len(runs.cells))
+        client.log_metric(run_id, "groups", len(groups))
+        client.log_metric(run_id, "other_runs", len(runs.others))
+        client.log_metric(run_id, "pareto_cells", sum(v == "true" for v in tagged.values()))
+        client.log_artifacts(run_id, str(out), "report")
+        client.set_terminated(run_id)
+
+    print(f"Report of experiment {cfg.experiment!r}: {len(runs.cells)} cells in {len(groups)} groups, "
+          f"{len(runs.others)} other runs (unsupported, failed or interrupted; listed in the report)")
+    for g in groups:
+        print(f"\n{g.title}")
+        for line in render.pick_lines(g):
+            print(f"  {line}")
+    print(f"\nReport: {(out / 'report.md').resolve()}\n        {(out / 'report.html').resolve()}"
+          + (f"\nMLflow run: report ({run_id})" if run_id else ""), flush=True)
+    return Report(out, groups, runs, run_id, tagged)

@@ -1,0 +1,226 @@
+"""Write the report: report.md, report.html (self-contained: CSS inline, plots as data URIs) and
+rows.csv, from one table model so the three always say the same thing."""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from bsb_hydra.report.analysis import Group
+from bsb_hydra.report.runs import Cell, Other, Runs
+
+NA = "–"  # a value that is missing (no baseline, no measurement): shown, never invented
+
+
+def _f(v: Optional[float], fmt: str) -> str:
+    return NA if v is None else format(v, fmt)
+
+
+def ms(v: Optional[float]) -> str:
+    """A latency with 3 significant digits, trailing zeros kept (0.0320, 2.00, 40.3, 1234)."""
+    return NA if v is None else (f"{v:.0f}" if v >= 100 else f"{v:#.3g}")
+
+
+def when(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def speedup_text(c: Cell, b: int, kind: str = "") -> str:
+    """kind "" is the paired speedup (measured in the cell's job), "cell_" the one against the fp32 cell."""
+    s = c.derived.get(f"{kind}speedup_b{b}")
+    if s is None:
+        return NA
+    if c.quant == "fp32":
+        return f"{s:.2f}x"
+    return f"{s:.2f}x" + (" (n.s.)" if c.derived.get(f"{kind}significant_b{b}") is False else "")
+
+
+def pareto_text(c: Cell) -> str:
+    return {True: "yes", False: "", None: "n/a"}[c.derived.get("pareto")]
+
+
+def table(g: Group) -> Tuple[List[str], List[List[str]]]:
+    head = ["cell", "threads", "size KiB", "size x fp32"]
+    head += [f"p50 b{b} ms" for b in g.batch_sizes]
+    if not g.emulated:
+        head += [f"speedup b{b}" for b in g.batch_sizes] + ["vs fp32 cell b1"]
+    head += ["accuracy %", "delta pp", "agreement %", "peak MB", "runs", "pareto"]
+    rows = []
+    for c in g.cells:
+        size = c.metric("size_bytes")
+        r = [c.label, c.threads, _f(size / 1024 if size is not None else None, ",.1f"),
+             _f(c.derived.get("size_ratio"), ".3f")]
+        r += [ms(c.metric(f"latency_p50_ms_b{b}")) for b in g.batch_sizes]
+        if not g.emulated:
+            r += [speedup_text(c, b) for b in g.batch_sizes] + [speedup_text(c, 1, "cell_")]
+        acc = c.metric("accuracy")
+        agree = c.metric("top1_agreement")
+        r += [_f(100 * acc if acc is not None else None, ".2f"), _f(c.derived.get("delta_pp"), "+.2f"),
+              _f(100 * agree if agree is not None else None, ".2f"), _f(c.metric("peak_rss_mb"), ".0f"),
+              str(c.duplicates), pareto_text(c)]
+        rows.append(r)
+    return head, rows
+
+
+def machine_line(g: Group) -> str:
+    c = g.cells[0]
+    isa = c.tag("isa") or "unknown"
+    threads = sorted({x.threads for x in g.cells})
+    return (f"{g.arch}, {g.cpu}, ISA {isa}, {c.tag('os')}, {'emulated (QEMU)' if g.emulated else 'native'}; "
+            f"threads {', '.join(threads)}; runs from {when(min(x.start_time for x in g.cells))} to "
+            f"{when(max(x.start_time for x in g.cells))}")
+
+
+def pick_lines(g: Group) -> List[str]:
+    out = []
+    for p in g.picks:
+        if p.cell is None:
+            out.append(f"{p.name}: none ({p.note})")
+            continue
+        c = p.cell
+        acc = c.metric("accuracy")
+        bits = [f"{c.metric('size_bytes') / 1024:,.1f} KiB" if c.metric("size_bytes") is not None else None,
+                f"p50 b1 {ms(c.metric('latency_p50_ms_b1'))} ms" if not g.emulated and
+                c.metric("latency_p50_ms_b1") is not None else None,
+                f"accuracy {100 * acc:.2f}%" if acc is not None else None,
+                f"{c.derived['delta_pp']:+.2f} pp vs fp32" if c.derived.get("delta_pp") is not None else None]
+        out.append(f"{p.name}: {c.label} ({', '.join(b for b in bits if b)})" + (f"; {p.note}" if p.note else ""))
+    return out
+
+
+NOTES = [
+    "size x fp32, speedup and delta pp compare a cell with the fp32 cell of the same backend, thread count and "
+    "fp32 weights on the same machine; '–' means there is no such cell (nothing is computed against another).",
+    "speedup bN = fp32 p50 / cell p50 at batch N, paired: the job measured the same backend's fp32 artifact "
+    "seconds before the cell, so drift between jobs cancels out. '(n.s.)': the two p50 95% bootstrap "
+    "intervals overlap, so the difference is not significant.",
+    "vs fp32 cell b1: the same ratio against the fp32 cell's own run (another job). It carries the drift "
+    "between jobs, which the per-run intervals do not capture; when it disagrees with the paired figure, "
+    "trust the paired one. Picks and the frontier compare p50s of different jobs too.",
+    "agreement: top-1 agreement with the same backend's fp32 artifact, measured in the cell's own job.",
+    "pareto: on the frontier over (size, p50 at batch 1, accuracy) within the group; 'n/a': a metric is missing. "
+    "Emulated groups: over (size, accuracy) only, and their timings are not used.",
+    "runs: ok runs of this exact config on this machine in the store; the newest is shown.",
+]
+
+
+def others_table(others: Sequence[Other]) -> Tuple[List[str], List[List[str]]]:
+    head = ["cell", "status", "arch", "started", "reason"]
+    rows = [[o.cell, o.status, o.tags.get("arch", ""), when(o.start_time),
+             (o.reason.strip().splitlines() or [""])[0][:240]] for o in others]
+    return head, rows
+
+
+# ------------------------------------------------------------------------------------ markdown
+def _md_table(head: List[str], rows: List[List[str]]) -> str:
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(esc(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def markdown(meta: Dict[str, str], groups: List[Group], runs: Runs, plots: Dict[str, List[Tuple[str, str]]]) -> str:
+    out = [f"# Quantization report: experiment `{meta['experiment']}`", "",
+           f"Generated {meta['generated']} from `{meta['store']}`"
+           f"{' (arch ' + meta['arch'] + ')' if meta['arch'] else ''}; accuracy budget {meta['budget_pp']} pp. "
+           f"{len(runs.cells)} cells in {len(groups)} groups; {len(runs.others)} runs that are not measured cells "
+           f"(listed at the end); {len(runs.superseded)} older duplicate runs superseded.", ""]
+    machines = sorted({(g.arch, g.cpu, g.cells[0].tag("isa"), g.emulated) for g in groups})
+    out += ["Machines:", ""] + [f"- {a}, {c}, ISA {i or 'unknown'}, {'EMULATED' if e else 'native'}"
+                                for a, c, i, e in machines] + [""]
+    for n, g in enumerate(groups, 1):
+        out += [f"## {g.title}", "", machine_line(g), ""]
+        out += [_md_table(*table(g)), ""]
+        out += [f"- {line}" for line in pick_lines(g)] + [""]
+        for caption, name in plots.get(f"g{n}_{g.slug}", []):
+            out += [f"![{caption}]({name})", ""]
+    for key, items in plots.items():
+        if key.startswith("archs_"):
+            out += [f"## {items[0][0]}", ""] + [f"![{c}]({name})" for c, name in items] + [""]
+    out += ["## Runs that are not measured cells", ""]
+    out += [_md_table(*others_table(runs.others)) if runs.others else "None.", ""]
+    out += ["## How to read the tables", ""] + [f"- {n}" for n in NOTES] + [""]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------- html
+CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1400px}
+table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #bbb;padding:3px 7px;text-align:right}
+th{background:#eee}td:first-child,th:first-child{text-align:left}tr.pareto{background:#e8f5e9}
+img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}figure{margin:0 0 1em 0}figcaption{font-size:12px;color:#555}
+.note{font-size:12px;color:#555}"""
+
+
+def _html_table(head, rows, pareto_col: Optional[int] = None) -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    trs = []
+    for r in rows:
+        cls = ' class="pareto"' if pareto_col is not None and r[pareto_col] == "yes" else ""
+        trs.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>")
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{''.join(trs)}</tbody></table>"
+
+
+def _img(out: Path, name: str, caption: str) -> str:
+    data = base64.b64encode((out / name).read_bytes()).decode()
+    return (f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def html_page(meta: Dict[str, str], groups: List[Group], runs: Runs, plots, out: Path) -> str:
+    e = html.escape
+    body = [f"<h1>Quantization report: experiment {e(meta['experiment'])}</h1>",
+            f"<p>Generated {e(meta['generated'])} from <code>{e(meta['store'])}</code>"
+            f"{' (arch ' + e(meta['arch']) + ')' if meta['arch'] else ''}; accuracy budget {e(meta['budget_pp'])} pp. "
+            f"{len(runs.cells)} cells in {len(groups)} groups; {len(runs.others)} runs that are not measured cells; "
+            f"{len(runs.superseded)} older duplicate runs superseded.</p>"]
+    for n, g in enumerate(groups, 1):
+        head, rows = table(g)
+        body += [f"<h2>{e(g.title)}</h2>", f"<p class='note'>{e(machine_line(g))}</p>",
+                 _html_table(head, rows, pareto_col=len(head) - 1),
+                 "<ul>" + "".join(f"<li>{e(x)}</li>" for x in pick_lines(g)) + "</ul>"]
+        body += [_img(out, name, cap) for cap, name in plots.get(f"g{n}_{g.slug}", [])]
+    for key, items in plots.items():
+        if key.startswith("archs_"):
+            body += [f"<h2>{e(items[0][0])}</h2>"] + [_img(out, name, cap) for cap, name in items]
+    body.append("<h2>Runs that are not measured cells</h2>")
+    body.append(_html_table(*others_table(runs.others)) if runs.others else "<p>None.</p>")
+    body += ["<h2>How to read the tables</h2>", "<ul>" + "".join(f"<li>{e(n)}</li>" for n in NOTES) + "</ul>"]
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>bsb-hydra report: "
+            f"{e(meta['experiment'])}</title><style>{CSS}</style></head><body>{''.join(body)}</body></html>")
+
+
+# ----------------------------------------------------------------------------------------- csv
+def write_csv(groups: List[Group], path: Path) -> None:
+    batch_sizes = sorted({b for g in groups for b in g.batch_sizes})
+    cols = ["model", "data", "arch", "cpu", "isa", "emulated", "quant", "backend", "variant", "threads", "run_id",
+            "started", "runs", "baseline_run_id", "size_bytes", "size_ratio", "accuracy", "accuracy_ci_low",
+            "accuracy_ci_high", "delta_pp", "paired_delta_pp", "top1_agreement", "peak_rss_mb", "pareto"]
+    for b in batch_sizes:
+        cols += [f"p50_ms_b{b}", f"p50_ci_low_ms_b{b}", f"p50_ci_high_ms_b{b}", f"speedup_b{b}",
+                 f"speedup_significant_b{b}", f"cell_speedup_b{b}", f"cell_speedup_significant_b{b}"]
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols)
+        w.writeheader()
+        for g in groups:
+            for c in g.cells:
+                row = {"model": g.model, "data": g.data, "arch": g.arch, "cpu": g.cpu, "isa": c.tag("isa"),
+                       "emulated": str(g.emulated).lower(), "quant": c.quant, "backend": c.backend,
+                       "variant": c.variant, "threads": c.threads, "run_id": c.run_id, "started": when(c.start_time),
+                       "runs": c.duplicates, "baseline_run_id": c.derived.get("baseline_run_id") or "",
+                       "size_bytes": c.metric("size_bytes"), "size_ratio": c.derived.get("size_ratio"),
+                       "accuracy": c.metric("accuracy"), "accuracy_ci_low": c.metric("accuracy_ci_low"),
+                       "accuracy_ci_high": c.metric("accuracy_ci_high"), "delta_pp": c.derived.get("delta_pp"),
+                       "paired_delta_pp": c.metric("accuracy_delta_pp"), "top1_agreement": c.metric("top1_agreement"),
+                       "peak_rss_mb": c.metric("peak_rss_mb"), "pareto": pareto_text(c) or "no"}
+                for b in batch_sizes:
+                    row.update({f"p50_ms_b{b}": c.metric(f"latency_p50_ms_b{b}"),
+                                f"p50_ci_low_ms_b{b}": c.metric(f"latency_p50_ci_low_ms_b{b}"),
+                                f"p50_ci_high_ms_b{b}": c.metric(f"latency_p50_ci_high_ms_b{b}"),
+                                f"speedup_b{b}": c.derived.get(f"speedup_b{b}"),
+                                f"speedup_significant_b{b}": c.derived.get(f"significant_b{b}"),
+                                f"cell_speedup_b{b}": c.derived.get(f"cell_speedup_b{b}"),
+                                f"cell_speedup_significant_b{b}": c.derived.get(f"cell_significant_b{b}")})
+                w.writerow({k: ("" if v is None else v) for k, v in row.items()})

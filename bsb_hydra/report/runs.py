@@ -1,0 +1,151 @@
+"""Read the cells' runs back through MLflow's own search API (a sqlite store or a tracking server).
+
+Every run of the experiment is read, page by page. Report runs (tag ``kind=report``) are skipped.
+A run is a measured cell only if its ``status`` tag is ``ok`` and MLflow finished it; every other
+run (unsupported, failed, still RUNNING or left RUNNING by a killed job, KILLED) goes to the
+``others`` list with its reason, so nothing is silently dropped."""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+# Params that say where a run was logged, not what was measured: never a cell's variant.
+_NOT_VARIANT = ("mlflow.", "paths.", "debug.", "hydra.")
+
+
+@dataclass
+class Cell:
+    """One ok run: what it is (tags, params) and what it measured (metrics)."""
+    run_id: str
+    start_time: int
+    tags: Dict[str, str]
+    params: Dict[str, str]
+    metrics: Dict[str, float]
+    duplicates: int = 1  # ok runs of the same cell in the store; this one is the newest
+    variant: str = ""  # the params that tell apart cells with the same model/quant/backend/threads
+    derived: Dict[str, object] = field(default_factory=dict)  # filled by the analysis
+
+    def tag(self, key: str) -> str:
+        return self.tags.get(key, "")
+
+    @property
+    def model(self) -> str:
+        return self.tag("model")
+
+    @property
+    def quant(self) -> str:
+        return self.tag("quant")
+
+    @property
+    def backend(self) -> str:
+        return self.tag("backend")
+
+    @property
+    def threads(self) -> str:
+        return self.tag("threads")
+
+    @property
+    def emulated(self) -> bool:
+        return self.tag("emulated") == "true"
+
+    @property
+    def group_key(self) -> Tuple[str, str, str, str, bool]:
+        """(model, data, arch, cpu, emulated): the rows a frontier is computed over. The CPU is part
+        of it: latencies of two machines of the same arch are not one trade-off curve."""
+        return (self.model, self.tag("data"), self.tag("arch"), self.tag("cpu"), self.emulated)
+
+    @property
+    def cell_key(self) -> Tuple[str, str, str, bool]:
+        """The same config on the same machine: repeated runs of it are duplicates."""
+        return (self.tag("config_hash"), self.tag("arch"), self.tag("cpu"), self.emulated)
+
+    def metric(self, key: str) -> Optional[float]:
+        v = self.metrics.get(key)
+        return None if v is None or math.isnan(v) else float(v)
+
+    def batch_sizes(self) -> List[int]:
+        return sorted(int(m.group(1)) for k in self.metrics if (m := re.fullmatch(r"latency_p50_ms_b(\d+)", k)))
+
+    @property
+    def label(self) -> str:
+        base = f"{self.quant} / {self.backend}"
+        return f"{base} [{self.variant}]" if self.variant else base
+
+
+@dataclass
+class Other:
+    """A run that is not a measured cell: unsupported, failed, interrupted or running."""
+    run_id: str
+    start_time: int
+    cell: str
+    status: str
+    reason: str
+    tags: Dict[str, str]
+
+
+@dataclass
+class Runs:
+    cells: List[Cell]
+    others: List[Other]
+    superseded: List[str]  # run ids of older ok runs of a cell that has a newer one
+
+
+def search_all(client, experiment_id: str, filter_string: str = "") -> list:
+    out, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000,
+                                  order_by=["attributes.start_time DESC"], page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def load(client, experiment_id: str, arch: Optional[str] = None) -> Runs:
+    runs = search_all(client, experiment_id, f"tags.arch = '{arch}'" if arch else "")
+    cells: Dict[tuple, Cell] = {}
+    superseded: List[str] = []
+    others: List[Other] = []
+    for r in runs:  # newest first
+        tags = dict(r.data.tags)
+        if tags.get("kind") == "report":
+            continue
+        status = tags.get("status", "")
+        if status != "ok" or r.info.status != "FINISHED":
+            if status == "ok":  # the job logged ok, then MLflow did not finish it
+                status = r.info.status.lower()
+            elif status in ("running", "") and r.info.status != "RUNNING":
+                status = r.info.status.lower()  # killed mid-cell: MLflow or a resume marked it
+            reason = tags.get("reason") or {"running": "the job is running, or was killed without closing its run",
+                                            "killed": "the job was killed", "failed": "the run failed"
+                                            }.get(status, f"MLflow status {r.info.status}")
+            others.append(Other(r.info.run_id, r.info.start_time, tags.get("cell", r.info.run_name or ""),
+                                status or r.info.status.lower(), reason, tags))
+            continue
+        cell = Cell(r.info.run_id, r.info.start_time, tags, dict(r.data.params), dict(r.data.metrics))
+        newest = cells.get(cell.cell_key)
+        if newest is None:
+            cells[cell.cell_key] = cell
+        else:
+            newest.duplicates += 1
+            superseded.append(cell.run_id)
+    out = list(cells.values())
+    _set_variants(out)
+    return Runs(out, others, superseded)
+
+
+def _set_variants(cells: List[Cell]) -> None:
+    """Cells that share (model, data, machine, quant, backend, threads) but differ in config (a
+    granularity, a calibration method, training settings) get a variant label: the params that differ."""
+    by_label: Dict[tuple, List[Cell]] = {}
+    for c in cells:
+        by_label.setdefault((c.group_key, c.quant, c.backend, c.threads), []).append(c)
+    for same in by_label.values():
+        if len(same) < 2:
+            continue
+        keys = sorted({k for c in same for k in c.params if not k.startswith(_NOT_VARIANT)})
+        differ = [k for k in keys if len({c.params.get(k) for c in same}) > 1]
+        for c in same:
+            c.variant = ", ".join(f"{k}={c.params.get(k, '-')}" for k in differ)

@@ -1,0 +1,442 @@
+"""The cross-run report: the frontier's properties (Hypothesis), the grouping and baseline rules on
+a store filled with hand-made runs, and the real CLI on a real sweep, rendered in headless Chromium
+and read back through a real `mlflow server`."""
+import csv
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bsb_hydra.report import pareto
+from bsb_hydra.report.build import ReportError, build_report
+from tests.conftest import PYTHON, ROOT
+
+SENSES = [pareto.MIN, pareto.MIN, pareto.MAX]  # size, latency, accuracy
+
+# ----------------------------------------------------------------------------- frontier properties
+value = st.one_of(st.integers(0, 4).map(float), st.integers(0, 4).map(float), st.none(), st.just(math.nan))
+points = st.lists(st.tuples(value, value, value), max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(points)
+def test_frontier_properties(pts):
+    flags = pareto.frontier(pts, SENSES)
+    complete = [i for i, p in enumerate(pts) if pareto.complete(p)]
+    front = [i for i in complete if flags[i]]
+    for i, p in enumerate(pts):
+        assert (flags[i] is None) == (i not in complete)  # missing metrics: n/a, never on the frontier
+    for i in front:  # no frontier point is dominated
+        assert not any(pareto.dominates(pts[j], pts[i], SENSES) for j in complete)
+    for i in complete:  # every other point is dominated by a frontier point
+        if not flags[i]:
+            assert any(pareto.dominates(pts[j], pts[i], SENSES) for j in front)
+    for i in complete:  # ties: equal points share their fate
+        for j in complete:
+            if pts[i] == pts[j]:
+                assert flags[i] == flags[j]
+    assert bool(front) == bool(complete)
+
+
+def test_dominance_directions():
+    assert pareto.dominates((1, 1, 0.9), (2, 1, 0.9), SENSES)  # smaller
+    assert pareto.dominates((1, 1, 0.9), (1, 1, 0.8), SENSES)  # more accurate
+    assert not pareto.dominates((1, 1, 0.9), (1, 1, 0.9), SENSES)  # a tie dominates nothing
+    assert not pareto.dominates((1, 2, 0.9), (2, 1, 0.9), SENSES)  # a trade-off
+    assert pareto.frontier([(1, 1, 0.9), (1, 1, 0.9), (2, 2, 0.8)], SENSES) == [True, True, False]
+
+
+# ------------------------------------------------------------------------ a store of hand-made runs
+class Store:
+    """A sqlite MLflow store with runs written the way the pipeline writes them (tags, metrics)."""
+
+    def __init__(self, tmp: Path):
+        from mlflow import MlflowClient
+
+        self.tmp = tmp
+        self.uri = f"sqlite:///{tmp}/mlflow.db"
+        self.client = MlflowClient(self.uri)
+        self.exp = self.client.create_experiment("exp", artifact_location=(tmp / "artifacts").as_uri())
+        self.t = 1_700_000_000_000
+
+    def add(self, model="cnn", quant="fp32", backend="pytorch", arch="x86_64", cpu="CPU A", emulated=False,
+            threads=1, size=400_000.0, acc=0.90, p50=2.0, ci=0.02, status="ok", reason="", mlflow_status="FINISHED",
+            config=None, fp32_key="k1", params=None, batch_sizes=(1,), paired=None):
+        """paired: (fp32 p50, its CI half-width) as the cell's own job measured its fp32 reference."""
+        from mlflow.entities import Metric, Param
+
+        self.t += 1000
+        tags = {"status": status, "reason": reason, "model": model, "data": "fashion_mnist", "quant": quant,
+                "backend": backend, "arch": arch, "cpu": cpu, "isa": "avx2", "emulated": str(emulated).lower(),
+                "threads": str(threads), "fp32_key": fp32_key, "os": "Linux",
+                "cell": f"{model}-fashion_mnist-{quant}-{backend}",
+                "config_hash": config or f"{model}-{quant}-{backend}-{threads}-{json.dumps(params)}"}
+        run = self.client.create_run(self.exp, start_time=self.t, tags=tags, run_name=tags["cell"])
+        rid = run.info.run_id
+        metrics = {}
+        if status == "ok":
+            metrics = {"size_bytes": size, "accuracy": acc, "top1_agreement": 0.99, "peak_rss_mb": 300.0,
+                       "accuracy_delta_pp": 0.0}
+            for b in batch_sizes:
+                metrics.update({f"latency_p50_ms_b{b}": p50 * b, f"latency_p50_ci_low_ms_b{b}": (p50 - ci) * b,
+                                f"latency_p50_ci_high_ms_b{b}": (p50 + ci) * b})
+                if paired is not None or quant == "fp32":
+                    ref, half = paired if paired is not None else (p50, ci)
+                    metrics.update({f"speedup_b{b}": ref / p50, f"fp32_latency_p50_ci_low_ms_b{b}": (ref - half) * b,
+                                    f"fp32_latency_p50_ci_high_ms_b{b}": (ref + half) * b})
+        p = {"model.name": model, "quant.scheme": quant, "backend.name": backend, "device.threads": str(threads),
+             "mlflow.tracking_uri": self.uri, **(params or {})}
+        self.client.log_batch(rid, metrics=[Metric(k, v, self.t, 0) for k, v in metrics.items()],
+                              params=[Param(k, v) for k, v in p.items()])
+        if mlflow_status != "RUNNING":
+            self.client.set_terminated(rid, status=mlflow_status)
+        return rid
+
+    def report(self, **kw):
+        cfg = dict(tracking_uri=self.uri, experiment="exp", arch=None, budget_pp=1.0, out=str(self.tmp / "out"),
+                   tag_runs=True, log_run=True)
+        cfg.update(kw)
+        return build_report(SimpleNamespace(**cfg))
+
+
+def cell(report, arch, quant, backend="pytorch", emulated=False, threads="1"):
+    found = [c for g in report.groups for c in g.cells if g.arch == arch and g.emulated == emulated
+             and c.quant == quant and c.backend == backend and c.threads == threads]
+    assert len(found) == 1, (arch, quant, backend, emulated, found)
+    return found[0]
+
+
+@pytest.fixture
+def mixed(tmp_path):
+    s = Store(tmp_path)
+    ids = {
+        "x86_fp32": s.add(),
+        "x86_static": s.add(quant="static", size=100_000, acc=0.895, p50=1.0, paired=(1.9, 0.02)),
+        # overlaps the fp32 cell, and its own job's fp32 reference
+        "x86_dynamic": s.add(quant="dynamic", size=110_000, acc=0.90, p50=1.99, ci=0.05, paired=(2.01, 0.05)),
+        "x86_tflite_static": s.add(quant="static", backend="tflite", size=105_000, acc=0.89, p50=0.9),  # no fp32
+        "x86_static_2t": s.add(quant="static", threads=2, size=100_000, acc=0.895, p50=0.6),  # fp32 is 1 thread
+        "arm_fp32": s.add(arch="aarch64", cpu="Neoverse-N1", p50=4.0),
+        "arm_static": s.add(arch="aarch64", cpu="Neoverse-N1", quant="static", size=100_000, acc=0.89, p50=1.0,
+                            paired=(3.8, 0.05)),
+        "emu_fp32": s.add(arch="aarch64", cpu="AMD EPYC", emulated=True, p50=400.0),
+        "emu_static": s.add(arch="aarch64", cpu="AMD EPYC", emulated=True, quant="static", size=100_000, acc=0.88,
+                            p50=100.0, paired=(390.0, 5.0)),
+    }
+    return s, ids, s.report()
+
+
+def test_groups_keep_archs_and_emulation_apart(mixed):
+    _, _, rep = mixed
+    keys = [(g.arch, g.cpu, g.emulated) for g in rep.groups]
+    assert sorted(keys) == [("aarch64", "AMD EPYC", True), ("aarch64", "Neoverse-N1", False),
+                            ("x86_64", "CPU A", False)]
+    # each quantized cell is compared with the fp32 cell of its own arch
+    assert cell(rep, "x86_64", "static").derived["cell_speedup_b1"] == pytest.approx(2.0)
+    assert cell(rep, "aarch64", "static").derived["cell_speedup_b1"] == pytest.approx(4.0)
+    assert cell(rep, "aarch64", "static").derived["delta_pp"] == pytest.approx(-1.0)
+    # and the paired speedup is the one its own job measured
+    assert cell(rep, "x86_64", "static").derived["speedup_b1"] == pytest.approx(1.9)
+    assert cell(rep, "aarch64", "static").derived["speedup_b1"] == pytest.approx(3.8)
+    emu = cell(rep, "aarch64", "static", emulated=True)
+    assert emu.derived["speedup_b1"] is None and emu.derived["cell_speedup_b1"] is None  # emulation: no timings
+    assert emu.derived["size_ratio"] == pytest.approx(0.25) and emu.derived["delta_pp"] == pytest.approx(-2.0)
+    emu_group = next(g for g in rep.groups if g.emulated)
+    assert emu_group.objectives == ["size_bytes", "accuracy"]
+    assert [p.cell for p in emu_group.picks if p.name.startswith("fastest")] == [None, None]
+
+
+def test_missing_baseline_is_shown_missing_not_invented(mixed):
+    s, _, rep = mixed
+    tfl = cell(rep, "x86_64", "static", backend="tflite")
+    two = cell(rep, "x86_64", "static", threads="2")
+    for c in (tfl, two):
+        assert c.derived["baseline_run_id"] is None
+        assert c.derived["size_ratio"] is None and c.derived["delta_pp"] is None
+        assert c.derived["cell_speedup_b1"] is None and c.derived["speedup_b1"] is None  # nor a paired one here
+    md = (s.tmp / "out" / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| static / tflite"))
+    assert row.count("–") >= 4  # ratio, both speedups, delta
+    rows = list(csv.DictReader((s.tmp / "out" / "rows.csv").open()))
+    assert len(rows) == 9
+    r = next(r for r in rows if r["backend"] == "tflite")
+    assert r["size_ratio"] == "" and r["delta_pp"] == "" and r["baseline_run_id"] == ""
+
+
+def test_overlapping_intervals_are_not_significant(mixed):
+    s, _, rep = mixed
+    for kind in ("", "cell_"):  # paired, and against the fp32 cell
+        assert cell(rep, "x86_64", "dynamic").derived[f"{kind}significant_b1"] is False
+        assert cell(rep, "x86_64", "static").derived[f"{kind}significant_b1"] is True
+    md = (s.tmp / "out" / "report.md").read_text()
+    assert next(line for line in md.splitlines() if line.startswith("| dynamic / pytorch")).count("(n.s.)") == 2
+    # a pick that is not significantly faster than another candidate says so
+    x86 = next(g for g in rep.groups if g.arch == "x86_64")
+    assert next(p for p in x86.picks if p.name == "fastest").note == ""
+
+
+def test_frontier_picks_and_tags(mixed):
+    s, ids, rep = mixed
+    x86 = next(g for g in rep.groups if g.arch == "x86_64")
+    picks = {p.name: p.cell for p in x86.picks}
+    assert picks["smallest"].run_id in (ids["x86_static"], ids["x86_static_2t"])  # equal size; tie -> more accurate
+    assert picks["fastest"].run_id == ids["x86_static_2t"]
+    assert picks["most accurate"].run_id in (ids["x86_fp32"], ids["x86_dynamic"])
+    # within 1 pp: the 2-thread cell has no baseline, tflite none either: the pytorch static cell
+    assert picks["fastest within 1 pp"].run_id == ids["x86_static"]
+    on = {c.run_id for c in x86.cells if c.derived["pareto"]}
+    assert ids["x86_static_2t"] in on and ids["x86_fp32"] not in on  # dynamic: as accurate, smaller, faster
+    tags = {rid: s.client.get_run(rid).data.tags["pareto_optimal"] for rid in ids.values()}
+    assert {k for k, v in tags.items() if v == "true"} >= on
+    assert all(v in ("true", "false") for v in tags.values())
+    # the report run: artifacts and a tag the cells' search skips
+    rr = s.client.get_run(rep.report_run_id)
+    assert rr.data.tags["kind"] == "report"
+    names = {a.path for a in s.client.list_artifacts(rep.report_run_id, "report")}
+    assert {"report/report.md", "report/report.html", "report/rows.csv"} <= names
+    assert any(n.endswith("_tradeoff.png") for n in names) and "report/archs_cnn_fashion_mnist.png" in names
+    again = s.report(budget_pp=5.0)
+    assert len(again.runs.cells) == 9  # the first report run is not a cell
+    x86 = next(g for g in again.groups if g.arch == "x86_64")
+    # budget 5 pp: the tflite and 2-thread cells still have no baseline: not eligible
+    assert next(p for p in x86.picks if p.name == "fastest within 5 pp").cell.run_id == ids["x86_static"]
+
+
+def test_duplicates_newest_wins_and_count_is_shown(tmp_path):
+    s = Store(tmp_path)
+    s.add()
+    old = s.add(quant="static", size=100_000, acc=0.85, p50=1.0, config="same")
+    new = s.add(quant="static", size=100_000, acc=0.89, p50=1.0, config="same")
+    rep = s.report()
+    c = cell(rep, "x86_64", "static")
+    assert c.run_id == new and c.duplicates == 2 and rep.runs.superseded == [old]
+    assert s.client.get_run(old).data.tags["pareto_optimal"] == "superseded"
+    assert "| 2 |" in next(line for line in (tmp_path / "out" / "report.md").read_text().splitlines()
+                           if line.startswith("| static / pytorch"))
+
+
+def test_a_pick_within_the_noise_says_so(tmp_path):
+    s = Store(tmp_path)
+    s.add(backend="onnxruntime", p50=1.00, ci=0.05)
+    s.add(backend="onnxruntime", quant="static", size=100_000, p50=0.98, ci=0.05, paired=(1.0, 0.05))
+    rep = s.report()
+    fastest = next(p for p in rep.groups[0].picks if p.name == "fastest")
+    assert fastest.cell.quant == "static" and fastest.note == "not significantly faster than fp32 / onnxruntime"
+    assert "not significantly faster than fp32 / onnxruntime" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_variants_are_told_apart(tmp_path):
+    s = Store(tmp_path)
+    s.add()
+    s.add(quant="static", params={"quant.granularity": "per_channel"}, size=100_000, p50=1.0)
+    s.add(quant="static", params={"quant.granularity": "per_tensor"}, size=99_000, p50=0.9, acc=0.8)
+    rep = s.report()
+    labels = sorted(c.label for g in rep.groups for c in g.cells)
+    assert labels == ["fp32 / pytorch", "static / pytorch [quant.granularity=per_channel]",
+                      "static / pytorch [quant.granularity=per_tensor]"]
+
+
+def test_runs_that_are_not_cells_are_listed_with_reasons(tmp_path):
+    s = Store(tmp_path)
+    s.add()
+    s.add(quant="static", backend="tflite", status="unsupported", reason="per_tensor: the converter cannot")
+    s.add(quant="static", status="failed", reason="InjectedFault: boom", mlflow_status="FAILED")
+    s.add(quant="dynamic", status="running", mlflow_status="RUNNING")
+    s.add(quant="dynamic", backend="onnxruntime", status="running", mlflow_status="KILLED")
+    rep = s.report()
+    st_ = sorted((o.status, o.reason.split(":")[0]) for o in rep.runs.others)
+    assert [x[0] for x in st_] == ["failed", "killed", "running", "unsupported"]
+    md = (tmp_path / "out" / "report.md").read_text()
+    others = md.split("## Runs that are not measured cells")[1]
+    for text in ("the converter cannot", "InjectedFault: boom", "was killed without closing", "the job was killed"):
+        assert text in others, text
+    assert len(rep.runs.cells) == 1
+
+
+def test_bad_input_is_refused_with_the_valid_values(tmp_path):
+    s = Store(tmp_path)
+    s.add()
+    with pytest.raises(ReportError, match=r"arch='arm'.*x86_64, aarch64"):
+        s.report(arch="arm")
+    with pytest.raises(ReportError, match=r"budget_pp=-1.*>= 0"):
+        s.report(budget_pp=-1)
+    with pytest.raises(ReportError, match=r"experiment='nope'.*experiments there: Default, exp"):
+        s.report(experiment="nope")
+    with pytest.raises(ReportError, match=r"with arch=aarch64: archs found there: x86_64"):
+        s.report(arch="aarch64")
+
+
+def test_arch_filter_keeps_one_arch(mixed):
+    s, _, _ = mixed
+    rep = s.report(arch="aarch64", out=str(s.tmp / "arm"))
+    assert {g.arch for g in rep.groups} == {"aarch64"} and len(rep.groups) == 2
+
+
+# ----------------------------------------------------------------------- the real CLI on a real sweep
+@pytest.fixture(scope="module")
+def real_report(sweep, tmp_path_factory):
+    """python -m bsb_hydra.report on a copy of the shared sweep's store."""
+    src, _, _, _ = sweep
+    tmp = tmp_path_factory.mktemp("report")
+    shutil.copy(src / "mlflow.db", tmp / "mlflow.db")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    proc = subprocess.run([PYTHON, "-m", "bsb_hydra.report", f"tracking_uri={uri}", f"out={tmp}/out"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return tmp, uri, proc
+
+
+def test_cli_report_on_a_real_sweep(real_report):
+    from mlflow import MlflowClient
+
+    tmp, uri, proc = real_report
+    out = tmp / "out"
+    assert {"report.md", "report.html", "rows.csv"} <= {p.name for p in out.iterdir()}
+    assert len(list(out.glob("*.png"))) >= 6  # per model: trade-off, size, speedup
+    assert "fastest within 1 pp:" in proc.stdout and str(out / "report.md") in proc.stdout
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("bsb-hydra")
+    cells = [r for r in client.search_runs([exp.experiment_id], max_results=1000) if r.data.tags.get("kind") != "report"]
+    ok = {r.info.run_id: r for r in cells if r.data.tags["status"] == "ok"}
+    rows = list(csv.DictReader((out / "rows.csv").open()))
+    assert {r["run_id"] for r in rows} == set(ok)
+    for row in rows:
+        run = ok[row["run_id"]]
+        assert run.data.tags["pareto_optimal"] == {"yes": "true", "no": "false", "n/a": "n/a"}[row["pareto"]]
+        assert row["speedup_b1"] and float(row["speedup_b1"]) == pytest.approx(run.data.metrics["speedup_b1"])
+        assert row["speedup_significant_b1"] in (("True", "False") if row["quant"] != "fp32" else ("",))
+        # the report's ratios against the fp32 cell agree with the job's own paired fp32 reference
+        # (same weights, same backend): sizes to a few bytes (a re-saved archive is not byte-identical),
+        # accuracy to rounding
+        assert float(row["size_ratio"]) == pytest.approx(run.data.metrics["size_ratio"], rel=1e-3)
+        assert float(row["delta_pp"]) == pytest.approx(run.data.metrics["accuracy_delta_pp"], abs=1e-6)
+    assert sum(r["pareto"] == "yes" for r in rows) >= 2  # at least one per model
+    md = (out / "report.md").read_text()
+    assert md.count("## mlp on fashion_mnist") == 1 and md.count("## cnn on fashion_mnist") == 1
+
+
+def test_cli_refuses_an_unknown_experiment_naming_the_ones_there(real_report, tmp_path):
+    _, uri, _ = real_report
+    proc = subprocess.run([PYTHON, "-m", "bsb_hydra.report", f"tracking_uri={uri}", "experiment=nope",
+                           f"out={tmp_path}/out"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "experiment='nope' is not in the store" in proc.stderr and "bsb-hydra" in proc.stderr
+    bad = subprocess.run([PYTHON, "-m", "bsb_hydra.report", f"tracking_uri={uri}", "budget_pp=lots"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "budget_pp" in bad.stderr and "lots" in bad.stderr
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+PROBE = """<script>window.addEventListener('load', () => {
+  const imgs = [...document.images];
+  const p = document.createElement('pre'); p.id = 'probe';
+  p.textContent = JSON.stringify({images: imgs.length,
+    loaded: imgs.filter(i => i.complete && i.naturalWidth > 0).length,
+    tables: document.querySelectorAll('table').length, rows: document.querySelectorAll('tbody tr').length});
+  document.body.appendChild(p);
+});</script>"""
+
+
+def chromium() -> str:
+    exe = shutil.which("chromium")
+    assert exe, "Debian's chromium is missing: `make test` installs it (apt-get install -y chromium)"
+    return exe
+
+
+def test_html_report_renders_in_headless_chromium(real_report, tmp_path):
+    from PIL import Image
+
+    tmp, _, _ = real_report
+    page = tmp / "out" / "report.html"
+    # DOM: a copy of the page with a probe that counts tables and decoded images after load
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.read_text().replace("</body>", PROBE + "</body>"))
+    env = {**os.environ, "HOME": str(tmp_path)}
+    dom = subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path}/profile",
+                          "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
+                         capture_output=True, text=True, timeout=180, env=env)
+    assert '<pre id="probe">' in dom.stdout, dom.stderr[-2000:]
+    found = json.loads(dom.stdout.split('<pre id="probe">')[1].split("</pre>")[0].replace("&quot;", '"'))
+    n_png = len(list((tmp / "out").glob("*.png")))
+    assert found["images"] == n_png and found["loaded"] == n_png, found
+    assert found["tables"] >= 2 and found["rows"] >= 12, found
+    # a screenshot of the page itself: not blank, and the plots' colours are on it
+    shot = tmp_path / "shot.png"
+    subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path}/profile2", "--window-size=1400,2600",
+                    f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=180, env=env, check=True)
+    img = Image.open(shot).convert("RGB")
+    colors = img.getcolors(maxcolors=1 << 20)
+    assert colors is not None and len(colors) > 200, "the screenshot is (nearly) blank"
+    white = max(count for count, rgb in colors if rgb == (255, 255, 255)) if any(
+        rgb == (255, 255, 255) for _, rgb in colors) else 0
+    assert white < 0.97 * img.width * img.height
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rest(base: str, path: str, body=None):
+    req = urllib.request.Request(base + path, data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read() or b"{}")
+
+
+def test_report_through_a_real_mlflow_server_and_tags_over_rest(real_report, tmp_path):
+    tmp, uri, _ = real_report
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    mlflow_exe = str(Path(sys.executable).parent / "mlflow")
+    server = subprocess.Popen([mlflow_exe, "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
+                               "--port", str(port), "--workers", "1"], stdout=subprocess.DEVNULL,
+                              stderr=open(tmp_path / "server.log", "w"), start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()[-3000:]
+            time.sleep(0.5)
+        # the report itself, reading and tagging through the server
+        proc = subprocess.run([PYTHON, "-m", "bsb_hydra.report", f"tracking_uri={base}", f"out={tmp_path}/out",
+                               "budget_pp=0.5"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+        rows = list(csv.DictReader((tmp_path / "out" / "rows.csv").open()))
+        exp = _rest(base, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=bsb-hydra")["experiment"]
+        found = _rest(base, "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]],
+                                                           "filter": "tags.pareto_optimal = 'true'",
+                                                           "max_results": 1000})
+        ids = {r["info"]["run_id"] for r in found.get("runs", [])}
+        assert ids and ids == {r["run_id"] for r in rows if r["pareto"] == "yes"}
+        reports = _rest(base, "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]],
+                                                             "filter": "tags.kind = 'report'"})
+        assert len(reports["runs"]) == 2  # the sqlite one and this one
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(base + "/health", timeout=5)
