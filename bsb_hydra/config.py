@@ -394,6 +394,11 @@ class BenchmarkConfig:
     # Measure the fp32 artifact of the same backend in the same job, right before the quantized
     # one, so speedup_b{N} is a ratio of two timings taken seconds apart.
     paired_baseline: bool = True
+    # Fresh worker processes per artifact. The first also evaluates accuracy; with a paired baseline
+    # they alternate (fp32, cell, fp32, cell, ...). Samples are pooled and the p50 interval comes
+    # from a cluster bootstrap over the processes: a single process's p50 can sit far from the next
+    # one's (seen here: the same ORT artifact at 0.11 and 0.18 ms in two processes).
+    repeats: int = 3
     eval_batch_size: int = 256
     bootstrap_resamples: int = 1000
     timeout_s: float = 900.0
@@ -406,6 +411,7 @@ class BenchmarkConfig:
         if self.warmup_runs < 0:
             raise ConfigError(f"benchmark.warmup_runs={self.warmup_runs} is not allowed: it must be >= 0")
         _positive("benchmark.min_runs", self.min_runs)
+        _positive("benchmark.repeats", self.repeats)
         _positive("benchmark.min_duration_s", self.min_duration_s)
         _positive("benchmark.max_duration_s", self.max_duration_s)
         _positive("benchmark.eval_batch_size", self.eval_batch_size)

@@ -121,6 +121,17 @@ def measure(cfg, dict_cfg, workdir: Path, log) -> Dict[str, Any]:
     res = run_worker(artifact=art.path, input_dtype=art.input_dtype, latency=lat, tag=scheme,
                      inject_fault=_worker_fault(cfg), **common)
     ref = base if base is not None else res
+    # More fresh processes, latency only, alternating with the fp32 reference: per batch size, a list
+    # of sample lists (one per process) for each side.
+    lat_ref = [base.data["samples_ms"]] if base is not None and base.data.get("samples_ms") else []
+    lat_cell = [res.data["samples_ms"]]
+    lat_common = {**common, "eval_input": None}
+    for i in range(1, b.repeats):
+        if lat_ref:
+            lat_ref.append(run_worker(artifact=fp32_art.path, input_dtype=fp32_art.input_dtype, latency=lat,
+                                      tag=f"fp32_reference_r{i}", **lat_common).data["samples_ms"])
+        lat_cell.append(run_worker(artifact=art.path, input_dtype=art.input_dtype, latency=lat, tag=f"{scheme}_r{i}",
+                                   **lat_common).data["samples_ms"])
 
     m: Dict[str, float] = {}
     m["size_bytes"] = os.path.getsize(art.path)
@@ -139,19 +150,21 @@ def measure(cfg, dict_cfg, workdir: Path, log) -> Dict[str, Any]:
         m["fp32_vs_pytorch_max_abs_logit_diff"] = float(np.max(np.abs(ref.logits - torch_logits)))
     for key in ("load_ms", "first_inference_ms", "peak_rss_mb", "rss_delta_mb", "rss_after_import_mb"):
         m[key] = res.data[key]
-    for bs, samples in res.data["samples_ms"].items():
-        s = stats.latency_stats(samples, int(bs), b.bootstrap_resamples, cfg.seed)
+    for bs in res.data["samples_ms"]:
+        s = stats.pooled_latency_stats([p[bs] for p in lat_cell], int(bs), b.bootstrap_resamples, cfg.seed)
         for k in ("mean", "p50", "p90", "p95", "p99", "std"):
             m[f"latency_{k}_ms_b{bs}"] = s[f"{k}_ms"]
         m[f"latency_cv_b{bs}"] = s["cv"]
         m[f"latency_p50_ci_low_ms_b{bs}"] = s["p50_ci_low_ms"]
         m[f"latency_p50_ci_high_ms_b{bs}"] = s["p50_ci_high_ms"]
         m[f"latency_count_b{bs}"] = s["count"]
+        m[f"latency_processes_b{bs}"] = s["processes"]
+        m[f"latency_process_p50_spread_b{bs}"] = s["process_p50_spread"]
         m[f"throughput_sps_b{bs}"] = s["throughput_sps"]
         if scheme == "fp32":
             m[f"speedup_b{bs}"] = 1.0
-        elif base is not None and base.data.get("samples_ms"):
-            ref = stats.latency_stats(base.data["samples_ms"][bs], int(bs), b.bootstrap_resamples, cfg.seed)
+        elif lat_ref:
+            ref = stats.pooled_latency_stats([p[bs] for p in lat_ref], int(bs), b.bootstrap_resamples, cfg.seed)
             m[f"fp32_latency_p50_ms_b{bs}"] = ref["p50_ms"]
             m[f"fp32_latency_p50_ci_low_ms_b{bs}"] = ref["p50_ci_low_ms"]
             m[f"fp32_latency_p50_ci_high_ms_b{bs}"] = ref["p50_ci_high_ms"]
@@ -160,8 +173,8 @@ def measure(cfg, dict_cfg, workdir: Path, log) -> Dict[str, Any]:
                                      for c, v in acc["per_class"].items()},
               "fp32_per_class_accuracy": {str(c): v for c, v in ref_acc["per_class"].items()}},
              "per_class_accuracy.json")
-    log.json({"samples_ms": res.data["samples_ms"],
-              "fp32_reference_samples_ms": (base.data.get("samples_ms") if base else None)}, "latency_samples.json")
+    log.json({"per_process": True, "samples_ms": lat_cell, "fp32_reference_samples_ms": lat_ref or None},
+             "latency_samples.json")
     log.artifact(art.path, "model")
     pred_path = workdir / "predictions.npy"  # top-1 class per test sample: cross-backend agreement
     np.save(pred_path, res.logits.argmax(axis=1).astype(np.int16))

@@ -14,6 +14,7 @@ PYTHON = sys.executable
 SMOKE = [
     "train=smoke", "data.limit_test=1000", "benchmark.batch_sizes=[1,8]", "benchmark.warmup_runs=2",
     "benchmark.min_runs=10", "benchmark.min_duration_s=0.05", "benchmark.bootstrap_resamples=200",
+    "benchmark.repeats=1",
 ]
 
 

@@ -85,3 +85,29 @@ def test_accuracy_and_per_class():
     assert a["accuracy"] == pytest.approx(3 / 5)
     assert a["per_class"] == {0: 1.0, 1: 0.5, 2: 0.0}
     assert a["accuracy_ci_low"] < 0.6 < a["accuracy_ci_high"]
+
+
+def test_pooled_stats_one_process_is_the_plain_bootstrap():
+    rng = np.random.default_rng(1)
+    s = rng.gamma(5.0, 0.02, size=500)
+    one = stats.pooled_latency_stats([s], 1, 300, 0)
+    plain = stats.latency_stats(s, 1, 300, 0)
+    for k, v in plain.items():
+        assert one[k] == v, k
+    assert one["processes"] == 1 and one["process_p50_spread"] == 1.0
+
+
+def test_pooled_interval_widens_when_processes_disagree():
+    rng = np.random.default_rng(2)
+    fast, slow = rng.normal(0.11, 0.002, 2000), rng.normal(0.18, 0.002, 2000)
+    pooled = stats.pooled_latency_stats([fast, slow, fast.copy()], 1, 300, 0)
+    single = stats.latency_stats(np.concatenate([fast, slow, fast]), 1, 300, 0)
+    assert pooled["count"] == 6000 and pooled["processes"] == 3
+    assert pooled["process_p50_spread"] == pytest.approx(0.18 / 0.11, rel=0.01)
+    # the naive interval (all samples as one process) is far narrower than the process-level one
+    assert single["p50_ci_high_ms"] - single["p50_ci_low_ms"] < 0.01
+    assert pooled["p50_ci_high_ms"] - pooled["p50_ci_low_ms"] > 0.03
+    assert pooled["p50_ci_low_ms"] <= pooled["p50_ms"] <= pooled["p50_ci_high_ms"]
+    # agreeing processes: about the plain interval
+    same = stats.pooled_latency_stats([fast[:1000], fast[1000:]], 1, 300, 0)
+    assert same["p50_ci_high_ms"] - same["p50_ci_low_ms"] < 0.003

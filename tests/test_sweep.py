@@ -162,3 +162,26 @@ def test_unknown_option_in_a_sweep_lists_the_valid_ones(tmp_path):
     err = proc.stderr + proc.stdout
     assert "cnnn" in err and "mobilenet" in err
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_repeats_time_in_alternating_fresh_processes(tmp_path):
+    import json
+
+    run_bsb(["model=mlp", "data=digits", "quant=dynamic", "backend=onnxruntime", *SMOKE, "benchmark.repeats=2"],
+            tmp_path)
+    client, runs = runs_of(tmp_path)
+    r = runs[0]
+    assert r.data.tags["status"] == "ok", r.data.tags.get("reason")
+    m = r.data.metrics
+    for b in (1, 8):
+        assert m[f"latency_processes_b{b}"] == 2 and m[f"latency_process_p50_spread_b{b}"] >= 1.0
+        assert m[f"fp32_latency_p50_ci_low_ms_b{b}"] <= m[f"fp32_latency_p50_ms_b{b}"] <= \
+            m[f"fp32_latency_p50_ci_high_ms_b{b}"]
+    samples = json.loads(open(client.download_artifacts(r.info.run_id, "latency_samples.json", str(tmp_path))).read())
+    assert len(samples["samples_ms"]) == 2 and len(samples["fp32_reference_samples_ms"]) == 2
+    assert m["latency_count_b1"] == sum(len(p["1"]) for p in samples["samples_ms"])
+    # fp32, cell, fp32, cell: the order the worker results were written in
+    bench = tmp_path / "run" / "artifacts" / "bench"
+    order = sorted(bench.glob("*_result.json"), key=lambda p: p.stat().st_mtime_ns)
+    assert [p.name for p in order] == ["fp32_reference_result.json", "dynamic_result.json",
+                                       "fp32_reference_r1_result.json", "dynamic_r1_result.json"]
