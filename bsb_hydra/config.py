@@ -388,6 +388,7 @@ class BenchmarkConfig:
     batch_sizes: List[int] = field(default_factory=lambda: [1, 8, 32])
     warmup_runs: int = 20
     # Timed runs continue until BOTH min_runs and min_duration_s are reached (or max_duration_s).
+    # All three are totals over the `repeats` processes: each process times its share.
     min_runs: int = 100
     min_duration_s: float = 1.0
     max_duration_s: float = 30.0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 import time
@@ -109,8 +110,11 @@ def measure(cfg, dict_cfg, workdir: Path, log) -> Dict[str, Any]:
     np.save(latency_input, ds.x_test[:max(b.batch_sizes)])
     eval_input = workdir / "eval_input.npy"
     np.save(eval_input, ds.x_test)
-    lat = {"batch_sizes": list(b.batch_sizes), "warmup_runs": b.warmup_runs, "min_runs": b.min_runs,
-           "min_duration_s": b.min_duration_s, "max_duration_s": b.max_duration_s}
+    # min_runs, min_duration_s and max_duration_s are totals over the benchmark.repeats processes:
+    # each process times its share (warm-up runs are per process).
+    lat = {"batch_sizes": list(b.batch_sizes), "warmup_runs": b.warmup_runs,
+           "min_runs": math.ceil(b.min_runs / b.repeats), "min_duration_s": b.min_duration_s / b.repeats,
+           "max_duration_s": b.max_duration_s / b.repeats}
     common = dict(backend=cfg.backend.name, threads=cfg.device.threads,
                   settings=backend.runner_settings(cfg, engine), latency_input=latency_input, eval_input=eval_input,
                   eval_batch_size=b.eval_batch_size, workdir=workdir / "bench", timeout_s=b.timeout_s)
