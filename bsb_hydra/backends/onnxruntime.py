@@ -140,7 +140,8 @@ class OnnxruntimeBackend(Backend):
 
         path = ctx.workdir / "fp32_preprocessed.onnx"
         if not path.exists():
-            quant_pre_process(str(self._fp32(ctx)), str(path), skip_symbolic_shape=False)
+            with _quiet_root_logger():  # its symbolic shape inference logs at INFO too
+                quant_pre_process(str(self._fp32(ctx)), str(path), skip_symbolic_shape=False)
         return path
 
     def build_fp32(self, ctx: BuildContext, out: Path) -> Artifact:
