@@ -168,11 +168,11 @@ def measure(cfg, dict_cfg, workdir: Path, log) -> Dict[str, Any]:
         if scheme == "fp32":
             m[f"speedup_b{bs}"] = 1.0
         elif lat_ref:
-            ref = stats.pooled_latency_stats([p[bs] for p in lat_ref], int(bs), b.bootstrap_resamples, cfg.seed)
-            m[f"fp32_latency_p50_ms_b{bs}"] = ref["p50_ms"]
-            m[f"fp32_latency_p50_ci_low_ms_b{bs}"] = ref["p50_ci_low_ms"]
-            m[f"fp32_latency_p50_ci_high_ms_b{bs}"] = ref["p50_ci_high_ms"]
-            m[f"speedup_b{bs}"] = ref["p50_ms"] / s["p50_ms"]
+            fs = stats.pooled_latency_stats([p[bs] for p in lat_ref], int(bs), b.bootstrap_resamples, cfg.seed)
+            m[f"fp32_latency_p50_ms_b{bs}"] = fs["p50_ms"]
+            m[f"fp32_latency_p50_ci_low_ms_b{bs}"] = fs["p50_ci_low_ms"]
+            m[f"fp32_latency_p50_ci_high_ms_b{bs}"] = fs["p50_ci_high_ms"]
+            m[f"speedup_b{bs}"] = fs["p50_ms"] / s["p50_ms"]
     log.json({"per_class_accuracy": {ds.class_names[c] if c < len(ds.class_names) else str(c): v
                                      for c, v in acc["per_class"].items()},
               "fp32_per_class_accuracy": {str(c): v for c, v in ref_acc["per_class"].items()}},
