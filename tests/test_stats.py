@@ -34,11 +34,52 @@ def test_hand_computed_small_sample():
 def test_bootstrap_interval_matches_scipy():
     rng = np.random.default_rng(0)
     s = rng.normal(10, 1, 400)
-    lo, hi = stats.bootstrap_ci(s, np.median, resamples=4000, seed=1)
+    lo, hi = stats.median_bootstrap_ci([s], resamples=4000, seed=1)
     ref = sps.bootstrap((s,), np.median, n_resamples=4000, method="percentile", random_state=1).confidence_interval
     assert lo == pytest.approx(ref.low, abs=0.05)
     assert hi == pytest.approx(ref.high, abs=0.05)
     assert lo < np.median(s) < hi
+
+
+def _brute_force_cluster_bootstrap(groups, resamples, seed):
+    """The two-stage bootstrap written out: draw groups, draw samples, np.median of the pool."""
+    rng = np.random.default_rng(seed)
+    k = len(groups)
+    med = np.empty(resamples)
+    for r in range(resamples):
+        parts = [groups[i][rng.integers(0, groups[i].size, size=groups[i].size)] for i in rng.integers(0, k, size=k)]
+        med[r] = np.median(np.concatenate(parts))
+    return med
+
+
+@pytest.mark.parametrize("case", ["odd", "even", "ties", "two_modes", "unequal_sizes"])
+def test_median_bootstrap_matches_the_brute_force_bootstrap(case):
+    """The lazy binomial draw gives the same replicate distribution as materialising each resample."""
+    rng = np.random.default_rng(3)
+    groups = {
+        "odd": [rng.gamma(4, 0.05, 301)],
+        "even": [np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])],
+        "ties": [np.round(rng.normal(1.0, 0.1, 200), 1), np.round(rng.normal(1.05, 0.1, 150), 1)],
+        "two_modes": [rng.normal(0.11, 0.002, 300), rng.normal(0.18, 0.002, 300), rng.normal(0.11, 0.002, 300)],
+        "unequal_sizes": [rng.normal(1.0, 0.05, 50), rng.normal(1.2, 0.05, 400)],
+    }[case]
+    ref = _brute_force_cluster_bootstrap(groups, 20000, 6)
+    spread = np.ptp(np.concatenate(groups))
+    for level in (0.5, 0.8, 0.95):
+        lo, hi = stats.median_bootstrap_ci(groups, resamples=20000, seed=5, level=level)
+        a = (1 - level) / 2
+        assert lo == pytest.approx(np.quantile(ref, a), abs=0.02 * spread), level
+        assert hi == pytest.approx(np.quantile(ref, 1 - a), abs=0.02 * spread), level
+
+
+def test_median_bootstrap_is_seeded_and_cheap_on_long_runs():
+    rng = np.random.default_rng(4)
+    groups = [rng.gamma(5, 0.004, 50_000) for _ in range(3)]  # a fast model's b1 run: 150k samples
+    a = stats.median_bootstrap_ci(groups, 1000, 7)
+    assert a == stats.median_bootstrap_ci(groups, 1000, 7)
+    assert a[0] < np.median(np.concatenate(groups)) < a[1]
+    with pytest.raises(ValueError, match="no samples"):
+        stats.median_bootstrap_ci([np.array([])])
 
 
 @pytest.mark.parametrize("k,n", [(0, 10), (3, 10), (912, 1000), (1000, 1000), (9123, 10000)])

@@ -2,6 +2,8 @@
 [0, 1], texts as int64 token ids (N, seq_len) (``bsb_hydra.data.text``)."""
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Tuple
 
@@ -39,8 +41,33 @@ def _subset_idx(n: int, limit, rng: np.random.Generator) -> Optional[np.ndarray]
     return np.sort(rng.choice(n, size=limit, replace=False))
 
 
+# The last data set loaded in this process: the jobs of a multirun share one process (Hydra's basic
+# launcher), and parsing the full Fashion-MNIST again for each of a grid's cells costs about 1.5 s.
+_LAST: dict = {}
+
+
 def load_dataset(cfg, seed: int) -> Dataset:
-    """Load ``cfg.name`` and apply the seeded ``limit_train`` / ``limit_test`` subsets."""
+    """Load ``cfg.name`` and apply the seeded ``limit_train`` / ``limit_test`` subsets. A repeat
+    request for the same data config and seed in the same process returns the arrays loaded before
+    (in a fresh Dataset object)."""
+    try:
+        from omegaconf import OmegaConf
+
+        plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg) else vars(cfg)
+        key = json.dumps([plain, seed], sort_keys=True, default=str)
+    except (TypeError, ValueError):
+        key = None
+    if key is not None and _LAST.get("key") == key:
+        return dataclasses.replace(_LAST["ds"])
+    ds = _load_dataset(cfg, seed)
+    if key is not None:
+        _LAST.clear()
+        _LAST.update(key=key, ds=ds)
+        return dataclasses.replace(ds)
+    return ds
+
+
+def _load_dataset(cfg, seed: int) -> Dataset:
     loader = DATASETS.get(cfg.name)
     ds: Dataset = loader(cfg, seed)
     rng = np.random.default_rng(seed)
