@@ -24,4 +24,13 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    import sys
+
+    from bsb_hydra.config import ConfigError, check_group_overrides
+
+    try:
+        check_group_overrides(sys.argv[1:])
+    except ConfigError as e:
+        print(f"Error in the overrides: {e}", file=sys.stderr)
+        sys.exit(1)
     main()

@@ -9,6 +9,7 @@ happens before any data is loaded or any model is trained.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar, List, Optional
@@ -54,6 +55,7 @@ class FaultStage(Enum):
     quantize = "quantize"
     benchmark = "benchmark"
     worker_crash = "worker_crash"
+    worker_oom = "worker_oom"
     worker_hang = "worker_hang"
 
 
@@ -456,6 +458,9 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
     seed: int = 0
+    # Resume: a cell whose config_hash already has an `ok` run in the experiment (same arch, cpu and
+    # emulation) is skipped. force=true measures it again (the newer run supersedes the older).
+    force: bool = False
 
 
 SCHEMAS = {
@@ -513,3 +518,29 @@ def _cross_check(c: Config) -> None:
     if needs and c.data.tokenizer != needs:
         raise ConfigError(f"model={c.model.name} needs data.tokenizer={needs} (its pretrained vocabulary), "
                           f"not data.tokenizer={c.data.tokenizer}")
+
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+GROUP_NAMES = ("model", "data", "quant", "backend", "device", "train", "experiment")
+
+
+def group_options(group: str) -> List[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def check_group_overrides(overrides: List[str]) -> None:
+    """Command-line overrides of a config group must name options (``model=cnn`` or a sweep of them).
+    Hydra itself answers ``model=null`` or ``model=3`` with an error that names neither the group nor
+    its options; this one names both. Everything else is left to Hydra's own checks."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for o in OverridesParser.create().parse_overrides([a for a in overrides if "=" in a]):
+        group = o.key_or_group.lstrip("+~")
+        if group not in GROUP_NAMES or o.package or o.is_delete():
+            continue
+        v = o.value()
+        values = list(v.list) if o.is_sweep_override() and hasattr(v, "list") else [v]
+        for x in values:
+            if not isinstance(x, str):
+                raise ConfigError(f"{group}={x!r} (in {o.input_line}) is not an option of {group}: "
+                                  f"choose one of {', '.join(group_options(group))}")

@@ -38,7 +38,7 @@ def cell_id(cfg) -> str:
 
 def config_hash(dict_cfg: DictConfig) -> str:
     c = OmegaConf.to_container(dict_cfg, resolve=True, enum_to_str=True)
-    for k in ("hydra", "mlflow", "paths", "debug"):
+    for k in ("hydra", "mlflow", "paths", "debug", "force"):
         c.pop(k, None)
     return hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -52,7 +52,7 @@ def _maybe_fault(cfg, stage: str) -> None:
 def _worker_fault(cfg) -> Optional[str]:
     d = cfg.debug
     if d.fail_cell in cell_id(cfg):
-        return {"worker_crash": "crash", "worker_hang": "hang"}.get(d.fail_stage.value)
+        return {"worker_crash": "crash", "worker_oom": "oom", "worker_hang": "hang"}.get(d.fail_stage.value)
     return None
 
 
@@ -232,22 +232,37 @@ def run_cell(dict_cfg: DictConfig) -> Dict[str, Any]:
     try:
         experiment_id = tracking.setup(dict_cfg)
     except Exception as e:
-        result["reason"] = f"MLflow store {dict_cfg.mlflow.tracking_uri} unusable: {e}"
+        result["reason"] = tracking.mask_text(f"MLflow store {dict_cfg.mlflow.tracking_uri} unusable: {e}")
         print(f"[failed] {cid}: {result['reason']}", flush=True)
         _write_result(out_dir, result)
         return result
     info = system_info()
+    chash = config_hash(dict_cfg)
+    me = tracking.process_identity()
+    client = mlflow.MlflowClient()
+    closed = tracking.close_dead_runs(client, experiment_id, me)
+    if closed:
+        print(f"[resume] marked {len(closed)} run(s) of dead processes KILLED: {', '.join(closed)}", flush=True)
+    prior = None if dict_cfg.get("force", False) else tracking.finished_run(client, experiment_id, chash, info)
+    if prior is not None:
+        result.update(status="skipped", run_id=prior.info.run_id, seconds=time.perf_counter() - t_start,
+                      reason=f"run {prior.info.run_id} already measured config_hash {chash} on this machine "
+                             f"(status ok); force=true measures it again")
+        result["metrics"] = dict(prior.data.metrics)
+        print(summary_line(result), flush=True)
+        _write_result(out_dir, result)
+        return result
     with mlflow.start_run(experiment_id=experiment_id, run_name=cid) as run:
         log = RunLog(mlflow)
         result["run_id"] = run.info.run_id
-        log.tags({"status": "running", "cell": cid, "config_hash": config_hash(dict_cfg), "git_sha": git_sha(),
-                  "sweep_dir": job["sweep_dir"], "job_num": job["job_num"], **info})
+        log.tags({"status": "running", "cell": cid, "config_hash": chash, "git_sha": git_sha(),
+                  "sweep_dir": job["sweep_dir"], "job_num": job["job_num"], **me, **info})
         try:
             log.tags({"model": dict_cfg.model.name, "data": dict_cfg.data.name, "quant": _name(dict_cfg.quant.scheme),
                       "backend": dict_cfg.backend.name, "device": dict_cfg.device.name,
                       "threads": dict_cfg.device.threads, "seq_len": dict_cfg.data.get("seq_len") or ""})
             mlflow.log_params(tracking.resolved_params(dict_cfg))
-            log.json(OmegaConf.to_container(dict_cfg, resolve=True, enum_to_str=True), "config.json")
+            log.json(tracking.resolved_config(dict_cfg), "config.json")
             cfg = validate(dict_cfg)
             if cfg.device.expected_arch and cfg.device.expected_arch != info["arch"]:
                 raise Unsupported(f"device={cfg.device.name} expects arch {cfg.device.expected_arch}, "
@@ -281,6 +296,8 @@ def run_cell(dict_cfg: DictConfig) -> Dict[str, Any]:
 
 def summary_line(r: Dict[str, Any]) -> str:
     m = r.get("metrics") or {}
+    if r["status"] == "skipped":
+        return f"[skipped] {r['cell']}: {r['reason']}"
     if r["status"] != "ok":
         return f"[{r['status']}] {r['cell']}: {r['reason'].splitlines()[0] if r['reason'] else ''}"
     parts = [f"size {m['size_bytes'] / 1024:.0f} KiB ({m['size_ratio']:.2f}x fp32)",

@@ -21,7 +21,7 @@ def format_table(results) -> str:
                      f"{f('accuracy', '.2f', 100):>7} {f('accuracy_delta_pp', '+.2f'):>7} "
                      f"{f('top1_agreement', '.2f', 100):>8} {f('latency_p50_ms_b1', '.4f'):>10} "
                      f"{f('speedup_b1', '.2f'):>8}")
-        if r["status"] != "ok" and r.get("reason"):
+        if r["status"] not in ("ok", "skipped") and r.get("reason"):
             lines.append(f"{'':>5}reason: {r['reason'].splitlines()[0][:150]}")
     return "\n".join(lines)
 
@@ -33,6 +33,6 @@ class SweepSummary(Callback):
         for p in sweep.glob("*/result.json"):
             results.append(json.loads(p.read_text()))
         results.sort(key=lambda r: int(r.get("job_num") or 0))
-        counts = {s: sum(r["status"] == s for r in results) for s in ("ok", "unsupported", "failed")}
+        counts = {s: sum(r["status"] == s for r in results) for s in ("ok", "skipped", "unsupported", "failed")}
         print(f"\nSweep {sweep}: {len(results)} cells, " + ", ".join(f"{v} {k}" for k, v in counts.items()))
         print(format_table(results), flush=True)

@@ -4,6 +4,7 @@ current directory is)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Dict
 
@@ -25,9 +26,20 @@ def setup(cfg) -> str:
     """Point MLflow at the store and experiment; returns the experiment id."""
     import mlflow
 
-    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
-    client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(cfg.mlflow.experiment)
+    uri = cfg.mlflow.tracking_uri
+    mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:///"):
+        # Jobs started together (joblib, two sweeps) would each create a fresh store's tables and
+        # race MLflow's migrations into a broken schema. The store is built (tables created or
+        # checked) when the first client of the process is: the first job does it, the rest wait.
+        from bsb_hydra.locks import file_lock
+
+        with file_lock(Path(uri[len("sqlite:///"):] + ".lock")):
+            client = mlflow.MlflowClient()
+            exp = client.get_experiment_by_name(cfg.mlflow.experiment)
+    else:
+        client = mlflow.MlflowClient()
+        exp = client.get_experiment_by_name(cfg.mlflow.experiment)
     if exp is not None:
         return exp.experiment_id
     location = None
@@ -45,6 +57,108 @@ def setup(cfg) -> str:
 
 
 def resolved_params(dict_cfg) -> Dict[str, str]:
+    return flatten(resolved_config(dict_cfg))
+
+
+def resolved_config(dict_cfg) -> Dict[str, Any]:
+    """The resolved config as plain data, with secrets masked: what goes to MLflow."""
     container = OmegaConf.to_container(dict_cfg, resolve=True, enum_to_str=True)
     container.pop("hydra", None)
-    return flatten(container)
+    return mask_secrets(container)
+
+
+# --- no credentials in params, tags, artifacts or logs ----------------------------------------------
+
+_SECRET_WORDS = r"(pass|password|passwd|secret|token|api[_-]?key|apikey|credentials?|access[_-]?key|auth)"
+SECRET_KEY = re.compile(r"(^|[_.-])" + _SECRET_WORDS + r"($|[_.-])", re.I)  # not "tokenizer", "max_tokens"
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@", re.I)
+_URL_QUERY_SECRET = re.compile(r"(?P<k>[?&](?:[^=&\s]*[_.-])?" + _SECRET_WORDS + r"=)(?P<v>[^&\s]+)", re.I)
+MASK = "***"
+
+
+def mask_text(text: str) -> str:
+    """A URL's password (``scheme://user:PASSWORD@host``) and secret-looking query values, masked."""
+    text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+    return _URL_QUERY_SECRET.sub(lambda m: f"{m['k']}{MASK}", text)
+
+
+def mask_secrets(obj: Any, key: str = "") -> Any:
+    """Mask the values of secret-looking keys (password, token, api_key, ...) and any credentials
+    inside URL strings, recursively."""
+    if isinstance(obj, dict):
+        return {k: mask_secrets(v, str(k)) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [mask_secrets(v, key) for v in obj]
+    if key and SECRET_KEY.search(key) and obj not in (None, "", False):
+        return MASK
+    return mask_text(obj) if isinstance(obj, str) else obj
+
+
+# --- resume: finished cells are skipped; runs of processes that died are closed ---------------------
+
+def _quote(v: str) -> str:
+    return "'" + str(v).replace("'", "\\'") + "'"
+
+
+def process_identity() -> Dict[str, str]:
+    """Who holds a run open: host, pid and the pid's start time (so a reused pid is not mistaken
+    for the process that opened the run)."""
+    import os
+    import socket
+
+    return {"host": socket.gethostname(), "pid": str(os.getpid()), "pid_start": _pid_start(os.getpid())}
+
+
+def _pid_start(pid: int) -> str:
+    try:  # field 22 of /proc/PID/stat, after the parenthesised command name
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _alive(pid: str, start: str) -> bool:
+    try:
+        now = _pid_start(int(pid))
+    except ValueError:
+        return False
+    return bool(now) and (not start or now == start)
+
+
+def close_dead_runs(client, experiment_id: str, me: Dict[str, str]) -> list:
+    """Mark KILLED every run of the experiment left RUNNING by a process of this host that no longer
+    exists (a sweep killed with SIGKILL, a reboot). Runs opened on other hosts are left alone: this
+    host cannot tell whether they are still being written. Returns the run ids closed."""
+    closed = []
+    for run in search_all(client, experiment_id, "attributes.status = 'RUNNING'"):
+        t = run.data.tags
+        if t.get("host") != me["host"] or not t.get("pid") or _alive(t["pid"], t.get("pid_start", "")):
+            continue
+        reason = (f"killed: process {t['pid']} on {t['host']} ended while this run was open (SIGKILL, crash "
+                  f"or reboot); closed by process {me['pid']}")
+        client.set_tag(run.info.run_id, "status", "killed")
+        client.set_tag(run.info.run_id, "reason", reason)
+        client.set_terminated(run.info.run_id, status="KILLED")
+        closed.append(run.info.run_id)
+    return closed
+
+
+def finished_run(client, experiment_id: str, chash: str, info: Dict[str, str]):
+    """The newest run of this config on this kind of machine (arch, cpu, emulation) with status ok,
+    or None. The same config on another machine is another measurement, never a duplicate."""
+    f = (f"tags.config_hash = {_quote(chash)} and tags.status = 'ok' and attributes.status = 'FINISHED' "
+         f"and tags.arch = {_quote(info['arch'])} and tags.cpu = {_quote(info['cpu'])} "
+         f"and tags.emulated = {_quote(info['emulated'])}")
+    runs = client.search_runs([experiment_id], filter_string=f, max_results=1, order_by=["attributes.start_time DESC"])
+    return runs[0] if runs else None
+
+
+def search_all(client, experiment_id: str, filter_string: str = "") -> list:
+    """Every run of the experiment matching the filter, newest first (MLflow's search, paged)."""
+    out, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000,
+                                  order_by=["attributes.start_time DESC"], page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out

@@ -3,17 +3,17 @@ hash, or loaded from a user's checkpoint. Every backend and scheme of a sweep st
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
+
+from bsb_hydra.locks import file_lock
 
 
 @dataclass
@@ -53,18 +53,6 @@ def sha256_file(path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-@contextmanager
-def file_lock(path: Path):
-    """An exclusive lock so two jobs asking for the same model train it once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def training_subset(ds, limit: Optional[int], seed: int):
@@ -146,7 +134,11 @@ def get_fp32_model(cfg, ds, cache_dir: str) -> Fp32Model:
         path = Path(cfg.model.checkpoint).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"model.checkpoint={cfg.model.checkpoint!r}: no such file")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"model.checkpoint={str(path)!r} cannot be read as a weights-only state_dict "
+                             f"(torch.load(weights_only=True)): {type(e).__name__}: {str(e)[:300]}") from e
         try:
             module.load_state_dict(state)
         except RuntimeError as e:
@@ -161,13 +153,19 @@ def get_fp32_model(cfg, ds, cache_dir: str) -> Fp32Model:
     weights = folder / f"{cfg.model.name}-{key}.pt"
     meta_path = weights.with_suffix(".json")
     with file_lock(folder / f".{key}.lock"):
+        for stale in folder.glob(f"{weights.stem}.*tmp*"):  # left by a job killed mid-write
+            stale.unlink(missing_ok=True)
         if weights.is_file() and meta_path.is_file():
-            meta = json.loads(meta_path.read_text())
-            digest = sha256_file(weights)
-            if digest != meta.get("sha256"):
-                print(f"  cached weights {weights} fail their hash check: retraining", flush=True)
-            else:
+            try:
+                meta = json.loads(meta_path.read_text())
+                digest = sha256_file(weights)
+                if digest != meta.get("sha256"):
+                    raise ValueError(f"sha256 {digest[:16]}... is not the {str(meta.get('sha256'))[:16]}... "
+                                     f"recorded in {meta_path.name}")
                 module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            except Exception as e:  # a corrupt cache entry is never used: say which file, then retrain
+                print(f"  cached model {weights} is unusable ({type(e).__name__}: {e}): retraining", flush=True)
+            else:
                 module.eval()
                 return Fp32Model(module, "cache", key, str(weights), digest, meta.get("train_seconds", 0.0),
                                  meta.get("loss_curve", []))
@@ -176,11 +174,11 @@ def get_fp32_model(cfg, ds, cache_dir: str) -> Fp32Model:
         curve = train_model(module, ds, cfg.train, cfg.seed)
         seconds = time.perf_counter() - t0
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = weights.with_suffix(f".tmp{os.getpid()}")
+        tmp = weights.with_suffix(f".pt.tmp{os.getpid()}")
         torch.save(module.state_dict(), tmp)
         digest = sha256_file(tmp)
         os.replace(tmp, weights)  # atomic: a reader never sees half a file
-        tmp_meta = meta_path.with_suffix(f".tmp{os.getpid()}")
+        tmp_meta = meta_path.with_suffix(f".json.tmp{os.getpid()}")
         tmp_meta.write_text(json.dumps({"sha256": digest, "train_seconds": seconds, "loss_curve": curve}))
         os.replace(tmp_meta, meta_path)
     return Fp32Model(module, "trained", key, str(weights), digest, seconds, curve)

@@ -18,14 +18,23 @@ SMOKE = [
 ]
 
 
-def run_bsb(args, tmp: Path, timeout=900, check=True):
-    """python -m bsb_hydra ARGS into a private MLflow store, model cache and sweep dir."""
+def bsb_command(args, tmp: Path, sweep: str = "sweep", env_extra=None):
+    """The command line and environment of python -m bsb_hydra ARGS writing into a private MLflow
+    store, model cache and sweep dir under tmp."""
     env = dict(os.environ)
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
     env["BSB_CACHE_DIR"] = str(tmp / "cache")
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    cmd = [PYTHON, "-m", "bsb_hydra", *args, f"mlflow.artifact_root={tmp}/artifacts",
-           f"hydra.sweep.dir={tmp}/sweep", f"hydra.run.dir={tmp}/run"]
+    env.update(env_extra or {})
+    defaults = [f"mlflow.artifact_root={tmp}/artifacts", f"hydra.sweep.dir={tmp}/{sweep}", f"hydra.run.dir={tmp}/run"]
+    given = {a.split("=", 1)[0] for a in args}
+    cmd = [PYTHON, "-m", "bsb_hydra", *args, *(d for d in defaults if d.split("=", 1)[0] not in given)]
+    return cmd, env
+
+
+def run_bsb(args, tmp: Path, timeout=900, check=True, sweep: str = "sweep", env_extra=None):
+    """python -m bsb_hydra ARGS into a private MLflow store, model cache and sweep dir."""
+    cmd, env = bsb_command(args, tmp, sweep, env_extra)
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
@@ -86,3 +95,66 @@ def pytest_collection_modifyitems(config, items):
         if shared:  # the widest one: conftest's sweep before test_report.py's real_report built on it
             baseid, name = min(shared, key=lambda s: (len(s[0]), s[1]))
             item.add_marker(pytest.mark.xdist_group(f"{baseid}::{name}"))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 over a given backend store, started and stopped by the test
+    that needs it (``with MlflowServer(uri, log) as base: ...``; ``stop()`` ends it early)."""
+
+    def __init__(self, backend_uri: str, log_path: Path, port: int = 0, artifacts: Path = None):
+        self.backend_uri, self.log_path, self.port = backend_uri, log_path, port or free_port()
+        self.artifacts = artifacts
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self) -> str:
+        import time
+        import urllib.request
+
+        exe = str(Path(PYTHON).parent / "mlflow")
+        cmd = [exe, "server", "--backend-store-uri", self.backend_uri, "--host", "127.0.0.1",
+               "--port", str(self.port), "--workers", "1"]
+        if self.artifacts is not None:
+            cmd += ["--artifacts-destination", str(self.artifacts)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "a"),
+                                     start_new_session=True)
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(self.base + "/health", timeout=5) as r:
+                    if r.status == 200:
+                        return self.base
+            except OSError:
+                pass
+            assert self.proc.poll() is None and time.time() < deadline, self.log_path.read_text()[-3000:]
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        try:  # its worker processes linger a few seconds after the parent
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

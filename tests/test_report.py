@@ -6,11 +6,7 @@ import json
 import math
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,7 +17,7 @@ from hypothesis import strategies as st
 
 from bsb_hydra.report import pareto
 from bsb_hydra.report.build import ReportError, build_report
-from tests.conftest import PYTHON, ROOT
+from tests.conftest import PYTHON, ROOT, MlflowServer
 
 SENSES = [pareto.MIN, pareto.MIN, pareto.MAX]  # size, latency, accuracy
 
@@ -385,12 +381,6 @@ def test_html_report_renders_in_headless_chromium(real_report, tmp_path):
     assert white < 0.97 * img.width * img.height
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rest(base: str, path: str, body=None):
     req = urllib.request.Request(base + path, data=json.dumps(body).encode() if body is not None else None,
                                  headers={"Content-Type": "application/json"})
@@ -400,23 +390,9 @@ def _rest(base: str, path: str, body=None):
 
 def test_report_through_a_real_mlflow_server_and_tags_over_rest(real_report, tmp_path):
     tmp, uri, _ = real_report
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    mlflow_exe = str(Path(sys.executable).parent / "mlflow")
-    server = subprocess.Popen([mlflow_exe, "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
-                               "--port", str(port), "--workers", "1"], stdout=subprocess.DEVNULL,
-                              stderr=open(tmp_path / "server.log", "w"), start_new_session=True)
+    server = MlflowServer(uri, tmp_path / "server.log")
+    base = server.start()
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()[-3000:]
-            time.sleep(0.5)
         # the report itself, reading and tagging through the server
         proc = subprocess.run([PYTHON, "-m", "bsb_hydra.report", f"tracking_uri={base}", f"out={tmp_path}/out",
                                "budget_pp=0.5"], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -432,11 +408,6 @@ def test_report_through_a_real_mlflow_server_and_tags_over_rest(real_report, tmp
                                                              "filter": "tags.kind = 'report'"})
         assert len(reports["runs"]) == 2  # the sqlite one and this one
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        server.stop()
     with pytest.raises(OSError):
         urllib.request.urlopen(base + "/health", timeout=5)

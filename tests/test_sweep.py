@@ -112,7 +112,8 @@ def test_benchmark_worker_imports_only_its_runtime(sweep):
 
 def test_one_failing_cell_leaves_the_others_intact(tmp_path):
     proc = run_bsb(["-m", "model=mlp", "data=digits", "quant=fp32,static", "backend=pytorch",
-                    "debug.fail_stage=quantize,worker_crash", "debug.fail_cell=static", *SMOKE], tmp_path)
+                    "debug.fail_stage=quantize,worker_crash", "debug.fail_cell=static", "force=true", *SMOKE],
+                   tmp_path)  # force: the two fp32 cells differ only in debug settings, not in config_hash
     _, runs = runs_of(tmp_path)
     assert len(runs) == 4
     status = sorted((r.data.tags["quant"], r.data.params["debug.fail_stage"], r.data.tags["status"]) for r in runs)
@@ -124,7 +125,7 @@ def test_one_failing_cell_leaves_the_others_intact(tmp_path):
     assert "SIGSEGV" in reasons["worker_crash"]
     failed = [r for r in runs if r.data.tags["status"] == "failed"]
     assert all(r.info.status == "FAILED" for r in failed)
-    assert "2 ok, 0 unsupported, 2 failed" in proc.stdout
+    assert "2 ok, 0 skipped, 0 unsupported, 2 failed" in proc.stdout
 
 
 def test_unsupported_cell_is_logged_with_reason(tmp_path):

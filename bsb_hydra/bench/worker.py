@@ -38,7 +38,9 @@ def peak_rss_mb() -> float:
 def _fault(req) -> None:
     kind = req.get("inject_fault")
     if kind == "crash":
-        os.kill(os.getpid(), 11)
+        os.kill(os.getpid(), 11)  # SIGSEGV
+    elif kind == "oom":
+        os.kill(os.getpid(), 9)  # SIGKILL, what the kernel's OOM killer sends
     elif kind == "hang":
         time.sleep(10**6)
 

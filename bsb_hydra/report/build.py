@@ -7,11 +7,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List
 
+from bsb_hydra import tracking
 from bsb_hydra.report import analysis, plots, render, runs as runs_mod
 
 ARCHS = ("x86_64", "aarch64")
 # What a report writes into `out` (and deletes there first, so a stale plot never ships).
 OWN_FILES = ("report.md", "report.html", "rows.csv", "*.png")
+# Written into every report folder: outside the project, a folder holding report-like files is
+# cleaned only if it has this marker (so out=~/Pictures never loses a PNG).
+MARKER = ".bsb_hydra_report"
 
 
 class ReportError(ValueError):
@@ -27,13 +31,6 @@ class Report:
     tagged: Dict[str, str]  # run id -> pareto_optimal value set
 
 
-def _safe_uri(uri: str) -> str:
-    if "@" in uri and "://" in uri:  # user:password@host
-        scheme, rest = uri.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return uri
-
-
 def _check(cfg) -> None:
     if cfg.arch is not None and cfg.arch not in ARCHS:
         raise ReportError(f"arch={cfg.arch!r} is not allowed: use one of {', '.join(ARCHS)} (or leave it unset for every arch)")
@@ -41,6 +38,15 @@ def _check(cfg) -> None:
         raise ReportError(f"budget_pp={cfg.budget_pp!r} is not allowed: it must be a number of percentage points >= 0")
     if not str(cfg.out).strip():
         raise ReportError("out='' is not allowed: give a folder for the report")
+    out = Path(cfg.out).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"out={cfg.out!r} is a file, not a folder")
+    project = Path.cwd().resolve()
+    doomed = [p for pattern in OWN_FILES for p in out.glob(pattern)] if out.is_dir() else []
+    if doomed and not (out == project or project in out.parents) and not (out / MARKER).is_file():
+        raise ReportError(f"out={cfg.out!r} ({out}) is outside the project ({project}) and holds files a report "
+                          f"replaces (e.g. {doomed[0].name}) that no earlier report wrote (no {MARKER} there): "
+                          f"give a new or empty folder, a report folder, or one inside the project")
 
 
 def build_report(cfg) -> Report:
@@ -51,11 +57,11 @@ def build_report(cfg) -> Report:
     exp = client.get_experiment_by_name(cfg.experiment)
     if exp is None:
         names = sorted(e.name for e in client.search_experiments())
-        raise ReportError(f"experiment={cfg.experiment!r} is not in the store {_safe_uri(cfg.tracking_uri)}: "
+        raise ReportError(f"experiment={cfg.experiment!r} is not in the store {tracking.mask_text(cfg.tracking_uri)}: "
                           f"experiments there: {', '.join(names) or 'none (run a sweep first)'}")
     runs = runs_mod.load(client, exp.experiment_id, cfg.arch)
     if not runs.cells and not runs.others:
-        found = sorted({r.data.tags.get("arch", "?") for r in runs_mod.search_all(client, exp.experiment_id)
+        found = sorted({r.data.tags.get("arch", "?") for r in tracking.search_all(client, exp.experiment_id)
                         if r.data.tags.get("kind") != "report"})
         raise ReportError(f"no runs in experiment {cfg.experiment!r}" + (f" with arch={cfg.arch}" if cfg.arch else "")
                           + (f": archs found there: {', '.join(found)}" if found else ": run a sweep first"))
@@ -67,9 +73,10 @@ def build_report(cfg) -> Report:
         for p in out.glob(pattern):
             p.unlink()
     made = plots.draw_all(groups, out)
-    meta = {"experiment": cfg.experiment, "store": _safe_uri(cfg.tracking_uri), "arch": cfg.arch or "",
+    meta = {"experiment": cfg.experiment, "store": tracking.mask_text(cfg.tracking_uri), "arch": cfg.arch or "",
             "budget_pp": f"{float(cfg.budget_pp):g}",
             "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    (out / MARKER).write_text("written by python -m bsb_hydra.report; its files are replaced by the next report\n")
     (out / "report.md").write_text(render.markdown(meta, groups, runs, made))
     (out / "report.html").write_text(render.html_page(meta, groups, runs, made, out))
     render.write_csv(groups, out / "rows.csv")

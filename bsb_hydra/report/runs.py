@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+from bsb_hydra import tracking
+
 # Params that say where a run was logged, not what was measured: never a cell's variant.
 _NOT_VARIANT = ("mlflow.", "paths.", "debug.", "hydra.")
 
@@ -92,19 +94,8 @@ class Runs:
     superseded: List[str]  # run ids of older ok runs of a cell that has a newer one
 
 
-def search_all(client, experiment_id: str, filter_string: str = "") -> list:
-    out, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000,
-                                  order_by=["attributes.start_time DESC"], page_token=token)
-        out.extend(page)
-        token = page.token
-        if not token:
-            return out
-
-
 def load(client, experiment_id: str, arch: Optional[str] = None) -> Runs:
-    runs = search_all(client, experiment_id, f"tags.arch = '{arch}'" if arch else "")
+    runs = tracking.search_all(client, experiment_id, f"tags.arch = '{arch}'" if arch else "")
     cells: Dict[tuple, Cell] = {}
     superseded: List[str] = []
     others: List[Other] = []

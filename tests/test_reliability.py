@@ -1,0 +1,380 @@
+"""Reliability: resumed sweeps, faults survived, nothing lost, bad input refused, no secrets leaked.
+Every sweep here is smoke-sized (digits or a 1000-image test split): structure, not figures."""
+import json
+import os
+import pickle
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import ROOT, SMOKE, MlflowServer, bsb_command, run_bsb, runs_of
+
+DIGITS = ["data=digits", *SMOKE]
+
+
+def _results(tmp: Path, sweep: str = "sweep"):
+    out = [json.loads(p.read_text()) for p in (tmp / sweep).glob("*/result.json")]
+    return sorted(out, key=lambda r: int(r["job_num"]))
+
+
+def _wait_for(predicate, what: str, timeout: float = 600):
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+# ------------------------------------------------------------------------------------------ resume
+
+def test_finished_cells_are_skipped_and_force_measures_again(tmp_path):
+    args = ["-m", "model=mlp", "quant=fp32,dynamic", "backend=onnxruntime", *DIGITS]
+    run_bsb(args, tmp_path, sweep="first")
+    proc = run_bsb(args, tmp_path, sweep="again")
+    _, runs = runs_of(tmp_path)
+    assert len(runs) == 2  # nothing new logged
+    again = _results(tmp_path, "again")
+    assert [r["status"] for r in again] == ["skipped", "skipped"]
+    assert {r["run_id"] for r in again} == {r.info.run_id for r in runs}
+    assert "0 ok, 2 skipped" in proc.stdout and proc.stdout.count("[skipped]") == 2
+    # not a re-benchmark: no artifact was built, no worker started, the table still shows the numbers
+    assert not list((tmp_path / "again").glob("*/artifacts"))
+    accuracy = {r.info.run_id: r.data.metrics["accuracy"] for r in runs}
+    assert all(r["metrics"]["accuracy"] == accuracy[r["run_id"]] for r in again)
+    # another machine's measurement of the same config is not this machine's: force re-measures
+    proc = run_bsb([*args, "force=true"], tmp_path, sweep="forced")
+    _, runs = runs_of(tmp_path)
+    assert len(runs) == 4 and [r["status"] for r in _results(tmp_path, "forced")] == ["ok", "ok"]
+    assert len({r.data.tags["config_hash"] for r in runs}) == 2
+
+
+def test_resume_matches_the_machine_and_closes_only_dead_local_runs(tmp_path):
+    from mlflow import MlflowClient
+
+    from bsb_hydra import tracking
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    exp = client.create_experiment("e", artifact_location=(tmp_path / "a").as_uri())
+    x86 = {"arch": "x86_64", "cpu": "AMD EPYC", "emulated": "false"}
+    arm = {"arch": "aarch64", "cpu": "Neoverse-V1", "emulated": "false"}
+
+    def run(tags, status="FINISHED"):
+        r = client.create_run(exp, tags=tags)
+        if status != "RUNNING":
+            client.set_terminated(r.info.run_id, status)
+        return r.info.run_id
+
+    run({"config_hash": "h1", "status": "ok", **arm})
+    run({"config_hash": "h1", "status": "failed", **x86}, "FAILED")
+    assert tracking.finished_run(client, exp, "h1", x86) is None  # Graviton's result, and a failure
+    mine = run({"config_hash": "h1", "status": "ok", **x86})
+    assert tracking.finished_run(client, exp, "h1", x86).info.run_id == mine
+    assert tracking.finished_run(client, exp, "h1", {**x86, "emulated": "true"}) is None
+
+    me = tracking.process_identity()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    gone = run({"host": me["host"], "pid": str(dead.pid), "pid_start": "1"}, "RUNNING")
+    reused = run({"host": me["host"], "pid": me["pid"], "pid_start": "1"}, "RUNNING")  # pid reused since
+    alive = run({"host": me["host"], "pid": me["pid"], "pid_start": me["pid_start"]}, "RUNNING")
+    remote = run({"host": "graviton-7", "pid": "1", "pid_start": "1"}, "RUNNING")
+    assert sorted(tracking.close_dead_runs(client, exp, me)) == sorted([gone, reused])
+    assert client.get_run(gone).info.status == "KILLED" and client.get_run(gone).data.tags["status"] == "killed"
+    assert client.get_run(alive).info.status == "RUNNING" and client.get_run(remote).info.status == "RUNNING"
+
+
+def test_sigkill_mid_cell_then_the_same_command_resumes(tmp_path):
+    """SIGKILL the whole sweep while the second cell's benchmark worker runs; the same command again
+    keeps the first cell, closes the half-written run as KILLED, and runs the rest."""
+    args = ["-m", "model=mlp", "quant=fp32,dynamic,static", "backend=pytorch", *DIGITS]
+    cmd, env = bsb_command(args, tmp_path, "killed")
+    log = open(tmp_path / "killed.log", "w")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for(lambda: list((tmp_path / "killed" / "1" / "artifacts" / "bench").glob("*_request.json"))
+                  or proc.poll() is not None, "the second cell's benchmark worker")
+        assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    client, runs = runs_of(tmp_path)
+    assert sorted((r.data.tags["quant"], r.info.status) for r in runs) == [("dynamic", "RUNNING"),
+                                                                          ("fp32", "FINISHED")]
+    half = next(r.info.run_id for r in runs if r.info.status == "RUNNING")
+
+    again = run_bsb(args, tmp_path, sweep="resumed")
+    client, runs = runs_of(tmp_path)
+    assert [r["status"] for r in _results(tmp_path, "resumed")] == ["skipped", "ok", "ok"]
+    killed = client.get_run(half)
+    assert killed.info.status == "KILLED" and killed.data.tags["status"] == "killed"
+    assert "ended while this run was open" in killed.data.tags["reason"]
+    assert "marked 1 run(s) of dead processes KILLED" in again.stdout
+    ok = sorted(r.data.tags["quant"] for r in runs if r.data.tags["status"] == "ok")
+    assert ok == ["dynamic", "fp32", "static"]
+    # the report reads the three ok cells and lists the killed run apart
+    from bsb_hydra.report import runs as report_runs
+
+    loaded = report_runs.load(client, runs[0].info.experiment_id)
+    assert sorted(c.quant for c in loaded.cells) == ["dynamic", "fp32", "static"]
+    assert half in {o.run_id for o in loaded.others}
+    # no half-written file in the model cache
+    cache = tmp_path / "cache" / "models"
+    assert not [p for p in cache.iterdir() if ".tmp" in p.name]
+
+
+def test_two_jobs_asking_for_one_model_train_it_once(tmp_path):
+    """Two sweeps started together on one model cache and one sqlite store: the model is trained by
+    one, loaded from the cache by the other, and both runs are in the store."""
+    procs = []
+    for quant in ("fp32", "dynamic"):
+        cmd, env = bsb_command(["model=mlp", f"quant={quant}", "backend=onnxruntime", *DIGITS,
+                                f"hydra.run.dir={tmp_path}/run_{quant}"], tmp_path)
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    _, runs = runs_of(tmp_path)
+    assert sorted(r.data.tags["status"] for r in runs) == ["ok", "ok"], [o[-2000:] for o in outs]
+    assert sorted(r.data.tags["fp32_source"] for r in runs) == ["cache", "trained"]
+    assert len({r.data.tags["fp32_weights_sha256"] for r in runs}) == 1
+
+
+def test_joblib_launcher_with_two_workers_loses_no_run(tmp_path):
+    """Concurrent writers on the default sqlite store: Hydra's joblib launcher, 2 processes, 6 cells."""
+    run_bsb(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=mlp", "quant=fp32,dynamic,static",
+             "backend=pytorch,onnxruntime", *DIGITS], tmp_path)
+    _, runs = runs_of(tmp_path)
+    assert len(runs) == 6
+    assert all(r.data.tags["status"] == "ok" and r.info.status == "FINISHED" for r in runs), \
+        [(r.data.tags["cell"], r.data.tags.get("reason")) for r in runs]
+    assert sorted(r.data.tags["fp32_source"] for r in runs).count("trained") == 1
+    assert len({r.data.tags["cell"] for r in runs}) == 6
+
+
+# ------------------------------------------------------------------------------------- faults
+
+def test_worker_killed_or_hung_fails_the_cell_and_the_sweep_goes_on(tmp_path):
+    proc = run_bsb(["-m", "model=mlp", "quant=dynamic", "backend=onnxruntime", "debug.fail_cell=dynamic",
+                    "debug.fail_stage=worker_oom,worker_hang,none", "benchmark.timeout_s=15", "force=true",
+                    *DIGITS], tmp_path)
+    _, runs = runs_of(tmp_path)
+    by = {r.data.params["debug.fail_stage"]: r for r in runs}
+    assert by["worker_oom"].data.tags["status"] == "failed" and "SIGKILL" in by["worker_oom"].data.tags["reason"]
+    assert by["worker_hang"].data.tags["status"] == "failed"
+    assert "hung: no result after benchmark.timeout_s=15.0s" in by["worker_hang"].data.tags["reason"]
+    assert by["none"].data.tags["status"] == "ok"
+    assert all(by[k].info.status == "FAILED" for k in ("worker_oom", "worker_hang"))
+    assert "1 ok, 0 skipped, 0 unsupported, 2 failed" in proc.stdout
+
+
+def test_corrupt_cache_is_named_and_retrained_corrupt_checkpoint_refused(tmp_path):
+    args = ["model=mlp", "quant=fp32", "backend=onnxruntime", *DIGITS]
+    run_bsb(args, tmp_path)
+    (weights,) = (tmp_path / "cache" / "models").glob("mlp-*.pt")
+    blob = bytearray(weights.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    weights.write_bytes(bytes(blob))
+    proc = run_bsb([*args, "force=true"], tmp_path)
+    assert f"cached model {weights} is unusable" in proc.stdout and "retraining" in proc.stdout
+    _, runs = runs_of(tmp_path)
+    newest = max(runs, key=lambda r: r.info.start_time)
+    assert newest.data.tags["status"] == "ok" and newest.data.tags["fp32_source"] == "trained"
+
+    bad = tmp_path / "garbage.pt"
+    bad.write_bytes(b"this is not a state_dict" * 10)
+    run_bsb([*args, f"model.checkpoint={bad}"], tmp_path)
+    _, runs = runs_of(tmp_path)
+    newest = max(runs, key=lambda r: r.info.start_time)
+    assert newest.data.tags["status"] == "failed"
+    assert str(bad) in newest.data.tags["reason"] and "weights_only" in newest.data.tags["reason"]
+
+
+def test_mlflow_server_going_away_fails_loudly_and_the_next_run_resumes(tmp_path):
+    store = f"sqlite:///{tmp_path}/server.db"
+    server = MlflowServer(store, tmp_path / "server.log", artifacts=tmp_path / "served_artifacts")
+    base = server.start()
+    env = {"MLFLOW_TRACKING_URI": base, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+           "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    args = ["-m", "model=mlp", "quant=fp32,dynamic,static", "backend=onnxruntime", *DIGITS]
+    cmd, full_env = bsb_command(args, tmp_path, "lost", env)
+    try:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+        _wait_for(lambda: (tmp_path / "lost" / "0" / "result.json").exists() or proc.poll() is not None,
+                  "the first cell")
+        server.stop()
+        out = proc.communicate(timeout=900)[0]
+    finally:
+        server.stop()
+    assert proc.returncode == 0, out[-3000:]
+    lost = _results(tmp_path, "lost")
+    assert lost[0]["status"] == "ok"
+    assert "[failed]" in out and f"MLflow store {base} unusable" in out
+    # the server is back (same store, same port): the same command keeps the first cell, runs the rest
+    server = MlflowServer(store, tmp_path / "server.log", port=server.port, artifacts=tmp_path / "served_artifacts")
+    with server as base:
+        run_bsb(args, tmp_path, sweep="back", env_extra=env)
+        from mlflow import MlflowClient
+
+        client = MlflowClient(base)
+        exp = client.get_experiment_by_name("bsb-hydra")
+        runs = client.search_runs([exp.experiment_id])
+    assert [r["status"] for r in _results(tmp_path, "back")] == ["skipped", "ok", "ok"]
+    assert sorted(r.data.tags["quant"] for r in runs if r.data.tags["status"] == "ok") == ["dynamic", "fp32", "static"]
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+
+
+# ------------------------------------------------------------------------------------- bad input
+
+# Every numeric or list key a user types, with what composes it.
+KEYS = ["train.epochs", "train.batch_size", "train.lr", "train.limit_samples", "benchmark.batch_sizes",
+        "benchmark.min_runs", "benchmark.repeats", "benchmark.warmup_runs", "benchmark.min_duration_s",
+        "benchmark.max_duration_s", "benchmark.timeout_s", "benchmark.bootstrap_resamples", "device.threads",
+        "data.limit_train", "data.limit_test", "quant.samples", "model.hidden", "seed", "quant.granularity",
+        "quant.method", "model", "backend", "quant", "force"]
+VALUES = st.one_of(st.integers(-3, 3), st.integers(-10**9, 10**9), st.floats(allow_nan=True, allow_infinity=True),
+                   st.booleans(), st.text(alphabet="abcxyz_01-.", min_size=0, max_size=6),
+                   st.lists(st.integers(-2, 64), max_size=3), st.none())
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, list):
+        return "[" + ",".join(map(str, v)) + "]"
+    return str(v)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(KEYS), value=VALUES)
+def test_random_overrides_are_accepted_or_refused_with_a_clear_error(compose_cfg, key, value):
+    """Any value for any key: a valid config, or the project's or Hydra's own error naming the key
+    or the value. Never an unrelated exception from deep inside."""
+    from hydra.errors import ConfigCompositionException, OverrideParseException
+
+    from bsb_hydra.config import ConfigError, check_group_overrides, validate
+
+    override = f"{key}={_fmt(value)}"
+    try:
+        check_group_overrides([override])  # what python -m bsb_hydra does first with its arguments
+        cfg = compose_cfg(["quant=static", override] if key.startswith("quant.") else [override])
+        cfg.paths.root = str(ROOT)  # ${hydra:runtime.cwd} outside a Hydra run
+        validate(cfg)
+    except OverrideParseException as e:
+        assert override in str(e) or key in str(e), str(e)
+    except (ConfigCompositionException, ConfigError) as e:
+        msg = str(e) + str(e.__cause__ or "")
+        leaf = key.split(".")[-1]
+        assert leaf in msg or _fmt(value) in msg, msg
+
+
+def test_calibration_larger_than_the_training_split_is_refused_before_training(tmp_path):
+    run_bsb(["model=mlp", "quant=static", "quant.samples=5000", "backend=onnxruntime", *DIGITS], tmp_path)
+    _, runs = runs_of(tmp_path)
+    tags = runs[0].data.tags
+    assert tags["status"] == "failed" and "quant.samples=5000" in tags["reason"] and "training split" in tags["reason"]
+    assert "fp32_source" not in tags and not (tmp_path / "cache" / "models").exists()
+
+
+def test_report_refuses_to_clean_a_foreign_folder(tmp_path):
+    from types import SimpleNamespace
+
+    from bsb_hydra.report.build import ReportError, _check
+
+    foreign = tmp_path / "Pictures"
+    foreign.mkdir()
+    (foreign / "holiday.png").write_bytes(b"png")
+    cfg = SimpleNamespace(arch=None, budget_pp=1.0, out=str(foreign))
+    with pytest.raises(ReportError, match="outside the project") as e:
+        _check(cfg)
+    assert "holiday.png" in str(e.value)
+    (foreign / ".bsb_hydra_report").write_text("")
+    _check(cfg)  # a folder an earlier report wrote is fine
+
+
+# ----------------------------------------------------------------------------------------- security
+
+def test_pickled_data_file_cannot_run_code(tmp_path):
+    from bsb_hydra.data.cifar10 import UnsafePickleError, load_pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path}/pwned",))
+
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({b"data": Evil(), b"labels": [1]}))
+    with pytest.raises(UnsafePickleError, match="posix.system|os.system"):
+        load_pickle(path)
+    assert not (tmp_path / "pwned").exists()
+    good = tmp_path / "good"
+    good.write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [np.int64(1), 2]}))
+    assert load_pickle(good)[b"data"].shape == (2, 3072)
+
+
+def test_credentials_never_reach_params_artifacts_or_messages(compose_cfg):
+    from bsb_hydra import tracking
+
+    uri = "https://alice:hunter2@mlflow.example.com:5000/?token=abc123"
+    cfg = compose_cfg([f"mlflow.tracking_uri='{uri}'"])
+    cfg.paths.root = str(ROOT)
+    params = tracking.resolved_params(cfg)
+    flat = json.dumps(params) + json.dumps(tracking.resolved_config(cfg))
+    assert "hunter2" not in flat and "abc123" not in flat
+    assert params["mlflow.tracking_uri"] == "https://alice:***@mlflow.example.com:5000/?token=***"
+    assert tracking.mask_secrets({"api_key": "k", "tokenizer": "minilm", "max_tokens": 3}) == \
+        {"api_key": "***", "tokenizer": "minilm", "max_tokens": 3}
+
+
+def test_servers_we_start_bind_to_localhost_only():
+    """The Makefile's MLflow UI and the test servers listen on 127.0.0.1, never on all interfaces."""
+    text = (ROOT / "Makefile").read_text() + (ROOT / "tests" / "conftest.py").read_text()
+    assert "--host 127.0.0.1" in text and "0.0.0.0" not in text
+    for script in (ROOT / "scripts").glob("*"):
+        if script.is_file():
+            assert "0.0.0.0" not in script.read_text(errors="ignore"), script
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 4 MiB tmpfs (needs the right to mount, as root in a container); unmounted afterwards."""
+    mnt = tmp_path / "tiny_disk"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here to fill: {proc.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_disk_fails_cells_clearly_keeps_the_store_and_resumes(tmp_path, tiny_disk):
+    """Artifacts on a full disk: the cells fail naming the cause, the store stays readable and
+    consistent, and after space is freed the same command measures them."""
+    (tiny_disk / "bsb-hydra").mkdir()  # the experiment's artifact folder exists; its disk is full
+    filler = tiny_disk / "filler"
+    with open(filler, "wb") as f:  # fill the disk to the last byte
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    args = ["-m", "model=mlp", "quant=fp32,dynamic", "backend=onnxruntime", f"mlflow.artifact_root={tiny_disk}",
+            *DIGITS]
+    proc = run_bsb(args, tmp_path, sweep="full")
+    assert "No space left on device" in proc.stdout, proc.stdout[-3000:]
+    client, runs = runs_of(tmp_path)
+    assert len(runs) == 2 and all(r.data.tags["status"] == "failed" and r.info.status == "FAILED" for r in runs)
+    assert all("No space left on device" in r.data.tags["reason"] for r in runs)
+    import sqlite3
+
+    assert sqlite3.connect(tmp_path / "mlflow.db").execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    filler.unlink()
+    run_bsb(args, tmp_path, sweep="freed")
+    assert [r["status"] for r in _results(tmp_path, "freed")] == ["ok", "ok"]
