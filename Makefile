@@ -39,8 +39,10 @@ $(CHROMIUM):
 	$(SUDO) apt-get install -y chromium || ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium)
 
 # The default grid (conf/experiment/default_grid.yaml), fully trained, into sqlite:///mlflow.db.
+# A second `make run` skips the cells already measured here; `make run ARGS=force=true` re-measures.
+ARGS ?=
 run: setup
-	$(PY) -m bsb_hydra -m experiment=default_grid
+	$(PY) -m bsb_hydra -m experiment=default_grid $(ARGS)
 
 # Two pytest-xdist workers; tests sharing a sweep fixture stay on one worker (tests/conftest.py).
 TEST_WORKERS ?= 2

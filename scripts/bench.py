@@ -230,7 +230,8 @@ def main() -> int:
     import mlflow
 
     mlflow.set_tracking_uri(uri)
-    exp = [f"mlflow.experiment={a.experiment}", *a.overrides]
+    # force=true: a bench measures; it never reuses runs already in the store (resume would skip them)
+    exp = [f"mlflow.experiment={a.experiment}", "force=true", *a.overrides]
     c = Checks()
     sweep_dirs, seconds, timed = [], float("nan"), False
     if a.evaluate:
