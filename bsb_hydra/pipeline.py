@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from bsb_hydra.backends.base import BuildContext, Unsupported
 from bsb_hydra.bench import stats
 from bsb_hydra.bench.harness import run_worker
+from bsb_hydra.concurrency import JobSlot
 from bsb_hydra.config import validate
 from bsb_hydra.sysinfo import git_sha, system_info, torch_engine
 
@@ -67,8 +68,24 @@ def _job_info() -> Dict[str, str]:
         return {"output_dir": tempfile.mkdtemp(prefix="bsb_hydra_"), "sweep_dir": "", "job_num": "0"}
 
 
-def measure(cfg, dict_cfg, workdir: Path, log) -> Dict[str, Any]:
-    """Everything after the support check. Returns metrics; logs artifacts through ``log``."""
+def device_mismatch(device, info: Dict[str, str]) -> None:
+    """A named device that this machine is not: Unsupported, with what differs."""
+    if device.expected_arch and device.expected_arch != info["arch"]:
+        raise Unsupported(f"device={device.name} expects arch {device.expected_arch}, this machine is {info['arch']}")
+    missing = sorted(set(device.expected_isa) - set(info["isa"].split(",")))
+    if missing:
+        raise Unsupported(f"device={device.name} has {', '.join(missing)}, which this CPU ({info['cpu']}; isa "
+                          f"{info['isa']}) lacks: this machine is not a {device.name}")
+    if device.core_pinning is not None:
+        have = os.sched_getaffinity(0)
+        if not set(device.core_pinning) <= have:
+            raise Unsupported(f"device.core_pinning={list(device.core_pinning)} names CPUs this process cannot "
+                              f"use; available: {sorted(have)}")
+
+
+def measure(cfg, dict_cfg, workdir: Path, log, slot: Optional[JobSlot] = None) -> Dict[str, Any]:
+    """Everything after the support check. Returns metrics; logs artifacts through ``log``. ``slot``
+    counts the bsb_hydra jobs running on this machine while the workers time."""
     from bsb_hydra.backends import get_backend
     from bsb_hydra.data import calibration_indices, load_dataset
     from bsb_hydra.train import get_fp32_model
@@ -116,8 +133,11 @@ def measure(cfg, dict_cfg, workdir: Path, log) -> Dict[str, Any]:
            "min_runs": math.ceil(b.min_runs / b.repeats), "min_duration_s": b.min_duration_s / b.repeats,
            "max_duration_s": b.max_duration_s / b.repeats}
     common = dict(backend=cfg.backend.name, threads=cfg.device.threads,
+                  cpus=list(cfg.device.core_pinning) if cfg.device.core_pinning is not None else None,
                   settings=backend.runner_settings(cfg, engine), latency_input=latency_input, eval_input=eval_input,
                   eval_batch_size=b.eval_batch_size, workdir=workdir / "bench", timeout_s=b.timeout_s)
+    slot = slot or JobSlot()
+    slot.sample()
     base = None
     if scheme != "fp32":  # the fp32 reference of the same backend, measured in this job, first
         base = run_worker(artifact=fp32_art.path, input_dtype=fp32_art.input_dtype,
@@ -137,7 +157,12 @@ def measure(cfg, dict_cfg, workdir: Path, log) -> Dict[str, Any]:
         lat_cell.append(run_worker(artifact=art.path, input_dtype=art.input_dtype, latency=lat, tag=f"{scheme}_r{i}",
                                    **lat_common).data["samples_ms"])
 
+    slot.sample()
     m: Dict[str, float] = {}
+    m["concurrent_jobs"] = slot.peak
+    if slot.peak > 1:
+        print(f"  WARNING: {slot.peak} bsb_hydra jobs ran on this machine while this cell was timed: they share "
+              f"cores and caches, so its latencies are distorted (tag concurrent_jobs={slot.peak})", flush=True)
     m["size_bytes"] = os.path.getsize(art.path)
     m["fp32_size_bytes"] = os.path.getsize(fp32_art.path)
     m["size_ratio"] = m["size_bytes"] / m["fp32_size_bytes"]
@@ -183,7 +208,10 @@ def measure(cfg, dict_cfg, workdir: Path, log) -> Dict[str, Any]:
     pred_path = workdir / "predictions.npy"  # top-1 class per test sample: cross-backend agreement
     np.save(pred_path, res.logits.argmax(axis=1).astype(np.int16))
     log.artifact(pred_path, "")
+    log.tags({"concurrent_jobs": slot.peak})
     log.tags({"worker_imports": ",".join(res.data["heavy_modules"]), "input_dtype": art.input_dtype,
+              # the affinity the worker itself reported, when pinning was asked for
+              "cpus_pinned": ",".join(map(str, res.data.get("cpus", []))) if cfg.device.core_pinning else "",
               "torch_engine": engine if cfg.backend.name == "pytorch" else ""})
     return m
 
@@ -264,13 +292,12 @@ def run_cell(dict_cfg: DictConfig) -> Dict[str, Any]:
             mlflow.log_params(tracking.resolved_params(dict_cfg))
             log.json(tracking.resolved_config(dict_cfg), "config.json")
             cfg = validate(dict_cfg)
-            if cfg.device.expected_arch and cfg.device.expected_arch != info["arch"]:
-                raise Unsupported(f"device={cfg.device.name} expects arch {cfg.device.expected_arch}, "
-                                  f"this machine is {info['arch']}")
+            device_mismatch(cfg.device, info)
             reason = get_backend(cfg.backend.name).unsupported_reason(cfg)
             if reason:
                 raise Unsupported(reason)
-            result["metrics"] = measure(cfg, dict_cfg, out_dir / "artifacts", log)
+            with JobSlot() as slot:
+                result["metrics"] = measure(cfg, dict_cfg, out_dir / "artifacts", log, slot)
             log.metrics(result["metrics"])
             result["status"] = "ok"
         except Unsupported as e:

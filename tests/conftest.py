@@ -24,6 +24,7 @@ def bsb_command(args, tmp: Path, sweep: str = "sweep", env_extra=None):
     env = dict(os.environ)
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
     env["BSB_CACHE_DIR"] = str(tmp / "cache")
+    env["BSB_JOBS_DIR"] = str(tmp / "jobs")  # count only this test's jobs (the tests run 2 at a time)
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     env.update(env_extra or {})
     defaults = [f"mlflow.artifact_root={tmp}/artifacts", f"hydra.sweep.dir={tmp}/{sweep}", f"hydra.run.dir={tmp}/run"]

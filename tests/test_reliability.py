@@ -145,8 +145,9 @@ def test_two_jobs_asking_for_one_model_train_it_once(tmp_path):
 
 
 def test_joblib_launcher_with_two_workers_loses_no_run(tmp_path):
-    """Concurrent writers on the default sqlite store: Hydra's joblib launcher, 2 processes, 6 cells."""
-    run_bsb(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=mlp", "quant=fp32,dynamic,static",
+    """Concurrent writers on the default sqlite store: hydra/launcher=parallel (conf/hydra/launcher/:
+    Hydra's joblib launcher, 2 processes), 6 cells."""
+    run_bsb(["-m", "hydra/launcher=parallel", "model=mlp", "quant=fp32,dynamic,static",
              "backend=pytorch,onnxruntime", *DIGITS], tmp_path)
     _, runs = runs_of(tmp_path)
     assert len(runs) == 6
@@ -154,6 +155,8 @@ def test_joblib_launcher_with_two_workers_loses_no_run(tmp_path):
         [(r.data.tags["cell"], r.data.tags.get("reason")) for r in runs]
     assert sorted(r.data.tags["fp32_source"] for r in runs).count("trained") == 1
     assert len({r.data.tags["cell"] for r in runs}) == 6
+    # two jobs timed side by side: stamped, so the report can flag them
+    assert max(int(r.data.tags["concurrent_jobs"]) for r in runs) == 2
 
 
 # ------------------------------------------------------------------------------------- faults

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -25,14 +25,15 @@ class WorkerResult:
 
 def run_worker(*, backend: str, artifact: Path, input_dtype: str, threads: int, settings: Dict,
                latency_input: Path, latency: Optional[dict], eval_input: Optional[Path], eval_batch_size: int,
-               workdir: Path, tag: str, timeout_s: float, inject_fault: Optional[str] = None) -> WorkerResult:
+               workdir: Path, tag: str, timeout_s: float, inject_fault: Optional[str] = None,
+               cpus: Optional[List[int]] = None) -> WorkerResult:
     workdir.mkdir(parents=True, exist_ok=True)
     req = {
         "backend": backend, "artifact": str(artifact),
         "input_dtype": input_dtype, "threads": threads, "settings": settings, "latency_input": str(latency_input),
         "latency": latency, "eval_input": str(eval_input) if eval_input else None, "eval_batch_size": eval_batch_size,
         "logits_out": str(workdir / f"{tag}_logits.npy"), "result": str(workdir / f"{tag}_result.json"),
-        "inject_fault": inject_fault,
+        "inject_fault": inject_fault, "cpus": cpus,
     }
     req_path = workdir / f"{tag}_request.json"
     req_path.write_text(json.dumps(req, indent=1))

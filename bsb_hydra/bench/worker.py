@@ -65,11 +65,13 @@ def time_batch(runner, x: np.ndarray, warmup: int, min_runs: int, min_s: float, 
 def main(request_path: str) -> None:
     with open(request_path) as f:
         req = json.load(f)
+    if req.get("cpus"):  # device.core_pinning: before anything starts a thread
+        os.sched_setaffinity(0, req["cpus"])
     backend_module = importlib.import_module(f"bsb_hydra.backends.{req['backend']}")
     runner_cls = backend_module.RUNNER
     # Import the runtime itself before the baseline, so the baseline is "runtime imported, no model".
     importlib.import_module(backend_module.RUNTIME_MODULE)
-    out = {"rss_after_import_mb": rss_mb()}
+    out = {"rss_after_import_mb": rss_mb(), "cpus": sorted(os.sched_getaffinity(0))}
     _fault(req)
 
     t0 = time.perf_counter()

@@ -51,7 +51,9 @@ def table(g: Group) -> Tuple[List[str], List[List[str]]]:
     rows = []
     for c in g.cells:
         size = c.metric("size_bytes")
-        r = [c.label, c.threads, _f(size / 1024 if size is not None else None, ",.1f"),
+        shared = c.concurrent_jobs
+        label = c.label + (f" [timed beside {shared - 1} other job{'s' if shared > 2 else ''}]" if shared > 1 else "")
+        r = [label, c.threads, _f(size / 1024 if size is not None else None, ",.1f"),
              _f(c.derived.get("size_ratio"), ".3f")]
         r += [ms(c.metric(f"latency_p50_ms_b{b}")) for b in g.batch_sizes]
         if not g.emulated:
@@ -104,6 +106,9 @@ NOTES = [
     "pareto: on the frontier over (size, p50 at batch 1, accuracy) within the group; 'n/a': a metric is missing. "
     "Emulated groups: over (size, accuracy) only, and their timings are not used.",
     "runs: ok runs of this exact config on this machine in the store; the newest is shown.",
+    "'timed beside N other jobs': other bsb_hydra jobs ran on the machine while this cell was timed (a parallel "
+    "launcher, or two sweeps at once; tag concurrent_jobs). They shared cores and caches: its latencies and "
+    "speedups are distorted. Re-run such cells alone (force=true) before trusting their timings.",
 ]
 
 
@@ -197,7 +202,8 @@ def write_csv(groups: List[Group], path: Path) -> None:
     batch_sizes = sorted({b for g in groups for b in g.batch_sizes})
     cols = ["model", "data", "arch", "cpu", "isa", "emulated", "quant", "backend", "variant", "threads", "run_id",
             "started", "runs", "baseline_run_id", "size_bytes", "size_ratio", "accuracy", "accuracy_ci_low",
-            "accuracy_ci_high", "delta_pp", "paired_delta_pp", "top1_agreement", "peak_rss_mb", "pareto"]
+            "accuracy_ci_high", "delta_pp", "paired_delta_pp", "top1_agreement", "peak_rss_mb", "concurrent_jobs",
+            "pareto"]
     for b in batch_sizes:
         cols += [f"p50_ms_b{b}", f"p50_ci_low_ms_b{b}", f"p50_ci_high_ms_b{b}", f"speedup_b{b}",
                  f"speedup_significant_b{b}", f"cell_speedup_b{b}", f"cell_speedup_significant_b{b}"]
@@ -214,7 +220,8 @@ def write_csv(groups: List[Group], path: Path) -> None:
                        "accuracy": c.metric("accuracy"), "accuracy_ci_low": c.metric("accuracy_ci_low"),
                        "accuracy_ci_high": c.metric("accuracy_ci_high"), "delta_pp": c.derived.get("delta_pp"),
                        "paired_delta_pp": c.metric("accuracy_delta_pp"), "top1_agreement": c.metric("top1_agreement"),
-                       "peak_rss_mb": c.metric("peak_rss_mb"), "pareto": pareto_text(c) or "no"}
+                       "peak_rss_mb": c.metric("peak_rss_mb"), "concurrent_jobs": c.concurrent_jobs,
+                       "pareto": pareto_text(c) or "no"}
                 for b in batch_sizes:
                     row.update({f"p50_ms_b{b}": c.metric(f"latency_p50_ms_b{b}"),
                                 f"p50_ci_low_ms_b{b}": c.metric(f"latency_p50_ci_low_ms_b{b}"),

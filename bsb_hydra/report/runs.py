@@ -49,6 +49,14 @@ class Cell:
         return self.tag("threads")
 
     @property
+    def concurrent_jobs(self) -> int:
+        """bsb_hydra jobs on the machine while this cell was timed (1 = alone; runs before the tag: 1)."""
+        try:
+            return int(self.tag("concurrent_jobs") or 1)
+        except ValueError:
+            return 1
+
+    @property
     def emulated(self) -> bool:
         return self.tag("emulated") == "true"
 

@@ -1,0 +1,103 @@
+"""The device group: named machines, what makes a machine not one of them, core pinning, and the
+count of jobs timed side by side."""
+import os
+import re
+import subprocess
+from types import SimpleNamespace
+
+import pytest
+
+from bsb_hydra.backends.base import Unsupported
+from bsb_hydra.concurrency import JobSlot
+from bsb_hydra.config import ConfigError, DeviceConfig
+from bsb_hydra.pipeline import device_mismatch
+from tests.conftest import SMOKE, run_bsb, runs_of
+
+EPYC = {"arch": "x86_64", "cpu": "AMD EPYC", "isa": "avx2"}
+GRAVITON2 = {"arch": "aarch64", "cpu": "", "isa": "dotprod,fp16,neon"}
+
+
+def _device(compose_cfg, name):
+    cfg = compose_cfg([f"device={name}"])
+    return DeviceConfig(**{k: v for k, v in cfg.device.items()})
+
+
+@pytest.mark.parametrize("name,info,needle", [
+    ("graviton3", EPYC, "expects arch aarch64, this machine is x86_64"),
+    ("x86_64_vnni", EPYC, "has avx512_vnni, avx512f, which this CPU (AMD EPYC; isa avx2) lacks"),
+    ("graviton3", GRAVITON2, "has bf16, i8mm, sve, which this CPU"),
+    ("graviton4", GRAVITON2, "not a graviton4"),
+])
+def test_a_named_device_this_machine_is_not_is_unsupported(compose_cfg, name, info, needle):
+    with pytest.raises(Unsupported, match=re.escape(needle)):
+        device_mismatch(_device(compose_cfg, name), info)
+
+
+@pytest.mark.parametrize("name,info", [("graviton2", GRAVITON2), ("ampere_altra", GRAVITON2), ("rpi5", GRAVITON2),
+                                       ("x86_64", EPYC), ("local", EPYC), ("local", GRAVITON2)])
+def test_matching_devices_pass(compose_cfg, name, info):
+    device_mismatch(_device(compose_cfg, name), info)
+
+
+def test_device_values_are_checked():
+    with pytest.raises(ConfigError, match="expected_isa contains 'avx1024'"):
+        DeviceConfig(expected_isa=["avx1024"])
+    with pytest.raises(ConfigError, match="core_pinning=\\[\\] is not allowed"):
+        DeviceConfig(core_pinning=[])
+    with pytest.raises(ConfigError, match="fewer CPUs than device.threads=2"):
+        DeviceConfig(core_pinning=[0], threads=2)
+    with pytest.raises(Unsupported, match="names CPUs this process cannot use"):
+        device_mismatch(DeviceConfig(core_pinning=[4096]), EPYC)
+
+
+def test_named_device_cell_ends_unsupported_before_training(tmp_path):
+    run_bsb(["model=mlp", "data=digits", "device=graviton3", *SMOKE], tmp_path)
+    _, runs = runs_of(tmp_path)
+    tags = runs[0].data.tags
+    assert tags["status"] == "unsupported" and "device=graviton3" in tags["reason"]
+    assert "fp32_source" not in tags
+
+
+def test_core_pinning_reaches_the_benchmark_worker(tmp_path):
+    cpu = sorted(os.sched_getaffinity(0))[-1]
+    run_bsb(["model=mlp", "data=digits", "quant=dynamic", "backend=onnxruntime", f"device.core_pinning=[{cpu}]",
+             *SMOKE], tmp_path)
+    _, runs = runs_of(tmp_path)
+    tags = runs[0].data.tags
+    assert tags["status"] == "ok", tags.get("reason")
+    assert tags["cpus_pinned"] == str(cpu)  # what the worker process itself reported
+    assert tags["concurrent_jobs"] == "1" and runs[0].data.metrics["concurrent_jobs"] == 1
+
+
+def test_job_slots_count_live_jobs_and_prune_dead_ones(tmp_path):
+    registry = tmp_path / "jobs"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    with JobSlot(registry) as mine:
+        assert mine.sample() == 1
+        (registry / str(dead.pid)).write_text("1")  # a job that died without unregistering
+        sleeper = subprocess.Popen(["sleep", "30"])
+        try:
+            (registry / str(sleeper.pid)).write_text(
+                open(f"/proc/{sleeper.pid}/stat").read().rsplit(")", 1)[1].split()[19])
+            assert mine.sample() == 2 and mine.peak == 2
+            assert not (registry / str(dead.pid)).exists()
+        finally:
+            sleeper.kill()
+            sleeper.wait()
+        assert mine.sample() == 1 and mine.peak == 2
+    assert not (registry / str(os.getpid())).exists()
+
+
+def test_report_flags_cells_timed_beside_other_jobs():
+    from bsb_hydra.report.render import table
+    from bsb_hydra.report.runs import Cell
+
+    def cell(n):
+        return Cell("r", 0, {"model": "mlp", "quant": "fp32", "backend": "pytorch", "threads": "1",
+                             "concurrent_jobs": str(n)}, {}, {"size_bytes": 1024.0, "latency_p50_ms_b1": 0.1})
+
+    g = SimpleNamespace(cells=[cell(1), cell(2), cell(3)], batch_sizes=[1], emulated=True)
+    _, rows = table(g)
+    assert [r[0] for r in rows] == ["fp32 / pytorch", "fp32 / pytorch [timed beside 1 other job]",
+                                    "fp32 / pytorch [timed beside 2 other jobs]"]
