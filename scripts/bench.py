@@ -24,6 +24,10 @@ dynamic int8 not slower than fp32 at batch 1 on at least one backend, <= 0.3 of 
 drop <= 1 pp on each; then the transformer (all-MiniLM-L6-v2 fine-tuned, seq_len 128; dynamic and
 static on onnxruntime and pytorch): fp32 test accuracy >= 0.80, ORT dynamic int8 >= 1.7x faster
 than ORT fp32 at batch 1, <= 0.3 of its size, accuracy drop <= 1 pp.
+Suite `launchers` (issue 6): the same CPU-bound smoke sweep (12 cells: mlp,cnn x fp32,dynamic,static x
+pytorch,onnxruntime, smoke training from a cold cache each time) with Hydra's basic launcher and with
+hydra/launcher=parallel (joblib, 2 workers): parallel must finish first. Its timings are distorted
+by design (concurrent_jobs=2), only the wall times matter.
 `--suite` picks one; `--evaluate DIR...` re-checks finished sweeps. Writes reports/bench-<time>.md.
 """
 from __future__ import annotations
@@ -68,6 +72,22 @@ class Checks:
 
     def info(self, name, value) -> None:
         self.rows.append(f"| (info) {name} | {value} | - | - |")
+
+
+LAUNCHER_GRID = ["model=mlp,cnn", "quant=fp32,dynamic,static", "backend=pytorch,onnxruntime", "train=smoke",
+                 "data.limit_test=2000", "benchmark.repeats=1", "mlflow.experiment=bench-launchers", "force=true"]
+
+
+def launcher_checks(c: "Checks") -> None:
+    """Issue 6: hydra/launcher=parallel (joblib, 2 workers) vs the basic launcher, same sweep, cold caches."""
+    wall = {}
+    for name, extra in (("basic", []), ("parallel", ["hydra/launcher=parallel"])):
+        with tempfile.TemporaryDirectory() as cold:
+            _, wall[name] = sweep([*LAUNCHER_GRID, *extra], {"BSB_CACHE_DIR": cold})
+        print(f"launcher {name}: {wall[name]:.0f} s", flush=True)
+    c.check("12-cell smoke sweep wall time, parallel (joblib, 2 workers) vs basic launcher",
+            f"{wall['parallel']:.0f} s vs {wall['basic']:.0f} s ({wall['basic'] / wall['parallel']:.2f}x)",
+            "parallel faster", wall["parallel"] < wall["basic"])
 
 
 def runs_of(experiment: str, sweep_dirs):
@@ -220,7 +240,7 @@ def transformer_checks(c: Checks, cells) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experiment", default="bench")
-    ap.add_argument("--suite", choices=("all", "foundation", "tflite_qat", "text"), default="all")
+    ap.add_argument("--suite", choices=("all", "foundation", "tflite_qat", "text", "launchers"), default="all")
     ap.add_argument("--targets-only", action="store_true",
                     help="foundation: sweep only mlp,cnn x fp32,static x pytorch,onnxruntime (warm cache)")
     ap.add_argument("--evaluate", metavar="SWEEP_DIR", nargs="+", help="only check the targets on finished sweeps")
@@ -234,6 +254,12 @@ def main() -> int:
     exp = [f"mlflow.experiment={a.experiment}", "force=true", *a.overrides]
     c = Checks()
     sweep_dirs, seconds, timed = [], float("nan"), False
+    if a.suite == "launchers":
+        launcher_checks(c)
+        text = "# bsb-hydra bench: launchers\n\n| target | measured | goal | result |\n|---|---|---|---|\n" + \
+            "\n".join(c.rows) + "\n"
+        print("\n" + text)
+        return 0 if c.ok else 1
     if a.evaluate:
         sweep_dirs = [str(Path(d).resolve()) for d in a.evaluate]
     else:

@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 
 from tests.conftest import ROOT, SMOKE, MlflowServer, bsb_command, run_bsb, runs_of
 
-DIGITS = ["data=digits", *SMOKE]
+# Smoke settings on scikit-learn's digits, batch size 1 only: these tests check what survives, not figures.
+DIGITS = ["data=digits", *(o if not o.startswith("benchmark.batch_sizes=") else "benchmark.batch_sizes=[1]"
+                           for o in SMOKE)]
 
 
 def _results(tmp: Path, sweep: str = "sweep"):
@@ -91,7 +93,7 @@ def test_resume_matches_the_machine_and_closes_only_dead_local_runs(tmp_path):
 def test_sigkill_mid_cell_then_the_same_command_resumes(tmp_path):
     """SIGKILL the whole sweep while the second cell's benchmark worker runs; the same command again
     keeps the first cell, closes the half-written run as KILLED, and runs the rest."""
-    args = ["-m", "model=mlp", "quant=fp32,dynamic,static", "backend=pytorch", *DIGITS]
+    args = ["-m", "model=mlp", "quant=fp32,dynamic,static", "backend=onnxruntime", *DIGITS]
     cmd, env = bsb_command(args, tmp_path, "killed")
     log = open(tmp_path / "killed.log", "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -203,7 +205,7 @@ def test_mlflow_server_going_away_fails_loudly_and_the_next_run_resumes(tmp_path
     base = server.start()
     env = {"MLFLOW_TRACKING_URI": base, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-    args = ["-m", "model=mlp", "quant=fp32,dynamic,static", "backend=onnxruntime", *DIGITS]
+    args = ["-m", "model=mlp", "quant=fp32,dynamic", "backend=onnxruntime", *DIGITS]
     cmd, full_env = bsb_command(args, tmp_path, "lost", env)
     try:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -227,8 +229,8 @@ def test_mlflow_server_going_away_fails_loudly_and_the_next_run_resumes(tmp_path
         client = MlflowClient(base)
         exp = client.get_experiment_by_name("bsb-hydra")
         runs = client.search_runs([exp.experiment_id])
-    assert [r["status"] for r in _results(tmp_path, "back")] == ["skipped", "ok", "ok"]
-    assert sorted(r.data.tags["quant"] for r in runs if r.data.tags["status"] == "ok") == ["dynamic", "fp32", "static"]
+    assert [r["status"] for r in _results(tmp_path, "back")] == ["skipped", "ok"]
+    assert sorted(r.data.tags["quant"] for r in runs if r.data.tags["status"] == "ok") == ["dynamic", "fp32"]
     assert not [r for r in runs if r.info.status == "RUNNING"]
 
 
@@ -255,7 +257,7 @@ def _fmt(v) -> str:
     return str(v)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(key=st.sampled_from(KEYS), value=VALUES)
 def test_random_overrides_are_accepted_or_refused_with_a_clear_error(compose_cfg, key, value):
     """Any value for any key: a valid config, or the project's or Hydra's own error naming the key
@@ -368,19 +370,18 @@ def test_full_disk_fails_cells_clearly_keeps_the_store_and_resumes(tmp_path, tin
                 f.flush()
         except OSError:
             pass
-    args = ["-m", "model=mlp", "quant=fp32,dynamic", "backend=onnxruntime", f"mlflow.artifact_root={tiny_disk}",
-            *DIGITS]
+    args = ["-m", "model=mlp", "quant=dynamic", "backend=onnxruntime", f"mlflow.artifact_root={tiny_disk}", *DIGITS]
     proc = run_bsb(args, tmp_path, sweep="full")
     assert "No space left on device" in proc.stdout, proc.stdout[-3000:]
     client, runs = runs_of(tmp_path)
-    assert len(runs) == 2 and all(r.data.tags["status"] == "failed" and r.info.status == "FAILED" for r in runs)
+    assert len(runs) == 1 and all(r.data.tags["status"] == "failed" and r.info.status == "FAILED" for r in runs)
     assert all("No space left on device" in r.data.tags["reason"] for r in runs)
     import sqlite3
 
     assert sqlite3.connect(tmp_path / "mlflow.db").execute("PRAGMA integrity_check").fetchone() == ("ok",)
     filler.unlink()
     run_bsb(args, tmp_path, sweep="freed")
-    assert [r["status"] for r in _results(tmp_path, "freed")] == ["ok", "ok"]
+    assert [r["status"] for r in _results(tmp_path, "freed")] == ["ok"]
 
 
 # ------------------------------------------------------------------------------ missing data
