@@ -23,18 +23,31 @@ class JobSlot:
         self.peak = 1
 
     def __enter__(self) -> "JobSlot":
-        self.registry.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(_pid_start(self.pid))
+        try:
+            if not self.registry.is_dir():
+                self.registry.mkdir(parents=True, exist_ok=True)
+                self.registry.chmod(0o1777)  # like /tmp: every user's jobs register (they all share the cores)
+            self.path.write_text(_pid_start(self.pid))
+        except OSError as e:  # never fail a cell over the count
+            print(f"  note: cannot register in {self.registry} ({e}); concurrent_jobs counts only what it can read",
+                  flush=True)
         self.sample()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.path.unlink(missing_ok=True)
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError:
+            pass
 
     def sample(self) -> int:
         """Jobs registered now (this one included, dead ones pruned); updates the peak."""
-        n = 0
-        for p in self.registry.iterdir():
+        n = 1 if not self.path.exists() else 0
+        try:
+            entries = list(self.registry.iterdir())
+        except OSError:
+            entries = []
+        for p in entries:
             try:
                 pid, start = p.name, p.read_text()
             except OSError:
@@ -42,6 +55,9 @@ class JobSlot:
             if pid == str(self.pid) or _alive(pid, start):
                 n += 1
             else:
-                p.unlink(missing_ok=True)  # a job that died without unregistering
+                try:
+                    p.unlink(missing_ok=True)  # a job that died without unregistering
+                except OSError:  # another user's stale entry
+                    pass
         self.peak = max(self.peak, n)
         return n
