@@ -142,8 +142,10 @@ def measure(cfg, dict_cfg, workdir: Path, log, slot: Optional[JobSlot] = None) -
     if scheme != "fp32":  # the fp32 reference of the same backend, measured in this job, first
         base = run_worker(artifact=fp32_art.path, input_dtype=fp32_art.input_dtype,
                           latency=lat if b.paired_baseline else None, tag="fp32_reference", **common)
+    slot.sample()
     res = run_worker(artifact=art.path, input_dtype=art.input_dtype, latency=lat, tag=scheme,
                      inject_fault=_worker_fault(cfg), **common)
+    slot.sample()
     ref = base if base is not None else res
     # More fresh processes, latency only, alternating with the fp32 reference: per batch size, a list
     # of sample lists (one per process) for each side.
@@ -156,6 +158,7 @@ def measure(cfg, dict_cfg, workdir: Path, log, slot: Optional[JobSlot] = None) -
                                       tag=f"fp32_reference_r{i}", **lat_common).data["samples_ms"])
         lat_cell.append(run_worker(artifact=art.path, input_dtype=art.input_dtype, latency=lat, tag=f"{scheme}_r{i}",
                                    **lat_common).data["samples_ms"])
+        slot.sample()  # between worker processes: a job that came and went in between is counted too
 
     slot.sample()
     m: Dict[str, float] = {}
