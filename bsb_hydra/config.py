@@ -35,6 +35,12 @@ class Scheme(Enum):
     dynamic = "dynamic"
     static = "static"
     qat = "qat"
+    auto = "auto"
+
+
+class Fallback(Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
 
 
 class Granularity(Enum):
@@ -306,6 +312,41 @@ class QatQuantConfig(QuantConfig):
         _positive("quant.samples", self.samples)
 
 
+@dataclass
+class AutoQuantConfig(StaticQuantConfig):
+    """Accuracy-aware mixed precision: per-channel static int8, with the layers the sensitivity
+    analysis ranks most harmful kept in float until the accuracy drop is within the budget
+    (bsb_hydra/mixed.py). The search evaluates on a selection subset of the TRAINING split (never
+    the test split it is reported on)."""
+    scheme: Scheme = Scheme.auto
+    # The accuracy drop allowed, in percentage points (absolute) or, when budget_rel is set, as a
+    # fraction of the fp32 accuracy (0.01 = 1% of it); budget_rel takes precedence.
+    budget_pp: Optional[float] = 1.0
+    budget_rel: Optional[float] = None
+    fallback: Fallback = Fallback.fp32
+    max_trials: int = 8
+    # Training samples (disjoint from the calibration samples) that the analysis and the trials
+    # evaluate on.
+    eval_samples: int = 1000
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.budget_pp is None and self.budget_rel is None:
+            raise ConfigError("quant.budget_pp and quant.budget_rel are both null: set one (e.g. quant.budget_pp=1.0)")
+        if self.budget_pp is not None and self.budget_pp < 0:
+            raise ConfigError(f"quant.budget_pp={self.budget_pp} is negative: use a drop >= 0 pp, e.g. 1.0")
+        if self.budget_rel is not None and not 0.0 <= self.budget_rel < 1.0:
+            raise ConfigError(f"quant.budget_rel={self.budget_rel} is not allowed: use a fraction 0 <= r < 1, e.g. 0.01")
+        _positive("quant.max_trials", self.max_trials)
+        _positive("quant.eval_samples", self.eval_samples)
+
+    def budget_for(self, fp32_accuracy: float) -> float:
+        """The allowed drop as a fraction (0.01 = 1 pp)."""
+        if self.budget_rel is not None:
+            return self.budget_rel * fp32_accuracy
+        return self.budget_pp / 100.0
+
+
 # -------------------------------------------------------------------------------------- backend
 @dataclass
 class BackendConfig:
@@ -492,7 +533,7 @@ SCHEMAS = {
               "transformer": TransformerConfig, "transformer_tiny": TransformerTinyConfig},
     "data": {"base": DataConfig, "text": TextDataConfig},
     "quant": {"fp32": Fp32Config, "fp16": Fp16Config, "dynamic": DynamicQuantConfig, "static": StaticQuantConfig,
-              "qat": QatQuantConfig},
+              "qat": QatQuantConfig, "auto": AutoQuantConfig},
     "backend": {"pytorch": PytorchBackendConfig, "onnxruntime": OnnxruntimeBackendConfig,
                 "tflite": TfliteBackendConfig},
     "device": {"base": DeviceConfig},

@@ -96,7 +96,7 @@ def measure(cfg, dict_cfg, workdir: Path, log, slot: Optional[JobSlot] = None) -
     engine = torch_engine(cfg.device.torch_engine, info["arch"])
 
     ds = load_dataset(cfg.data, cfg.seed)
-    calib_idx = calibration_indices(ds, cfg.quant.samples, cfg.seed) if scheme in ("static", "qat") else None
+    calib_idx = calibration_indices(ds, cfg.quant.samples, cfg.seed) if scheme in ("static", "qat", "auto") else None
     calibration = ds.x_train[calib_idx] if calib_idx is not None else None
     _maybe_fault(cfg, "train")
     fp32 = get_fp32_model(cfg, ds, cfg.paths.cache_dir)
@@ -120,6 +120,9 @@ def measure(cfg, dict_cfg, workdir: Path, log, slot: Optional[JobSlot] = None) -
     for name, curve in art.curves.items():
         for step, value in enumerate(curve):
             log.metric(name, value, step)
+    log.metrics(art.metrics)
+    for path in art.files:
+        log.artifact(path, "analysis")
 
     _maybe_fault(cfg, "benchmark")
     b = cfg.benchmark
@@ -176,6 +179,9 @@ def measure(cfg, dict_cfg, workdir: Path, log, slot: Optional[JobSlot] = None) -
     m["accuracy_delta_pp"] = 100.0 * (acc["accuracy"] - ref_acc["accuracy"])
     m["test_samples"] = acc["n"]
     m.update(stats.agreement_metrics(res.logits, ref.logits))
+    if scheme == "auto":  # the search chose on training samples: did its budget hold on the test split?
+        budget_pp = 100.0 * cfg.quant.budget_for(ref_acc["accuracy"])
+        m["auto_budget_met_test"] = float(m["accuracy_delta_pp"] >= -budget_pp - 1e-9)
     if cfg.backend.name != "pytorch":  # the same weights on another runtime: how close is its fp32?
         torch_logits = _torch_logits(fp32.module, ds.x_test, b.eval_batch_size)
         m["fp32_vs_pytorch_agreement"] = float(np.mean(ref.logits.argmax(1) == torch_logits.argmax(1)))

@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # experiment=transformer_grid adds fp16 and the tflite cells (unsupported).
 SUITE_SWEEPS = {
     "tflite_qat": [["experiment=tflite_grid"], ["experiment=qat_grid"]],
+    "mixed": [["experiment=mixed_grid"]],
     "text": [["experiment=text_grid"],
              ["model=transformer", "quant=dynamic,static", "backend=onnxruntime,pytorch", "benchmark.batch_sizes=[1,8]"]],
 }
@@ -175,6 +176,44 @@ def tflite_qat_checks(c: Checks, cells) -> None:
                    f"b1 {m['speedup_b1']:.2f}x")
 
 
+def mixed_checks(c: Checks, cells) -> None:
+    """Issue 8: quant=auto on the mobilenet within a 1.0 pp budget, >= 2x faster than fp32 at batch 1,
+    <= 0.35 of its size, on onnxruntime and at least one other backend; static PTQ beside it."""
+    met = []
+    for backend in ("onnxruntime", "pytorch", "tflite"):
+        if ("mobilenet", "auto", backend) not in cells:
+            continue
+        m = ok_metrics(c, cells, ("mobilenet", "auto", backend))
+        if m is None:
+            continue
+        s = cells.get(("mobilenet", "static", backend))
+        if s is not None and s.data.tags["status"] == "ok":
+            sm = s.data.metrics
+            c.info(f"mobilenet static per-channel PTQ, {backend}",
+                   f"{sm['accuracy_delta_pp']:+.2f} pp, b1 {sm['speedup_b1']:.2f}x, size {sm['size_ratio']:.3f}")
+        r = cells[("mobilenet", "auto", backend)]
+        budget = m["auto_budget_drop_pp"]
+        c.info(f"mobilenet auto {backend}: float layers / trials / selection-subset drop",
+               f"{m['auto_float_layers']:.0f} of {m['auto_layers']:.0f} ({r.data.tags.get('build.auto.float_layers', '')[:200]}) "
+               f"/ {m['auto_trials']:.0f} / {m['auto_selection_accuracy_delta_pp']:+.2f} pp; analysis "
+               f"{m['auto_analysis_seconds']:.0f} s, search {m['auto_search_seconds']:.0f} s")
+        ok_acc = m["accuracy_delta_pp"] >= -budget
+        ok_speed = m["speedup_b1"] >= 2.0
+        ok_size = m["size_ratio"] <= 0.35
+        c.check(f"mobilenet auto accuracy delta (test), {backend}",
+                f"{m['accuracy_delta_pp']:+.2f} pp ({100 * m['fp32_accuracy']:.2f}% -> {100 * m['accuracy']:.2f}%)",
+                f">= -{budget:.1f} pp", ok_acc)
+        c.check(f"mobilenet auto speedup b1, {backend}",
+                f"{m['speedup_b1']:.2f}x (fp32 {m['fp32_latency_p50_ms_b1']:.4f} ms -> {m['latency_p50_ms_b1']:.4f} ms)",
+                ">= 2x", ok_speed)
+        c.check(f"mobilenet auto size ratio, {backend}", f"{m['size_ratio']:.3f}", "<= 0.35", ok_size)
+        if ok_acc and ok_speed and ok_size:
+            met.append(backend)
+    if met or any(k[1] == "auto" for k in cells):
+        c.check("mobilenet auto meets all three on onnxruntime and one other backend", ", ".join(met) or "none",
+                "onnxruntime + 1", "onnxruntime" in met and len(met) >= 2)
+
+
 def text_checks(c: Checks, cells) -> None:
     """Issue 4 (the LSTM part): dynamic int8 against fp32 on each backend."""
     faster = []
@@ -240,7 +279,7 @@ def transformer_checks(c: Checks, cells) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experiment", default="bench")
-    ap.add_argument("--suite", choices=("all", "foundation", "tflite_qat", "text", "launchers"), default="all")
+    ap.add_argument("--suite", choices=("all", "foundation", "tflite_qat", "mixed", "text", "launchers"), default="all")
     ap.add_argument("--targets-only", action="store_true",
                     help="foundation: sweep only mlp,cnn x fp32,static x pytorch,onnxruntime (warm cache)")
     ap.add_argument("--evaluate", metavar="SWEEP_DIR", nargs="+", help="only check the targets on finished sweeps")
@@ -296,6 +335,8 @@ def main() -> int:
                           sum(r.data.tags["status"] == "ok" for r in default_runs), timed)
     if any(k[2] == "tflite" or k[1] == "qat" for k in cells if k[0] not in ("lstm", "transformer")):
         tflite_qat_checks(c, cells)
+    if any(k[1] == "auto" for k in cells):
+        mixed_checks(c, cells)
     if any(k[0] == "lstm" for k in cells):
         text_checks(c, cells)
     if any(k[0] == "transformer" for k in cells):

@@ -40,6 +40,10 @@ class Artifact:
     info: Dict[str, str] = field(default_factory=dict)
     # Per-step curves of the conversion (QAT's fine-tuning loss), logged as MLflow metric history.
     curves: Dict[str, List[float]] = field(default_factory=dict)
+    # Scalars of the conversion (quant=auto's trial counts), logged as metrics.
+    metrics: Dict[str, float] = field(default_factory=dict)
+    # Reports of the conversion (quant=auto's sensitivity table and plot), logged under analysis/.
+    files: List[Path] = field(default_factory=list)
 
 
 class Backend:
@@ -48,12 +52,16 @@ class Backend:
 
     # Schemes this backend cannot apply to a model family (ModelConfig.family), with the reason.
     family_unsupported: Dict[str, Dict[str, str]] = {}
+    # Why quant=auto is not available, for a backend without the mixed-precision hooks.
+    no_auto_reason: str = "this backend cannot keep chosen layers in float"
 
     def unsupported_reason(self, cfg) -> Optional[str]:
         """Why this backend cannot run cfg's scheme (None = it can). Checked before any work."""
         scheme = cfg.quant.scheme.value
         if not hasattr(self, f"build_{scheme}"):
             return f"backend {self.name} has no '{scheme}' scheme"
+        if scheme == "auto" and type(self).mixed_layers is Backend.mixed_layers:
+            return f"quant=auto on {self.name}: {self.no_auto_reason}"
         reasons = self.family_unsupported.get(cfg.model.family, {})
         if scheme in reasons:
             return f"model={cfg.model.name}, quant={scheme} on {self.name}: {reasons[scheme]}"
@@ -65,6 +73,17 @@ class Backend:
 
     def build(self, scheme: str, ctx: BuildContext, out: Path) -> Artifact:
         return getattr(self, f"build_{scheme}")(ctx, out)
+
+    # quant=auto (bsb_hydra/mixed.py) for a backend that can keep chosen layers in float while the
+    # rest is static int8: it defines mixed_layers(ctx) -> {name: (float weight, output-channel
+    # axis)} and build_mixed(ctx, out, float_layers) -> Artifact.
+    def build_auto(self, ctx: BuildContext, out: Path) -> Artifact:
+        from bsb_hydra.mixed import build_auto
+
+        return build_auto(self, ctx, out)
+
+    def mixed_layers(self, ctx: BuildContext):
+        raise Unsupported(f"backend {self.name} cannot keep chosen layers in float (no mixed-precision hook)")
 
 
 class Runner:

@@ -109,9 +109,12 @@ class OnnxruntimeBackend(Backend):
                       "quantized); the LSTM's int8 path in ORT is quant=dynamic (DynamicQuantizeLSTM)",
             "qat": "ORT has no int8 LSTM a QDQ graph can carry learned ranges into (its int8 LSTM is "
                    "DynamicQuantizeLSTM); QAT for the LSTM runs on backend=pytorch",
+            "auto": "quant=auto starts from static QDQ int8, which ORT cannot apply to an LSTM (see quant=static)",
         },
         "transformer": {
             "qat": "the QAT path is torch.ao FX QAT, which cannot trace transformers' BertModel",
+            "auto": "not yet: the per-layer analysis quantizes the model 2N+1 times (N = 36 MatMuls for MiniLM), "
+                    "far past a CPU cell's budget; use quant=static (attention MatMuls already kept float)",
         },
     }
 
@@ -120,7 +123,7 @@ class OnnxruntimeBackend(Backend):
         if reason:
             return reason
         q = cfg.quant
-        if q.scheme.value == "static" and q.method.value == "histogram":
+        if q.scheme.value in ("static", "auto") and q.method.value == "histogram":
             return ("quant.method=histogram is torch.ao's HistogramObserver; onnxruntime calibrates with "
                     "minmax, entropy or percentile")
         return None
@@ -169,6 +172,11 @@ class OnnxruntimeBackend(Backend):
         return Artifact(out, ctx.input_dtype, op_counts(out))
 
     def build_static(self, ctx: BuildContext, out: Path) -> Artifact:
+        return self._static(ctx, out)
+
+    def _static(self, ctx: BuildContext, out: Path, float_layers=()) -> Artifact:
+        """quantize_static to QDQ; ``float_layers`` (node names) stay float (quant=auto). Calibration
+        runs once per cell: its ranges are cached (ORT's calibration_cache_path) for every later build."""
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         q = ctx.cfg.quant
@@ -188,22 +196,47 @@ class OnnxruntimeBackend(Backend):
         scope: Dict[str, Any] = {}
         if ctx.cfg.model.family == "transformer":
             scope = transformer_static_scope(src)
+        if float_layers:
+            scope["nodes_to_exclude"] = [*scope.get("nodes_to_exclude", []), *float_layers]
+        cache = ctx.workdir / f"calibration_{q.method.value}_{q.samples}_{q.percentile}.json"
         with _quiet_root_logger():
             quantize_static(
                 str(src), str(out), TrainingSamplesReader(ctx.calibration),
                 quant_format=QuantFormat.QDQ, activation_type=activation, weight_type=QuantType.QInt8,
                 per_channel=q.granularity.value == "per_channel", reduce_range=reduce_range, calibrate_method=method,
-                extra_options=extra, **scope,
+                extra_options=extra, calibration_cache_path=str(cache), **scope,
             )
         info = op_counts(out)
         if scope:
-            info["quantized_op_types"] = ",".join(scope["op_types_to_quantize"])
+            if "op_types_to_quantize" in scope:
+                info["quantized_op_types"] = ",".join(scope["op_types_to_quantize"])
             info["excluded_nodes"] = ",".join(scope["nodes_to_exclude"])
             info["float_op_types"] = float_compute_ops(out)
         info.update({"reduce_range": str(reduce_range).lower(),
                      "activation_dtype": "uint8" if activation == QuantType.QUInt8 else "int8", "weight_dtype": "int8"})
         return Artifact(out, ctx.input_dtype, info)
 
+    # quant=auto (bsb_hydra/mixed.py): the weight-carrying nodes, each of which can stay float.
+    MIXED_OPS = ("Conv", "Gemm", "MatMul")
+
+    def mixed_layers(self, ctx: BuildContext):
+        import onnx
+        from onnx import numpy_helper
+
+        g = onnx.load(str(self._preprocessed(ctx))).graph
+        weights = {i.name: i for i in g.initializer}
+        layers = {}
+        for n in g.node:
+            if n.op_type in self.MIXED_OPS and len(n.input) > 1 and n.input[1] in weights:
+                w = numpy_helper.to_array(weights[n.input[1]])
+                trans_b = next((a.i for a in n.attribute if a.name == "transB"), 0)
+                # output channels: axis 0 of Conv and of Gemm with transB; the last axis of MatMul's B
+                axis = 0 if n.op_type == "Conv" or (n.op_type == "Gemm" and trans_b) else -1
+                layers[n.name] = (w, axis)
+        return layers
+
+    def build_mixed(self, ctx: BuildContext, out: Path, float_layers) -> Artifact:
+        return self._static(ctx, out, list(float_layers))
 
     def build_qat(self, ctx: BuildContext, out: Path) -> Artifact:
         """torch.ao FX QAT (shared with the pytorch backend), exported as a QDQ graph that keeps the

@@ -76,6 +76,10 @@ def _static_linears_eager(model, qconfig, calibrate):
                "MatMuls stay fp32")
 
 
+_AUTO_EAGER = ("quant=auto keeps chosen modules float through FX graph mode's per-module qconfig; this model's "
+               "static int8 is built in eager mode here (FX cannot trace it), so there is no per-layer choice yet")
+
+
 @BACKENDS.register("pytorch")
 class PytorchBackend(Backend):
     name = "pytorch"
@@ -84,7 +88,9 @@ class PytorchBackend(Backend):
         "transformer": {
             "qat": "torch.ao FX cannot trace transformers' BertModel (data-dependent mask code), so FX QAT "
                    "does not apply; no transformer QAT here",
+            "auto": _AUTO_EAGER,
         },
+        "recurrent": {"auto": _AUTO_EAGER},
     }
 
     def unsupported_reason(self, cfg) -> Optional[str]:
@@ -92,7 +98,7 @@ class PytorchBackend(Backend):
         if reason:
             return reason
         q = cfg.quant
-        if q.scheme.value == "static" and q.method.value in ("entropy", "percentile"):
+        if q.scheme.value in ("static", "auto") and q.method.value in ("entropy", "percentile"):
             return (f"quant.method={q.method.value}: torch.ao has no {q.method.value} calibration observer; "
                     "use minmax or histogram (HistogramObserver) on pytorch, or entropy/percentile on onnxruntime")
         return None
@@ -136,17 +142,15 @@ class PytorchBackend(Backend):
         info["note"] = "dynamic int8 covers Linear, LSTM and Embedding layers; convolutions stay fp32"
         return Artifact(out, ctx.input_dtype, info)
 
-    def build_static(self, ctx: BuildContext, out: Path) -> Artifact:
+    def _static_qconfig(self, ctx: BuildContext):
         import torch
-        from torch.ao.quantization import QConfig, QConfigMapping
+        from torch.ao.quantization import QConfig
         from torch.ao.quantization.observer import (HistogramObserver, MinMaxObserver,
                                                     PerChannelMinMaxObserver)
-        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
         from bsb_hydra.qat import reduce_range_default
 
         q = ctx.cfg.quant
-        torch.backends.quantized.engine = ctx.engine
         # fbgemm/x86 without VNNI can saturate 16-bit accumulators: keep 7-bit activations there.
         reduce_range = reduce_range_default(q, ctx.engine in ("x86", "fbgemm"), ctx.isa)
         act_observer = HistogramObserver if q.method.value == "histogram" else MinMaxObserver
@@ -156,7 +160,19 @@ class PytorchBackend(Backend):
             weight = PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
         else:
             weight = MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
-        qconfig = QConfig(activation=activation, weight=weight)
+        return QConfig(activation=activation, weight=weight), reduce_range
+
+    def build_static(self, ctx: BuildContext, out: Path) -> Artifact:
+        return self._static(ctx, out)
+
+    def _static(self, ctx: BuildContext, out: Path, float_layers=()) -> Artifact:
+        """Static int8; ``float_layers`` (module names) keep qconfig None in FX (quant=auto)."""
+        import torch
+        from torch.ao.quantization import QConfigMapping
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+        torch.backends.quantized.engine = ctx.engine
+        qconfig, reduce_range = self._static_qconfig(ctx)
         example = torch.from_numpy(ctx.example)
         calibrate = lambda m: [m(torch.from_numpy(ctx.calibration[i:i + CALIBRATION_BATCH]))  # noqa: E731
                                for i in range(0, len(ctx.calibration), CALIBRATION_BATCH)]
@@ -169,8 +185,10 @@ class PytorchBackend(Backend):
 
                 quantized, note = lstm_static(ctx.model, qconfig, calibrate), NOTE
             else:
-                prepared = prepare_fx(copy.deepcopy(ctx.model).eval(), QConfigMapping().set_global(qconfig),
-                                      (example,))
+                mapping = QConfigMapping().set_global(qconfig)
+                for name in float_layers:
+                    mapping.set_module_name(name, None)
+                prepared = prepare_fx(copy.deepcopy(ctx.model).eval(), mapping, (example,))
                 calibrate(prepared)
                 quantized, note = convert_fx(prepared), "FX graph mode: conv+bn(+relu) fused, int8 between layers"
         _save_script(quantized, example, out)
@@ -178,7 +196,20 @@ class PytorchBackend(Backend):
         info["note"] = note
         info["reduce_range"] = str(reduce_range).lower()
         info["engine"] = ctx.engine
+        if float_layers:
+            info["float_modules"] = ",".join(float_layers)
         return Artifact(out, ctx.input_dtype, info)
+
+    # quant=auto (bsb_hydra/mixed.py): every Conv and Linear module can keep qconfig None (FX graph
+    # mode; the eager transformer and LSTM paths have no per-module choice here).
+    def mixed_layers(self, ctx: BuildContext):
+        from torch import nn
+
+        return {name: (m.weight.detach().numpy(), 0) for name, m in ctx.model.named_modules()
+                if isinstance(m, (nn.Conv2d, nn.Conv1d, nn.Linear))}
+
+    def build_mixed(self, ctx: BuildContext, out: Path, float_layers) -> Artifact:
+        return self._static(ctx, out, list(float_layers))
 
     def build_qat(self, ctx: BuildContext, out: Path) -> Artifact:
         import torch

@@ -37,6 +37,9 @@ CONVERT_TIMEOUT_S = 3600
 class TfliteBackend(Backend):
     name = "tflite"
     suffix = ".tflite"
+    no_auto_reason = ("not yet: keeping chosen layers float needs the converter's QuantizationDebugger deny lists "
+                      "(denylisted_nodes), which this backend does not drive yet; quant=auto runs on onnxruntime "
+                      "and pytorch")
     _NO_BERT_TWIN = ("the TFLite path carries the trained weights through a Keras twin, and there is no Keras "
                      "twin of transformers' BertModel yet (an honest full-integer BERT also needs int8-safe "
                      "attention masking); run the transformer on pytorch or onnxruntime")

@@ -1,0 +1,149 @@
+"""quant=auto (bsb_hydra/mixed.py): the measures, the search's stopping rule, and end to end on a
+model with one deliberately fragile layer: the analysis ranks it first and auto keeps it float."""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bsb_hydra import mixed
+from bsb_hydra.config import AutoQuantConfig, ConfigError
+from tests.conftest import SMOKE, run_bsb, runs_of
+
+DIGITS = ["data=digits", *(o if not o.startswith("benchmark.batch_sizes=") else "benchmark.batch_sizes=[1]"
+                           for o in SMOKE)]
+
+
+def test_sqnr_db_exact():
+    x = np.array([3.0, 4.0])  # |x| = 5
+    assert mixed.sqnr_db(x, x) == math.inf
+    assert mixed.sqnr_db(x, x + np.array([0.0, 0.5])) == pytest.approx(20 * math.log10(5 / 0.5))
+    assert mixed.sqnr_db(x, np.zeros(2)) == pytest.approx(0.0)
+
+
+def test_int8_round_trip_per_channel_and_per_tensor():
+    w = np.array([[1.0, -0.5, 0.25], [100.0, 1.0, -1.0]])
+    pc = mixed.int8_round_trip(w, per_channel=True, axis=0)
+    assert pc[0, 0] == pytest.approx(1.0) and pc[0, 1] == pytest.approx(-round(63.5) / 127)  # scale 1/127
+    assert pc[1, 0] == pytest.approx(100.0) and pc[1, 1] == pytest.approx(100.0 / 127)
+    pt = mixed.int8_round_trip(w, per_channel=False)  # one scale, 100/127: the small row collapses
+    assert pt[0, 2] == 0.0 and pt[0, 0] == pytest.approx(100.0 / 127)
+    assert mixed.sqnr_db(w[0], pc[0]) > mixed.sqnr_db(w[0], pt[0])
+
+
+def test_selection_subset_never_uses_calibration_samples():
+    calib = np.arange(0, 500, 2)
+    sel = mixed.selection_indices(600, 300, 0, calib)
+    assert len(sel) == 300 and not set(sel) & set(calib)
+    assert np.array_equal(sel, mixed.selection_indices(600, 300, 0, calib))  # seeded
+    assert len(mixed.selection_indices(600, 10_000, 0, calib)) == 600 - len(calib)
+
+
+def test_budget_config():
+    assert AutoQuantConfig(budget_pp=1.0).budget_for(0.9) == pytest.approx(0.01)
+    assert AutoQuantConfig(budget_rel=0.02).budget_for(0.5) == pytest.approx(0.01)  # takes precedence
+    with pytest.raises(ConfigError, match="budget_pp and quant.budget_rel are both null"):
+        AutoQuantConfig(budget_pp=None)
+    with pytest.raises(ConfigError, match="quant.budget_pp=-1.0 is negative"):
+        AutoQuantConfig(budget_pp=-1.0)
+    with pytest.raises(ConfigError, match="quant.budget_rel=1.5"):
+        AutoQuantConfig(budget_rel=1.5)
+
+
+class _FakeBackend:
+    """Accuracy rises with the number of float layers: k float layers -> 0.80 + 0.02 * k."""
+    suffix = ".bin"
+
+    def build_mixed(self, ctx, out, float_layers):
+        out.write_bytes(b"x" * (100 + 10 * len(float_layers)))
+        return mixed.Artifact(out, "float32", {"k": str(len(float_layers))})
+
+
+class _FakeEval:
+    y = np.zeros(100, dtype=int)
+
+    def logits(self, art):
+        k = int(art.info["k"]) if art.info else 10
+        correct = min(100, 80 + 2 * k)
+        out = np.zeros((100, 2), np.float32)
+        out[:correct, 0] = 1.0
+        out[correct:, 1] = 1.0
+        return out
+
+    def p50_ms_b1(self, art):
+        return 0.1
+
+
+def _search(tmp_path, budget_pp, max_trials):
+    class Ctx:
+        class cfg:
+            quant = AutoQuantConfig(budget_pp=budget_pp, max_trials=max_trials)
+
+    table = {"fp32": {"accuracy": 1.0}, "layers": [{"layer": f"L{i}"} for i in range(10)]}
+    fp32 = mixed.Artifact(tmp_path / "fp32.bin", "float32", {})
+    return mixed.search(_FakeBackend(), Ctx, _FakeEval(), table, fp32, tmp_path)
+
+
+def test_search_doubles_then_bisects_to_the_smallest_float_set(tmp_path):
+    r = _search(tmp_path, budget_pp=10.0, max_trials=8)  # needs k >= 5 (0.80 + 0.02 * 5 = 0.90)
+    assert [t["k"] for t in r["trials"]] == [0, 1, 2, 4, 8, 6, 5]
+    assert r["budget_met"] and r["chosen"]["k"] == 5 and r["chosen"]["float_layers"] == ["L0", "L1", "L2", "L3", "L4"]
+
+
+def test_search_stops_at_the_budget_and_at_max_trials(tmp_path):
+    r = _search(tmp_path, budget_pp=20.0, max_trials=8)  # the full int8 model (k=0) is within budget
+    assert [t["k"] for t in r["trials"]] == [0] and r["budget_met"] and r["chosen"]["k"] == 0
+    r = _search(tmp_path, budget_pp=10.0, max_trials=3)  # out of trials before k=5: said, best kept
+    assert [t["k"] for t in r["trials"]] == [0, 1, 2] and not r["budget_met"] and r["chosen"]["k"] == 2
+
+
+# ------------------------------------------------------------------------------ end to end
+
+@pytest.fixture(scope="module")
+def fragile_checkpoint(tmp_path_factory):
+    """The smoke-trained digits mlp with an outlier in its first layer's weights on input pixel 0,
+    which is 0 in every digits image: the fp32 function is unchanged, but one int8 scale now spans
+    the outlier, and every other weight of that layer rounds to zero."""
+    tmp = tmp_path_factory.mktemp("fragile")
+    run_bsb(["model=mlp", "quant=fp32", "backend=onnxruntime", *DIGITS], tmp)
+    (cached,) = (tmp / "cache" / "models").glob("mlp-*.pt")
+    sd = torch.load(cached, weights_only=True)
+    w = sd["1.weight"]
+    w[:, 0] = 1000.0 * w.abs().max()  # every other weight of a row rounds to 0 in int8
+    path = tmp / "fragile.pt"
+    torch.save(sd, path)
+    return path
+
+
+@pytest.mark.parametrize("backend,first_layer", [("onnxruntime", "/1/Gemm"), ("pytorch", "1")])
+def test_auto_ranks_the_fragile_layer_first_and_keeps_it_float(fragile_checkpoint, tmp_path, backend, first_layer):
+    run_bsb(["model=mlp", f"model.checkpoint={fragile_checkpoint}", "quant=auto", f"backend={backend}",
+             "quant.budget_pp=2.0", *DIGITS], tmp_path)
+    client, runs = runs_of(tmp_path)
+    (run,) = runs
+    tags, m = run.data.tags, run.data.metrics
+    assert tags["status"] == "ok", tags.get("reason")
+    assert tags["build.auto.ranking"].split(",")[0] == first_layer
+    assert tags["build.auto.float_layers"] == first_layer and tags["build.auto.budget_met"] == "true"
+    # full int8 breaks (trial 1), the top-ranked layer in float meets the budget (trial 2): stop
+    assert m["auto_trials"] == 2 and m["auto_float_layers"] == 1
+    assert m["auto_selection_int8_accuracy"] < m["auto_selection_fp32_accuracy"] - 0.1
+    assert m["accuracy_delta_pp"] >= -2.0 and m["auto_budget_met_test"] == 1.0
+    assert m["size_ratio"] < 0.9  # the other layers are int8
+    files = {a.path for a in client.list_artifacts(run.info.run_id, "analysis")}
+    assert files == {f"analysis/{f}" for f in ("sensitivity.json", "trials.json", "sensitivity.md", "sensitivity.png")}
+    table = json.loads(Path(client.download_artifacts(run.info.run_id, "analysis/sensitivity.json", str(tmp_path)))
+                       .read_text())
+    top = table["layers"][0]
+    assert top["layer"] == first_layer and top["rank"] == 1
+    assert top["only_int8_accuracy_delta_pp"] < -10
+    # int8 wipes out its weights (the outlier itself is exact and dominates |w|: SQNR barely sees it)
+    assert top["weight_zeroed_fraction"] > 0.9
+    assert all(r["weight_zeroed_fraction"] < 0.2 for r in table["layers"][1:])
+
+
+def test_auto_on_tflite_is_unsupported_with_the_reason(tmp_path):
+    proc = run_bsb(["model=mlp", "quant=auto", "backend=tflite", *DIGITS], tmp_path)
+    assert "[unsupported]" in proc.stdout and "QuantizationDebugger" in proc.stdout
