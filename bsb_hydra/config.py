@@ -281,9 +281,14 @@ class StaticQuantConfig(QuantConfig):
     # 7-bit ranges against int8 kernel saturation: activations on pytorch (fbgemm), weights on
     # onnxruntime. null = on for x86 CPUs without VNNI, on both backends (docs/methodology.md).
     reduce_range: Optional[bool] = None
+    # Per-layer sensitivity analysis logged with the cell (bsb_hydra/mixed.py; quant=auto always runs
+    # it), evaluated on this many training samples disjoint from the calibration samples.
+    analyze: bool = False
+    eval_samples: int = 1000
 
     def __post_init__(self) -> None:
         _positive("quant.samples", self.samples)
+        _positive("quant.eval_samples", self.eval_samples)
         if not 90.0 <= self.percentile <= 100.0:
             raise ConfigError(f"quant.percentile={self.percentile} is not allowed: use 90 <= p <= 100")
 
@@ -325,9 +330,6 @@ class AutoQuantConfig(StaticQuantConfig):
     budget_rel: Optional[float] = None
     fallback: Fallback = Fallback.fp32
     max_trials: int = 8
-    # Training samples (disjoint from the calibration samples) that the analysis and the trials
-    # evaluate on.
-    eval_samples: int = 1000
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -338,7 +340,6 @@ class AutoQuantConfig(StaticQuantConfig):
         if self.budget_rel is not None and not 0.0 <= self.budget_rel < 1.0:
             raise ConfigError(f"quant.budget_rel={self.budget_rel} is not allowed: use a fraction 0 <= r < 1, e.g. 0.01")
         _positive("quant.max_trials", self.max_trials)
-        _positive("quant.eval_samples", self.eval_samples)
 
     def budget_for(self, fp32_accuracy: float) -> float:
         """The allowed drop as a fraction (0.01 = 1 pp)."""

@@ -206,6 +206,8 @@ def _markdown(table, result, cfg) -> str:
                      f"{r['only_int8_accuracy_delta_pp']:+.2f} | {r['only_int8_sqnr_db']:.1f} | "
                      f"{r['keep_float_accuracy_delta_pp']:+.2f} | {r['keep_float_sqnr_db']:.1f} | "
                      f"{r['keep_float_recovers_pp']:+.2f} |")
+    if result is None:  # quant.analyze=true on a static cell: the analysis alone
+        return "\n".join(lines) + "\n"
     lines += ["", f"## Search (budget: a drop of at most {result['budget_drop_pp']:.2f} pp; "
                   f"{'met' if result['budget_met'] else 'NOT met'} with {result['chosen']['k']} float layers)", "",
               "| trial | float layers | accuracy % | d pp | logits SQNR dB | size KiB | p50 b1 ms (in-process) |",
@@ -244,46 +246,80 @@ def _plot(table, path: Path) -> None:
     plt.close(fig)
 
 
+class Analysis:
+    """The sensitivity analysis of one cell, with what the search needs to go on from it."""
+
+    def __init__(self, backend, ctx: BuildContext) -> None:
+        from bsb_hydra.sysinfo import torch_engine
+
+        q, ds = ctx.cfg.quant, ctx.data
+        self.idx = selection_indices(len(ds.y_train), q.eval_samples, ctx.cfg.seed, ctx.calibration_indices)
+        self.ev = Evaluator(backend, ctx, ds.x_train[self.idx], ds.y_train[self.idx],
+                            torch_engine(ctx.cfg.device.torch_engine, ctx.arch))
+        t0 = time.perf_counter()
+        self.fp32_art = backend.build("fp32", ctx, ctx.workdir / f"analysis_fp32_ref{backend.suffix}")
+        self.table = analyze(backend, ctx, self.ev, self.fp32_art, ctx.workdir)
+        self.seconds = time.perf_counter() - t0
+        self.dir = ctx.workdir / "analysis_report"
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def metrics(self) -> Dict[str, float]:
+        t = self.table
+        return {"sensitivity_layers": len(t["layers"]), "sensitivity_seconds": self.seconds,
+                "sensitivity_selection_samples": len(self.idx),
+                "sensitivity_selection_fp32_accuracy": t["fp32"]["accuracy"],
+                "sensitivity_selection_int8_accuracy": t["int8"]["accuracy"],
+                "sensitivity_int8_logits_sqnr_db": t["int8"]["sqnr_db"]}
+
+    def write(self, cfg, result=None) -> List[Path]:
+        d = self.dir
+        (d / "sensitivity.json").write_text(json.dumps(self.table, indent=1, default=str))
+        (d / "sensitivity.md").write_text(_markdown(self.table, result, cfg))
+        _plot(self.table, d / "sensitivity.png")
+        files = [d / "sensitivity.json", d / "sensitivity.md", d / "sensitivity.png"]
+        if result is not None:
+            (d / "trials.json").write_text(json.dumps({k: v for k, v in result.items() if k != "chosen"}, indent=1,
+                                                      default=str))
+            files.append(d / "trials.json")
+        return files
+
+
+def analysis_only(backend, ctx: BuildContext, art: Artifact) -> Artifact:
+    """quant.analyze=true on a static cell: the same table and plot, logged with the cell; the
+    artifact measured is the plain static one."""
+    a = Analysis(backend, ctx)
+    art.files.extend(a.write(ctx.cfg))
+    art.metrics.update(a.metrics())
+    art.info["sensitivity.ranking"] = ",".join(r["layer"] for r in a.table["layers"])
+    return art
+
+
 def build_auto(backend, ctx: BuildContext, out: Path) -> Artifact:
     """quant=auto for a backend with the two hooks: analysis, search, the chosen artifact at ``out``."""
     q = ctx.cfg.quant
     if q.fallback.value != "fp32":
         raise Unsupported(f"quant.fallback={q.fallback.value}: {backend.name} keeps sensitive layers in fp32 only "
                           f"(valid: fp32)")
-    ds = ctx.data
-    idx = selection_indices(len(ds.y_train), q.eval_samples, ctx.cfg.seed, ctx.calibration_indices)
-    from bsb_hydra.sysinfo import torch_engine
-
-    ev = Evaluator(backend, ctx, ds.x_train[idx], ds.y_train[idx], torch_engine(ctx.cfg.device.torch_engine, ctx.arch))
+    a = Analysis(backend, ctx)
     t0 = time.perf_counter()
-    fp32_art = backend.build("fp32", ctx, ctx.workdir / f"auto_fp32_ref{backend.suffix}")
-    table = analyze(backend, ctx, ev, fp32_art, ctx.workdir)
-    analysis_s = time.perf_counter() - t0
-    result = search(backend, ctx, ev, table, fp32_art, ctx.workdir)
-    search_s = time.perf_counter() - t0 - analysis_s
+    result = search(backend, ctx, a.ev, a.table, a.fp32_art, ctx.workdir)
+    search_s = time.perf_counter() - t0
     chosen = result["chosen"]
     shutil.copyfile(chosen["path"], out)
-    d = ctx.workdir / "auto_report"
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "sensitivity.json").write_text(json.dumps(table, indent=1, default=str))
-    (d / "trials.json").write_text(json.dumps({k: v for k, v in result.items() if k != "chosen"}, indent=1, default=str))
-    (d / "sensitivity.md").write_text(_markdown(table, result, ctx.cfg))
-    _plot(table, d / "sensitivity.png")
     info = dict(chosen["info"])
     info.update({"auto.float_layers": ",".join(chosen["float_layers"]) or "(none)",
                  "auto.budget_met": str(result["budget_met"]).lower(),
-                 "auto.selection": f"{len(idx)} training samples, disjoint from the calibration samples",
+                 "auto.selection": f"{len(a.idx)} training samples, disjoint from the calibration samples",
                  "auto.ranking": ",".join(result["ranked"])})
-    metrics = {"auto_trials": len(result["trials"]), "auto_float_layers": chosen["k"],
-               "auto_layers": len(table["layers"]), "auto_budget_drop_pp": result["budget_drop_pp"],
-               "auto_selection_accuracy": chosen["accuracy"], "auto_selection_fp32_accuracy": table["fp32"]["accuracy"],
-               "auto_selection_int8_accuracy": table["int8"]["accuracy"],
+    metrics = {**a.metrics(), "auto_trials": len(result["trials"]), "auto_float_layers": chosen["k"],
+               "auto_layers": len(a.table["layers"]), "auto_budget_drop_pp": result["budget_drop_pp"],
+               "auto_selection_accuracy": chosen["accuracy"],
+               "auto_selection_fp32_accuracy": a.table["fp32"]["accuracy"],
+               "auto_selection_int8_accuracy": a.table["int8"]["accuracy"],
                "auto_selection_accuracy_delta_pp": chosen["accuracy_delta_pp"],
                "auto_budget_met": float(result["budget_met"]),
-               "auto_analysis_seconds": analysis_s, "auto_search_seconds": search_s}
+               "auto_analysis_seconds": a.seconds, "auto_search_seconds": search_s}
     curves = {"auto_trial_accuracy": [t["accuracy"] for t in result["trials"]],
               "auto_trial_float_layers": [float(t["k"]) for t in result["trials"]]}
-    return Artifact(out, chosen["input_dtype"], info, curves=curves,
-                    metrics=metrics, files=[d / "sensitivity.json", d / "trials.json", d / "sensitivity.md",
-                                            d / "sensitivity.png"])
-
+    return Artifact(out, chosen["input_dtype"], info, curves=curves, metrics=metrics,
+                    files=a.write(ctx.cfg, result))

@@ -41,6 +41,10 @@ def config_hash(dict_cfg: DictConfig) -> str:
     c = OmegaConf.to_container(dict_cfg, resolve=True, enum_to_str=True)
     for k in ("hydra", "mlflow", "paths", "debug", "force"):
         c.pop(k, None)
+    q = c.get("quant", {})
+    if q.get("scheme") == "static" and not q.get("analyze"):  # keys added later, inert unless analyze=true:
+        q.pop("analyze", None)                                  # earlier static runs keep their hash
+        q.pop("eval_samples", None)
     return hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -115,6 +119,10 @@ def measure(cfg, dict_cfg, workdir: Path, log, slot: Optional[JobSlot] = None) -
     t0 = time.perf_counter()
     fp32_art = backend.build("fp32", ctx, workdir / f"fp32{backend.suffix}")
     art = fp32_art if scheme == "fp32" else backend.build(scheme, ctx, workdir / f"{scheme}{backend.suffix}")
+    if scheme == "static" and cfg.quant.analyze:
+        from bsb_hydra.mixed import analysis_only
+
+        art = analysis_only(backend, ctx, art)
     log.metrics({"quantize_seconds": time.perf_counter() - t0})
     log.tags({f"build.{k}": v[:5000] for k, v in art.info.items()})
     for name, curve in art.curves.items():

@@ -144,6 +144,43 @@ def test_auto_ranks_the_fragile_layer_first_and_keeps_it_float(fragile_checkpoin
     assert all(r["weight_zeroed_fraction"] < 0.2 for r in table["layers"][1:])
 
 
-def test_auto_on_tflite_is_unsupported_with_the_reason(tmp_path):
+def test_auto_on_tflite_is_unsupported_with_the_reason(tmp_path):  # noqa: D103
     proc = run_bsb(["model=mlp", "quant=auto", "backend=tflite", *DIGITS], tmp_path)
     assert "[unsupported]" in proc.stdout and "QuantizationDebugger" in proc.stdout
+
+
+def test_static_hash_ignores_the_inert_analysis_keys(compose_cfg):
+    """quant.analyze / quant.eval_samples were added after static runs were stored: with analyze
+    off they leave config_hash as it was (resume keeps skipping those runs); analyze=true is a new cell."""
+    from omegaconf import open_dict
+
+    from bsb_hydra.pipeline import config_hash
+
+    cfg = compose_cfg(["quant=static"])
+    cfg.paths.root = "/tmp/project"
+    before = cfg.copy()
+    with open_dict(before):
+        del before.quant.analyze
+        del before.quant.eval_samples
+    assert config_hash(cfg) == config_hash(before)
+    cfg.quant.analyze = True
+    assert config_hash(cfg) != config_hash(before)
+
+
+def test_static_cell_with_analyze_logs_the_table_beside_the_plain_static_artifact(fragile_checkpoint, tmp_path):
+    run_bsb(["model=mlp", f"model.checkpoint={fragile_checkpoint}", "quant=static", "quant.analyze=true",
+             "backend=onnxruntime", *DIGITS], tmp_path)
+    client, (run,) = runs_of(tmp_path)
+    tags, m = run.data.tags, run.data.metrics
+    assert tags["status"] == "ok", tags.get("reason")
+    assert tags["build.sensitivity.ranking"].split(",")[0] == "/1/Gemm"
+    assert m["sensitivity_layers"] == 3 and m["sensitivity_selection_samples"] > 0
+    # the measured artifact is the plain static model: the fragile layer is int8 and the accuracy falls
+    assert m["accuracy_delta_pp"] < -10 and "auto_trials" not in m
+    files = {a.path for a in client.list_artifacts(run.info.run_id, "analysis")}
+    assert files == {f"analysis/{f}" for f in ("sensitivity.json", "sensitivity.md", "sensitivity.png")}
+
+
+def test_analyze_on_tflite_is_unsupported_with_the_reason(tmp_path):
+    proc = run_bsb(["model=mlp", "quant=static", "quant.analyze=true", "backend=tflite", *DIGITS], tmp_path)
+    assert "[unsupported]" in proc.stdout and "quant.analyze=true on tflite" in proc.stdout

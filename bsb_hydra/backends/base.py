@@ -60,9 +60,14 @@ class Backend:
         scheme = cfg.quant.scheme.value
         if not hasattr(self, f"build_{scheme}"):
             return f"backend {self.name} has no '{scheme}' scheme"
+        reasons = self.family_unsupported.get(cfg.model.family, {})
+        if scheme == "static" and getattr(cfg.quant, "analyze", False):  # the analysis needs auto's hooks
+            if type(self).mixed_layers is Backend.mixed_layers:
+                return f"quant.analyze=true on {self.name}: {self.no_auto_reason}"
+            if "auto" in reasons:
+                return f"quant.analyze=true, model={cfg.model.name} on {self.name}: {reasons['auto']}"
         if scheme == "auto" and type(self).mixed_layers is Backend.mixed_layers:
             return f"quant=auto on {self.name}: {self.no_auto_reason}"
-        reasons = self.family_unsupported.get(cfg.model.family, {})
         if scheme in reasons:
             return f"model={cfg.model.name}, quant={scheme} on {self.name}: {reasons[scheme]}"
         return None
