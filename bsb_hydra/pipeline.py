@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from bsb_hydra.backends.base import BuildContext, Unsupported
 from bsb_hydra.bench import stats
 from bsb_hydra.bench.harness import run_worker
+from bsb_hydra import tracking
 from bsb_hydra.concurrency import JobSlot
 from bsb_hydra.config import validate
 from bsb_hydra.sysinfo import git_sha, system_info, torch_engine
@@ -41,10 +42,7 @@ def config_hash(dict_cfg: DictConfig) -> str:
     c = OmegaConf.to_container(dict_cfg, resolve=True, enum_to_str=True)
     for k in ("hydra", "mlflow", "paths", "debug", "force"):
         c.pop(k, None)
-    q = c.get("quant", {})
-    if q.get("scheme") == "static" and not q.get("analyze"):  # keys added later, inert unless analyze=true:
-        q.pop("analyze", None)                                  # earlier static runs keep their hash
-        q.pop("eval_samples", None)
+    tracking.drop_inert(c)  # keys added later, inert here: earlier runs keep their hash
     return hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -64,7 +64,21 @@ def resolved_config(dict_cfg) -> Dict[str, Any]:
     """The resolved config as plain data, with secrets masked: what goes to MLflow."""
     container = OmegaConf.to_container(dict_cfg, resolve=True, enum_to_str=True)
     container.pop("hydra", None)
-    return mask_secrets(container)
+    return mask_secrets(drop_inert(container))
+
+
+def drop_inert(c: Dict[str, Any]) -> Dict[str, Any]:
+    """Leave out keys that do nothing in this cell and were added to a schema after runs had been
+    stored: quant.analyze / quant.eval_samples on a static cell with analyze off, and quant.analyze on
+    an auto cell (auto always analyzes). Params, config.json and config_hash then agree between older
+    and newer runs of the same configuration (resume finds them; the report groups them together)."""
+    q = c.get("quant") or {}
+    if q.get("scheme") == "static" and not q.get("analyze"):
+        q.pop("analyze", None)
+        q.pop("eval_samples", None)
+    elif q.get("scheme") == "auto":
+        q.pop("analyze", None)
+    return c
 
 
 # --- no credentials in params, tags, artifacts or logs ----------------------------------------------

@@ -176,7 +176,11 @@ def test_static_hash_ignores_the_inert_analysis_keys(compose_cfg):
         del before.quant.analyze
         del before.quant.eval_samples
     assert config_hash(cfg) == config_hash(before)
+    from bsb_hydra.tracking import resolved_params
+
+    assert "quant.analyze" not in resolved_params(cfg) and "quant.eval_samples" not in resolved_params(cfg)
     cfg.quant.analyze = True
+    assert resolved_params(cfg)["quant.analyze"] in (True, "True", "true")
     assert config_hash(cfg) != config_hash(before)
 
 
