@@ -17,10 +17,10 @@ from typing import Any, Dict, Optional
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from bsb_hydra import tracking
 from bsb_hydra.backends.base import BuildContext, Unsupported
 from bsb_hydra.bench import stats
 from bsb_hydra.bench.harness import run_worker
-from bsb_hydra import tracking
 from bsb_hydra.concurrency import JobSlot
 from bsb_hydra.config import validate
 from bsb_hydra.sysinfo import git_sha, system_info, torch_engine
@@ -117,11 +117,11 @@ def measure(cfg, dict_cfg, workdir: Path, log, slot: Optional[JobSlot] = None) -
     t0 = time.perf_counter()
     fp32_art = backend.build("fp32", ctx, workdir / f"fp32{backend.suffix}")
     art = fp32_art if scheme == "fp32" else backend.build(scheme, ctx, workdir / f"{scheme}{backend.suffix}")
-    if scheme == "static" and cfg.quant.analyze:
+    log.metrics({"quantize_seconds": time.perf_counter() - t0})
+    if scheme == "static" and cfg.quant.analyze:  # timed apart (sensitivity_seconds), not as quantization
         from bsb_hydra.mixed import analysis_only
 
         art = analysis_only(backend, ctx, art)
-    log.metrics({"quantize_seconds": time.perf_counter() - t0})
     log.tags({f"build.{k}": v[:5000] for k, v in art.info.items()})
     for name, curve in art.curves.items():
         for step, value in enumerate(curve):
