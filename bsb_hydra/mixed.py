@@ -38,6 +38,8 @@ import numpy as np
 from bsb_hydra.backends.base import Artifact, BuildContext, Unsupported
 
 TRIAL_LATENCY_RUNS = 200
+# Samples of the selection subset whose per-layer activations are compared (all tensors held at once)
+ACTIVATION_SAMPLES = 256
 
 
 def sqnr_db(ref: np.ndarray, x: np.ndarray) -> float:
@@ -119,7 +121,13 @@ def analyze(backend, ctx: BuildContext, ev: Evaluator, fp32_art: Artifact, workd
     ref = ev.logits(fp32_art)
     d = workdir / "analysis"
     d.mkdir(parents=True, exist_ok=True)
-    full = _row(ev, backend.build_mixed(ctx, d / f"int8{backend.suffix}", []), ref)
+    int8_art = backend.build_mixed(ctx, d / f"int8{backend.suffix}", [])
+    full = _row(ev, int8_art, ref)
+    # Per-layer activations, where the backend can expose them (onnxruntime): each layer's output in
+    # the all-int8 model, and its activation through its own int8 grid alone, against fp32.
+    acts = {}
+    if hasattr(backend, "layer_activation_sqnr"):
+        acts = backend.layer_activation_sqnr(ctx, int8_art.path, ev.x[:ACTIVATION_SAMPLES])
     fp32 = {"accuracy": float(np.mean(ref.argmax(1) == ev.y)), "sqnr_db": math.inf, "agreement": 1.0}
     rows = []
     for i, name in enumerate(names):
@@ -131,6 +139,8 @@ def analyze(backend, ctx: BuildContext, ev: Evaluator, fp32_art: Artifact, workd
         rows.append({
             "layer": name, "params": int(np.asarray(w).size),
             "weight_sqnr_db": sqnr_db(w, wq),
+            "activation_sqnr_db": acts.get(name, {}).get("activation_sqnr_db", math.nan),
+            "output_sqnr_db": acts.get(name, {}).get("output_sqnr_db", math.nan),
             # SQNR is dominated by the largest weights: an outlier that widens the scale until the
             # rest round to zero barely moves it. This says how many weights int8 wiped out.
             "weight_zeroed_fraction": float(np.mean(wq[nonzero] == 0)) if nonzero.any() else 0.0,
@@ -192,17 +202,27 @@ def search(backend, ctx: BuildContext, ev: Evaluator, table, fp32_art: Artifact,
             "ranked": ranked}
 
 
+def _db(v) -> str:
+    return "n/a" if v is None or math.isnan(v) else f"{v:.1f}"
+
+
 def _markdown(table, result, cfg) -> str:
     lines = [f"# Sensitivity: model={cfg.model.name} backend={cfg.backend.name} "
              f"({cfg.quant.granularity.value} static int8, selection subset of the training split)", "",
              f"fp32 accuracy {100 * table['fp32']['accuracy']:.2f}%, full int8 {100 * table['int8']['accuracy']:.2f}% "
              f"(logits SQNR {table['int8']['sqnr_db']:.1f} dB)", "",
-             "| rank | layer | params | weight SQNR dB | weights zeroed | only int8: d pp | only int8: SQNR dB | "
-             "kept float: d pp | kept float: SQNR dB | kept float recovers pp |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "SQNR columns are against fp32, in dB (higher is better). weight: the layer's weight through its "
+             "int8 grid alone. activation: its output activation through its own calibrated int8 grid alone. "
+             "output in int8 model: its output in the all-int8 model (error accumulated up to it). "
+             "only int8 / kept float: the model's logits with only this layer int8 / only this layer float. "
+             "n/a: the backend does not expose that tensor.", "",
+             "| rank | layer | params | weight SQNR | weights zeroed | activation SQNR | output in int8 model SQNR | "
+             "only int8: d pp | only int8: SQNR | kept float: d pp | kept float: SQNR | kept float recovers pp |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in table["layers"]:
         lines.append(f"| {r['rank']} | `{r['layer']}` | {r['params']} | {r['weight_sqnr_db']:.1f} | "
-                     f"{100 * r['weight_zeroed_fraction']:.1f}% | "
+                     f"{100 * r['weight_zeroed_fraction']:.1f}% | {_db(r.get('activation_sqnr_db'))} | "
+                     f"{_db(r.get('output_sqnr_db'))} | "
                      f"{r['only_int8_accuracy_delta_pp']:+.2f} | {r['only_int8_sqnr_db']:.1f} | "
                      f"{r['keep_float_accuracy_delta_pp']:+.2f} | {r['keep_float_sqnr_db']:.1f} | "
                      f"{r['keep_float_recovers_pp']:+.2f} |")
@@ -229,8 +249,11 @@ def _plot(table, path: Path) -> None:
     y = np.arange(len(rows))
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, max(3.0, 0.28 * len(rows) + 1.5)), sharey=True)
     finite = lambda v: v if math.isfinite(v) else np.nan  # noqa: E731
-    a.barh(y - 0.2, [finite(r["only_int8_sqnr_db"]) for r in rows], 0.4, label="only this layer int8")
-    a.barh(y + 0.2, [finite(r["weight_sqnr_db"]) for r in rows], 0.4, label="its weight alone")
+    a.barh(y - 0.3, [finite(r["only_int8_sqnr_db"]) for r in rows], 0.2, label="logits, only this layer int8")
+    a.barh(y - 0.1, [finite(r["weight_sqnr_db"]) for r in rows], 0.2, label="its weight alone")
+    if any(math.isfinite(r.get("activation_sqnr_db", math.nan)) for r in rows):
+        a.barh(y + 0.1, [finite(r["activation_sqnr_db"]) for r in rows], 0.2, label="its output activation alone")
+        a.barh(y + 0.3, [finite(r["output_sqnr_db"]) for r in rows], 0.2, label="its output, all-int8 model")
     a.set_xlabel("SQNR vs fp32 (dB, higher is better)")
     a.legend(fontsize=7)
     b.barh(y - 0.2, [r["only_int8_accuracy_delta_pp"] for r in rows], 0.4, label="only this layer int8")

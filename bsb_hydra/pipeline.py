@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from bsb_hydra import tracking
 from bsb_hydra.backends.base import BuildContext, Unsupported
 from bsb_hydra.bench import stats
-from bsb_hydra.bench.harness import run_worker
+from bsb_hydra.bench.harness import Item, run_worker
 from bsb_hydra.concurrency import JobSlot
 from bsb_hydra.config import validate
 from bsb_hydra.sysinfo import git_sha, system_info, torch_engine
@@ -144,30 +144,31 @@ def measure(cfg, dict_cfg, workdir: Path, log, slot: Optional[JobSlot] = None) -
     common = dict(backend=cfg.backend.name, threads=cfg.device.threads,
                   cpus=list(cfg.device.core_pinning) if cfg.device.core_pinning is not None else None,
                   settings=backend.runner_settings(cfg, engine), latency_input=latency_input, eval_input=eval_input,
-                  eval_batch_size=b.eval_batch_size, workdir=workdir / "bench", timeout_s=b.timeout_s)
+                  latency=lat, eval_batch_size=b.eval_batch_size, workdir=workdir / "bench", timeout_s=b.timeout_s)
     slot = slot or JobSlot()
     slot.sample()
-    base = None
-    if scheme != "fp32":  # the fp32 reference of the same backend, measured in this job, first
-        base = run_worker(artifact=fp32_art.path, input_dtype=fp32_art.input_dtype,
-                          latency=lat if b.paired_baseline else None, tag="fp32_reference", **common)
-    slot.sample()
-    res = run_worker(artifact=art.path, input_dtype=art.input_dtype, latency=lat, tag=scheme,
-                     inject_fault=_worker_fault(cfg), **common)
-    slot.sample()
-    ref = base if base is not None else res
-    # More fresh processes, latency only, alternating with the fp32 reference: per batch size, a list
-    # of sample lists (one per process) for each side.
-    lat_ref = [base.data["samples_ms"]] if base is not None and base.data.get("samples_ms") else []
-    lat_cell = [res.data["samples_ms"]]
-    lat_common = {**common, "eval_input": None}
-    for i in range(1, b.repeats):
-        if lat_ref:
-            lat_ref.append(run_worker(artifact=fp32_art.path, input_dtype=fp32_art.input_dtype, latency=lat,
-                                      tag=f"fp32_reference_r{i}", **lat_common).data["samples_ms"])
-        lat_cell.append(run_worker(artifact=art.path, input_dtype=art.input_dtype, latency=lat, tag=f"{scheme}_r{i}",
-                                   **lat_common).data["samples_ms"])
+    # benchmark.repeats fresh processes. Each times the cell and, with the paired baseline, the fp32
+    # artifact of the same backend right beside it, in alternating order (cell first in processes
+    # 0, 2, ...; fp32 first in 1, 3, ...). Process 0 also evaluates both on the test split and takes
+    # the cell's memory, with the cell loaded first so that its peak RSS is its own.
+    ref_latency = scheme != "fp32" and b.paired_baseline
+    lat_ref: list = []  # per batch size, a list of sample lists (one per process) for each side
+    lat_cell: list = []
+    res = base = None
+    for i in range(b.repeats):
+        items = [Item(scheme, art.path, art.input_dtype, evaluate=i == 0)]
+        if scheme != "fp32" and (i == 0 or ref_latency):
+            ref_item = Item("fp32_reference", fp32_art.path, fp32_art.input_dtype, latency=ref_latency,
+                            evaluate=i == 0)
+            items = items + [ref_item] if i % 2 == 0 else [ref_item] + items
+        out = run_worker(items=items, tag=f"r{i}", inject_fault=_worker_fault(cfg) if i == 0 else None, **common)
         slot.sample()  # between worker processes: a job that came and went in between is counted too
+        lat_cell.append(out[scheme].data["samples_ms"])
+        if ref_latency:
+            lat_ref.append(out["fp32_reference"].data["samples_ms"])
+        if i == 0:
+            res, base = out[scheme], out.get("fp32_reference")
+    ref = base if base is not None else res
 
     slot.sample()
     m: Dict[str, float] = {}

@@ -196,3 +196,14 @@ def test_static_cell_with_analyze_logs_the_table_beside_the_plain_static_artifac
     assert m["accuracy_delta_pp"] < -10 and "auto_trials" not in m
     files = {a.path for a in client.list_artifacts(run.info.run_id, "analysis")}
     assert files == {f"analysis/{f}" for f in ("sensitivity.json", "sensitivity.md", "sensitivity.png")}
+    table = json.loads(Path(client.download_artifacts(run.info.run_id, "analysis/sensitivity.json", str(tmp_path)))
+                       .read_text())
+    by = {r["layer"]: r for r in table["layers"]}
+    assert set(by) == {"/1/Gemm", "/4/Gemm", "/7/Gemm"}
+    # ORT exposes the activations (qdq_loss_debug): the fragile layer's output in the all-int8 model
+    # is wrecked by its weights, while its activation's own int8 grid loses little
+    first = by["/1/Gemm"]
+    assert first["output_sqnr_db"] < 10 and first["activation_sqnr_db"] > 25
+    assert all(math.isfinite(r["activation_sqnr_db"]) and math.isfinite(r["output_sqnr_db"]) for r in by.values())
+    md = Path(client.download_artifacts(run.info.run_id, "analysis/sensitivity.md", str(tmp_path))).read_text()
+    assert "| activation SQNR | output in int8 model SQNR |" in md

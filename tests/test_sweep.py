@@ -165,7 +165,7 @@ def test_unknown_option_in_a_sweep_lists_the_valid_ones(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def test_repeats_time_in_alternating_fresh_processes(tmp_path):
+def test_repeats_time_the_cell_and_its_fp32_reference_in_fresh_processes_in_alternating_order(tmp_path):
     import json
 
     run_bsb(["model=mlp", "data=digits", "quant=dynamic", "backend=onnxruntime", *SMOKE, "benchmark.repeats=2"],
@@ -181,8 +181,13 @@ def test_repeats_time_in_alternating_fresh_processes(tmp_path):
     samples = json.loads(open(client.download_artifacts(r.info.run_id, "latency_samples.json", str(tmp_path))).read())
     assert len(samples["samples_ms"]) == 2 and len(samples["fp32_reference_samples_ms"]) == 2
     assert m["latency_count_b1"] == sum(len(p["1"]) for p in samples["samples_ms"])
-    # fp32, cell, fp32, cell: the order the worker results were written in
+    # two processes: the cell first (its memory is its own, both evaluated), then the fp32 reference first
     bench = tmp_path / "run" / "artifacts" / "bench"
-    order = sorted(bench.glob("*_result.json"), key=lambda p: p.stat().st_mtime_ns)
-    assert [p.name for p in order] == ["fp32_reference_result.json", "dynamic_result.json",
-                                       "fp32_reference_r1_result.json", "dynamic_r1_result.json"]
+    results = [json.loads((bench / f"r{i}_result.json").read_text()) for i in range(2)]
+    assert [[it["tag"] for it in res["items"]] for res in results] == [["dynamic", "fp32_reference"],
+                                                                        ["fp32_reference", "dynamic"]]
+    first = results[0]["items"]
+    assert "peak_rss_mb" in first[0] and "peak_rss_mb" not in first[1]
+    assert sorted(p.name for p in bench.glob("*_logits.npy")) == ["r0_dynamic_logits.npy",
+                                                                   "r0_fp32_reference_logits.npy"]
+    assert m["peak_rss_mb"] == first[0]["peak_rss_mb"]

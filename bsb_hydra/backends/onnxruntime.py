@@ -11,6 +11,7 @@ static quantize_static in QDQ format, int8 weights (7-bit range on x86 without V
 from __future__ import annotations
 
 import logging
+import shutil
 import warnings
 from collections import Counter
 from contextlib import contextmanager
@@ -67,6 +68,9 @@ class TrainingSamplesReader:
     def get_next(self):
         b = next(self.batches, None)
         return None if b is None else {INPUT_NAME: np.ascontiguousarray(b)}  # float32 images, int64 ids
+
+    def __iter__(self):  # what ORT's CalibrationDataReader adds (qdq_loss_debug iterates a reader)
+        return iter(self.get_next, None)
 
 
 # Static QDQ on a transformer quantizes only the weight-carrying ops. Kept float, measured on the
@@ -237,6 +241,63 @@ class OnnxruntimeBackend(Backend):
 
     def build_mixed(self, ctx: BuildContext, out: Path, float_layers) -> Artifact:
         return self._static(ctx, out, list(float_layers))
+
+    def layer_activation_sqnr(self, ctx: BuildContext, int8_path: Path, x: np.ndarray) -> Dict[str, Dict[str, float]]:
+        """Per weight layer, from ORT's QDQ debugging tools (quantization.qdq_loss_debug): the layer's
+        output (after its fused Relu/Clip, the tensor that is quantized) in the fp32 model and in
+        the all-int8 QDQ model, on ``x``. Two SQNRs against the fp32 values: ``output_sqnr_db``, the
+        int8 model's output there (the error accumulated through every int8 layer up to it), and
+        ``activation_sqnr_db``, the fp32 values through that tensor's own int8 grid alone (its
+        calibrated scale and zero point: the activation's quantization, weights float)."""
+        import onnx
+        from onnx import numpy_helper
+        from onnxruntime.quantization import qdq_loss_debug as dbg
+
+        from bsb_hydra.mixed import sqnr_db
+
+        src = self._preprocessed(ctx)
+        work = ctx.workdir / "analysis_activations"
+        work.mkdir(parents=True, exist_ok=True)
+        acts = {}
+        with _quiet_root_logger():
+            for key, path in (("float", src), ("qdq", int8_path)):
+                aug = work / f"{key}_augmented.onnx"
+                dbg.modify_model_output_intermediate_tensors(str(path), str(aug))
+                acts[key] = dbg.collect_activations(str(aug), TrainingSamplesReader(x))
+        matched = dbg.create_activation_matching(acts["qdq"], acts["float"])
+        qdq = onnx.load(str(int8_path)).graph
+        inits = {i.name: numpy_helper.to_array(i) for i in qdq.initializer}
+        grids = {n.input[0].removesuffix(dbg.QUANT_INPUT_SUFFIX): (inits[n.input[1]], inits[n.input[2]])
+                 for n in qdq.node  # a graph output X is quantized as X_QuantizeLinear_Input
+                 if n.op_type == "QuantizeLinear" and n.input[1] in inits and len(n.input) > 2 and n.input[2] in inits}
+        g = onnx.load(str(src)).graph
+        layers = set(self.mixed_layers(ctx))
+        consumers: Dict[str, list] = {}
+        for n in g.node:
+            for i in n.input:
+                consumers.setdefault(i, []).append(n)
+        out: Dict[str, Dict[str, float]] = {}
+        for n in g.node:
+            if n.name not in layers:
+                continue
+            t = n.output[0]
+            follow = [c for c in consumers.get(t, []) if c.op_type in ("Relu", "Clip")]
+            if len(follow) == 1 and follow[0].output[0] in matched:
+                t = follow[0].output[0]
+            m = matched.get(t)
+            if not m or "float" not in m:
+                continue
+            ref = np.concatenate(m["float"])
+            row = {"output_sqnr_db": sqnr_db(ref, np.concatenate(m["post_qdq"]))}
+            if t in grids:
+                scale, zp = grids[t]
+                info = np.iinfo(zp.dtype)
+                q = np.clip(np.round(ref / scale) + zp.astype(np.int64), info.min, info.max)
+                row["activation_sqnr_db"] = sqnr_db(ref, ((q - zp.astype(np.int64)) * scale).astype(np.float32))
+            out[n.name] = row
+        shutil.rmtree(work, ignore_errors=True)
+        return out
+
 
     def build_qat(self, ctx: BuildContext, out: Path) -> Artifact:
         """torch.ao FX QAT (shared with the pytorch backend), exported as a QDQ graph that keeps the

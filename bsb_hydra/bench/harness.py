@@ -18,22 +18,34 @@ class WorkerError(RuntimeError):
 
 
 @dataclass
+class Item:
+    """One artifact for a worker: what to load, whether to time it and whether to evaluate it."""
+    tag: str
+    artifact: Path
+    input_dtype: str
+    latency: bool = True
+    evaluate: bool = False
+
+
+@dataclass
 class WorkerResult:
-    data: dict
+    data: dict  # the item's measurements; plus the process's rss_after_import_mb, cpus, heavy_modules
     logits: Optional[np.ndarray]
 
 
-def run_worker(*, backend: str, artifact: Path, input_dtype: str, threads: int, settings: Dict,
-               latency_input: Path, latency: Optional[dict], eval_input: Optional[Path], eval_batch_size: int,
-               workdir: Path, tag: str, timeout_s: float, inject_fault: Optional[str] = None,
-               cpus: Optional[List[int]] = None) -> WorkerResult:
+def run_worker(*, backend: str, items: List[Item], threads: int, settings: Dict, latency_input: Path,
+               latency: Optional[dict], eval_input: Optional[Path], eval_batch_size: int, workdir: Path, tag: str,
+               timeout_s: float, inject_fault: Optional[str] = None,
+               cpus: Optional[List[int]] = None) -> Dict[str, WorkerResult]:
+    """Measures `items` in ONE fresh process, in order; returns each item's result by its tag."""
     workdir.mkdir(parents=True, exist_ok=True)
     req = {
-        "backend": backend, "artifact": str(artifact),
-        "input_dtype": input_dtype, "threads": threads, "settings": settings, "latency_input": str(latency_input),
+        "backend": backend, "threads": threads, "settings": settings, "latency_input": str(latency_input),
         "latency": latency, "eval_input": str(eval_input) if eval_input else None, "eval_batch_size": eval_batch_size,
-        "logits_out": str(workdir / f"{tag}_logits.npy"), "result": str(workdir / f"{tag}_result.json"),
-        "inject_fault": inject_fault, "cpus": cpus,
+        "items": [{"tag": it.tag, "artifact": str(it.artifact), "input_dtype": it.input_dtype, "latency": it.latency,
+                   "evaluate": it.evaluate, "logits_out": str(workdir / f"{tag}_{it.tag}_logits.npy")}
+                  for it in items],
+        "result": str(workdir / f"{tag}_result.json"), "inject_fault": inject_fault, "cpus": cpus,
     }
     req_path = workdir / f"{tag}_request.json"
     req_path.write_text(json.dumps(req, indent=1))
@@ -59,5 +71,6 @@ def run_worker(*, backend: str, artifact: Path, input_dtype: str, threads: int, 
         raise WorkerError(f"benchmark worker ({tag}) exited with code {proc.returncode}: {last[:300]}\n"
                           f"log tail:\n{tail}")
     data = json.loads(Path(req["result"]).read_text())
-    logits = np.load(req["logits_out"]) if eval_input else None
-    return WorkerResult(data, logits)
+    shared = {k: data[k] for k in ("rss_after_import_mb", "cpus", "heavy_modules")}
+    return {d["tag"]: WorkerResult({**shared, **d}, np.load(it["logits_out"]) if it["evaluate"] else None)
+            for d, it in zip(data["items"], req["items"])}

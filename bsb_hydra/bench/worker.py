@@ -1,9 +1,11 @@
 """One measurement in a fresh process: ``python -m bsb_hydra.bench.worker REQUEST.json``.
 
 Imports numpy, the standard library and ONE runtime (through its backend module). Order:
-import runtime -> baseline RSS -> load (timed) -> first inference (timed) -> per batch size:
+import runtime -> baseline RSS -> then for each artifact of the request, in order (a cell and its
+paired fp32 reference share a process): load (timed) -> first inference (timed) -> per batch size:
 inputs prepared, warm-up, timed runs until BOTH min_runs and min_duration_s (or max_duration_s)
--> peak RSS -> predictions on the evaluation inputs. Only ``runner.run`` is inside the clock."""
+-> peak RSS (first artifact only) -> predictions on the evaluation inputs. Only ``runner.run`` is
+inside the clock."""
 from __future__ import annotations
 
 import importlib
@@ -62,24 +64,16 @@ def time_batch(runner, x: np.ndarray, warmup: int, min_runs: int, min_s: float, 
     return samples
 
 
-def main(request_path: str) -> None:
-    with open(request_path) as f:
-        req = json.load(f)
-    if req.get("cpus"):  # device.core_pinning: before anything starts a thread
-        os.sched_setaffinity(0, req["cpus"])
-    backend_module = importlib.import_module(f"bsb_hydra.backends.{req['backend']}")
-    runner_cls = backend_module.RUNNER
-    # Import the runtime itself before the baseline, so the baseline is "runtime imported, no model".
-    importlib.import_module(backend_module.RUNTIME_MODULE)
-    out = {"rss_after_import_mb": rss_mb(), "cpus": sorted(os.sched_getaffinity(0))}
-    _fault(req)
-
+def measure(runner_cls, item: dict, req: dict, clean_memory: bool) -> dict:
+    """One artifact: load (timed), first inference (timed), latency per batch size, peak RSS (only
+    when it is the first artifact of the process: later ones share the high-water mark), logits."""
+    out: dict = {"tag": item["tag"]}
     t0 = time.perf_counter()
-    runner = runner_cls(req["artifact"], req["threads"], req["input_dtype"], req.get("settings", {}))
+    runner = runner_cls(item["artifact"], req["threads"], item["input_dtype"], req.get("settings", {}))
     out["load_ms"] = (time.perf_counter() - t0) * 1000.0
 
     latency_x = np.load(req["latency_input"])
-    lat = req.get("latency")
+    lat = req.get("latency") if item.get("latency", True) else None
     if lat:
         first = runner.prepare(latency_x[:1])
         t0 = time.perf_counter()
@@ -90,15 +84,33 @@ def main(request_path: str) -> None:
             x = np.resize(latency_x, (b,) + latency_x.shape[1:])  # repeats real samples if b > available
             out["samples_ms"][str(b)] = time_batch(runner, x, lat["warmup_runs"], lat["min_runs"],
                                                    lat["min_duration_s"], lat["max_duration_s"])
-        out["peak_rss_mb"] = peak_rss_mb()
-        out["rss_delta_mb"] = out["peak_rss_mb"] - out["rss_after_import_mb"]
+        if clean_memory:
+            out["peak_rss_mb"] = peak_rss_mb()
+            out["rss_delta_mb"] = out["peak_rss_mb"] - req["_rss_after_import_mb"]
 
-    if req.get("eval_input"):
+    if item.get("evaluate"):
         x = np.load(req["eval_input"], mmap_mode="r")
         bs = req["eval_batch_size"]
         logits = [runner.to_numpy(runner.run(runner.prepare(np.asarray(x[i:i + bs])))) for i in range(0, len(x), bs)]
-        np.save(req["logits_out"], np.concatenate(logits).astype(np.float32))
+        np.save(item["logits_out"], np.concatenate(logits).astype(np.float32))
+    return out
 
+
+def main(request_path: str) -> None:
+    with open(request_path) as f:
+        req = json.load(f)
+    if req.get("cpus"):  # device.core_pinning: before anything starts a thread
+        os.sched_setaffinity(0, req["cpus"])
+    backend_module = importlib.import_module(f"bsb_hydra.backends.{req['backend']}")
+    runner_cls = backend_module.RUNNER
+    # Import the runtime itself before the baseline, so the baseline is "runtime imported, no model".
+    importlib.import_module(backend_module.RUNTIME_MODULE)
+    req["_rss_after_import_mb"] = rss_mb()
+    out = {"rss_after_import_mb": req["_rss_after_import_mb"], "cpus": sorted(os.sched_getaffinity(0))}
+    _fault(req)
+    # The artifacts in the request's order, one after another. The first one's memory is its own
+    # (nothing else was loaded yet); it is the only one whose peak RSS is reported.
+    out["items"] = [measure(runner_cls, item, req, clean_memory=i == 0) for i, item in enumerate(req["items"])]
     out["heavy_modules"] = sorted({m.split(".")[0] for m in sys.modules if m.split(".")[0] in HEAVY})
     tmp = req["result"] + ".tmp"
     with open(tmp, "w") as f:
