@@ -320,9 +320,8 @@ def analysis_only(backend, ctx: BuildContext, art: Artifact) -> Artifact:
 def build_auto(backend, ctx: BuildContext, out: Path) -> Artifact:
     """quant=auto for a backend with the two hooks: analysis, search, the chosen artifact at ``out``."""
     q = ctx.cfg.quant
-    if q.fallback.value != "fp32":
-        raise Unsupported(f"quant.fallback={q.fallback.value}: {backend.name} keeps sensitive layers in fp32 only "
-                          f"(valid: fp32)")
+    if q.fallback.value not in backend.mixed_fallbacks:  # unsupported_reason said so before any work
+        raise Unsupported(f"quant.fallback={q.fallback.value} on {backend.name}: {backend.no_fp16_fallback_reason}")
     a = Analysis(backend, ctx)
     t0 = time.perf_counter()
     result = search(backend, ctx, a.ev, a.table, a.fp32_art, ctx.workdir)
@@ -330,7 +329,7 @@ def build_auto(backend, ctx: BuildContext, out: Path) -> Artifact:
     chosen = result["chosen"]
     shutil.copyfile(chosen["path"], out)
     info = dict(chosen["info"])
-    info.update({"auto.float_layers": ",".join(chosen["float_layers"]) or "(none)",
+    info.update({"auto.float_layers": ",".join(chosen["float_layers"]) or "(none)", "auto.fallback": q.fallback.value,
                  "auto.budget_met": str(result["budget_met"]).lower(),
                  "auto.selection": f"{len(a.idx)} training samples, disjoint from the calibration samples",
                  "auto.ranking": ",".join(result["ranked"])})

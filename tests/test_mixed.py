@@ -117,14 +117,29 @@ def fragile_checkpoint(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("backend,first_layer", [("onnxruntime", "/1/Gemm"), ("pytorch", "1")])
-def test_auto_ranks_the_fragile_layer_first_and_keeps_it_float(fragile_checkpoint, tmp_path, backend, first_layer):
+@pytest.mark.parametrize("backend,first_layer,fallback", [("onnxruntime", "/1/Gemm", "fp16"),
+                                                           ("pytorch", "1", "fp32")])
+def test_auto_ranks_the_fragile_layer_first_and_keeps_it_float(fragile_checkpoint, tmp_path, backend, first_layer,
+                                                               fallback):
     run_bsb(["model=mlp", f"model.checkpoint={fragile_checkpoint}", "quant=auto", f"backend={backend}",
-             "quant.budget_pp=2.0", *DIGITS], tmp_path)
+             "quant.budget_pp=2.0", f"quant.fallback={fallback}", *DIGITS], tmp_path)
     client, runs = runs_of(tmp_path)
     (run,) = runs
     tags, m = run.data.tags, run.data.metrics
     assert tags["status"] == "ok", tags.get("reason")
+    assert tags["build.auto.fallback"] == fallback
+    if fallback == "fp16":  # the kept layer's weights are stored in fp16, each behind a Cast to fp32
+        assert tags["build.fallback"] == "fp16 weights, fp32 compute" and tags["build.fp16_nodes"] == first_layer
+        import onnx
+
+        g = onnx.load(client.download_artifacts(run.info.run_id, "model/auto.onnx", str(tmp_path))).graph
+        layer = next(n for n in g.node if n.name == first_layer)
+        cast = next(n for n in g.node if n.output[0] == layer.input[1])
+        half = next(i for i in g.initializer if i.name == cast.input[0])
+        assert cast.op_type == "Cast" and half.data_type == onnx.TensorProto.FLOAT16
+        # every other tensor is untouched: no fp16 anywhere else
+        assert [i.name for i in g.initializer if i.data_type == onnx.TensorProto.FLOAT16] == \
+            [i for i in (cast.input[0], f"{layer.input[2]}_fp16") if i in {x.name for x in g.initializer}]
     assert tags["build.auto.ranking"].split(",")[0] == first_layer
     assert tags["build.auto.float_layers"] == first_layer and tags["build.auto.budget_met"] == "true"
     # full int8 breaks (trial 1), the top-ranked layer in float meets the budget (trial 2): stop
@@ -150,6 +165,8 @@ def test_auto_ranks_the_fragile_layer_first_and_keeps_it_float(fragile_checkpoin
     (["quant=auto", "backend=onnxruntime", "model=lstm"], "ORT cannot apply to an LSTM"),
     (["quant=auto", "backend=pytorch", "model=transformer_tiny"], "built in eager mode here"),
     (["quant=static", "quant.analyze=true", "backend=pytorch", "model=lstm"], "quant.analyze=true, model=lstm"),
+    (["quant=auto", "backend=pytorch", "quant.fallback=fp16"], "quant.fallback=fp16 on pytorch: torch.ao's x86"),
+    (["quant=auto", "backend=pytorch", "quant.fallback=fp16"], "(valid here: fp32)"),
 ])
 def test_unsupported_auto_and_analyze_cells_say_why(compose_cfg, overrides, reason):
     """The support check (before any work; the sweep reports the cell unsupported with this text)."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -54,6 +54,10 @@ class Backend:
     family_unsupported: Dict[str, Dict[str, str]] = {}
     # Why quant=auto is not available, for a backend without the mixed-precision hooks.
     no_auto_reason: str = "this backend cannot keep chosen layers in float"
+    # quant.fallback values a backend with the quant=auto hooks can keep sensitive layers in, and
+    # why the others are not offered.
+    mixed_fallbacks: Tuple[str, ...] = ("fp32",)
+    no_fp16_fallback_reason: str = "it keeps sensitive layers in fp32 only"
 
     def unsupported_reason(self, cfg) -> Optional[str]:
         """Why this backend cannot run cfg's scheme (None = it can). Checked before any work."""
@@ -68,6 +72,9 @@ class Backend:
                 return f"quant.analyze=true, model={cfg.model.name} on {self.name}: {reasons['auto']}"
         if scheme == "auto" and type(self).mixed_layers is Backend.mixed_layers:
             return f"quant=auto on {self.name}: {self.no_auto_reason}"
+        if scheme == "auto" and cfg.quant.fallback.value not in self.mixed_fallbacks:
+            return (f"quant.fallback={cfg.quant.fallback.value} on {self.name}: {self.no_fp16_fallback_reason} "
+                    f"(valid here: {', '.join(self.mixed_fallbacks)})")
         if scheme in reasons:
             return f"model={cfg.model.name}, quant={scheme} on {self.name}: {reasons[scheme]}"
         return None

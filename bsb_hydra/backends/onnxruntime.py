@@ -103,6 +103,41 @@ def float_compute_ops(path: Path) -> str:
     return ",".join(f"{k}:{v}" for k, v in sorted(ops.items()))
 
 
+def fp16_weights(path: Path, nodes: set) -> list:
+    """quant.fallback=fp16 on ORT: the float weights and biases of ``nodes`` (initializers no other
+    node reads) stored as fp16, each behind a Cast to fp32; everything else untouched. ORT's CPU
+    provider folds the Casts at session creation, so these layers compute in fp32 as before: the
+    gain is size. (ORT's convert_float_to_float16 with a node block list was tried first: it turns
+    every tensor of the graph to fp16, with Cast pairs around each blocked node, which rounds every
+    int8 layer's activations through fp16 too.) Returns the nodes it converted."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    readers = Counter(name for n in g.node for name in n.input)
+    graph_inputs = {i.name for i in g.input}
+    casts, converted = [], []
+    for n in g.node:
+        if n.name not in nodes:
+            continue
+        for name in n.input[1:]:
+            t = inits.get(name)
+            if t is None or t.data_type != TensorProto.FLOAT or readers[name] != 1 or name in graph_inputs:
+                continue
+            half = numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), f"{name}_fp16")
+            g.initializer.remove(t)
+            g.initializer.append(half)
+            casts.append(helper.make_node("Cast", [half.name], [name], name=f"{name}_to_fp32", to=TensorProto.FLOAT))
+        converted.append(n.name)
+    for c in reversed(casts):  # their inputs are initializers: first in topological order
+        g.node.insert(0, c)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return converted
+
+
 @BACKENDS.register("onnxruntime")
 class OnnxruntimeBackend(Backend):
     name = "onnxruntime"
@@ -239,8 +274,19 @@ class OnnxruntimeBackend(Backend):
                 layers[n.name] = (w, axis)
         return layers
 
+    mixed_fallbacks = ("fp32", "fp16")
+
     def build_mixed(self, ctx: BuildContext, out: Path, float_layers) -> Artifact:
-        return self._static(ctx, out, list(float_layers))
+        """Static int8 with ``float_layers`` excluded. With quant.fallback=fp16 those layers' float
+        weights and biases are then stored in fp16, each behind a Cast to fp32 (fp16_weights)."""
+        art = self._static(ctx, out, list(float_layers))
+        if getattr(ctx.cfg.quant, "fallback", None) is None or ctx.cfg.quant.fallback.value != "fp16" \
+                or not float_layers:
+            return art
+        converted = fp16_weights(out, set(float_layers))
+        info = {**art.info, **op_counts(out), "fallback": "fp16 weights, fp32 compute",
+                "fp16_nodes": ",".join(converted)}
+        return Artifact(out, art.input_dtype, info)
 
     def layer_activation_sqnr(self, ctx: BuildContext, int8_path: Path, x: np.ndarray) -> Dict[str, Dict[str, float]]:
         """Per weight layer, from ORT's QDQ debugging tools (quantization.qdq_loss_debug): the layer's

@@ -84,6 +84,8 @@ _AUTO_EAGER = ("quant=auto keeps chosen modules float through FX graph mode's pe
 class PytorchBackend(Backend):
     name = "pytorch"
     suffix = ".pt"
+    no_fp16_fallback_reason = ("torch.ao's x86 and qnnpack engines have no fp16 convolution to keep a layer in "
+                               "(fp16 exists there only as a dynamic Linear); sensitive layers stay fp32")
     family_unsupported = {
         "transformer": {
             "qat": "torch.ao FX cannot trace transformers' BertModel (data-dependent mask code), so FX QAT "
