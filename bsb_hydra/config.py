@@ -36,6 +36,7 @@ class Scheme(Enum):
     static = "static"
     qat = "qat"
     auto = "auto"
+    int4_weight_only = "int4_weight_only"
 
 
 class Fallback(Enum):
@@ -318,6 +319,34 @@ class QatQuantConfig(QuantConfig):
 
 
 @dataclass
+class Int4WeightOnlyQuantConfig(QuantConfig):
+    """Weights of the MatMul/Gemm layers (and, on onnxruntime, embedding tables) to `bits` bits in
+    blocks of `block_size` along the input dimension, each block with its own scale (and zero point
+    unless symmetric); activations stay float. A deployable model run by real low-bit kernels
+    (ORT's MatMulNBits / GatherBlockQuantized), measured like every cell."""
+    scheme: Scheme = Scheme.int4_weight_only
+    bits: int = 4
+    block_size: int = 32
+    symmetric: bool = False
+    # ORT's MatMulNBits accuracy_level: 0 = unset (the kernel's default, fp32 compute), 1 fp32,
+    # 2 fp16, 3 bf16, 4 int8 (activations quantized per block at run time).
+    accuracy_level: int = 0
+
+    BITS: ClassVar[tuple] = (2, 4, 8)
+
+    def __post_init__(self) -> None:
+        if self.bits not in self.BITS:
+            raise ConfigError(f"quant.bits={self.bits} is not allowed for int4_weight_only: valid values are "
+                              f"{', '.join(map(str, self.BITS))} (the widths of ORT's block-wise kernels)")
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise ConfigError(f"quant.block_size={self.block_size} is not allowed: use a power of two >= 16 "
+                              "(e.g. 32, 64, 128)")
+        if self.accuracy_level not in (0, 1, 2, 3, 4):
+            raise ConfigError(f"quant.accuracy_level={self.accuracy_level} is not allowed: valid values are "
+                              "0 (unset), 1 (fp32), 2 (fp16), 3 (bf16), 4 (int8)")
+
+
+@dataclass
 class AutoQuantConfig(StaticQuantConfig):
     """Accuracy-aware mixed precision: per-channel static int8, with the layers the sensitivity
     analysis ranks most harmful kept in float until the accuracy drop is within the budget
@@ -534,7 +563,7 @@ SCHEMAS = {
               "transformer": TransformerConfig, "transformer_tiny": TransformerTinyConfig},
     "data": {"base": DataConfig, "text": TextDataConfig},
     "quant": {"fp32": Fp32Config, "fp16": Fp16Config, "dynamic": DynamicQuantConfig, "static": StaticQuantConfig,
-              "qat": QatQuantConfig, "auto": AutoQuantConfig},
+              "qat": QatQuantConfig, "auto": AutoQuantConfig, "int4_weight_only": Int4WeightOnlyQuantConfig},
     "backend": {"pytorch": PytorchBackendConfig, "onnxruntime": OnnxruntimeBackendConfig,
                 "tflite": TfliteBackendConfig},
     "device": {"base": DeviceConfig},

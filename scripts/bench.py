@@ -24,6 +24,9 @@ dynamic int8 not slower than fp32 at batch 1 on at least one backend, <= 0.3 of 
 drop <= 1 pp on each; then the transformer (all-MiniLM-L6-v2 fine-tuned, seq_len 128; dynamic and
 static on onnxruntime and pytorch): fp32 test accuracy >= 0.80, ORT dynamic int8 >= 1.7x faster
 than ORT fp32 at batch 1, <= 0.3 of its size, accuracy drop <= 1 pp.
+Suite `lowbit` (issue 9): quant=int4_weight_only on the mlp (onnxruntime, pytorch) and on the
+transformer (onnxruntime, seq_len 128): the transformer's int4 artifact <= 0.18 of fp32 size with an
+accuracy drop <= 2 pp.
 Suite `launchers` (issue 6): the same CPU-bound smoke sweep (12 cells: mlp,cnn x fp32,dynamic,static x
 pytorch,onnxruntime, smoke training from a cold cache each time) with Hydra's basic launcher and with
 hydra/launcher=parallel (joblib, 2 workers): parallel must finish first. Its timings are distorted
@@ -48,6 +51,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SUITE_SWEEPS = {
     "tflite_qat": [["experiment=tflite_grid"], ["experiment=qat_grid"]],
     "mixed": [["experiment=mixed_grid"]],
+    "lowbit": [["model=mlp", "quant=int4_weight_only", "backend=onnxruntime,pytorch"],
+               ["model=transformer", "quant=int4_weight_only", "backend=onnxruntime", "benchmark.batch_sizes=[1,8]"]],
     "text": [["experiment=text_grid"],
              ["model=transformer", "quant=dynamic,static", "backend=onnxruntime,pytorch", "benchmark.batch_sizes=[1,8]"]],
 }
@@ -276,10 +281,33 @@ def transformer_checks(c: Checks, cells) -> None:
                 f"{m['fp32_vs_pytorch_max_abs_logit_diff']:.2e})", ">= 99.9%", m["fp32_vs_pytorch_agreement"] >= 0.999)
 
 
+def lowbit_checks(c: Checks, cells) -> None:
+    """Issue 9 (real sub-8-bit kernels): the transformer int4 weight-only on ORT against ORT fp32."""
+    m = ok_metrics(c, cells, ("transformer", "int4_weight_only", "onnxruntime"))
+    if m is not None:
+        r = cells[("transformer", "int4_weight_only", "onnxruntime")].data.tags
+        c.check("transformer int4 weight-only size ratio, onnxruntime", f"{m['size_ratio']:.3f} "
+                f"({m['size_bytes'] / 2**20:.1f} / {m['fp32_size_bytes'] / 2**20:.1f} MiB)", "<= 0.18",
+                m["size_ratio"] <= 0.18)
+        c.check("transformer int4 weight-only accuracy delta, onnxruntime",
+                f"{m['accuracy_delta_pp']:+.2f} pp ({100 * m['fp32_accuracy']:.2f}% -> {100 * m['accuracy']:.2f}%)",
+                ">= -2 pp", m["accuracy_delta_pp"] >= -2.0)
+        c.info("transformer int4 weight-only speedup b1 / b8, onnxruntime",
+               f"{m['speedup_b1']:.2f}x (fp32 {m['fp32_latency_p50_ms_b1']:.2f} ms -> {m['latency_p50_ms_b1']:.2f} ms) / "
+               f"{m.get('speedup_b8', float('nan')):.2f}x; ops {r.get('build.ops', '')[:200]}")
+    for backend in ("onnxruntime", "pytorch"):
+        x = ok_metrics(c, cells, ("mlp", "int4_weight_only", backend))
+        if x is not None:
+            c.info(f"mlp int4 weight-only {backend}", f"size {x['size_ratio']:.3f}x, {x['accuracy_delta_pp']:+.2f} pp "
+                   f"({100 * x['fp32_accuracy']:.2f}% -> {100 * x['accuracy']:.2f}%), b1 {x['speedup_b1']:.2f}x, "
+                   f"b32 {x.get('speedup_b32', float('nan')):.2f}x")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experiment", default="bench")
-    ap.add_argument("--suite", choices=("all", "foundation", "tflite_qat", "mixed", "text", "launchers"), default="all")
+    ap.add_argument("--suite", choices=("all", "foundation", "tflite_qat", "mixed", "text", "lowbit", "launchers"),
+                    default="all")
     ap.add_argument("--targets-only", action="store_true",
                     help="foundation: sweep only mlp,cnn x fp32,static x pytorch,onnxruntime (warm cache)")
     ap.add_argument("--evaluate", metavar="SWEEP_DIR", nargs="+", help="only check the targets on finished sweeps")
@@ -339,8 +367,10 @@ def main() -> int:
         mixed_checks(c, cells)
     if any(k[0] == "lstm" for k in cells):
         text_checks(c, cells)
-    if any(k[0] == "transformer" for k in cells):
+    if any(k[0] == "transformer" and k[1] in ("dynamic", "static") for k in cells):
         transformer_checks(c, cells)
+    if any(k[1] == "int4_weight_only" for k in cells):
+        lowbit_checks(c, cells)
 
     info = runs[0].data.tags
     shown = ", ".join(str(Path(d).relative_to(ROOT)) if d.startswith(str(ROOT)) else d for d in sweep_dirs)

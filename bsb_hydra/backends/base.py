@@ -52,6 +52,8 @@ class Backend:
 
     # Schemes this backend cannot apply to a model family (ModelConfig.family), with the reason.
     family_unsupported: Dict[str, Dict[str, str]] = {}
+    # Schemes this backend has no build for, with the reason (the generic one otherwise).
+    no_scheme_reasons: Dict[str, str] = {}
     # Why quant=auto is not available, for a backend without the mixed-precision hooks.
     no_auto_reason: str = "this backend cannot keep chosen layers in float"
     # quant.fallback values a backend with the quant=auto hooks can keep sensitive layers in, and
@@ -63,7 +65,7 @@ class Backend:
         """Why this backend cannot run cfg's scheme (None = it can). Checked before any work."""
         scheme = cfg.quant.scheme.value
         if not hasattr(self, f"build_{scheme}"):
-            return f"backend {self.name} has no '{scheme}' scheme"
+            return f"quant={scheme} on {self.name}: {self.no_scheme_reasons.get(scheme, 'no such scheme here')}"
         reasons = self.family_unsupported.get(cfg.model.family, {})
         if scheme == "static" and getattr(cfg.quant, "analyze", False):  # the analysis needs auto's hooks
             if type(self).mixed_layers is Backend.mixed_layers:

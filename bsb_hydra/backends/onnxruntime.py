@@ -21,7 +21,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from bsb_hydra.backends import BACKENDS
-from bsb_hydra.backends.base import Artifact, Backend, BuildContext, Runner
+from bsb_hydra.backends.base import Artifact, Backend, BuildContext, Runner, Unsupported
 
 INPUT_NAME = "input"
 CALIBRATION_BATCH = 32
@@ -136,6 +136,46 @@ def fp16_weights(path: Path, nodes: set) -> list:
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return converted
+
+
+def gemm_to_matmul(model) -> int:
+    """Rewrites each Gemm with a constant weight (alpha = beta = 1, transA = 0) as MatMul + Add, in
+    place: ORT's block-wise quantizer (MatMulNBitsQuantizer) takes MatMul and Gather nodes only,
+    and torch.onnx exports a 2-D Linear as Gemm. Returns how many it rewrote."""
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    readers = Counter(name for n in g.node for name in n.input)
+    nodes, done = [], 0
+    for n in g.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        if (n.op_type != "Gemm" or n.input[1] not in inits or readers[n.input[1]] != 1 or attrs.get("transA", 0)
+                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
+            nodes.append(n)
+            continue
+        w = numpy_helper.to_array(inits[n.input[1]])
+        w = w.T if attrs.get("transB", 0) else w  # MatMul's B is [in, out]
+        g.initializer.remove(inits[n.input[1]])
+        g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w), n.input[1]))
+        has_bias = len(n.input) > 2 and n.input[2]
+        mm_out = f"{n.output[0]}_matmul" if has_bias else n.output[0]
+        nodes.append(helper.make_node("MatMul", [n.input[0], n.input[1]], [mm_out], name=n.name))
+        if has_bias:
+            nodes.append(helper.make_node("Add", [mm_out, n.input[2]], [n.output[0]], name=f"{n.name}_bias"))
+        done += 1
+    del g.node[:]
+    g.node.extend(nodes)
+    return done
+
+
+def weight_elements(model, op_types) -> int:
+    """Elements of the constant weights read by nodes of ``op_types``."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    return sum(int(np.prod(numpy_helper.to_array(inits[x]).shape)) for n in model.graph.node if n.op_type in op_types
+               for x in n.input if x in inits and len(inits[x].dims) >= 2)
 
 
 @BACKENDS.register("onnxruntime")
@@ -253,6 +293,44 @@ class OnnxruntimeBackend(Backend):
             info["float_op_types"] = float_compute_ops(out)
         info.update({"reduce_range": str(reduce_range).lower(),
                      "activation_dtype": "uint8" if activation == QuantType.QUInt8 else "int8", "weight_dtype": "int8"})
+        return Artifact(out, ctx.input_dtype, info)
+
+    def build_int4_weight_only(self, ctx: BuildContext, out: Path) -> Artifact:
+        """ORT's own block-wise weight-only quantizer (MatMulNBitsQuantizer, QOperator format):
+        MatMul weights -> MatMulNBits, embedding tables (Gather) -> GatherBlockQuantized; Gemms are
+        first rewritten as MatMul + Add. Convolutions, LSTMs and everything else stay fp32."""
+        import onnx
+        from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
+                                                                      MatMulNBitsQuantizer)
+        from onnxruntime.quantization.quant_utils import QuantFormat
+
+        q = ctx.cfg.quant
+        model = onnx.load(str(self._fp32(ctx)))
+        rewritten = gemm_to_matmul(model)
+        total = weight_elements(model, ("MatMul", "Gather", "Conv", "LSTM", "GRU", "Gemm"))
+        ops = ("MatMul", "Gather")
+        cfg = DefaultWeightOnlyQuantConfig(block_size=q.block_size, is_symmetric=q.symmetric, bits=q.bits,
+                                           accuracy_level=q.accuracy_level or None, quant_format=QuantFormat.QOperator,
+                                           op_types_to_quantize=ops)
+        with _quiet_root_logger():
+            quantizer = MatMulNBitsQuantizer(model, algo_config=cfg)
+            quantizer.process()
+        quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
+        result = onnx.load(str(out))
+        low_bit = {"MatMulNBits", "GatherBlockQuantized"}
+        counts = Counter(n.op_type for n in result.graph.node)
+        if not low_bit & set(counts):
+            raise Unsupported(f"quant=int4_weight_only on onnxruntime: model={ctx.cfg.model.name} has no MatMul, "
+                              "Gemm or embedding weight that ORT's block-wise quantizer takes (its weights are in "
+                              f"{', '.join(sorted(set(counts) & {'Conv', 'LSTM', 'GRU'})) or 'other ops'})")
+        left = weight_elements(result, ("MatMul", "Gather", "Conv", "LSTM", "GRU", "Gemm"))
+        info = op_counts(out)
+        info.update({"weight_bits": str(q.bits), "block_size": str(q.block_size),
+                     "symmetric": str(q.symmetric).lower(), "accuracy_level": str(q.accuracy_level),
+                     "gemm_rewritten_as_matmul": str(rewritten),
+                     "low_bit_weight_fraction": f"{1.0 - left / total:.4f}" if total else "0",
+                     "float_weight_ops": ",".join(f"{k}:{v}" for k, v in sorted(counts.items())
+                                                  if k in ("MatMul", "Gather", "Conv", "LSTM", "GRU", "Gemm")) or "none"})
         return Artifact(out, ctx.input_dtype, info)
 
     # quant=auto (bsb_hydra/mixed.py): the weight-carrying nodes, each of which can stay float.

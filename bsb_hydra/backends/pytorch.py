@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from bsb_hydra.backends import BACKENDS
-from bsb_hydra.backends.base import Artifact, Backend, BuildContext, Runner
+from bsb_hydra.backends.base import Artifact, Backend, BuildContext, Runner, Unsupported
 
 CALIBRATION_BATCH = 32
 
@@ -100,6 +100,13 @@ class PytorchBackend(Backend):
         if reason:
             return reason
         q = cfg.quant
+        if q.scheme.value == "int4_weight_only":
+            if q.bits != 4:
+                return (f"quant.bits={q.bits} on pytorch: torch's CPU low-bit matmul (_weight_int4pack_mm_for_cpu) "
+                        "is 4-bit only (valid here: 4; onnxruntime takes 2, 4 and 8)")
+            if q.accuracy_level not in (0, 1, 3):
+                return (f"quant.accuracy_level={q.accuracy_level} on pytorch: the int4 CPU kernel computes in "
+                        "fp32 (0 or 1) or bf16 (3), valid here: 0, 1, 3")
         if q.scheme.value in ("static", "auto") and q.method.value in ("entropy", "percentile"):
             return (f"quant.method={q.method.value}: torch.ao has no {q.method.value} calibration observer; "
                     "use minmax or histogram (HistogramObserver) on pytorch, or entropy/percentile on onnxruntime")
@@ -236,6 +243,25 @@ class PytorchBackend(Backend):
                      "qat_method": method,
                      "qat_seconds": f"{qat.seconds:.1f}"})
         return Artifact(out, ctx.input_dtype, info, curves={"qat_loss": qat.losses})
+
+
+    def build_int4_weight_only(self, ctx: BuildContext, out: Path) -> Artifact:
+        import torch
+
+        from bsb_hydra.backends.int4_torch import int4_linears
+
+        q = ctx.cfg.quant
+        with torch.inference_mode():
+            model, facts = int4_linears(_bn_folded(ctx.model), q.block_size, q.symmetric, q.accuracy_level)
+        if facts["int4_linears"] == "0":
+            raise Unsupported(f"quant=int4_weight_only on pytorch: model={ctx.cfg.model.name} has no nn.Linear "
+                              "for the 4-bit kernel")
+        _save_script(model, torch.from_numpy(ctx.example), out)
+        info = {**_layer_counts(model), **facts, "weight_bits": "4", "block_size": str(q.block_size),
+                "symmetric": str(q.symmetric).lower(),
+                "kernel": "aten._weight_int4pack_mm_for_cpu (torch's CPU int4 matmul, tinygemm layout)",
+                "note": "Linear weights in 4 bits; convolutions, LSTMs and embeddings stay fp32"}
+        return Artifact(out, ctx.input_dtype, info)
 
 
 class PytorchRunner(Runner):

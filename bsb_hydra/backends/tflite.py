@@ -43,6 +43,10 @@ class TfliteBackend(Backend):
     _NO_BERT_TWIN = ("the TFLite path carries the trained weights through a Keras twin, and there is no Keras "
                      "twin of transformers' BertModel yet (an honest full-integer BERT also needs int8-safe "
                      "attention masking); run the transformer on pytorch or onnxruntime")
+    no_scheme_reasons = {"int4_weight_only": (
+        "the TFLite converter's options used here (tensorflow 2.21) write int8, fp16 or float weights; LiteRT's "
+        "block-wise int4 weights come from the separate AI Edge Quantizer (now litert-quantizer), which is not "
+        "in the lock; run int4 on onnxruntime or pytorch")}
     family_unsupported = {"transformer": dict.fromkeys(("fp32", "fp16", "dynamic", "static", "qat"), _NO_BERT_TWIN)}
 
     def unsupported_reason(self, cfg) -> Optional[str]:

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 from bsb_hydra.report import pareto
 from bsb_hydra.report.runs import Cell
 
-SCHEME_ORDER = ["fp32", "fp16", "dynamic", "static", "qat", "auto"]
+SCHEME_ORDER = ["fp32", "fp16", "dynamic", "static", "qat", "auto", "int4_weight_only"]
 
 
 @dataclass
