@@ -41,7 +41,7 @@ def test_symmetric_4bit_rounding_exact_values():
     from bsb_hydra.backends.int4_torch import quantize_groups
 
     # one group of 16: max |w| = 7 -> scale 1; integers are exact, halves round to even
-    w = torch.tensor([[7.0, -7.0, 3.0, -3.0, 0.0, 1.0, 2.5, -2.5, 6.6, -6.6, 0.4, -0.4, 5.0, 4.0, -1.0, -8.0 / 8 * 7]])
+    w = torch.tensor([[7.0, -7.0, 3.0, -3.0, 0.0, 1.0, 2.5, -2.5, 6.6, -6.6, 0.4, -0.4, 5.0, 4.0, -1.0, -7.0]])
     codes, sz = quantize_groups(w, 16, symmetric=True, dtype=torch.float32)
     assert sz[0, 0, 0].item() == pytest.approx(1.0) and sz[0, 0, 1].item() == 0.0
     assert codes.tolist()[0] == [15, 1, 11, 5, 8, 9, 10, 6, 15, 1, 8, 8, 13, 12, 7, 1]
@@ -134,6 +134,8 @@ def test_int4_smoke_sweep_on_the_three_backends(tmp_path):
         assert tags["status"] == "ok", tags.get("reason")
         assert kernel in tags.get("build.ops", "") + tags.get("build.layers", "")
         assert float(tags["build.low_bit_weight_fraction"]) == pytest.approx(1.0)  # an mlp: every weight
+        if backend == "onnxruntime":
+            assert tags["build.float_weight_ops"] == "none"
         # the digits mlp (64-256-128-10): 4-bit codes plus a scale (and zero) per 32 weights, and the
         # fp32 biases; int8's floor would be 0.25
         assert m["size_ratio"] < 0.25, m["size_ratio"]

@@ -169,6 +169,17 @@ def gemm_to_matmul(model) -> int:
     return done
 
 
+def float_weight_ops(model) -> str:
+    """Op counts of the nodes that still read a float weight matrix (a float initializer of 2+ dims)."""
+    from onnx import TensorProto
+
+    inits = {i.name: i for i in model.graph.initializer}
+    ops = Counter(n.op_type for n in model.graph.node  # low-bit ops read 2-D float scales: not weights
+                  if n.op_type not in ("MatMulNBits", "GatherBlockQuantized") and any(x in inits and len(inits[x].dims) >= 2 and inits[x].data_type == TensorProto.FLOAT
+                         for x in n.input))
+    return ",".join(f"{k}:{v}" for k, v in sorted(ops.items())) or "none"
+
+
 def weight_elements(model, op_types) -> int:
     """Elements of the constant weights read by nodes of ``op_types``."""
     from onnx import numpy_helper
@@ -329,8 +340,7 @@ class OnnxruntimeBackend(Backend):
                      "symmetric": str(q.symmetric).lower(), "accuracy_level": str(q.accuracy_level),
                      "gemm_rewritten_as_matmul": str(rewritten),
                      "low_bit_weight_fraction": f"{1.0 - left / total:.4f}" if total else "0",
-                     "float_weight_ops": ",".join(f"{k}:{v}" for k, v in sorted(counts.items())
-                                                  if k in ("MatMul", "Gather", "Conv", "LSTM", "GRU", "Gemm")) or "none"})
+                     "float_weight_ops": float_weight_ops(result)})
         return Artifact(out, ctx.input_dtype, info)
 
     # quant=auto (bsb_hydra/mixed.py): the weight-carrying nodes, each of which can stay float.
