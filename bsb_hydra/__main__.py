@@ -26,8 +26,9 @@ def main(cfg: DictConfig) -> None:
 if __name__ == "__main__":
     import sys
 
-    from bsb_hydra.config import ConfigError, check_group_overrides
+    from bsb_hydra.config import ConfigError, check_group_overrides, defer_group_keys
 
+    sys.argv[1:] = defer_group_keys(sys.argv[1:])
     try:
         check_group_overrides(sys.argv[1:])
     except ConfigError as e:

@@ -37,6 +37,7 @@ class Scheme(Enum):
     qat = "qat"
     auto = "auto"
     int4_weight_only = "int4_weight_only"
+    fake_quant = "fake_quant"
 
 
 class Fallback(Enum):
@@ -347,6 +348,38 @@ class Int4WeightOnlyQuantConfig(QuantConfig):
 
 
 @dataclass
+class FakeQuantConfig(QuantConfig):
+    """SIMULATED N-bit quantization (bsb_hydra/fake_quant.py), evaluated in float: weights of the
+    Conv, Linear and Embedding layers (and, with activations=true, their inputs) rounded to `bits`
+    bits. Not deployable: no latency is measured, the size is the theoretical packed size (tag
+    size_kind=theoretical), and the report keeps these cells off every frontier. qat=true fine-tunes
+    at N bits first (epochs, lr, batch_size, limit_samples as for quant=qat)."""
+    scheme: Scheme = Scheme.fake_quant
+    bits: int = 4
+    # Weights: one scale per output channel (per embedding row) or one per tensor; symmetric.
+    granularity: Granularity = Granularity.per_channel
+    activations: bool = False
+    # Real training samples that calibrate the activation ranges (activations=true).
+    samples: int = 256
+    qat: bool = False
+    epochs: int = 1
+    lr: float = 1e-4
+    batch_size: int = 128
+    limit_samples: Optional[int] = None
+
+    BITS: ClassVar[tuple] = (2, 3, 4, 5, 6, 7, 8)
+
+    def __post_init__(self) -> None:
+        if self.bits not in self.BITS:
+            raise ConfigError(f"quant.bits={self.bits} is not allowed for fake_quant: valid values are 2..8")
+        _positive("quant.samples", self.samples)
+        _positive("quant.epochs", self.epochs)
+        _positive("quant.lr", self.lr)
+        _positive("quant.batch_size", self.batch_size)
+        _positive("quant.limit_samples", self.limit_samples, allow_none=True)
+
+
+@dataclass
 class AutoQuantConfig(StaticQuantConfig):
     """Accuracy-aware mixed precision: per-channel static int8, with the layers the sensitivity
     analysis ranks most harmful kept in float until the accuracy drop is within the budget
@@ -563,7 +596,8 @@ SCHEMAS = {
               "transformer": TransformerConfig, "transformer_tiny": TransformerTinyConfig},
     "data": {"base": DataConfig, "text": TextDataConfig},
     "quant": {"fp32": Fp32Config, "fp16": Fp16Config, "dynamic": DynamicQuantConfig, "static": StaticQuantConfig,
-              "qat": QatQuantConfig, "auto": AutoQuantConfig, "int4_weight_only": Int4WeightOnlyQuantConfig},
+              "qat": QatQuantConfig, "auto": AutoQuantConfig, "int4_weight_only": Int4WeightOnlyQuantConfig,
+              "fake_quant": FakeQuantConfig},
     "backend": {"pytorch": PytorchBackendConfig, "onnxruntime": OnnxruntimeBackendConfig,
                 "tflite": TfliteBackendConfig},
     "device": {"base": DeviceConfig},
@@ -621,6 +655,34 @@ GROUP_NAMES = ("model", "data", "quant", "backend", "device", "train", "experime
 
 def group_options(group: str) -> List[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def defer_group_keys(argv: List[str]) -> List[str]:
+    """In a multirun, ``group.key=value`` (quant.bits=4) becomes ``group.key=choice(value)``: a
+    one-value sweep. Hydra applies plain overrides to the primary config, whose group option is the
+    default one (quant=fp32 has no bits), and refuses the sweep before any job exists; a sweep
+    override is applied per job instead, where the validating sweeper leaves it out of the jobs
+    whose option lacks the key (hydra_plugins/bsb_hydra_sweeper). Jobs see the same override text."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not {"-m", "--multirun"} & set(argv):
+        return argv
+    parser = OverridesParser.create()
+    out = []
+    for arg in argv:
+        if "=" in arg and not arg.startswith("-"):
+            try:
+                o = parser.parse_override(arg)
+            except Exception:  # Hydra's own parser names the problem later
+                out.append(arg)
+                continue
+            group, dot, rest = o.key_or_group.partition(".")
+            if (dot and rest and group in GROUP_NAMES and not o.package and o.type.name == "CHANGE"
+                    and not o.is_sweep_override()):
+                out.append(f"{o.key_or_group}=choice({o.get_value_element_as_str()})")
+                continue
+        out.append(arg)
+    return out
 
 
 def check_group_overrides(overrides: List[str]) -> None:

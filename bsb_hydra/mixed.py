@@ -5,6 +5,8 @@ A backend that can keep chosen layers in float while the rest is static int8 imp
     mixed_layers(ctx) -> {layer name: its float weight (numpy)}   (the layers it can quantize)
     build_mixed(ctx, out, float_layers) -> Artifact               (static int8, those layers float)
 
+and may implement prebuild_mixed(ctx, float_sets) to build the analysis's models in one batch.
+
 Everything else is here and the same for every backend:
 
 1. Sensitivity. On a selection subset of the TRAINING split (disjoint from the calibration samples;
@@ -121,6 +123,8 @@ def analyze(backend, ctx: BuildContext, ev: Evaluator, fp32_art: Artifact, workd
     ref = ev.logits(fp32_art)
     d = workdir / "analysis"
     d.mkdir(parents=True, exist_ok=True)
+    if hasattr(backend, "prebuild_mixed"):  # every build below in one batch (tflite: one TensorFlow start-up)
+        backend.prebuild_mixed(ctx, [[]] + [[n for n in names if n != name] for name in names] + [[n] for n in names])
     int8_art = backend.build_mixed(ctx, d / f"int8{backend.suffix}", [])
     full = _row(ev, int8_art, ref)
     # Per-layer activations, where the backend can expose them (onnxruntime): each layer's output in

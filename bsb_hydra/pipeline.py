@@ -35,7 +35,11 @@ def _name(v) -> str:
 
 
 def cell_id(cfg) -> str:
-    return f"{cfg.model.name}-{cfg.data.name}-{_name(cfg.quant.scheme)}-{cfg.backend.name}"
+    q = cfg.quant
+    scheme = _name(q.scheme)
+    if scheme == "fake_quant":  # a sweep over bits: tell its cells apart (fake_quant_w4a4_qat)
+        scheme += f"_w{q.bits}" + (f"a{q.bits}" if q.activations else "") + ("_qat" if q.qat else "")
+    return f"{cfg.model.name}-{cfg.data.name}-{scheme}-{cfg.backend.name}"
 
 
 def config_hash(dict_cfg: DictConfig) -> str:
@@ -98,7 +102,8 @@ def measure(cfg, dict_cfg, workdir: Path, log, slot: Optional[JobSlot] = None) -
     engine = torch_engine(cfg.device.torch_engine, info["arch"])
 
     ds = load_dataset(cfg.data, cfg.seed)
-    calib_idx = calibration_indices(ds, cfg.quant.samples, cfg.seed) if scheme in ("static", "qat", "auto") else None
+    calib_idx = calibration_indices(ds, cfg.quant.samples, cfg.seed) \
+        if scheme in ("static", "qat", "auto") or (scheme == "fake_quant" and cfg.quant.activations) else None
     calibration = ds.x_train[calib_idx] if calib_idx is not None else None
     _maybe_fault(cfg, "train")
     fp32 = get_fp32_model(cfg, ds, cfg.paths.cache_dir)
@@ -151,19 +156,23 @@ def measure(cfg, dict_cfg, workdir: Path, log, slot: Optional[JobSlot] = None) -
     # artifact of the same backend right beside it, in alternating order (cell first in processes
     # 0, 2, ...; fp32 first in 1, 3, ...). Process 0 also evaluates both on the test split and takes
     # the cell's memory, with the cell loaded first so that its peak RSS is its own.
-    ref_latency = scheme != "fp32" and b.paired_baseline
+    # A simulated cell (quant=fake_quant) is not deployable: one process evaluates it and its fp32
+    # reference; nothing is timed and no memory is reported.
+    simulated = art.simulated
+    ref_latency = scheme != "fp32" and b.paired_baseline and not simulated
     lat_ref: list = []  # per batch size, a list of sample lists (one per process) for each side
     lat_cell: list = []
     res = base = None
-    for i in range(b.repeats):
-        items = [Item(scheme, art.path, art.input_dtype, evaluate=i == 0)]
+    for i in range(1 if simulated else b.repeats):
+        items = [Item(scheme, art.path, art.input_dtype, latency=not simulated, evaluate=i == 0)]
         if scheme != "fp32" and (i == 0 or ref_latency):
             ref_item = Item("fp32_reference", fp32_art.path, fp32_art.input_dtype, latency=ref_latency,
                             evaluate=i == 0)
             items = items + [ref_item] if i % 2 == 0 else [ref_item] + items
         out = run_worker(items=items, tag=f"r{i}", inject_fault=_worker_fault(cfg) if i == 0 else None, **common)
         slot.sample()  # between worker processes: a job that came and went in between is counted too
-        lat_cell.append(out[scheme].data["samples_ms"])
+        if not simulated:
+            lat_cell.append(out[scheme].data["samples_ms"])
         if ref_latency:
             lat_ref.append(out["fp32_reference"].data["samples_ms"])
         if i == 0:
@@ -176,8 +185,12 @@ def measure(cfg, dict_cfg, workdir: Path, log, slot: Optional[JobSlot] = None) -
     if slot.peak > 1:
         print(f"  WARNING: {slot.peak} bsb_hydra jobs ran on this machine while this cell was timed: they share "
               f"cores and caches, so its latencies are distorted (tag concurrent_jobs={slot.peak})", flush=True)
-    m["size_bytes"] = os.path.getsize(art.path)
-    m["fp32_size_bytes"] = os.path.getsize(fp32_art.path)
+    if simulated:  # bits x parameters + scales, against 32 bits x parameters (bsb_hydra/fake_quant.py)
+        m["size_bytes"], m["fp32_size_bytes"] = art.theoretical_size
+        m["simulated"] = 1.0
+    else:
+        m["size_bytes"] = os.path.getsize(art.path)
+        m["fp32_size_bytes"] = os.path.getsize(fp32_art.path)
     m["size_ratio"] = m["size_bytes"] / m["fp32_size_bytes"]
     acc = stats.accuracy_metrics(res.logits, ds.y_test, ds.num_classes)
     ref_acc = stats.accuracy_metrics(ref.logits, ds.y_test, ds.num_classes)
@@ -194,8 +207,9 @@ def measure(cfg, dict_cfg, workdir: Path, log, slot: Optional[JobSlot] = None) -
         m["fp32_vs_pytorch_agreement"] = float(np.mean(ref.logits.argmax(1) == torch_logits.argmax(1)))
         m["fp32_vs_pytorch_max_abs_logit_diff"] = float(np.max(np.abs(ref.logits - torch_logits)))
     for key in ("load_ms", "first_inference_ms", "peak_rss_mb", "rss_delta_mb", "rss_after_import_mb"):
-        m[key] = res.data[key]
-    for bs in res.data["samples_ms"]:
+        if not simulated:
+            m[key] = res.data[key]
+    for bs in res.data.get("samples_ms", {}):
         s = stats.pooled_latency_stats([p[bs] for p in lat_cell], int(bs), b.bootstrap_resamples, cfg.seed)
         for k in ("mean", "p50", "p90", "p95", "p99", "std"):
             m[f"latency_{k}_ms_b{bs}"] = s[f"{k}_ms"]
@@ -224,7 +238,8 @@ def measure(cfg, dict_cfg, workdir: Path, log, slot: Optional[JobSlot] = None) -
     pred_path = workdir / "predictions.npy"  # top-1 class per test sample: cross-backend agreement
     np.save(pred_path, res.logits.argmax(axis=1).astype(np.int16))
     log.artifact(pred_path, "")
-    log.tags({"concurrent_jobs": slot.peak})
+    log.tags({"concurrent_jobs": slot.peak, "size_kind": "theoretical" if simulated else "artifact",
+              "simulated": str(simulated).lower()})
     log.tags({"worker_imports": ",".join(res.data["heavy_modules"]), "input_dtype": art.input_dtype,
               # the affinity the worker itself reported, when pinning was asked for
               "cpus_pinned": ",".join(map(str, res.data.get("cpus", []))) if cfg.device.core_pinning else "",
@@ -343,12 +358,14 @@ def summary_line(r: Dict[str, Any]) -> str:
         return f"[skipped] {r['cell']}: {r['reason']}"
     if r["status"] != "ok":
         return f"[{r['status']}] {r['cell']}: {r['reason'].splitlines()[0] if r['reason'] else ''}"
-    parts = [f"size {m['size_bytes'] / 1024:.0f} KiB ({m['size_ratio']:.2f}x fp32)",
+    simulated = bool(m.get("simulated"))
+    theoretical = " theoretical" if simulated else ""
+    parts = [f"size {m['size_bytes'] / 1024:.0f} KiB{theoretical} ({m['size_ratio']:.2f}x fp32)",
              f"acc {100 * m['accuracy']:.2f}% ({m['accuracy_delta_pp']:+.2f} pp)",
              f"agree {100 * m['top1_agreement']:.2f}%"]
     if "latency_p50_ms_b1" in m:
         parts.append(f"p50@b1 {m['latency_p50_ms_b1']:.3f} ms (speedup {m.get('speedup_b1', float('nan')):.2f}x)")
-    parts.append(f"peak {m['peak_rss_mb']:.0f} MB")
+    parts.append("SIMULATED: not deployable, not timed" if simulated else f"peak {m['peak_rss_mb']:.0f} MB")
     return f"[ok] {r['cell']}: " + ", ".join(parts)
 
 

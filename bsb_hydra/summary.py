@@ -19,8 +19,9 @@ def format_table(results) -> str:
             return format(m[key] * scale, fmt) if key in m else "-"
         lines.append(f"{r.get('job_num', ''):>3}  {r['cell']:<42} {r['status']:<11} {f('size_ratio', '.3f'):>7} "
                      f"{f('accuracy', '.2f', 100):>7} {f('accuracy_delta_pp', '+.2f'):>7} "
-                     f"{f('top1_agreement', '.2f', 100):>8} {f('latency_p50_ms_b1', '.4f'):>10} "
-                     f"{f('speedup_b1', '.2f'):>8}")
+                     f"{f('top1_agreement', '.2f', 100):>8} "
+                     + (f"{'simulated':>10} {'-':>8}" if m.get("simulated") else  # fake_quant: never timed
+                        f"{f('latency_p50_ms_b1', '.4f'):>10} {f('speedup_b1', '.2f'):>8}"))
         if r["status"] not in ("ok", "skipped") and r.get("reason"):
             lines.append(f"{'':>5}reason: {r['reason'].splitlines()[0][:150]}")
     return "\n".join(lines)

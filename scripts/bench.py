@@ -27,6 +27,10 @@ than ORT fp32 at batch 1, <= 0.3 of its size, accuracy drop <= 1 pp.
 Suite `lowbit` (issue 9): quant=int4_weight_only on the mlp (onnxruntime, pytorch) and on the
 transformer (onnxruntime, seq_len 128): the transformer's int4 artifact <= 0.18 of fp32 size with an
 accuracy drop <= 2 pp.
+Suite `bits` (issue 9, simulated): experiment=bits_curve (mlp and cnn, weights rounded to 2, 3, 4, 5, 6, 8
+bits, without and with QAT) and the same at 4 and 8 bits with activations rounded too: the
+accuracy-vs-bits table for docs/methodology.md (information, no pass/fail: it is a measurement of how
+much accuracy survives, not a target).
 Suite `launchers` (issue 6): the same CPU-bound smoke sweep (12 cells: mlp,cnn x fp32,dynamic,static x
 pytorch,onnxruntime, smoke training from a cold cache each time) with Hydra's basic launcher and with
 hydra/launcher=parallel (joblib, 2 workers): parallel must finish first. Its timings are distorted
@@ -53,6 +57,9 @@ SUITE_SWEEPS = {
     "mixed": [["experiment=mixed_grid"]],
     "lowbit": [["model=mlp", "quant=int4_weight_only", "backend=onnxruntime,pytorch"],
                ["model=transformer", "quant=int4_weight_only", "backend=onnxruntime", "benchmark.batch_sizes=[1,8]"]],
+    "bits": [["experiment=bits_curve"],
+             ["model=mlp,cnn", "quant=fake_quant", "quant.bits=4,8", "quant.activations=true", "quant.qat=false,true",
+              "backend=pytorch"]],
     "text": [["experiment=text_grid"],
              ["model=transformer", "quant=dynamic,static", "backend=onnxruntime,pytorch", "benchmark.batch_sizes=[1,8]"]],
 }
@@ -303,10 +310,32 @@ def lowbit_checks(c: Checks, cells) -> None:
                    f"b32 {x.get('speedup_b32', float('nan')):.2f}x")
 
 
+def bits_table(c: Checks, runs) -> None:
+    """Issue 9 (simulated): accuracy vs bits per model and series, one info row per (model, series)."""
+    rows = {}
+    for r in runs:
+        t, p, m = r.data.tags, r.data.params, r.data.metrics
+        if t.get("quant") != "fake_quant":
+            continue
+        if t.get("status") != "ok":
+            c.check(t.get("cell", "?"), "missing: " + t.get("reason", "")[:200], "ok", False)
+            continue
+        series = ("weights+activations" if p.get("quant.activations") == "True" else "weights only") + \
+            (", QAT" if p.get("quant.qat") == "True" else ", PTQ")
+        rows.setdefault((t["model"], series), {})[int(p["quant.bits"])] = (m, t)
+    for (model, series), by_bits in sorted(rows.items()):
+        fp32 = next(iter(by_bits.values()))[0]["fp32_accuracy"]
+        cells = "; ".join(f"{b}b {100 * m['accuracy']:.2f}% ({m['accuracy_delta_pp']:+.2f} pp, size {m['size_ratio']:.3f}"
+                          + (f", qat {float(t.get('build.qat_seconds', 'nan')):.0f} s" if 'QAT' in series else "") + ")"
+                          for b, (m, t) in sorted(by_bits.items()))
+        c.info(f"SIMULATED {model} {series} (fp32 {100 * fp32:.2f}%)", cells)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experiment", default="bench")
-    ap.add_argument("--suite", choices=("all", "foundation", "tflite_qat", "mixed", "text", "lowbit", "launchers"),
+    ap.add_argument("--suite", choices=("all", "foundation", "tflite_qat", "mixed", "text", "lowbit", "bits",
+                                        "launchers"),
                     default="all")
     ap.add_argument("--targets-only", action="store_true",
                     help="foundation: sweep only mlp,cnn x fp32,static x pytorch,onnxruntime (warm cache)")
@@ -361,7 +390,9 @@ def main() -> int:
         default_runs = [r for r in runs if r.data.tags.get("sweep_dir") == sweep_dirs[0]]
         foundation_checks(c, cells, seconds, len(default_runs),
                           sum(r.data.tags["status"] == "ok" for r in default_runs), timed)
-    if any(k[2] == "tflite" or k[1] == "qat" for k in cells if k[0] not in ("lstm", "transformer")):
+    # (the mixed suite's tflite cells are quant=auto's: not this suite's)
+    if (a.evaluate or a.suite in ("all", "tflite_qat")) and \
+            any(k[2] == "tflite" or k[1] == "qat" for k in cells if k[0] not in ("lstm", "transformer")):
         tflite_qat_checks(c, cells)
     if any(k[1] == "auto" for k in cells):
         mixed_checks(c, cells)
@@ -371,6 +402,8 @@ def main() -> int:
         transformer_checks(c, cells)
     if any(k[1] == "int4_weight_only" for k in cells):
         lowbit_checks(c, cells)
+    if any(k[1] == "fake_quant" for k in cells):
+        bits_table(c, runs)
 
     info = runs[0].data.tags
     shown = ", ".join(str(Path(d).relative_to(ROOT)) if d.startswith(str(ROOT)) else d for d in sweep_dirs)

@@ -117,8 +117,9 @@ def fragile_checkpoint(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("backend,first_layer,fallback", [("onnxruntime", "/1/Gemm", "fp16"),
-                                                           ("pytorch", "1", "fp32")])
+@pytest.mark.parametrize("backend,first_layer,fallback", [
+    ("onnxruntime", "/1/Gemm", "fp16"), ("pytorch", "1", "fp32"),
+    ("tflite", "mlp_twin/t_1/MatMul;mlp_twin/t_2/Relu;mlp_twin/t_1/BiasAdd", "fp32")])  # the converter's node name
 def test_auto_ranks_the_fragile_layer_first_and_keeps_it_float(fragile_checkpoint, tmp_path, backend, first_layer,
                                                                fallback):
     run_bsb(["model=mlp", f"model.checkpoint={fragile_checkpoint}", "quant=auto", f"backend={backend}",
@@ -140,6 +141,9 @@ def test_auto_ranks_the_fragile_layer_first_and_keeps_it_float(fragile_checkpoin
         # every other tensor is untouched: no fp16 anywhere else
         assert [i.name for i in g.initializer if i.data_type == onnx.TensorProto.FLOAT16] == \
             [i for i in (cast.input[0], f"{layer.input[2]}_fp16") if i in {x.name for x in g.initializer}]
+    if backend == "tflite":  # the deny list kept that one FULLY_CONNECTED float, between (de)quantize ops
+        assert tags["build.float_nodes"] == first_layer and tags["build.float_ops"] == "FULLY_CONNECTED:1"
+        assert "DEQUANTIZE:2" in tags["build.ops"] and "QUANTIZE:2" in tags["build.ops"]
     assert tags["build.auto.ranking"].split(",")[0] == first_layer
     assert tags["build.auto.float_layers"] == first_layer and tags["build.auto.budget_met"] == "true"
     # full int8 breaks (trial 1), the top-ranked layer in float meets the budget (trial 2): stop
@@ -160,8 +164,9 @@ def test_auto_ranks_the_fragile_layer_first_and_keeps_it_float(fragile_checkpoin
 
 
 @pytest.mark.parametrize("overrides,reason", [
-    (["quant=auto", "backend=tflite"], "quant=auto on tflite: not yet"),
-    (["quant=static", "quant.analyze=true", "backend=tflite"], "quant.analyze=true on tflite: not yet"),
+    (["quant=auto", "backend=tflite", "model=lstm"], "model=lstm, quant=auto on tflite: the LSTM's twin is unrolled"),
+    (["quant=auto", "backend=tflite", "quant.fallback=fp16"], "fp16 weights are a whole-model converter option"),
+    (["quant=auto", "backend=tflite", "quant.method=histogram"], "quant.method=histogram: the TFLite converter"),
     (["quant=auto", "backend=onnxruntime", "model=lstm"], "ORT cannot apply to an LSTM"),
     (["quant=auto", "backend=pytorch", "model=transformer_tiny"], "built in eager mode here"),
     (["quant=static", "quant.analyze=true", "backend=pytorch", "model=lstm"], "quant.analyze=true, model=lstm"),

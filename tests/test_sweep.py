@@ -157,6 +157,44 @@ def test_out_of_range_value_stops_the_sweep_before_any_job(tmp_path):
     assert not list((tmp_path / "sweep").glob("*/result.json"))
 
 
+def test_a_key_of_one_swept_option_is_left_out_of_the_others_and_repeats_run_once():
+    from hydra_plugins.bsb_hydra_sweeper.validating_sweeper import drop_inapplicable
+
+    has = {("quant=fp32", "quant.bits"): False, ("quant=fake_quant", "quant.bits"): True,
+           ("quant=fp32", "quant.qat"): False, ("quant=fake_quant", "quant.qat"): True}
+    probe = lambda choices, key: has[(next(c for c in choices if c.startswith("quant=")), key)]  # noqa: E731
+    jobs = [[q, f"quant.bits={b}", "quant.qat=true", "train=smoke"] for q in ("quant=fp32", "quant=fake_quant")
+            for b in (2, 8)]
+    out, notes = drop_inapplicable(jobs, probe)
+    assert out == [["quant=fp32", "train=smoke"], ["quant=fake_quant", "quant.bits=2", "quant.qat=true", "train=smoke"],
+                   ["quant=fake_quant", "quant.bits=8", "quant.qat=true", "train=smoke"]]
+    assert notes == ["quant.bits does not apply to quant=fp32: left out of those jobs",
+                     "quant.qat does not apply to quant=fp32: left out of those jobs",
+                     "1 job(s) that then repeated another were dropped: 3 jobs run"]
+    # a key no job's option has is kept: Hydra's own error names it
+    typo = [["quant=fp32", "quant.bitz=2"], ["quant=fake_quant", "quant.bitz=2"]]
+    assert drop_inapplicable(typo, lambda c, k: False) == (typo, [])
+
+
+def test_multirun_group_keys_become_one_value_sweeps():
+    from bsb_hydra.config import defer_group_keys
+
+    argv = ["-m", "quant=fp32,fake_quant", "quant.bits=4", "model.hidden=[64,32]", "quant.qat=false,true",
+            "+quant.extra=1", "train=smoke", "benchmark.repeats=1", "seed=3"]
+    assert defer_group_keys(argv) == ["-m", "quant=fp32,fake_quant", "quant.bits=choice(4)",
+                                      "model.hidden=choice([64,32])", "quant.qat=false,true", "+quant.extra=1",
+                                      "train=smoke", "benchmark.repeats=1", "seed=3"]
+    assert defer_group_keys(["quant.bits=4"]) == ["quant.bits=4"]  # a single run composes it directly
+
+
+def test_a_misspelt_key_in_a_sweep_still_stops_it_naming_the_key(tmp_path):
+    proc = run_bsb(["-m", "model=mlp", "quant=fp32,static", "quant.granularty=per_tensor", *SMOKE], tmp_path,
+                   check=False)
+    assert proc.returncode != 0
+    assert "granularty" in proc.stderr + proc.stdout
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 def test_unknown_option_in_a_sweep_lists_the_valid_ones(tmp_path):
     proc = run_bsb(["-m", "model=mlp,cnnn"], tmp_path, check=False)
     assert proc.returncode != 0

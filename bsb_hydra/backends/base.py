@@ -8,6 +8,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 
+# quant=fake_quant is simulated in PyTorch float: the rounding does not depend on a runtime.
+FAKE_QUANT_ELSEWHERE = ("simulated N-bit rounding is evaluated in PyTorch float (no runtime has kernels for most "
+                        "of these widths, and the rounding does not depend on one): run it with backend=pytorch")
+
+
 class Unsupported(Exception):
     """This (model, scheme, backend, device) cell cannot be expressed; the message says why."""
 
@@ -44,6 +49,13 @@ class Artifact:
     metrics: Dict[str, float] = field(default_factory=dict)
     # Reports of the conversion (quant=auto's sensitivity table and plot), logged under analysis/.
     files: List[Path] = field(default_factory=list)
+    # A simulated, non-deployable model (quant=fake_quant): (theoretical packed bytes, fp32 bytes).
+    # Its latency and memory are not measured; its size is this, tagged size_kind=theoretical.
+    theoretical_size: Optional[Tuple[int, int]] = None
+
+    @property
+    def simulated(self) -> bool:
+        return self.theoretical_size is not None
 
 
 class Backend:
@@ -53,7 +65,7 @@ class Backend:
     # Schemes this backend cannot apply to a model family (ModelConfig.family), with the reason.
     family_unsupported: Dict[str, Dict[str, str]] = {}
     # Schemes this backend has no build for, with the reason (the generic one otherwise).
-    no_scheme_reasons: Dict[str, str] = {}
+    no_scheme_reasons: Dict[str, str] = {"fake_quant": FAKE_QUANT_ELSEWHERE}
     # Why quant=auto is not available, for a backend without the mixed-precision hooks.
     no_auto_reason: str = "this backend cannot keep chosen layers in float"
     # quant.fallback values a backend with the quant=auto hooks can keep sensitive layers in, and

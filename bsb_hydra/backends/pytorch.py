@@ -263,6 +263,28 @@ class PytorchBackend(Backend):
                 "note": "Linear weights in 4 bits; convolutions, LSTMs and embeddings stay fp32"}
         return Artifact(out, ctx.input_dtype, info)
 
+    def build_fake_quant(self, ctx: BuildContext, out: Path) -> Artifact:
+        """SIMULATED N-bit model (bsb_hydra/fake_quant.py): float TorchScript with rounded weights
+        (and activation fake quantizers), evaluated like every cell but never timed."""
+        import torch
+
+        from bsb_hydra.fake_quant import simulate
+
+        q = ctx.cfg.quant
+        sim = simulate(_bn_folded(ctx.model), q.bits, q.granularity.value == "per_channel", q.activations,
+                       ctx.calibration, q if q.qat else None, ctx.data, ctx.cfg.seed)
+        _save_script(sim.model, torch.from_numpy(ctx.example), out)
+        info = {"simulated": "true", "weight_bits": str(q.bits), "fake_quant_layers": str(len(sim.layers)),
+                "activation_quantizers": str(sim.activation_quantizers),
+                "note": (f"SIMULATED: Conv/Linear/Embedding weights rounded to {q.bits} bits (symmetric, "
+                         f"{q.granularity.value}), " + (f"their inputs to {q.bits} bits (affine, per tensor), "
+                                                         if q.activations else "activations float, ")
+                         + "evaluated in float; LSTM weights, biases and norms stay fp32")}
+        if q.qat:
+            info["qat_seconds"] = f"{sim.qat_seconds:.1f}"
+        return Artifact(out, ctx.input_dtype, info, curves={"qat_loss": sim.losses} if q.qat else {},
+                        theoretical_size=(sim.packed_bytes, sim.fp32_bytes))
+
 
 class PytorchRunner(Runner):
     def __init__(self, path, threads, input_dtype, settings) -> None:

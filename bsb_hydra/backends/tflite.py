@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from bsb_hydra.backends import BACKENDS
-from bsb_hydra.backends.base import Artifact, Backend, BuildContext, Runner
+from bsb_hydra.backends.base import FAKE_QUANT_ELSEWHERE, Artifact, Backend, BuildContext, Runner
 
 REQUIRED = {"tensorflow": "tensorflow", "tf_keras": "tf-keras", "tensorflow_model_optimization":
             "tensorflow-model-optimization", "ai_edge_litert": "ai-edge-litert"}
@@ -37,17 +37,21 @@ CONVERT_TIMEOUT_S = 3600
 class TfliteBackend(Backend):
     name = "tflite"
     suffix = ".tflite"
-    no_auto_reason = ("not yet: keeping chosen layers float needs the converter's QuantizationDebugger deny lists "
-                      "(denylisted_nodes), which this backend does not drive yet; quant=auto runs on onnxruntime "
-                      "and pytorch")
+    no_fp16_fallback_reason = ("the converter's deny list keeps the chosen ops in fp32; fp16 weights are a "
+                               "whole-model converter option, not a per-op one")
     _NO_BERT_TWIN = ("the TFLite path carries the trained weights through a Keras twin, and there is no Keras "
                      "twin of transformers' BertModel yet (an honest full-integer BERT also needs int8-safe "
                      "attention masking); run the transformer on pytorch or onnxruntime")
     no_scheme_reasons = {"int4_weight_only": (
         "the TFLite converter's options used here (tensorflow 2.21) write int8, fp16 or float weights; LiteRT's "
         "block-wise int4 weights come from the separate AI Edge Quantizer (now litert-quantizer), which is not "
-        "in the lock; run int4 on onnxruntime or pytorch")}
-    family_unsupported = {"transformer": dict.fromkeys(("fp32", "fp16", "dynamic", "static", "qat"), _NO_BERT_TWIN)}
+        "in the lock; run int4 on onnxruntime or pytorch"), "fake_quant": FAKE_QUANT_ELSEWHERE}
+    family_unsupported = {
+        "transformer": dict.fromkeys(("fp32", "fp16", "dynamic", "static", "qat", "auto"), _NO_BERT_TWIN),
+        "recurrent": {"auto": "the LSTM's twin is unrolled over seq_len steps, so each of its weights is a separate "
+                              "op per step: there is no per-layer deny list to choose from; quant=auto runs the "
+                              "vision models here"},
+    }
 
     def unsupported_reason(self, cfg) -> Optional[str]:
         reason = super().unsupported_reason(cfg)
@@ -63,7 +67,7 @@ class TfliteBackend(Backend):
             return (f"model={cfg.model.name} has no Keras twin for the TFLite converter "
                     f"(twins exist for {', '.join(sorted(TWINS))})")
         q = cfg.quant
-        if q.scheme.value == "static" and q.method.value != "minmax":
+        if q.scheme.value in ("static", "auto") and q.method.value != "minmax":
             return (f"quant.method={q.method.value}: the TFLite converter calibrates with min/max over the "
                     "representative dataset only; use quant.method=minmax on tflite")
         if cfg.model.family == "recurrent" and q.scheme.value == "qat":
@@ -79,10 +83,13 @@ class TfliteBackend(Backend):
 
     def __init__(self) -> None:
         self._built: Dict[str, Artifact] = {}
+        self._mixed: Dict[frozenset, Artifact] = {}  # quant=auto's builds, by their set of float nodes
+        self._layers = None
 
-    def _convert(self, ctx: BuildContext, schemes: List[str], outs: List[Path]) -> None:
+    def _convert(self, ctx: BuildContext, jobs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         """Run ``tflite_convert`` in its own process (TensorFlow and tf_keras never enter this one)
-        for one or more schemes of the same twin; the artifacts wait in ``self._built``."""
+        for one or more jobs on the same twin ({"scheme", "out"}, plus "deny_nodes" for the
+        scheme "mixed"); returns each job's info.json content."""
         import torch
 
         from bsb_hydra.train import plain_dict
@@ -92,17 +99,18 @@ class TfliteBackend(Backend):
         work.mkdir(parents=True, exist_ok=True)
         weights = work / "torch_weights.npz"
         np.savez(weights, **{k: v.detach().cpu().numpy() for k, v in ctx.model.state_dict().items()})
+        jobs = [{**j, "out": str(j["out"]), "info_out": str(work / f"{j['scheme']}{i}_info.json")}
+                for i, j in enumerate(jobs)]
         req: Dict[str, Any] = {
             "model": cfg.model.name, "model_cfg": plain_dict(cfg.model), "input_shape": list(ctx.example.shape[1:]),
             "num_classes": int(ctx.data.num_classes), "weights": str(weights), "quant": plain_dict(cfg.quant),
             "int8_io": bool(cfg.backend.int8_io), "seed": cfg.seed, "threads": torch.get_num_threads(),
-            "outputs": [{"scheme": s, "out": str(o), "info_out": str(work / f"{s}_info.json")}
-                        for s, o in zip(schemes, outs)],
+            "outputs": jobs,
         }
         if ctx.calibration is not None:
             np.save(work / "calibration.npy", ctx.calibration)
             req["calibration"] = str(work / "calibration.npy")
-        if "qat" in schemes:
+        if any(j["scheme"] == "qat" for j in jobs):
             from bsb_hydra.train import training_subset
 
             x, y = training_subset(ctx.data, cfg.quant.limit_samples, cfg.seed)
@@ -118,28 +126,28 @@ class TfliteBackend(Backend):
         (work / "convert.log").write_text(proc.stdout + proc.stderr)
         if proc.stdout.strip():
             print(proc.stdout.rstrip(), flush=True)
-        if proc.returncode != 0 or not all(o.is_file() for o in outs):
+        if proc.returncode != 0 or not all(Path(j["out"]).is_file() for j in jobs):
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
             last = next((line for line in reversed(tail) if line.strip()), "")
-            raise RuntimeError(f"TFLite conversion ({', '.join(schemes)}) exited {proc.returncode}: {last[:300]}\n"
-                               + "\n".join(tail))
-        for s, o in zip(schemes, outs):
-            result = json.loads((work / f"{s}_info.json").read_text())
-            # int8 model I/O, else what the data is: float32 images or int64 token ids (fed as int32)
-            self._built[s] = Artifact(o, "int8" if result["input_dtype"] == "int8" else ctx.input_dtype,
-                                      result.get("info", {}), curves=result.get("curves", {}))
+            raise RuntimeError(f"TFLite conversion ({', '.join(j['scheme'] for j in jobs)}) exited "
+                               f"{proc.returncode}: {last[:300]}\n" + "\n".join(tail))
+        return [json.loads(Path(j["info_out"]).read_text()) for j in jobs]
+
+    def _artifact_of(self, ctx: BuildContext, out: Path, result: Dict[str, Any]) -> Artifact:
+        # int8 model I/O, else what the data is: float32 images or int64 token ids (fed as int32)
+        return Artifact(out, "int8" if result["input_dtype"] == "int8" else ctx.input_dtype,
+                        result.get("info", {}), curves=result.get("curves", {}))
 
     def _artifact(self, ctx: BuildContext, scheme: str, out: Path) -> Artifact:
         if scheme not in self._built:
             wanted = ctx.cfg.quant.scheme.value
-            if scheme == "fp32" and wanted != "fp32":  # the pipeline asks for its scheme next
-                self._convert(ctx, ["fp32", wanted], [out, out.with_name(f"{wanted}{self.suffix}")])
-            else:
-                self._convert(ctx, [scheme], [out])
-        art = self._built[scheme]
-        if art.path != out:
-            raise RuntimeError(f"tflite: {scheme} was converted to {art.path}, asked for {out}")
-        return art
+            schemes = [scheme]
+            if scheme == "fp32" and wanted not in ("fp32", "auto"):  # the pipeline asks for its scheme next
+                schemes.append(wanted)
+            paths = [out] + [out.with_name(f"{s}{self.suffix}") for s in schemes[1:]]
+            for s, o, r in zip(schemes, paths, self._convert(ctx, [{"scheme": s, "out": o} for s, o in zip(schemes, paths)])):
+                self._built[s] = self._artifact_of(ctx, o, r)
+        return _copied(self._built[scheme], out)
 
     def build_fp32(self, ctx: BuildContext, out: Path) -> Artifact:
         return self._artifact(ctx, "fp32", out)
@@ -155,6 +163,45 @@ class TfliteBackend(Backend):
 
     def build_qat(self, ctx: BuildContext, out: Path) -> Artifact:
         return self._artifact(ctx, "qat", out)
+
+    # quant=auto (bsb_hydra/mixed.py): the converter's weight ops (CONV_2D, DEPTHWISE_CONV_2D,
+    # FULLY_CONNECTED) by node name; the chosen ones stay float through the QuantizationDebugger's
+    # deny list. TensorFlow starts once for the layer list and once for every build the analysis
+    # needs (prebuild_mixed), then once per search trial it has not built.
+    def mixed_layers(self, ctx: BuildContext):
+        if self._layers is None:
+            work = ctx.workdir / "tflite_convert"
+            (result,) = self._convert(ctx, [{"scheme": "layers", "out": work / "layers.npz"}])
+            w = np.load(work / "layers.npz")
+            self._layers = {d["name"]: (w[d["key"]], d["axis"]) for d in result["layers"]}
+        return self._layers
+
+    def prebuild_mixed(self, ctx: BuildContext, float_sets: List[List[str]]) -> None:
+        """Every build of ``float_sets`` not built yet, in one converter process."""
+        workdir = ctx.workdir / "tflite_mixed"
+        todo = [sorted(f) for f in {frozenset(f) for f in float_sets} if frozenset(f) not in self._mixed]
+        if not todo:
+            return
+        workdir.mkdir(parents=True, exist_ok=True)
+        jobs = [{"scheme": "mixed", "out": workdir / f"mixed{len(self._mixed) + i}{self.suffix}", "deny_nodes": f}
+                for i, f in enumerate(todo)]
+        for job, r in zip(jobs, self._convert(ctx, jobs)):
+            self._mixed[frozenset(job["deny_nodes"])] = self._artifact_of(ctx, job["out"], r)
+
+    def build_mixed(self, ctx: BuildContext, out: Path, float_layers) -> Artifact:
+        self.prebuild_mixed(ctx, [list(float_layers)])
+        return _copied(self._mixed[frozenset(float_layers)], out)
+
+
+def _copied(art: Artifact, out: Path) -> Artifact:
+    """``art`` at ``out`` (a copy of the file when it was built elsewhere)."""
+    import dataclasses
+    import shutil
+
+    if Path(art.path) == Path(out):
+        return art
+    shutil.copyfile(art.path, out)
+    return dataclasses.replace(art, path=Path(out), info=dict(art.info))
 
 
 class TfliteRunner(Runner):

@@ -86,21 +86,106 @@ def main(request_path: str) -> None:
     # full-integer conversion crashes; the unrolled graph converts for fp32, fp16, dynamic and int8.
     model = build_twin(req["model"], cfg, shape, req["num_classes"], unroll=req["model"] == "lstm")
     load_torch_weights(model, req["model"], cfg, weights)
+    mixed = [job for job in req["outputs"] if job["scheme"] == "mixed"]
+    if mixed:  # quant=auto's builds: calibrated once, quantized once per deny list
+        convert_mixed(model, req, mixed)
     for job in req["outputs"]:  # e.g. the fp32 reference and the cell's scheme, one TF start-up
-        convert(model, req, job["scheme"], job["out"], job["info_out"], log)
+        if job["scheme"] == "layers":
+            weight_layers(model, req, job)
+        elif job["scheme"] != "mixed":
+            convert(model, req, job["scheme"], job["out"], job["info_out"], log)
+
+
+# Ops with a weight the converter quantizes, and the axis of their output channels in TFLite's layout.
+WEIGHT_OPS = {"CONV_2D": 0, "FULLY_CONNECTED": 0, "DEPTHWISE_CONV_2D": 3}
+
+
+def _weight_ops(tflite_bytes: bytes):
+    """[(op output name, op name, weight tensor index)] of the weight-carrying ops, in graph order."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=tflite_bytes)
+    it.allocate_tensors()
+    names = {t["index"]: t["name"] for t in it.get_tensor_details()}
+    return it, [(names[op["outputs"][0]], op["op_name"], op["inputs"][1]) for op in it._get_ops_details()
+                if op["op_name"] in WEIGHT_OPS]
+
+
+def weight_layers(model, req, job) -> None:
+    """quant=auto's layers: the weight ops of the full-integer model by their node names (what the
+    converter's deny list takes), with their float weights from the fp32 conversion of the same twin."""
+    import tensorflow as tf
+
+    tmp = job["out"] + ".int8.tflite"  # the same path as quant=auto's builds, nothing kept float
+    convert_mixed(model, req, [{"out": tmp, "info_out": job["info_out"], "deny_nodes": []}])
+    with open(tmp, "rb") as f:
+        _, int8_ops = _weight_ops(f.read())
+    os.remove(tmp)
+    fp32_it, fp32_ops = _weight_ops(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    if [o[1] for o in int8_ops] != [o[1] for o in fp32_ops]:
+        raise SystemExit(f"tflite_convert: the int8 and fp32 models have different weight ops: "
+                         f"{[o[1] for o in int8_ops]} vs {[o[1] for o in fp32_ops]}")
+    weights = {f"w{i}": fp32_it.get_tensor(idx) for i, (_, _, idx) in enumerate(fp32_ops)}
+    np.savez(job["out"], **weights)
+    with open(job["info_out"], "w") as f:
+        json.dump({"layers": [{"name": name, "op": op, "axis": WEIGHT_OPS[op], "key": f"w{i}"}
+                              for i, (name, op, _) in enumerate(int8_ops)]}, f)
+
+
+def convert_mixed(model, req, jobs) -> None:
+    """Static int8 with each job's ``deny_nodes`` (node names) kept float: the converter's selective
+    quantization through its QuantizationDebugger. The model is calibrated once (the debugger's
+    calibrate-only conversion over the representative dataset); each deny list is one more
+    quantization pass of that calibrated model (the debugger's public ``options`` setter)."""
+    import tensorflow as tf
+
+    converter, info, _ = _converter(model, req, "mixed")
+    # Float ops beside int8 ones: the builtin float kernels must be allowed too.
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    options = lambda job: tf.lite.experimental.QuantizationDebugOptions(  # noqa: E731
+        denylisted_nodes=list(job["deny_nodes"]) or None)
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_dataset=converter.representative_dataset, debug_options=options(jobs[0]))
+    for i, job in enumerate(jobs):
+        if i:
+            debugger.options = options(job)
+        tflite_bytes = debugger.get_nondebug_quantized_model()
+        job_info = {**info, "float_nodes": ",".join(job["deny_nodes"]),
+                    "method": "QuantizationDebugger deny list (denylisted_nodes): those ops stay float",
+                    **op_summary(tflite_bytes), "io_dtype": "float32"}
+        _write(tflite_bytes, job["out"], job["info_out"], job_info, {}, "float32")
+
+
+def _write(tflite_bytes: bytes, out: str, info_out: str, info, curves, input_dtype: str) -> None:
+    tmp = out + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(tflite_bytes)
+    os.replace(tmp, out)
+    with open(info_out, "w") as f:
+        json.dump({"info": info, "curves": curves, "input_dtype": input_dtype}, f)
 
 
 def convert(model, req, scheme: str, out: str, info_out: str, log) -> None:
-    import tensorflow as tf
-
-    info = {"converter": f"tf.lite.TFLiteConverter.from_keras_model (tensorflow {tf.__version__})"}
+    """One conversion of ``model`` (a scheme other than quant=auto's "mixed")."""
     curves = {}
     if scheme == "qat":
         model, losses, seconds = qat_finetune(model, req, log)
         curves["qat_loss"] = losses
+    converter, info, input_dtype = _converter(model, req, scheme)
+    if scheme == "qat":
         info["qat_method"] = "tensorflow-model-optimization quantize_model, fine-tuned, full-integer int8"
         info["qat_seconds"] = f"{seconds:.1f}"
+    tflite_bytes = converter.convert()
+    info.update(op_summary(tflite_bytes))
+    info["io_dtype"] = input_dtype
+    _write(tflite_bytes, out, info_out, info, curves, input_dtype)
 
+
+def _converter(model, req, scheme: str):
+    """The TFLiteConverter of ``model`` set up for ``scheme``; (converter, info, model input dtype)."""
+    import tensorflow as tf
+
+    info = {"converter": f"tf.lite.TFLiteConverter.from_keras_model (tensorflow {tf.__version__})"}
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     input_dtype = "float32"
     if scheme == "fp16":
@@ -108,7 +193,7 @@ def convert(model, req, scheme: str, out: str, info_out: str, log) -> None:
         converter.target_spec.supported_types = [tf.float16]
     elif scheme == "dynamic":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif scheme in ("static", "qat"):
+    elif scheme in ("static", "qat", "mixed"):
         import hashlib
 
         calib = np.load(req["calibration"])
@@ -122,24 +207,17 @@ def convert(model, req, scheme: str, out: str, info_out: str, log) -> None:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative(calib)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        if scheme == "static" and req["quant"].get("granularity") == "per_tensor":
+        if scheme in ("static", "mixed") and req["quant"].get("granularity") == "per_tensor":
             converter._experimental_disable_per_channel = True  # the converter's own per-tensor switch
             info["granularity"] = "per_tensor (converter._experimental_disable_per_channel)"
-        if req["int8_io"]:
+        if req["int8_io"] and scheme != "mixed":
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
             input_dtype = "int8"
     elif scheme != "fp32":
         raise SystemExit(f"tflite_convert: unknown scheme {scheme!r}")
-    tflite_bytes = converter.convert()
-    info.update(op_summary(tflite_bytes))
-    info["io_dtype"] = input_dtype
-    tmp = out + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(tflite_bytes)
-    os.replace(tmp, out)
-    with open(info_out, "w") as f:
-        json.dump({"info": info, "curves": curves, "input_dtype": input_dtype}, f)
+    return converter, info, input_dtype
+
 
 if __name__ == "__main__":
     main(sys.argv[1])

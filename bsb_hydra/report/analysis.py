@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 from bsb_hydra.report import pareto
 from bsb_hydra.report.runs import Cell
 
-SCHEME_ORDER = ["fp32", "fp16", "dynamic", "static", "qat", "auto", "int4_weight_only"]
+SCHEME_ORDER = ["fp32", "fp16", "dynamic", "static", "qat", "auto", "int4_weight_only", "fake_quant"]
 
 
 @dataclass
@@ -177,3 +177,46 @@ def analyze(cells: List[Cell], budget_pp: float) -> List[Group]:
         g.picks = picks(g, budget_pp)
         groups.append(g)
     return groups
+
+
+# ------------------------------------------------------------------- simulated low-bit accuracy
+@dataclass
+class SimulatedGroup:
+    """quant=fake_quant cells of one (model, data, machine): accuracy against bits, one series per
+    (weight granularity, activations, QAT). Each cell's delta is against the fp32 reference its own
+    job evaluated on the same test samples (metric accuracy_delta_pp)."""
+    key: Tuple[str, str, str, str, bool]
+    cells: List[Cell]
+
+    @property
+    def title(self) -> str:
+        model, data, arch, cpu, emulated = self.key
+        return f"{model} on {data}: {arch}, {cpu}{', EMULATED' if emulated else ''}"
+
+    @property
+    def slug(self) -> str:
+        return f"simulated_{self.key[0]}_{self.key[1]}_{self.key[2]}"
+
+    def series(self) -> Dict[str, List[Cell]]:
+        out: Dict[str, List[Cell]] = {}
+        for c in self.cells:
+            out.setdefault(series_label(c), []).append(c)
+        return out
+
+
+def bits_of(c: Cell) -> int:
+    return int(c.params.get("quant.bits", "0"))
+
+
+def series_label(c: Cell) -> str:
+    p = c.params
+    acts = "weights+activations" if p.get("quant.activations") == "True" else "weights only"
+    return f"{acts}, {p.get('quant.granularity', '?').replace('_', '-')}, {'QAT' if p.get('quant.qat') == 'True' else 'PTQ'}"
+
+
+def simulated_groups(cells: List[Cell]) -> List[SimulatedGroup]:
+    by: Dict[tuple, List[Cell]] = {}
+    for c in cells:
+        by.setdefault(c.group_key, []).append(c)
+    return [SimulatedGroup(k, sorted(by[k], key=lambda c: (series_label(c), bits_of(c))))
+            for k in sorted(by)]

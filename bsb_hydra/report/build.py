@@ -12,7 +12,7 @@ from bsb_hydra.report import analysis, plots, render, runs as runs_mod
 
 ARCHS = ("x86_64", "aarch64")
 # What a report writes into `out` (and deletes there first, so a stale plot never ships).
-OWN_FILES = ("report.md", "report.html", "rows.csv", "*.png")
+OWN_FILES = ("report.md", "report.html", "rows.csv", "simulated.csv", "*.png")
 # Written into every report folder: outside the project, a folder holding report-like files is
 # cleaned only if it has this marker (so out=~/Pictures never loses a PNG).
 MARKER = ".bsb_hydra_report"
@@ -60,32 +60,36 @@ def build_report(cfg) -> Report:
         raise ReportError(f"experiment={cfg.experiment!r} is not in the store {tracking.mask_text(cfg.tracking_uri)}: "
                           f"experiments there: {', '.join(names) or 'none (run a sweep first)'}")
     runs = runs_mod.load(client, exp.experiment_id, cfg.arch)
-    if not runs.cells and not runs.others:
+    if not runs.cells and not runs.others and not runs.simulated:
         found = sorted({r.data.tags.get("arch", "?") for r in tracking.search_all(client, exp.experiment_id)
                         if r.data.tags.get("kind") != "report"})
         raise ReportError(f"no runs in experiment {cfg.experiment!r}" + (f" with arch={cfg.arch}" if cfg.arch else "")
                           + (f": archs found there: {', '.join(found)}" if found else ": run a sweep first"))
     groups = analysis.analyze(runs.cells, float(cfg.budget_pp))
+    simulated = analysis.simulated_groups(runs.simulated)
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     for pattern in OWN_FILES:
         for p in out.glob(pattern):
             p.unlink()
-    made = plots.draw_all(groups, out)
+    made = plots.draw_all(groups, out, simulated)
     meta = {"experiment": cfg.experiment, "store": tracking.mask_text(cfg.tracking_uri), "arch": cfg.arch or "",
             "budget_pp": f"{float(cfg.budget_pp):g}",
             "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     (out / MARKER).write_text("written by python -m bsb_hydra.report; its files are replaced by the next report\n")
-    (out / "report.md").write_text(render.markdown(meta, groups, runs, made))
-    (out / "report.html").write_text(render.html_page(meta, groups, runs, made, out))
+    (out / "report.md").write_text(render.markdown(meta, groups, runs, made, simulated))
+    (out / "report.html").write_text(render.html_page(meta, groups, runs, made, out, simulated))
     render.write_csv(groups, out / "rows.csv")
+    if simulated:
+        render.write_simulated_csv(simulated, out / "simulated.csv")
 
     tagged: Dict[str, str] = {}
     if cfg.tag_runs:
         for g in groups:
             for c in g.cells:
                 tagged[c.run_id] = {True: "true", False: "false", None: "n/a"}[c.derived.get("pareto")]
+        tagged.update({c.run_id: "simulated" for c in runs.simulated})  # never on a frontier
         tagged.update({rid: "superseded" for rid in runs.superseded})
         for rid, v in tagged.items():
             client.set_tag(rid, "pareto_optimal", v)
@@ -99,16 +103,23 @@ def build_report(cfg) -> Report:
         client.log_metric(run_id, "cells", len(runs.cells))
         client.log_metric(run_id, "groups", len(groups))
         client.log_metric(run_id, "other_runs", len(runs.others))
+        client.log_metric(run_id, "simulated_cells", len(runs.simulated))
         client.log_metric(run_id, "pareto_cells", sum(v == "true" for v in tagged.values()))
         client.log_artifacts(run_id, str(out), "report")
         client.set_terminated(run_id)
 
     print(f"Report of experiment {cfg.experiment!r}: {len(runs.cells)} cells in {len(groups)} groups, "
-          f"{len(runs.others)} other runs (unsupported, failed or interrupted; listed in the report)")
+          f"{len(runs.others)} other runs (unsupported, failed or interrupted; listed in the report)"
+          + (f", {len(runs.simulated)} simulated cells (accuracy vs bits, off every frontier)" if runs.simulated else ""))
     for g in groups:
         print(f"\n{g.title}")
         for line in render.pick_lines(g):
             print(f"  {line}")
+    for g in simulated:
+        print(f"\nSIMULATED accuracy vs bits, {g.title}")
+        for label, cells in g.series().items():
+            print(f"  {label}: " + ", ".join(f"{analysis.bits_of(c)}b {100 * c.metric('accuracy'):.2f}% "
+                                             f"({c.metric('accuracy_delta_pp'):+.2f} pp)" for c in cells))
     print(f"\nReport: {(out / 'report.md').resolve()}\n        {(out / 'report.html').resolve()}"
           + (f"\nMLflow run: report ({run_id})" if run_id else ""), flush=True)
     return Report(out, groups, runs, run_id, tagged)

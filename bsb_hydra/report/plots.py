@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-from bsb_hydra.report.analysis import SCHEME_ORDER, Group
+from bsb_hydra.report.analysis import SCHEME_ORDER, Group, SimulatedGroup, bits_of
 
 MARKERS = {"pytorch": "o", "onnxruntime": "s", "tflite": "^"}
 
@@ -175,10 +175,36 @@ def archs_side_by_side(groups: List[Group], path: Path) -> bool:
     return True
 
 
-def draw_all(groups: List[Group], out: Path) -> Dict[str, List[Tuple[str, str]]]:
-    """Every plot into ``out``; returns, per group slug (and per 'model_data' for the arch plots),
-    (caption, file name) pairs."""
+def accuracy_vs_bits(g: SimulatedGroup, path: Path) -> None:
+    """Simulated (fake_quant) accuracy against bits, one line per series; the fp32 accuracy dotted."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (label, cells) in enumerate(g.series().items()):
+        pts = sorted((bits_of(c), 100 * c.metric("accuracy")) for c in cells if c.metric("accuracy") is not None)
+        if pts:
+            ax.plot(*zip(*pts), marker="o", linestyle="--" if "QAT" in label else "-", label=label,
+                    color=plt.get_cmap("tab10")(i % 10))
+    for ref in sorted({round(100 * a, 4) for c in g.cells if (a := c.metric("fp32_accuracy")) is not None}):
+        ax.axhline(ref, color="black", linestyle=":", linewidth=1)
+        ax.annotate(f"fp32 {ref:.2f}%", (ax.get_xlim()[0], ref), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    ax.set_xlabel("bits (weights; activations too where the series says so)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_xticks(sorted({bits_of(c) for c in g.cells}))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(f"SIMULATED (fake_quant, evaluated in float): {g.title}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def draw_all(groups: List[Group], out: Path, simulated: List[SimulatedGroup] = ()) -> Dict[str, List[Tuple[str, str]]]:
+    """Every plot into ``out``; returns, per group slug (and per 'model_data' for the arch plots,
+    per simulated group slug for the accuracy-vs-bits curves), (caption, file name) pairs."""
     made: Dict[str, List[Tuple[str, str]]] = {}
+    for g in simulated:
+        accuracy_vs_bits(g, out / f"{g.slug}.png")
+        made[g.slug] = [("simulated accuracy vs bits", f"{g.slug}.png")]
     for n, g in enumerate(groups, 1):
         slug = f"g{n}_{g.slug}"
         items = []

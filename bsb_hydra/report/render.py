@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from bsb_hydra.report.analysis import Group
+from bsb_hydra.report.analysis import Group, SimulatedGroup, bits_of, series_label
 from bsb_hydra.report.runs import Cell, Other, Runs
 
 NA = "–"  # a value that is missing (no baseline, no measurement): shown, never invented
@@ -112,6 +112,24 @@ NOTES = [
 ]
 
 
+SIMULATED_NOTE = ("SIMULATED (quant=fake_quant): weights (and, where the row says so, activations) rounded to N bits "
+                  "and evaluated in float. No runtime ran these models: they are not deployable, nothing was "
+                  "timed, the size is the theoretical packed size (bits x quantized weights + fp32 scales + every "
+                  "other parameter at 32 bits, tag size_kind=theoretical), and none of them is on a frontier or a "
+                  "pick above. delta pp is against the fp32 model the same job evaluated.")
+
+
+def simulated_table(g: SimulatedGroup) -> Tuple[List[str], List[List[str]]]:
+    head = ["series", "bits", "accuracy %", "delta pp", "agreement %", "theoretical size x fp32", "runs"]
+    rows = []
+    for c in g.cells:
+        acc, agree = c.metric("accuracy"), c.metric("top1_agreement")
+        rows.append([series_label(c), str(bits_of(c)), _f(100 * acc if acc is not None else None, ".2f"),
+                     _f(c.metric("accuracy_delta_pp"), "+.2f"), _f(100 * agree if agree is not None else None, ".2f"),
+                     _f(c.metric("size_ratio"), ".3f"), str(c.duplicates)])
+    return head, rows
+
+
 def others_table(others: Sequence[Other]) -> Tuple[List[str], List[List[str]]]:
     head = ["cell", "status", "arch", "started", "reason"]
     rows = [[o.cell, o.status, o.tags.get("arch", ""), when(o.start_time),
@@ -127,12 +145,14 @@ def _md_table(head: List[str], rows: List[List[str]]) -> str:
     return "\n".join(lines)
 
 
-def markdown(meta: Dict[str, str], groups: List[Group], runs: Runs, plots: Dict[str, List[Tuple[str, str]]]) -> str:
+def markdown(meta: Dict[str, str], groups: List[Group], runs: Runs, plots: Dict[str, List[Tuple[str, str]]],
+             simulated: Sequence[SimulatedGroup] = ()) -> str:
     out = [f"# Quantization report: experiment `{meta['experiment']}`", "",
            f"Generated {meta['generated']} from `{meta['store']}`"
            f"{' (arch ' + meta['arch'] + ')' if meta['arch'] else ''}; accuracy budget {meta['budget_pp']} pp. "
            f"{len(runs.cells)} cells in {len(groups)} groups; {len(runs.others)} runs that are not measured cells "
-           f"(listed at the end); {len(runs.superseded)} older duplicate runs superseded.", ""]
+           f"(listed at the end); {len(runs.superseded)} older duplicate runs superseded"
+           + (f"; {len(runs.simulated)} simulated cells (own section)" if runs.simulated else "") + ".", ""]
     machines = sorted({(g.arch, g.cpu, g.cells[0].tag("isa"), g.emulated) for g in groups})
     out += ["Machines:", ""] + [f"- {a}, {c}, ISA {i or 'unknown'}, {'EMULATED' if e else 'native'}"
                                 for a, c, i, e in machines] + [""]
@@ -145,6 +165,11 @@ def markdown(meta: Dict[str, str], groups: List[Group], runs: Runs, plots: Dict[
     for key, items in plots.items():
         if key.startswith("archs_"):
             out += [f"## {items[0][0]}", ""] + [f"![{c}]({name})" for c, name in items] + [""]
+    if simulated:
+        out += ["## Simulated low-bit accuracy (not deployable)", "", SIMULATED_NOTE, ""]
+        for g in simulated:
+            out += [f"### {g.title}", "", _md_table(*simulated_table(g)), ""]
+            out += [f"![{caption}]({name})" for caption, name in plots.get(g.slug, [])] + [""]
     out += ["## Runs that are not measured cells", ""]
     out += [_md_table(*others_table(runs.others)) if runs.others else "None.", ""]
     out += ["## How to read the tables", ""] + [f"- {n}" for n in NOTES] + [""]
@@ -174,7 +199,8 @@ def _img(out: Path, name: str, caption: str) -> str:
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
-def html_page(meta: Dict[str, str], groups: List[Group], runs: Runs, plots, out: Path) -> str:
+def html_page(meta: Dict[str, str], groups: List[Group], runs: Runs, plots, out: Path,
+              simulated: Sequence[SimulatedGroup] = ()) -> str:
     e = html.escape
     body = [f"<h1>Quantization report: experiment {e(meta['experiment'])}</h1>",
             f"<p>Generated {e(meta['generated'])} from <code>{e(meta['store'])}</code>"
@@ -190,6 +216,11 @@ def html_page(meta: Dict[str, str], groups: List[Group], runs: Runs, plots, out:
     for key, items in plots.items():
         if key.startswith("archs_"):
             body += [f"<h2>{e(items[0][0])}</h2>"] + [_img(out, name, cap) for cap, name in items]
+    if simulated:
+        body += ["<h2>Simulated low-bit accuracy (not deployable)</h2>", f"<p class='note'>{e(SIMULATED_NOTE)}</p>"]
+        for g in simulated:
+            body += [f"<h3>{e(g.title)}</h3>", _html_table(*simulated_table(g))]
+            body += [_img(out, name, cap) for cap, name in plots.get(g.slug, [])]
     body.append("<h2>Runs that are not measured cells</h2>")
     body.append(_html_table(*others_table(runs.others)) if runs.others else "<p>None.</p>")
     body += ["<h2>How to read the tables</h2>", "<ul>" + "".join(f"<li>{e(n)}</li>" for n in NOTES) + "</ul>"]
@@ -230,4 +261,25 @@ def write_csv(groups: List[Group], path: Path) -> None:
                                 f"speedup_significant_b{b}": c.derived.get(f"significant_b{b}"),
                                 f"cell_speedup_b{b}": c.derived.get(f"cell_speedup_b{b}"),
                                 f"cell_speedup_significant_b{b}": c.derived.get(f"cell_significant_b{b}")})
+                w.writerow({k: ("" if v is None else v) for k, v in row.items()})
+
+
+def write_simulated_csv(groups: Sequence[SimulatedGroup], path: Path) -> None:
+    cols = ["model", "data", "arch", "cpu", "series", "bits", "granularity", "activations", "qat", "run_id", "started",
+            "runs", "accuracy", "fp32_accuracy", "delta_pp", "top1_agreement", "theoretical_size_bytes",
+            "fp32_theoretical_size_bytes", "size_ratio"]
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols)
+        w.writeheader()
+        for g in groups:
+            for c in g.cells:
+                p = c.params
+                row = {"model": g.key[0], "data": g.key[1], "arch": g.key[2], "cpu": g.key[3],
+                       "series": series_label(c), "bits": bits_of(c), "granularity": p.get("quant.granularity"),
+                       "activations": p.get("quant.activations", "").lower(), "qat": p.get("quant.qat", "").lower(),
+                       "run_id": c.run_id, "started": when(c.start_time), "runs": c.duplicates,
+                       "accuracy": c.metric("accuracy"), "fp32_accuracy": c.metric("fp32_accuracy"),
+                       "delta_pp": c.metric("accuracy_delta_pp"), "top1_agreement": c.metric("top1_agreement"),
+                       "theoretical_size_bytes": c.metric("size_bytes"),
+                       "fp32_theoretical_size_bytes": c.metric("fp32_size_bytes"), "size_ratio": c.metric("size_ratio")}
                 w.writerow({k: ("" if v is None else v) for k, v in row.items()})

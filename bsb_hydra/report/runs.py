@@ -61,6 +61,11 @@ class Cell:
         return self.tag("emulated") == "true"
 
     @property
+    def simulated(self) -> bool:
+        """quant=fake_quant: N-bit rounding evaluated in float; theoretical size, never timed."""
+        return self.tag("simulated") == "true"
+
+    @property
     def group_key(self) -> Tuple[str, str, str, str, bool]:
         """(model, data, arch, cpu, emulated): the rows a frontier is computed over. The CPU is part
         of it: latencies of two machines of the same arch are not one trade-off curve."""
@@ -100,6 +105,9 @@ class Runs:
     cells: List[Cell]
     others: List[Other]
     superseded: List[str]  # run ids of older ok runs of a cell that has a newer one
+    # ok runs of SIMULATED cells (quant=fake_quant): shown in their own section, never in a group,
+    # a frontier or a pick (they are not deployable and have no latency).
+    simulated: List[Cell] = field(default_factory=list)
 
 
 def load(client, experiment_id: str, arch: Optional[str] = None) -> Runs:
@@ -130,9 +138,9 @@ def load(client, experiment_id: str, arch: Optional[str] = None) -> Runs:
         else:
             newest.duplicates += 1
             superseded.append(cell.run_id)
-    out = list(cells.values())
+    out = [c for c in cells.values() if not c.simulated]
     _set_variants(out)
-    return Runs(out, others, superseded)
+    return Runs(out, others, superseded, [c for c in cells.values() if c.simulated])
 
 
 def _set_variants(cells: List[Cell]) -> None:
