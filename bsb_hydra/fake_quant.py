@@ -84,10 +84,6 @@ class Simulated:
     losses: List[float] = field(default_factory=list)
     qat_seconds: float = 0.0
 
-    @property
-    def size_ratio(self) -> float:
-        return self.packed_bytes / self.fp32_bytes
-
 
 def quantizable(model) -> Dict[str, object]:
     """name -> module, for every layer whose weight is rounded: Conv, Linear, Embedding."""
@@ -108,11 +104,7 @@ def packed_size(model, layers: Dict[str, object], bits: int, per_channel: bool, 
     for m in layers.values():
         w = m.weight
         total += math.ceil(w.numel() * bits / 8) + 4 * (w.shape[0] if per_channel else 1)
-    seen = set()
-    for p in model.parameters():  # parameters() yields each shared tensor once; be explicit anyway
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
+    for p in model.parameters():  # each shared tensor once
         fp32 += 4 * p.numel()
         if id(p) not in quantized:
             total += 4 * p.numel()
