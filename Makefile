@@ -76,11 +76,12 @@ bench: setup
 	$(PY) scripts/bench.py
 
 # The cross-run Pareto report of the store's default experiment into reports/latest (md, html, PNGs,
-# rows.csv); its markdown, plots and CSV are also copied to docs/report.md and docs/report/.
+# rows.csv, comparisons.csv); its markdown, plots and CSVs are also copied to docs/report.md and docs/report/.
 report: setup
 	$(PY) -m bsb_hydra.report out=reports/latest
 	@mkdir -p docs/report && rm -f docs/report/*.png
 	cp reports/latest/*.png reports/latest/rows.csv docs/report/
+	@if [ -f reports/latest/comparisons.csv ]; then cp reports/latest/comparisons.csv docs/report/; fi
 	sed -E 's#\]\(([^)/]+\.png)\)#](report/\1)#' reports/latest/report.md > docs/report.md
 
 # A tracking server for sweeps on several machines or a cluster: sqlite backend, artifacts served by

@@ -198,6 +198,11 @@ def measure(cfg, dict_cfg, workdir: Path, log, slot: Optional[JobSlot] = None) -
     m["fp32_accuracy"] = ref_acc["accuracy"]
     m["accuracy_delta_pp"] = 100.0 * (acc["accuracy"] - ref_acc["accuracy"])
     m["test_samples"] = acc["n"]
+    correct = res.logits.argmax(axis=1) == ds.y_test
+    paired = stats.paired_accuracy(correct, ref.logits.argmax(axis=1) == ds.y_test)  # same samples: McNemar
+    m.update({"accuracy_delta_ci_low_pp": paired["ci_low_pp"], "accuracy_delta_ci_high_pp": paired["ci_high_pp"],
+              "accuracy_delta_p_value": paired["p_value"], "gained_vs_fp32": paired["gained"],
+              "lost_vs_fp32": paired["lost"]})
     m.update(stats.agreement_metrics(res.logits, ref.logits))
     if scheme == "auto":  # the search chose on training samples: did its budget hold on the test split?
         budget_pp = 100.0 * cfg.quant.budget_for(ref_acc["accuracy"])
@@ -238,6 +243,10 @@ def measure(cfg, dict_cfg, workdir: Path, log, slot: Optional[JobSlot] = None) -
     pred_path = workdir / "predictions.npy"  # top-1 class per test sample: cross-backend agreement
     np.save(pred_path, res.logits.argmax(axis=1).astype(np.int16))
     log.artifact(pred_path, "")
+    correct_path = workdir / "correct.npy"  # right or wrong per test sample: paired tests between cells
+    np.save(correct_path, correct)
+    log.artifact(correct_path, "")
+    log.tags({"test_set_digest": test_set_digest(ds)})
     log.tags({"concurrent_jobs": slot.peak, "size_kind": "theoretical" if simulated else "artifact",
               "simulated": str(simulated).lower()})
     log.tags({"worker_imports": ",".join(res.data["heavy_modules"]), "input_dtype": art.input_dtype,
@@ -245,6 +254,17 @@ def measure(cfg, dict_cfg, workdir: Path, log, slot: Optional[JobSlot] = None) -
               "cpus_pinned": ",".join(map(str, res.data.get("cpus", []))) if cfg.device.core_pinning else "",
               "torch_engine": engine if cfg.backend.name == "pytorch" else ""})
     return m
+
+
+def test_set_digest(ds) -> str:
+    """Which test samples a cell was scored on (inputs and labels): two cells' per-sample results
+    pair up only when this matches."""
+    h = hashlib.sha256()
+    for a in (ds.x_test, ds.y_test):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
 
 
 def _torch_logits(module, x: np.ndarray, batch: int) -> np.ndarray:

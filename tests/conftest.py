@@ -82,6 +82,7 @@ def compose_cfg():
     GlobalHydra.instance().clear()
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into the node ids
 def pytest_collection_modifyitems(config, items):
     """`make test` runs the tests on 2 workers (pytest-xdist, --dist loadgroup). Tests that share a
     module- or session-scoped fixture of ours (a real sweep) are put in one xdist group, named after

@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -69,15 +70,17 @@ class Store:
 
     def add(self, model="cnn", quant="fp32", backend="pytorch", arch="x86_64", cpu="CPU A", emulated=False,
             threads=1, size=400_000.0, acc=0.90, p50=2.0, ci=0.02, status="ok", reason="", mlflow_status="FINISHED",
-            config=None, fp32_key="k1", params=None, batch_sizes=(1,), paired=None):
-        """paired: (fp32 p50, its CI half-width) as the cell's own job measured its fp32 reference."""
+            config=None, fp32_key="k1", params=None, batch_sizes=(1,), paired=None, correct=None, digest="d1",
+            p_value=None):
+        """paired: (fp32 p50, its CI half-width) as the cell's own job measured its fp32 reference.
+        correct: per-sample results (logged as correct.npy); p_value: the job's McNemar test vs fp32."""
         from mlflow.entities import Metric, Param
 
         self.t += 1000
         tags = {"status": status, "reason": reason, "model": model, "data": "fashion_mnist", "quant": quant,
                 "backend": backend, "arch": arch, "cpu": cpu, "isa": "avx2", "emulated": str(emulated).lower(),
                 "threads": str(threads), "fp32_key": fp32_key, "os": "Linux",
-                "cell": f"{model}-fashion_mnist-{quant}-{backend}",
+                "cell": f"{model}-fashion_mnist-{quant}-{backend}", "test_set_digest": digest,
                 "config_hash": config or f"{model}-{quant}-{backend}-{threads}-{json.dumps(params)}"}
         run = self.client.create_run(self.exp, start_time=self.t, tags=tags, run_name=tags["cell"])
         rid = run.info.run_id
@@ -96,6 +99,12 @@ class Store:
              "mlflow.tracking_uri": self.uri, **(params or {})}
         self.client.log_batch(rid, metrics=[Metric(k, v, self.t, 0) for k, v in metrics.items()],
                               params=[Param(k, v) for k, v in p.items()])
+        if p_value is not None:
+            self.client.log_metric(rid, "accuracy_delta_p_value", p_value)
+        if correct is not None:
+            path = self.tmp / "correct.npy"
+            np.save(path, np.asarray(correct, dtype=bool))
+            self.client.log_artifact(rid, str(path))
         if mlflow_status != "RUNNING":
             self.client.set_terminated(rid, status=mlflow_status)
         return rid
@@ -242,6 +251,54 @@ def test_variants_are_told_apart(tmp_path):
     labels = sorted(c.label for g in rep.groups for c in g.cells)
     assert labels == ["fp32 / pytorch", "static / pytorch [quant.granularity=per_channel]",
                       "static / pytorch [quant.granularity=per_tensor]"]
+
+
+def _results(right: int, n: int = 1000, start: int = 0) -> np.ndarray:
+    out = np.zeros(n, bool)
+    out[start:start + right] = True
+    return out
+
+
+def test_qat_and_auto_are_paired_with_static_per_sample(tmp_path):
+    """Static right on samples 0-799. QAT right on 15-824: 25 gained, 15 lost, n.s.; QAT on another
+    backend right on 0-899: 100 gained, 0 lost, significant. auto has no per-sample results; a
+    per-tensor static cell pairs with nothing; a QAT cell scored on other samples is not paired."""
+    s = Store(tmp_path)
+    pc, pt = {"quant.granularity": "per_channel"}, {"quant.granularity": "per_tensor"}
+    for backend in ("pytorch", "onnxruntime"):
+        s.add(quant="fp32", backend=backend, acc=0.80, correct=_results(800))
+        s.add(quant="static", backend=backend, acc=0.80, params=pc, correct=_results(800), p_value=1.0)
+    s.add(quant="qat", acc=0.81, params=pc, correct=_results(810, start=15), p_value=0.2)
+    s.add(quant="qat", backend="onnxruntime", acc=0.90, params=pc, correct=_results(900), p_value=1e-6)
+    s.add(quant="auto", acc=0.80, params=pc, p_value=1.0)
+    s.add(quant="static", acc=0.79, params=pt, correct=_results(790), p_value=0.03)
+    s.add(model="mlp", quant="fp32")
+    s.add(model="mlp", quant="static", params=pc, correct=_results(800))
+    s.add(model="mlp", quant="qat", params=pc, correct=_results(800), digest="d2")
+    rep = s.report()
+    by = {(p.cell.model, p.cell.quant, p.cell.backend): p for p in rep.pairs}
+    assert sorted(by) == [("cnn", "auto", "pytorch"), ("cnn", "qat", "onnxruntime"), ("cnn", "qat", "pytorch"),
+                          ("mlp", "qat", "pytorch")]
+    assert all(p.base.quant == "static" and p.base.params["quant.granularity"] == "per_channel" for p in rep.pairs)
+    qat = by[("cnn", "qat", "pytorch")].paired
+    assert (qat["gained"], qat["lost"], qat["delta_pp"]) == (25, 15, pytest.approx(1.0))
+    assert qat["p_value"] > 0.05 and by[("cnn", "qat", "pytorch")].verdict == "no significant difference"
+    assert by[("cnn", "qat", "onnxruntime")].paired["lost"] == 0
+    assert by[("cnn", "qat", "onnxruntime")].verdict.startswith("qat more accurate")
+    assert "no per-sample results" in by[("cnn", "auto", "pytorch")].verdict
+    assert "different test samples" in by[("mlp", "qat", "pytorch")].verdict
+    # the accuracy delta of each cell carries its job's McNemar call
+    assert by[("cnn", "qat", "pytorch")].base.derived["delta_significant"] is False  # per-channel static, p = 1
+    assert by[("cnn", "qat", "onnxruntime")].cell.derived["delta_significant"] is True
+    assert all(c.derived["delta_significant"] is None for g in rep.groups for c in g.cells if c.quant == "fp32")
+    md = (rep.out / "report.md").read_text()
+    assert "## QAT and auto against static PTQ (paired, same test samples)" in md
+    assert "+1.00 | " in md and "25 / 15 | no significant difference" in md
+    assert "| -1.00 |" in md and "+0.00 (n.s.)" in md  # per-tensor static: p 0.03 is significant, no mark
+    rows = list(csv.DictReader((rep.out / "comparisons.csv").open()))
+    assert len(rows) == 4 and {r["verdict"] for r in rows} >= {"no significant difference"}
+    row = next(r for r in rows if r["quant"] == "qat" and r["backend"] == "onnxruntime")
+    assert (row["gained"], row["lost"], row["n"]) == ("100", "0", "1000") and float(row["p_value"]) < 1e-20
 
 
 def test_runs_that_are_not_cells_are_listed_with_reasons(tmp_path):

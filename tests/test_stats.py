@@ -152,3 +152,36 @@ def test_pooled_interval_widens_when_processes_disagree():
     # agreeing processes: about the plain interval
     same = stats.pooled_latency_stats([fast[:1000], fast[1000:]], 1, 300, 0)
     assert same["p50_ci_high_ms"] - same["p50_ci_low_ms"] < 0.003
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=400))
+def test_paired_accuracy_matches_scipys_binomial_test(pairs):
+    a = np.array([p[0] for p in pairs])
+    r = np.array([p[1] for p in pairs])
+    x = stats.paired_accuracy(a, r)
+    gained, lost = int((a & ~r).sum()), int((~a & r).sum())
+    assert (x["gained"], x["lost"], x["n"]) == (gained, lost, len(a))
+    assert x["delta_pp"] == pytest.approx(100 * (a.mean() - r.mean()))
+    expected = 1.0 if gained + lost == 0 else sps.binomtest(min(gained, lost), gained + lost, 0.5).pvalue
+    assert x["p_value"] == pytest.approx(expected, rel=1e-9, abs=1e-300)
+    assert x["ci_low_pp"] <= x["delta_pp"] <= x["ci_high_pp"]
+
+
+def test_paired_accuracy_by_hand():
+    # 1000 samples: the model gains 40 the reference missed and loses 10 it had. d = +3 pp;
+    # Wald: sqrt(50 - 30^2/1000) / 1000 * 1.96 = 1.368 pp; McNemar: P(X <= 10 | 50, 1/2) * 2.
+    a = np.zeros(1000, bool)
+    r = np.zeros(1000, bool)
+    a[:40] = True
+    r[40:50] = True
+    a[50:900] = r[50:900] = True
+    x = stats.paired_accuracy(a, r)
+    assert x["delta_pp"] == pytest.approx(3.0)
+    assert x["ci_high_pp"] - 3.0 == pytest.approx(1.95996 * math.sqrt(50 - 0.9) / 10, rel=1e-4)
+    assert x["p_value"] == pytest.approx(2 * sum(math.comb(50, k) for k in range(11)) / 2 ** 50)
+    assert x["p_value"] < 1e-4
+    same = stats.paired_accuracy(a, a)  # identical results: nothing to test
+    assert (same["p_value"], same["ci_low_pp"], same["ci_high_pp"]) == (1.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="equal-length"):
+        stats.paired_accuracy(a, r[:10])

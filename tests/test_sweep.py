@@ -53,7 +53,8 @@ def test_artifacts_logged(sweep):
     _, _, client, runs = sweep
     r = by_cell(runs)[("cnn", "static", "onnxruntime")]
     names = {a.path for a in client.list_artifacts(r.info.run_id)}
-    assert {"model", "config.json", "per_class_accuracy.json", "latency_samples.json", "predictions.npy"} <= names
+    assert {"model", "config.json", "per_class_accuracy.json", "latency_samples.json", "predictions.npy",
+            "correct.npy"} <= names
     model_files = [a.path for a in client.list_artifacts(r.info.run_id, "model")]
     assert model_files == ["model/static.onnx"]
 
@@ -229,3 +230,22 @@ def test_repeats_time_the_cell_and_its_fp32_reference_in_fresh_processes_in_alte
     assert sorted(p.name for p in bench.glob("*_logits.npy")) == ["r0_dynamic_logits.npy",
                                                                    "r0_fp32_reference_logits.npy"]
     assert m["peak_rss_mb"] == first[0]["peak_rss_mb"]
+
+
+def test_accuracy_delta_is_tested_on_the_same_samples(sweep):
+    """The per-sample results each cell logs add up to its accuracy, and its McNemar counts against
+    the fp32 reference are the fp32 cell's per-sample results compared with its own."""
+    tmp, _, client, runs = sweep
+    cells = by_cell(runs)
+    for model in ("mlp", "cnn"):
+        for backend in ("pytorch", "onnxruntime"):
+            q, f = cells[(model, "static", backend)], cells[(model, "fp32", backend)]
+            got = [np.load(client.download_artifacts(r.info.run_id, "correct.npy", str(tmp / f"c-{r.info.run_id}")))
+                   for r in (q, f)]
+            assert got[0].dtype == bool and got[0].shape == got[1].shape == (1000,)
+            m = q.data.metrics
+            assert got[0].mean() == pytest.approx(m["accuracy"]) and got[1].mean() == pytest.approx(m["fp32_accuracy"])
+            assert m["gained_vs_fp32"] == (got[0] & ~got[1]).sum() and m["lost_vs_fp32"] == (~got[0] & got[1]).sum()
+            assert m["accuracy_delta_ci_low_pp"] <= m["accuracy_delta_pp"] <= m["accuracy_delta_ci_high_pp"]
+            assert 0.0 <= m["accuracy_delta_p_value"] <= 1.0
+            assert q.data.tags["test_set_digest"] == f.data.tags["test_set_digest"] != ""

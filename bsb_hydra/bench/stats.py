@@ -128,6 +128,30 @@ def wilson_interval(successes: int, n: int, level: float = 0.95):
     return lo, hi
 
 
+def paired_accuracy(correct: np.ndarray, ref_correct: np.ndarray, level: float = 0.95) -> Dict[str, float]:
+    """Two models scored on the SAME test samples (per-sample correctness of each): the accuracy
+    difference in pp with a Wald interval for paired proportions, and the exact McNemar test.
+
+    Only the discordant samples carry information: ``gained`` (the model right, the reference wrong)
+    and ``lost`` (the reverse). Under "no difference" each discordant sample falls either way with
+    probability 1/2, so the two-sided p-value is that of a binomial test on min(gained, lost)."""
+    from statistics import NormalDist
+
+    a, r = np.asarray(correct, dtype=bool), np.asarray(ref_correct, dtype=bool)
+    if a.shape != r.shape or a.ndim != 1 or not len(a):
+        raise ValueError(f"paired accuracy needs two equal-length 1-D correctness vectors, got {a.shape} and {r.shape}")
+    n = len(a)
+    gained, lost = int((a & ~r).sum()), int((~a & r).sum())
+    d = (gained - lost) / n
+    z = NormalDist().inv_cdf(1.0 - (1.0 - level) / 2.0)
+    half = z * math.sqrt(max(gained + lost - (gained - lost) ** 2 / n, 0.0)) / n
+    m = gained + lost
+    tail = sum(math.comb(m, k) for k in range(min(gained, lost) + 1))  # exact integers, then one division
+    p = 1.0 if m == 0 else min(1.0, 2 * tail / 2 ** m)
+    return {"delta_pp": 100.0 * d, "ci_low_pp": 100.0 * (d - half), "ci_high_pp": 100.0 * (d + half),
+            "p_value": p, "gained": gained, "lost": lost, "n": n}
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     e = np.exp(z)

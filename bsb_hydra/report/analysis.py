@@ -10,6 +10,9 @@ Rules (docs/methodology.md, "The report"):
 - The frontier of a group is over (size, p50 latency at batch 1, accuracy); over (size, accuracy)
   in an emulated group. A cell missing one of them is "n/a", never on the frontier.
 - A speedup whose two p50 95% intervals (seeded bootstrap, per run) overlap is not significant.
+- An accuracy delta is not significant when the job's exact McNemar test against its fp32
+  reference (same test samples) gives p >= 0.05. QAT and auto cells are also paired with the static
+  PTQ cell they improve on (``scheme_pairs``), per sample, on the same test samples.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from typing import Dict, List, Optional, Tuple
 from bsb_hydra.report import pareto
 from bsb_hydra.report.runs import Cell
 
+ALPHA = 0.05  # the significance level of the report's accuracy tests
 SCHEME_ORDER = ["fp32", "fp16", "dynamic", "static", "qat", "auto", "int4_weight_only", "fake_quant"]
 
 
@@ -101,6 +105,8 @@ def compare(cell: Cell, base: Optional[Cell], batch_sizes: List[int], latency_ok
     bacc = base.metric("accuracy") if base else None
     d["size_ratio"] = size / bsize if size is not None and bsize else None
     d["delta_pp"] = 100.0 * (acc - bacc) if acc is not None and bacc is not None else None
+    p = cell.metric("accuracy_delta_p_value")  # the job's McNemar test; runs older than it: None
+    d["delta_significant"] = None if cell.quant == "fp32" or p is None or d["delta_pp"] is None else p < ALPHA
     for b in batch_sizes:
         p50 = cell.metric(f"latency_p50_ms_b{b}")
         paired = cell.metric(f"speedup_b{b}") if latency_ok else None
@@ -177,6 +183,45 @@ def analyze(cells: List[Cell], budget_pp: float) -> List[Group]:
         g.picks = picks(g, budget_pp)
         groups.append(g)
     return groups
+
+
+# ----------------------------------------------------------- QAT and auto against static PTQ
+CHALLENGERS = ("qat", "auto")  # the schemes that exist to beat per-channel static PTQ
+
+
+@dataclass
+class SchemePair:
+    """A QAT or auto cell and the static PTQ cell of the same group, backend, threads, fp32 weights
+    and weight granularity. ``paired`` (stats.paired_accuracy of the challenger against static, from
+    the two runs' per-sample results) is filled by the report, or ``note`` says why it could not be."""
+    group: Group
+    cell: Cell
+    base: Cell
+    paired: Optional[Dict[str, float]] = None
+    note: str = ""
+
+    @property
+    def verdict(self) -> str:
+        if self.paired is None:
+            return "not paired: " + self.note
+        if self.paired["p_value"] >= ALPHA:
+            return "no significant difference"
+        better = self.cell.quant if self.paired["delta_pp"] > 0 else "static"
+        return f"{better} more accurate (p < {ALPHA:g})"
+
+
+def scheme_pairs(groups: List[Group]) -> List[SchemePair]:
+    out = []
+    for g in groups:
+        for c in g.cells:
+            if c.quant not in CHALLENGERS:
+                continue
+            gran = c.params.get("quant.granularity")
+            for s in g.cells:
+                if (s.quant == "static" and s.backend == c.backend and s.threads == c.threads
+                        and s.tag("fp32_key") == c.tag("fp32_key") and s.params.get("quant.granularity") == gran):
+                    out.append(SchemePair(g, c, s))
+    return out
 
 
 # ------------------------------------------------------------------- simulated low-bit accuracy

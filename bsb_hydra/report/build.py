@@ -2,6 +2,7 @@
 ``report`` run -> the picks printed."""
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,7 +13,7 @@ from bsb_hydra.report import analysis, plots, render, runs as runs_mod
 
 ARCHS = ("x86_64", "aarch64")
 # What a report writes into `out` (and deletes there first, so a stale plot never ships).
-OWN_FILES = ("report.md", "report.html", "rows.csv", "simulated.csv", "*.png")
+OWN_FILES = ("report.md", "report.html", "rows.csv", "simulated.csv", "comparisons.csv", "*.png")
 # Written into every report folder: outside the project, a folder holding report-like files is
 # cleaned only if it has this marker (so out=~/Pictures never loses a PNG).
 MARKER = ".bsb_hydra_report"
@@ -29,6 +30,7 @@ class Report:
     runs: runs_mod.Runs
     report_run_id: str
     tagged: Dict[str, str]  # run id -> pareto_optimal value set
+    pairs: List[analysis.SchemePair]  # QAT / auto against static PTQ, paired per sample
 
 
 def _check(cfg) -> None:
@@ -49,6 +51,34 @@ def _check(cfg) -> None:
                           f"give a new or empty folder, a report folder, or one inside the project")
 
 
+def pair_up(client, pairs: List[analysis.SchemePair]) -> None:
+    """Each pair's paired accuracy test, from the per-sample results (correct.npy) both runs logged.
+    Cells scored on different test samples (tag test_set_digest) are not paired."""
+    import numpy as np
+
+    from bsb_hydra.bench.stats import paired_accuracy
+
+    loaded: Dict[str, object] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        def correct(c):
+            if c.run_id not in loaded:  # None: a run logged before correct.npy existed
+                has = any(a.path == "correct.npy" for a in client.list_artifacts(c.run_id))
+                loaded[c.run_id] = (np.load(client.download_artifacts(c.run_id, "correct.npy", f"{tmp}/{c.run_id}"))
+                                    if has else None)
+            return loaded[c.run_id]
+
+        for p in pairs:
+            a, b = correct(p.cell), correct(p.base)
+            if p.cell.tag("test_set_digest") != p.base.tag("test_set_digest"):
+                p.note = "scored on different test samples (tag test_set_digest)"
+            elif a is None or b is None:
+                p.note = "a run has no per-sample results (correct.npy): measured before they were logged"
+            elif a.shape != b.shape:
+                p.note = f"per-sample results of different lengths ({len(a)} vs {len(b)})"
+            else:
+                p.paired = paired_accuracy(a, b)
+
+
 def build_report(cfg) -> Report:
     from mlflow import MlflowClient
 
@@ -67,6 +97,8 @@ def build_report(cfg) -> Report:
                           + (f": archs found there: {', '.join(found)}" if found else ": run a sweep first"))
     groups = analysis.analyze(runs.cells, float(cfg.budget_pp))
     simulated = analysis.simulated_groups(runs.simulated)
+    pairs = analysis.scheme_pairs(groups)
+    pair_up(client, pairs)
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -78,9 +110,11 @@ def build_report(cfg) -> Report:
             "budget_pp": f"{float(cfg.budget_pp):g}",
             "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     (out / MARKER).write_text("written by python -m bsb_hydra.report; its files are replaced by the next report\n")
-    (out / "report.md").write_text(render.markdown(meta, groups, runs, made, simulated))
-    (out / "report.html").write_text(render.html_page(meta, groups, runs, made, out, simulated))
+    (out / "report.md").write_text(render.markdown(meta, groups, runs, made, simulated, pairs))
+    (out / "report.html").write_text(render.html_page(meta, groups, runs, made, out, simulated, pairs))
     render.write_csv(groups, out / "rows.csv")
+    if pairs:
+        render.write_pairs_csv(pairs, out / "comparisons.csv")
     if simulated:
         render.write_simulated_csv(simulated, out / "simulated.csv")
 
@@ -115,6 +149,10 @@ def build_report(cfg) -> Report:
         print(f"\n{g.title}")
         for line in render.pick_lines(g):
             print(f"  {line}")
+    if pairs:
+        print("\nQAT and auto against static PTQ (paired on the same test samples):")
+        for line in render.pair_lines(pairs):
+            print(f"  {line}")
     for g in simulated:
         print(f"\nSIMULATED accuracy vs bits, {g.title}")
         for label, cells in g.series().items():
@@ -122,4 +160,4 @@ def build_report(cfg) -> Report:
                                              f"({c.metric('accuracy_delta_pp'):+.2f} pp)" for c in cells))
     print(f"\nReport: {(out / 'report.md').resolve()}\n        {(out / 'report.html').resolve()}"
           + (f"\nMLflow run: report ({run_id})" if run_id else ""), flush=True)
-    return Report(out, groups, runs, run_id, tagged)
+    return Report(out, groups, runs, run_id, tagged, pairs)

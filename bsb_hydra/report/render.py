@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from bsb_hydra.report.analysis import Group, SimulatedGroup, bits_of, series_label
+from bsb_hydra.report.analysis import Group, SchemePair, SimulatedGroup, bits_of, series_label
 from bsb_hydra.report.runs import Cell, Other, Runs
 
 NA = "–"  # a value that is missing (no baseline, no measurement): shown, never invented
@@ -38,6 +38,13 @@ def speedup_text(c: Cell, b: int, kind: str = "") -> str:
     return f"{s:.2f}x" + (" (n.s.)" if c.derived.get(f"{kind}significant_b{b}") is False else "")
 
 
+def delta_text(c: Cell) -> str:
+    d = c.derived.get("delta_pp")
+    if d is None:
+        return NA
+    return f"{d:+.2f}" + (" (n.s.)" if c.derived.get("delta_significant") is False else "")
+
+
 def pareto_text(c: Cell) -> str:
     return {True: "yes", False: "", None: "n/a"}[c.derived.get("pareto")]
 
@@ -60,7 +67,7 @@ def table(g: Group) -> Tuple[List[str], List[List[str]]]:
             r += [speedup_text(c, b) for b in g.batch_sizes] + [speedup_text(c, 1, "cell_")]
         acc = c.metric("accuracy")
         agree = c.metric("top1_agreement")
-        r += [_f(100 * acc if acc is not None else None, ".2f"), _f(c.derived.get("delta_pp"), "+.2f"),
+        r += [_f(100 * acc if acc is not None else None, ".2f"), delta_text(c),
               _f(100 * agree if agree is not None else None, ".2f"), _f(c.metric("peak_rss_mb"), ".0f"),
               str(c.duplicates), pareto_text(c)]
         rows.append(r)
@@ -102,6 +109,9 @@ NOTES = [
     "vs fp32 cell b1: the same ratio against the fp32 cell's own run (another job). It carries the drift "
     "between jobs, which the per-run intervals do not capture; when it disagrees with the paired figure, "
     "trust the paired one. Picks and the frontier compare p50s of different jobs too.",
+    "delta pp: accuracy against the fp32 cell. '(n.s.)': the exact McNemar test on the test samples where the "
+    "cell and its fp32 reference disagree about being right (same samples, same job) gives p >= 0.05: the "
+    "difference may be chance. On 10,000 samples a delta of a few tenths of a point often is.",
     "agreement: top-1 agreement with the same backend's fp32 artifact, measured in the cell's own job.",
     "pareto: on the frontier over (size, p50 at batch 1, accuracy) within the group; 'n/a': a metric is missing. "
     "Emulated groups: over (size, accuracy) only, and their timings are not used.",
@@ -110,6 +120,37 @@ NOTES = [
     "launcher, or two sweeps at once; tag concurrent_jobs). They shared cores and caches: its latencies and "
     "speedups are distorted. Re-run such cells alone (force=true) before trusting their timings.",
 ]
+
+
+PAIRS_NOTE = ("Each QAT or auto cell against the static PTQ cell of the same model, backend, threads, fp32 weights "
+              "and weight granularity, on the same test samples: difference = challenger - static, in pp, with a "
+              "95% Wald interval for paired proportions; p: exact McNemar test on the samples only one of the two "
+              "gets right (gained: the challenger right and static wrong; lost: the reverse). Where the interval "
+              "and the test disagree (few discordant samples), the test decides.")
+
+
+def pair_table(pairs: Sequence[SchemePair]) -> Tuple[List[str], List[List[str]]]:
+    head = ["group", "cell", "against", "accuracy %", "static accuracy %", "difference pp", "95% CI pp", "p",
+            "gained / lost", "verdict"]
+    rows = []
+    for p in pairs:
+        acc, bacc, s = p.cell.metric("accuracy"), p.base.metric("accuracy"), p.paired
+        rows.append([p.group.title, p.cell.label, p.base.label, _f(100 * acc if acc is not None else None, ".2f"),
+                     _f(100 * bacc if bacc is not None else None, ".2f"),
+                     _f(s["delta_pp"], "+.2f") if s else NA,
+                     f"{s['ci_low_pp']:+.2f} to {s['ci_high_pp']:+.2f}" if s else NA,
+                     f"{s['p_value']:.3g}" if s else NA, f"{s['gained']} / {s['lost']}" if s else NA, p.verdict])
+    return head, rows
+
+
+def pair_lines(pairs: Sequence[SchemePair]) -> List[str]:
+    out = []
+    for p in pairs:
+        s = p.paired
+        fig = (f"{s['delta_pp']:+.2f} pp (95% CI {s['ci_low_pp']:+.2f} to {s['ci_high_pp']:+.2f}, McNemar p "
+               f"{s['p_value']:.3g}): " if s else "")
+        out.append(f"{p.group.title}: {p.cell.label} vs {p.base.label}: {fig}{p.verdict}")
+    return out
 
 
 SIMULATED_NOTE = ("SIMULATED (quant=fake_quant): weights (and, where the row says so, activations) rounded to N bits "
@@ -146,7 +187,7 @@ def _md_table(head: List[str], rows: List[List[str]]) -> str:
 
 
 def markdown(meta: Dict[str, str], groups: List[Group], runs: Runs, plots: Dict[str, List[Tuple[str, str]]],
-             simulated: Sequence[SimulatedGroup] = ()) -> str:
+             simulated: Sequence[SimulatedGroup] = (), pairs: Sequence[SchemePair] = ()) -> str:
     out = [f"# Quantization report: experiment `{meta['experiment']}`", "",
            f"Generated {meta['generated']} from `{meta['store']}`"
            f"{' (arch ' + meta['arch'] + ')' if meta['arch'] else ''}; accuracy budget {meta['budget_pp']} pp. "
@@ -170,6 +211,9 @@ def markdown(meta: Dict[str, str], groups: List[Group], runs: Runs, plots: Dict[
         for g in simulated:
             out += [f"### {g.title}", "", _md_table(*simulated_table(g)), ""]
             out += [f"![{caption}]({name})" for caption, name in plots.get(g.slug, [])] + [""]
+    if pairs:
+        out += ["## QAT and auto against static PTQ (paired, same test samples)", "", PAIRS_NOTE, "",
+                _md_table(*pair_table(pairs)), ""]
     out += ["## Runs that are not measured cells", ""]
     out += [_md_table(*others_table(runs.others)) if runs.others else "None.", ""]
     out += ["## How to read the tables", ""] + [f"- {n}" for n in NOTES] + [""]
@@ -200,7 +244,7 @@ def _img(out: Path, name: str, caption: str) -> str:
 
 
 def html_page(meta: Dict[str, str], groups: List[Group], runs: Runs, plots, out: Path,
-              simulated: Sequence[SimulatedGroup] = ()) -> str:
+              simulated: Sequence[SimulatedGroup] = (), pairs: Sequence[SchemePair] = ()) -> str:
     e = html.escape
     body = [f"<h1>Quantization report: experiment {e(meta['experiment'])}</h1>",
             f"<p>Generated {e(meta['generated'])} from <code>{e(meta['store'])}</code>"
@@ -221,6 +265,9 @@ def html_page(meta: Dict[str, str], groups: List[Group], runs: Runs, plots, out:
         for g in simulated:
             body += [f"<h3>{e(g.title)}</h3>", _html_table(*simulated_table(g))]
             body += [_img(out, name, cap) for cap, name in plots.get(g.slug, [])]
+    if pairs:
+        body += ["<h2>QAT and auto against static PTQ (paired, same test samples)</h2>",
+                 f"<p class='note'>{e(PAIRS_NOTE)}</p>", _html_table(*pair_table(pairs))]
     body.append("<h2>Runs that are not measured cells</h2>")
     body.append(_html_table(*others_table(runs.others)) if runs.others else "<p>None.</p>")
     body += ["<h2>How to read the tables</h2>", "<ul>" + "".join(f"<li>{e(n)}</li>" for n in NOTES) + "</ul>"]
@@ -233,7 +280,8 @@ def write_csv(groups: List[Group], path: Path) -> None:
     batch_sizes = sorted({b for g in groups for b in g.batch_sizes})
     cols = ["model", "data", "arch", "cpu", "isa", "emulated", "quant", "backend", "variant", "threads", "run_id",
             "started", "runs", "baseline_run_id", "size_bytes", "size_ratio", "accuracy", "accuracy_ci_low",
-            "accuracy_ci_high", "delta_pp", "paired_delta_pp", "top1_agreement", "peak_rss_mb", "concurrent_jobs",
+            "accuracy_ci_high", "delta_pp", "paired_delta_pp", "delta_ci_low_pp", "delta_ci_high_pp",
+            "delta_p_value", "delta_significant", "top1_agreement", "peak_rss_mb", "concurrent_jobs",
             "pareto"]
     for b in batch_sizes:
         cols += [f"p50_ms_b{b}", f"p50_ci_low_ms_b{b}", f"p50_ci_high_ms_b{b}", f"speedup_b{b}",
@@ -250,7 +298,12 @@ def write_csv(groups: List[Group], path: Path) -> None:
                        "size_bytes": c.metric("size_bytes"), "size_ratio": c.derived.get("size_ratio"),
                        "accuracy": c.metric("accuracy"), "accuracy_ci_low": c.metric("accuracy_ci_low"),
                        "accuracy_ci_high": c.metric("accuracy_ci_high"), "delta_pp": c.derived.get("delta_pp"),
-                       "paired_delta_pp": c.metric("accuracy_delta_pp"), "top1_agreement": c.metric("top1_agreement"),
+                       "paired_delta_pp": c.metric("accuracy_delta_pp"),
+                       "delta_ci_low_pp": c.metric("accuracy_delta_ci_low_pp"),
+                       "delta_ci_high_pp": c.metric("accuracy_delta_ci_high_pp"),
+                       "delta_p_value": c.metric("accuracy_delta_p_value"),
+                       "delta_significant": c.derived.get("delta_significant"),
+                       "top1_agreement": c.metric("top1_agreement"),
                        "peak_rss_mb": c.metric("peak_rss_mb"), "concurrent_jobs": c.concurrent_jobs,
                        "pareto": pareto_text(c) or "no"}
                 for b in batch_sizes:
@@ -283,3 +336,21 @@ def write_simulated_csv(groups: Sequence[SimulatedGroup], path: Path) -> None:
                        "theoretical_size_bytes": c.metric("size_bytes"),
                        "fp32_theoretical_size_bytes": c.metric("fp32_size_bytes"), "size_ratio": c.metric("size_ratio")}
                 w.writerow({k: ("" if v is None else v) for k, v in row.items()})
+
+
+def write_pairs_csv(pairs: Sequence[SchemePair], path: Path) -> None:
+    cols = ["model", "data", "arch", "cpu", "backend", "threads", "quant", "variant", "run_id", "static_variant",
+            "static_run_id", "accuracy", "static_accuracy", "difference_pp", "ci_low_pp", "ci_high_pp", "p_value",
+            "gained", "lost", "n", "verdict"]
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols)
+        w.writeheader()
+        for p in pairs:
+            g, c, b, s = p.group, p.cell, p.base, p.paired or {}
+            row = {"model": g.model, "data": g.data, "arch": g.arch, "cpu": g.cpu, "backend": c.backend,
+                   "threads": c.threads, "quant": c.quant, "variant": c.variant, "run_id": c.run_id,
+                   "static_variant": b.variant, "static_run_id": b.run_id, "accuracy": c.metric("accuracy"),
+                   "static_accuracy": b.metric("accuracy"), "difference_pp": s.get("delta_pp"),
+                   "ci_low_pp": s.get("ci_low_pp"), "ci_high_pp": s.get("ci_high_pp"), "p_value": s.get("p_value"),
+                   "gained": s.get("gained"), "lost": s.get("lost"), "n": s.get("n"), "verdict": p.verdict}
+            w.writerow({k: ("" if v is None else v) for k, v in row.items()})
