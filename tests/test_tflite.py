@@ -165,3 +165,29 @@ def test_int8_io_and_per_tensor_static_cell(tmp_path):
     assert "DEQUANTIZE" not in r.data.tags["build.ops"] and r.data.tags["build.float_ops"] == "none"
     m = r.data.metrics
     assert m["top1_agreement"] >= 0.95 and m["size_ratio"] <= 0.30
+
+
+def test_report_pairs_qat_with_static_ptq_per_sample(sweep):
+    """Issue 3's QAT-vs-PTQ comparison, on the real runs: the report pairs each tflite QAT cell with
+    the static cell of the same model from their logged per-sample results, and its counts add up
+    to the two cells' own accuracies."""
+    from types import SimpleNamespace
+
+    from bsb_hydra.report.build import build_report
+
+    tmp, _, client, runs = sweep
+    cells = cells_of(runs)
+    rep = build_report(SimpleNamespace(tracking_uri=f"sqlite:///{tmp}/mlflow.db", experiment="bsb-hydra", arch=None,
+                                       budget_pp=1.0, out=str(tmp / "report"), tag_runs=False, log_run=False))
+    by = {(p.cell.model, p.cell.backend): p for p in rep.pairs}
+    assert sorted(by) == [("cnn", "tflite"), ("mlp", "tflite")]  # the other QAT cells have no static beside them
+    for model in ("mlp", "cnn"):
+        p = by[(model, "tflite")]
+        q, s = cells[(model, "qat", "tflite")].data.metrics, cells[(model, "static", "tflite")].data.metrics
+        assert p.base.run_id == cells[(model, "static", "tflite")].info.run_id and p.paired is not None, p.verdict
+        n = p.paired["n"]
+        assert n == q["test_samples"]
+        assert (p.paired["gained"] - p.paired["lost"]) / n == pytest.approx(q["accuracy"] - s["accuracy"])
+        assert p.verdict in ("no significant difference", "qat more accurate (p < 0.05)",
+                             "static more accurate (p < 0.05)")
+    assert (tmp / "report" / "comparisons.csv").is_file()

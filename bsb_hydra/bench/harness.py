@@ -60,8 +60,9 @@ def run_worker(*, backend: str, items: List[Item], threads: int, settings: Dict,
             proc = subprocess.run([sys.executable, "-m", "bsb_hydra.bench.worker", str(req_path)], env=env,
                                   stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            raise WorkerError(f"benchmark worker ({tag}) hung: no result after benchmark.timeout_s={timeout_s}s; "
-                              f"log: {log_path}")
+            raise WorkerError(f"benchmark worker ({tag}) hung: no result after benchmark.timeout_s={timeout_s}s "
+                              "(a model this slow to score the test split, e.g. PyTorch fp16 on a CPU without fp16 "
+                              f"arithmetic, needs a larger benchmark.timeout_s); log: {log_path}")
     if proc.returncode != 0:
         tail = log_path.read_text()[-2000:]
         if proc.returncode < 0:

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from bsb_hydra.report.analysis import Group, SchemePair, SimulatedGroup, bits_of, series_label
+from bsb_hydra.report.analysis import ALPHA, Group, SchemePair, SimulatedGroup, bits_of, series_label
 from bsb_hydra.report.runs import Cell, Other, Runs
 
 NA = "–"  # a value that is missing (no baseline, no measurement): shown, never invented
@@ -43,6 +43,12 @@ def delta_text(c: Cell) -> str:
     if d is None:
         return NA
     return f"{d:+.2f}" + (" (n.s.)" if c.derived.get("delta_significant") is False else "")
+
+
+def not_significant(c: Cell) -> bool:
+    """The job's McNemar test against its fp32 reference found no difference (runs without it: False)."""
+    p = c.metric("accuracy_delta_p_value")
+    return p is not None and p >= ALPHA
 
 
 def pareto_text(c: Cell) -> str:
@@ -157,7 +163,8 @@ SIMULATED_NOTE = ("SIMULATED (quant=fake_quant): weights (and, where the row say
                   "and evaluated in float. No runtime ran these models: they are not deployable, nothing was "
                   "timed, the size is the theoretical packed size (bits x quantized weights + fp32 scales + every "
                   "other parameter at 32 bits, tag size_kind=theoretical), and none of them is on a frontier or a "
-                  "pick above. delta pp is against the fp32 model the same job evaluated.")
+                  "pick above. delta pp is against the fp32 model the same job evaluated; '(n.s.)' as in the "
+                  "tables above.")
 
 
 def simulated_table(g: SimulatedGroup) -> Tuple[List[str], List[List[str]]]:
@@ -166,8 +173,9 @@ def simulated_table(g: SimulatedGroup) -> Tuple[List[str], List[List[str]]]:
     for c in g.cells:
         acc, agree = c.metric("accuracy"), c.metric("top1_agreement")
         rows.append([series_label(c), str(bits_of(c)), _f(100 * acc if acc is not None else None, ".2f"),
-                     _f(c.metric("accuracy_delta_pp"), "+.2f"), _f(100 * agree if agree is not None else None, ".2f"),
-                     _f(c.metric("size_ratio"), ".3f"), str(c.duplicates)])
+                     _f(c.metric("accuracy_delta_pp"), "+.2f") + (" (n.s.)" if not_significant(c) else ""),
+                     _f(100 * agree if agree is not None else None, ".2f"), _f(c.metric("size_ratio"), ".3f"),
+                     str(c.duplicates)])
     return head, rows
 
 
