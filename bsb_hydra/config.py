@@ -532,6 +532,8 @@ class BenchmarkConfig:
     repeats: int = 3
     eval_batch_size: int = 256
     bootstrap_resamples: int = 1000
+    # A worker is stopped when it makes NO progress for this long (it reports after loading, each batch
+    # size timed and each evaluation batch), not when it runs this long: slow models are not "hung".
     timeout_s: float = 900.0
 
     def __post_init__(self) -> None:

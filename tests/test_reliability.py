@@ -171,10 +171,38 @@ def test_worker_killed_or_hung_fails_the_cell_and_the_sweep_goes_on(tmp_path):
     by = {r.data.params["debug.fail_stage"]: r for r in runs}
     assert by["worker_oom"].data.tags["status"] == "failed" and "SIGKILL" in by["worker_oom"].data.tags["reason"]
     assert by["worker_hang"].data.tags["status"] == "failed"
-    assert "hung: no result after benchmark.timeout_s=15.0s" in by["worker_hang"].data.tags["reason"]
+    assert "hung: no progress for benchmark.timeout_s=15.0s" in by["worker_hang"].data.tags["reason"]
     assert by["none"].data.tags["status"] == "ok"
     assert all(by[k].info.status == "FAILED" for k in ("worker_oom", "worker_hang"))
     assert "1 ok, 0 skipped, 0 unsupported, 2 failed" in proc.stdout
+
+
+def test_the_worker_timeout_is_a_stall_timeout(tmp_path):
+    """benchmark.timeout_s bounds the time WITHOUT progress, not the run: a worker that keeps
+    reporting (a slow model scoring its test split) outlives it; a silent one is stopped."""
+    import subprocess
+    import sys
+    import time
+
+    from bsb_hydra.bench.harness import _wait_while_moving
+
+    beat = tmp_path / "heartbeat"
+    beat.touch()
+    moving = subprocess.Popen([sys.executable, "-c", "import os, time\nfor _ in range(12):\n"
+                               f"    time.sleep(0.25); os.utime({str(beat)!r})"])
+    t0 = time.monotonic()
+    _wait_while_moving(moving, beat, timeout_s=1.0, poll_s=0.1)  # 3 s of work, 1 s timeout: not killed
+    assert moving.returncode == 0 and time.monotonic() - t0 >= 2.5
+    beat.touch()
+    silent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            _wait_while_moving(silent, beat, timeout_s=1.0, poll_s=0.1)
+        assert time.monotonic() - t0 < 10
+    finally:
+        silent.kill()
+        silent.wait()
 
 
 def test_corrupt_cache_is_named_and_retrained_corrupt_checkpoint_refused(tmp_path):

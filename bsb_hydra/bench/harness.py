@@ -1,5 +1,6 @@
 """Parent side of a measurement: writes the request, runs the worker in a fresh process with the
-thread count pinned, enforces the timeout, and turns a crash or a hang into a clear error."""
+thread count pinned, enforces the stall timeout (no progress for benchmark.timeout_s), and turns a
+crash or a hang into a clear error."""
 from __future__ import annotations
 
 import json
@@ -7,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -33,6 +35,18 @@ class WorkerResult:
     logits: Optional[np.ndarray]
 
 
+def _wait_while_moving(proc: subprocess.Popen, heartbeat: Path, timeout_s: float, poll_s: float = 1.0) -> None:
+    """Wait for the worker while it makes progress: TimeoutExpired once its heartbeat file has not
+    moved for timeout_s. A slow model that keeps scoring batches is never killed; a stuck one is."""
+    while True:
+        try:
+            proc.wait(timeout=poll_s)
+            return
+        except subprocess.TimeoutExpired:
+            if time.time() - heartbeat.stat().st_mtime > timeout_s:
+                raise
+
+
 def run_worker(*, backend: str, items: List[Item], threads: int, settings: Dict, latency_input: Path,
                latency: Optional[dict], eval_input: Optional[Path], eval_batch_size: int, workdir: Path, tag: str,
                timeout_s: float, inject_fault: Optional[str] = None,
@@ -46,6 +60,7 @@ def run_worker(*, backend: str, items: List[Item], threads: int, settings: Dict,
                    "evaluate": it.evaluate, "logits_out": str(workdir / f"{tag}_{it.tag}_logits.npy")}
                   for it in items],
         "result": str(workdir / f"{tag}_result.json"), "inject_fault": inject_fault, "cpus": cpus,
+        "heartbeat": str(workdir / f"{tag}_heartbeat"),
     }
     req_path = workdir / f"{tag}_request.json"
     req_path.write_text(json.dumps(req, indent=1))
@@ -55,14 +70,19 @@ def run_worker(*, backend: str, items: List[Item], threads: int, settings: Dict,
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2])] +
                                         ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     log_path = workdir / f"{tag}_worker.log"
+    heartbeat = Path(req["heartbeat"])
+    heartbeat.touch()
     with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "bsb_hydra.bench.worker", str(req_path)], env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
         try:
-            proc = subprocess.run([sys.executable, "-m", "bsb_hydra.bench.worker", str(req_path)], env=env,
-                                  stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s)
+            _wait_while_moving(proc, heartbeat, timeout_s)
         except subprocess.TimeoutExpired:
-            raise WorkerError(f"benchmark worker ({tag}) hung: no result after benchmark.timeout_s={timeout_s}s "
-                              "(a model this slow to score the test split, e.g. PyTorch fp16 on a CPU without fp16 "
-                              f"arithmetic, needs a larger benchmark.timeout_s); log: {log_path}")
+            proc.kill()
+            proc.wait()
+            raise WorkerError(f"benchmark worker ({tag}) hung: no progress for benchmark.timeout_s={timeout_s}s "
+                              f"(it reports progress after loading, each batch size timed and each evaluation "
+                              f"batch); log: {log_path}") from None
     if proc.returncode != 0:
         tail = log_path.read_text()[-2000:]
         if proc.returncode < 0:
