@@ -5,8 +5,8 @@ import runtime -> baseline RSS -> then for each artifact of the request, in orde
 paired fp32 reference share a process): load (timed) -> first inference (timed) -> per batch size:
 inputs prepared, warm-up, timed runs until BOTH min_runs and min_duration_s (or max_duration_s)
 -> peak RSS (first artifact only) -> predictions on the evaluation inputs. Only ``runner.run`` is
-inside the clock. Between those steps (and after each evaluation batch) it touches the request's
-heartbeat file: the parent kills a worker only when that stops moving (harness.run_worker)."""
+inside the clock. Between those steps (after each evaluation batch, and every 10 s of timed runs)
+it touches the request's heartbeat file: the parent kills a worker only when that stops moving (harness.run_worker)."""
 from __future__ import annotations
 
 import importlib
@@ -55,20 +55,26 @@ def beat(req) -> None:
         os.utime(req["heartbeat"])
 
 
-def time_batch(runner, x: np.ndarray, warmup: int, min_runs: int, min_s: float, max_s: float):
+def time_batch(runner, x: np.ndarray, warmup: int, min_runs: int, min_s: float, max_s: float,
+               progress=None):
+    """``progress`` (the heartbeat) is called between timed calls, at most every 10 s."""
     prepared = runner.prepare(x)  # input conversion happens before the clock
     for _ in range(warmup):
         runner.run(prepared)
     samples = []
     perf = time.perf_counter
-    start = perf()
+    start = last = perf()
     while True:
         t0 = perf()
         runner.run(prepared)
         samples.append((perf() - t0) * 1000.0)
-        elapsed = perf() - start
+        now = perf()
+        elapsed = now - start
         if (len(samples) >= min_runs and elapsed >= min_s) or elapsed >= max_s:
             break
+        if progress is not None and now - last >= 10.0:
+            progress()
+            last = now
     return samples
 
 
@@ -92,7 +98,7 @@ def measure(runner_cls, item: dict, req: dict, clean_memory: bool) -> dict:
         for b in lat["batch_sizes"]:
             x = np.resize(latency_x, (b,) + latency_x.shape[1:])  # repeats real samples if b > available
             out["samples_ms"][str(b)] = time_batch(runner, x, lat["warmup_runs"], lat["min_runs"],
-                                                   lat["min_duration_s"], lat["max_duration_s"])
+                                                   lat["min_duration_s"], lat["max_duration_s"], lambda: beat(req))
             beat(req)
         if clean_memory:
             out["peak_rss_mb"] = peak_rss_mb()
