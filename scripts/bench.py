@@ -51,9 +51,9 @@ from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# The sweeps of the later suites. The transformer's: the target cells only (each quantized cell
-# also measures the fp32 reference: about 8-10 min per cell at seq_len 128 on 2 cores);
-# experiment=transformer_grid adds fp16 and the tflite cells (unsupported).
+# The sweeps of the later suites. The transformer's: dynamic, static and fp16 (each quantized cell
+# also measures the fp32 reference: about 8-10 min per cell at seq_len 128 on 2 cores, PyTorch fp16
+# about 25 min); experiment=transformer_grid adds the tflite cells (unsupported).
 # The reference point for fine-tuning MiniLM: the encoder frozen as pretrained, only the
 # linear head trained (at a head's learning rate, 1e-3: the fine-tuning rate of 5e-5 barely moves a
 # freshly initialised head in 3 epochs). Accuracy only: one fp32 cell.

@@ -6,7 +6,8 @@ paired fp32 reference share a process): load (timed) -> first inference (timed) 
 inputs prepared, warm-up, timed runs until BOTH min_runs and min_duration_s (or max_duration_s)
 -> peak RSS (first artifact only) -> predictions on the evaluation inputs. Only ``runner.run`` is
 inside the clock. Between those steps (after each evaluation batch, and every 10 s of timed runs)
-it touches the request's heartbeat file: the parent kills a worker only when that stops moving (harness.run_worker)."""
+it touches the request's heartbeat file: the parent kills a worker only when that stops moving
+(harness.run_worker)."""
 from __future__ import annotations
 
 import importlib
