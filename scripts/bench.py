@@ -131,24 +131,17 @@ def ok_metrics(c: Checks, cells, key):
 
 
 def paired_text(run, base) -> str:
-    """The report's paired test of two cells (same test samples), from the runs' correct.npy."""
-    import numpy as np
+    """The report's paired test of two cells (same test samples), from the runs' correct.npy. A run
+    without them, or scored on other samples, says so; a store that fails to deliver them raises."""
     from mlflow import MlflowClient
 
-    from bsb_hydra.bench.stats import paired_accuracy
+    from bsb_hydra.report.build import PerSample
+    from bsb_hydra.report.render import paired_figures
 
-    if run.data.tags.get("test_set_digest") != base.data.tags.get("test_set_digest"):
-        return "not paired: different test samples"
-    client = MlflowClient()
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            a, b = (np.load(client.download_artifacts(r.info.run_id, "correct.npy", f"{tmp}/{i}"))
-                    for i, r in enumerate((run, base)))
-        except Exception as e:
-            return f"not paired: {type(e).__name__}"
-    x = paired_accuracy(a, b)
-    return (f"paired: {x['delta_pp']:+.2f} pp (95% CI {x['ci_low_pp']:+.2f} to {x['ci_high_pp']:+.2f}), "
-            f"{x['gained']} gained / {x['lost']} lost, McNemar p {x['p_value']:.3g}")
+        paired, note = PerSample(MlflowClient(), tmp).pair(
+            run.info.run_id, run.data.tags.get("test_set_digest"), base.info.run_id, base.data.tags.get("test_set_digest"))
+    return "paired: " + paired_figures(paired) if paired else "not paired: " + note
 
 
 def foundation_checks(c: Checks, cells, seconds: float, n_runs: int, n_ok: int, timed: bool) -> None:

@@ -205,6 +205,34 @@ def test_the_worker_timeout_is_a_stall_timeout(tmp_path):
         silent.wait()
 
 
+
+def test_timed_runs_report_progress_between_calls_every_10_s(monkeypatch):
+    """A long timed loop (max_duration_s) keeps the heartbeat moving: time_batch calls ``progress``
+    once per 10 s of runs, always between two timed calls, never inside one. A fake clock: each
+    model call takes 3 s, the loop stops after 40 s (min_runs already met)."""
+    import time as time_mod
+
+    from bsb_hydra.bench import worker
+
+    clock, events = [0.0], []
+
+    class Runner:
+        def prepare(self, x):
+            return x
+
+        def run(self, x):
+            events.append("run")
+            clock[0] += 3.0
+
+    monkeypatch.setattr(time_mod, "perf_counter", lambda: clock[0])
+    samples = worker.time_batch(Runner(), np.zeros(1), warmup=2, min_runs=5, min_s=40.0, max_s=100.0,
+                                progress=lambda: events.append("beat"))
+    assert samples == [3000.0] * 14  # 14 calls of 3 s: the first elapsed >= 40 s
+    timed = events[2:]  # after the 2 warm-up calls
+    assert [i for i, e in enumerate(timed) if e == "beat"] == [4, 9, 14]  # after 12, 24 and 36 s
+    assert timed[-1] == "run" and all(e == "run" for e in events[:2])
+
+
 def test_corrupt_cache_is_named_and_retrained_corrupt_checkpoint_refused(tmp_path):
     args = ["model=mlp", "quant=fp32", "backend=onnxruntime", *DIGITS]
     run_bsb(args, tmp_path)

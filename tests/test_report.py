@@ -301,6 +301,28 @@ def test_qat_and_auto_are_paired_with_static_per_sample(tmp_path):
     assert (row["gained"], row["lost"], row["n"]) == ("100", "0", "1000") and float(row["p_value"]) < 1e-20
 
 
+
+def test_the_bench_pairs_qat_with_static_as_the_report_does(tmp_path, monkeypatch):
+    """scripts/bench.py's QAT-vs-PTQ rows use the report's per-sample pairing, same figures and reasons."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_script", ROOT / "scripts" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    s = Store(tmp_path)
+    pc = {"quant.granularity": "per_channel"}
+    s.add(quant="fp32", acc=0.80, correct=_results(800))
+    base = s.add(quant="static", acc=0.80, params=pc, correct=_results(800))
+    qat = s.add(quant="qat", acc=0.81, params=pc, correct=_results(810, start=15))
+    other = s.add(quant="qat", acc=0.80, params=pc, correct=_results(800), digest="d2")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", s.uri)
+    run = s.client.get_run
+    assert bench.paired_text(run(qat), run(base)) == (
+        "paired: +1.00 pp (95% CI -0.24 to +2.24), 25 gained / 15 lost, McNemar p 0.154")  # scipy binomtest(15, 40): 0.1539
+    assert bench.paired_text(run(other), run(base)) == (
+        "not paired: scored on different test samples (tag test_set_digest)")
+
+
 def test_runs_that_are_not_cells_are_listed_with_reasons(tmp_path):
     s = Store(tmp_path)
     s.add()

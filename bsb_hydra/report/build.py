@@ -6,7 +6,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 from bsb_hydra import tracking
 from bsb_hydra.report import analysis, plots, render, runs as runs_mod
@@ -51,32 +51,47 @@ def _check(cfg) -> None:
                           f"give a new or empty folder, a report folder, or one inside the project")
 
 
+class PerSample:
+    """Runs' per-sample results (the correct.npy each cell logs), each downloaded once into ``tmp``;
+    ``pair`` runs the paired accuracy test of one run against another. The report's QAT/auto pairs
+    and the bench's QAT-vs-PTQ rows both use it."""
+
+    def __init__(self, client, tmp: str):
+        self.client, self.tmp, self._loaded = client, tmp, {}
+
+    def correct(self, run_id: str):
+        """The run's correct.npy, or None for a run logged before correct.npy existed."""
+        import numpy as np
+
+        if run_id not in self._loaded:
+            has = any(a.path == "correct.npy" for a in self.client.list_artifacts(run_id))
+            self._loaded[run_id] = (np.load(self.client.download_artifacts(run_id, "correct.npy", f"{self.tmp}/{run_id}"))
+                                    if has else None)
+        return self._loaded[run_id]
+
+    def pair(self, run_id: str, digest, base_id: str, base_digest) -> Tuple[Optional[Dict[str, float]], str]:
+        """(stats.paired_accuracy of run against base, "") or (None, why they cannot be paired).
+        ``digest``: each run's test_set_digest tag; runs scored on different samples are not paired."""
+        from bsb_hydra.bench.stats import paired_accuracy
+
+        if digest != base_digest:
+            return None, "scored on different test samples (tag test_set_digest)"
+        a, b = self.correct(run_id), self.correct(base_id)
+        if a is None or b is None:
+            return None, "a run has no per-sample results (correct.npy): measured before they were logged"
+        if a.shape != b.shape:
+            return None, f"per-sample results of different lengths ({len(a)} vs {len(b)})"
+        return paired_accuracy(a, b), ""
+
+
 def pair_up(client, pairs: List[analysis.SchemePair]) -> None:
     """Each pair's paired accuracy test, from the per-sample results (correct.npy) both runs logged.
     Cells scored on different test samples (tag test_set_digest) are not paired."""
-    import numpy as np
-
-    from bsb_hydra.bench.stats import paired_accuracy
-
-    loaded: Dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        def correct(c):
-            if c.run_id not in loaded:  # None: a run logged before correct.npy existed
-                has = any(a.path == "correct.npy" for a in client.list_artifacts(c.run_id))
-                loaded[c.run_id] = (np.load(client.download_artifacts(c.run_id, "correct.npy", f"{tmp}/{c.run_id}"))
-                                    if has else None)
-            return loaded[c.run_id]
-
+        samples = PerSample(client, tmp)
         for p in pairs:
-            a, b = correct(p.cell), correct(p.base)
-            if p.cell.tag("test_set_digest") != p.base.tag("test_set_digest"):
-                p.note = "scored on different test samples (tag test_set_digest)"
-            elif a is None or b is None:
-                p.note = "a run has no per-sample results (correct.npy): measured before they were logged"
-            elif a.shape != b.shape:
-                p.note = f"per-sample results of different lengths ({len(a)} vs {len(b)})"
-            else:
-                p.paired = paired_accuracy(a, b)
+            p.paired, p.note = samples.pair(p.cell.run_id, p.cell.tag("test_set_digest"),
+                                            p.base.run_id, p.base.tag("test_set_digest"))
 
 
 def build_report(cfg) -> Report:

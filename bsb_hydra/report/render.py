@@ -149,12 +149,16 @@ def pair_table(pairs: Sequence[SchemePair]) -> Tuple[List[str], List[List[str]]]
     return head, rows
 
 
+def paired_figures(s: Dict[str, float]) -> str:
+    """One paired accuracy test (stats.paired_accuracy) in a line."""
+    return (f"{s['delta_pp']:+.2f} pp (95% CI {s['ci_low_pp']:+.2f} to {s['ci_high_pp']:+.2f}), "
+            f"{s['gained']} gained / {s['lost']} lost, McNemar p {s['p_value']:.3g}")
+
+
 def pair_lines(pairs: Sequence[SchemePair]) -> List[str]:
     out = []
     for p in pairs:
-        s = p.paired
-        fig = (f"{s['delta_pp']:+.2f} pp (95% CI {s['ci_low_pp']:+.2f} to {s['ci_high_pp']:+.2f}, McNemar p "
-               f"{s['p_value']:.3g}): " if s else "")
+        fig = paired_figures(p.paired) + ": " if p.paired else ""
         out.append(f"{p.group.title}: {p.cell.label} vs {p.base.label}: {fig}{p.verdict}")
     return out
 
