@@ -18,8 +18,13 @@ def flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, str]:
         if isinstance(v, dict):
             out.update(flatten(v, key + "."))
         else:
-            out[key] = json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
+            out[key] = param_text(v)
     return out
+
+
+def param_text(v: Any) -> str:
+    """A config value as it is logged as an MLflow param."""
+    return json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
 
 
 def setup(cfg) -> str:
@@ -67,18 +72,35 @@ def resolved_config(dict_cfg) -> Dict[str, Any]:
     return mask_secrets(drop_inert(container))
 
 
+# Keys added to the schema after runs had been stored, with the value at which they change nothing:
+# a run holding one at that value measured what an older run without the key measured.
+LATER_INERT = {"device.core_pinning": None, "device.expected_isa": []}
+
+
 def drop_inert(c: Dict[str, Any]) -> Dict[str, Any]:
     """Leave out keys that do nothing in this cell and were added to a schema after runs had been
-    stored: quant.analyze / quant.eval_samples on a static cell with analyze off, and quant.analyze on
-    an auto cell (auto always analyzes). Params, config.json and config_hash then agree between older
-    and newer runs of the same configuration (resume finds them; the report groups them together)."""
+    stored: quant.analyze / quant.eval_samples on a static cell with analyze off, quant.analyze on
+    an auto cell (auto always analyzes), and LATER_INERT's keys at their inert values. Params,
+    config.json and config_hash then agree between older and newer runs of the same configuration
+    (resume finds them; the report groups them together)."""
     q = c.get("quant") or {}
     if q.get("scheme") == "static" and not q.get("analyze"):
         q.pop("analyze", None)
         q.pop("eval_samples", None)
     elif q.get("scheme") == "auto":
         q.pop("analyze", None)
+    for dotted, inert in LATER_INERT.items():
+        section, key = dotted.split(".")
+        d = c.get(section)
+        if isinstance(d, dict) and key in d and d[key] == inert:
+            del d[key]
     return c
+
+
+def drop_inert_params(params: Dict[str, str]) -> Dict[str, str]:
+    """drop_inert for params as logged: runs logged between a key's addition and its entry in
+    LATER_INERT carry it at its inert value; without it they read as the same config as the rest."""
+    return {k: v for k, v in params.items() if not (k in LATER_INERT and v == param_text(LATER_INERT[k]))}
 
 
 # --- no credentials in params, tags, artifacts or logs ----------------------------------------------

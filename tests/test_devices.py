@@ -50,6 +50,32 @@ def test_device_values_are_checked():
         device_mismatch(DeviceConfig(core_pinning=[4096]), EPYC)
 
 
+
+def test_pinning_and_isa_keys_at_their_defaults_leave_config_hash_and_params_as_before(compose_cfg):
+    """device.core_pinning / device.expected_isa came after runs had been stored: unset, they change
+    neither config_hash (resume still finds the older runs) nor the params; set, they do."""
+    from omegaconf import open_dict
+
+    from bsb_hydra.pipeline import config_hash
+    from bsb_hydra.tracking import drop_inert_params, resolved_params
+
+    cfg = compose_cfg([])
+    cfg.paths.root = "/tmp/project"
+    before = cfg.copy()
+    with open_dict(before):
+        del before.device.core_pinning
+        del before.device.expected_isa
+    assert config_hash(cfg) == config_hash(before)
+    assert not {"device.core_pinning", "device.expected_isa"} & set(resolved_params(cfg))
+    # runs logged while these keys were in the params at their defaults read as the same config
+    logged = {"device.core_pinning": "None", "device.expected_isa": "[]", "device.threads": "1"}
+    assert drop_inert_params(logged) == {"device.threads": "1"}
+    cfg.device.core_pinning = [0]
+    assert config_hash(cfg) != config_hash(before)
+    assert resolved_params(cfg)["device.core_pinning"] == "[0]"
+    assert drop_inert_params({"device.expected_isa": '["avx2"]'}) == {"device.expected_isa": '["avx2"]'}
+
+
 def test_named_device_cell_ends_unsupported_before_training(tmp_path):
     run_bsb(["model=mlp", "data=digits", "device=graviton3", *SMOKE], tmp_path)
     _, runs = runs_of(tmp_path)

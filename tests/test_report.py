@@ -232,6 +232,24 @@ def test_duplicates_newest_wins_and_count_is_shown(tmp_path):
                            if line.startswith("| static / pytorch"))
 
 
+
+def test_runs_from_before_and_after_a_schema_addition_are_one_cell(tmp_path):
+    """An older run without device.core_pinning / expected_isa / force and a newer one that logged
+    them at their defaults (different config_hash tags) are the same cell: the newer supersedes the
+    older, and no variant label appears. A pinned run is a cell of its own."""
+    s = Store(tmp_path)
+    s.add()
+    old = s.add(quant="static", size=100_000, p50=1.0, config="before")
+    new = s.add(quant="static", size=100_000, p50=1.0, config="after",
+                params={"device.core_pinning": "None", "device.expected_isa": "[]", "force": "False"})
+    pinned = s.add(quant="static", size=100_000, p50=1.0, config="pinned", params={"device.core_pinning": "[1]"})
+    rep = s.report()
+    statics = [c for g in rep.groups for c in g.cells if c.quant == "static"]
+    assert sorted(c.run_id for c in statics) == sorted([new, pinned]) and rep.runs.superseded == [old]
+    assert {c.label for c in statics} == {"static / pytorch [device.core_pinning=-]",
+                                          "static / pytorch [device.core_pinning=[1]]"}
+
+
 def test_a_pick_within_the_noise_says_so(tmp_path):
     s = Store(tmp_path)
     s.add(backend="onnxruntime", p50=1.00, ci=0.05)

@@ -6,6 +6,7 @@ run (unsupported, failed, still RUNNING or left RUNNING by a killed job, KILLED)
 ``others`` list with its reason, so nothing is silently dropped."""
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -13,8 +14,14 @@ from typing import Dict, List, Optional, Tuple
 
 from bsb_hydra import tracking
 
-# Params that say where a run was logged, not what was measured: never a cell's variant.
+# Params that say where or how a run was logged, not what was measured: never a cell's variant nor
+# part of what makes two runs the same cell (`force` only re-runs a measured config).
 _NOT_VARIANT = ("mlflow.", "paths.", "debug.", "hydra.")
+_NOT_VARIANT_KEYS = ("force",)
+
+
+def _measured(key: str) -> bool:
+    return not key.startswith(_NOT_VARIANT) and key not in _NOT_VARIANT_KEYS
 
 
 @dataclass
@@ -73,8 +80,12 @@ class Cell:
 
     @property
     def cell_key(self) -> Tuple[str, str, str, bool]:
-        """The same config on the same machine: repeated runs of it are duplicates."""
-        return (self.tag("config_hash"), self.tag("arch"), self.tag("cpu"), self.emulated)
+        """The same config on the same machine: repeated runs of it are duplicates. The config is
+        read from the params (keys that do not change a measurement left out, and keys added later
+        at their inert values dropped), so runs logged before and after a schema addition match
+        even where their config_hash tags differ."""
+        config = json.dumps(sorted((k, v) for k, v in self.params.items() if _measured(k)))
+        return (config, self.tag("arch"), self.tag("cpu"), self.emulated)
 
     def metric(self, key: str) -> Optional[float]:
         v = self.metrics.get(key)
@@ -131,7 +142,8 @@ def load(client, experiment_id: str, arch: Optional[str] = None) -> Runs:
             others.append(Other(r.info.run_id, r.info.start_time, tags.get("cell", r.info.run_name or ""),
                                 status or r.info.status.lower(), reason, tags))
             continue
-        cell = Cell(r.info.run_id, r.info.start_time, tags, dict(r.data.params), dict(r.data.metrics))
+        cell = Cell(r.info.run_id, r.info.start_time, tags, tracking.drop_inert_params(dict(r.data.params)),
+                    dict(r.data.metrics))
         newest = cells.get(cell.cell_key)
         if newest is None:
             cells[cell.cell_key] = cell
@@ -152,7 +164,7 @@ def _set_variants(cells: List[Cell]) -> None:
     for same in by_label.values():
         if len(same) < 2:
             continue
-        keys = sorted({k for c in same for k in c.params if not k.startswith(_NOT_VARIANT)})
+        keys = sorted({k for c in same for k in c.params if _measured(k)})
         differ = [k for k in keys if len({c.params.get(k) for c in same}) > 1]
         for c in same:
             c.variant = ", ".join(f"{k}={c.params.get(k, '-')}" for k in differ)
