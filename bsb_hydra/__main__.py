@@ -13,10 +13,23 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    import sys
     import traceback
 
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from bsb_hydra.config import ConfigError, validate
     from bsb_hydra.pipeline import run_cell
 
+    if HydraConfig.get().mode == RunMode.RUN:
+        # One cell: a bad value is a usage error, refused before anything is logged (a sweep's
+        # sweeper refuses it the same way before its first job).
+        try:
+            validate(cfg)
+        except ConfigError as e:
+            print(f"Error in the config: {e}", file=sys.stderr)
+            sys.exit(1)
     try:
         run_cell(cfg)
     except Exception:  # e.g. the MLflow store failing while the run is closed: report, go on

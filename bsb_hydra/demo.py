@@ -5,7 +5,9 @@
     python -m bsb_hydra.demo model=cnn backend=pytorch index=7        # a test image (default 0)
     python -m bsb_hydra.demo model=lstm quant=dynamic backend=tflite "flat, tedious and overlong"
 
-Arguments with ``=`` are the grid's Hydra overrides (plus ``index=N``); the rest is the text. The
+Arguments of the form ``key=value`` whose key is a key of the grid's config (``model``,
+``quant.method``, ``+experiment``, ...) are the grid's Hydra overrides, plus ``index=N``; the rest
+is the text (which may hold "="). The
 quantized variant is ``quant`` when it is given, else dynamic for text models and static for the
 vision models. Uses the cached fp32 model (trained first if absent), builds both artifacts with
 the backend's own tools, and runs them in this process: a demo, not a measurement (the grid's
@@ -13,10 +15,12 @@ numbers come from fresh worker processes)."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -42,7 +46,54 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
+# The variants the demo builds: one artifact from the fp32 model and calibration samples. auto
+# searches layers over a selection subset and fake_quant is simulated (no deployable artifact):
+# both belong to the grid.
+SCHEMES = ("fp32", "fp16", "dynamic", "static", "qat", "int4_weight_only")
+_KEY = re.compile(r"[+~]{0,2}([A-Za-z_]\w*)(\.[A-Za-z_]\w*)*")
+
+
+class DemoError(ValueError):
+    """Bad demo input: the message names the value and what is allowed."""
+
+
+def split_args(argv) -> Tuple[List[str], Optional[str], str]:
+    """(the grid's overrides, index=N's value or None, the text). An argument is an override when
+    its key (before "=") is a key of the grid's config or hydra; otherwise it is part of the text."""
+    import dataclasses
+
+    from bsb_hydra.config import Config
+
+    top = {f.name for f in dataclasses.fields(Config)} | {"hydra", "experiment"}
+    overrides, index, words = [], None, []
+    for a in argv:
+        key, eq, value = a.partition("=")
+        m = _KEY.fullmatch(key) if eq else None
+        if m and key == "index":
+            index = value
+        elif m and m.group(1) in top:
+            overrides.append(a)
+        else:
+            words.append(a)
+    return overrides, index, " ".join(words)
+
+
 def main(argv) -> int:
+    """The demo, or one line naming what is wrong with its input (exit 2)."""
+    from hydra.errors import HydraException
+
+    from bsb_hydra.backends.base import Unsupported
+    from bsb_hydra.config import ConfigError
+    from bsb_hydra.data import DataNotFoundError
+
+    try:
+        return run(argv)
+    except (DemoError, ConfigError, Unsupported, DataNotFoundError, HydraException) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(argv) -> int:
     from bsb_hydra.backends import get_backend
     from bsb_hydra.backends.base import BuildContext, Unsupported
     from bsb_hydra.config import validate
@@ -50,15 +101,24 @@ def main(argv) -> int:
     from bsb_hydra.sysinfo import system_info, torch_engine
     from bsb_hydra.train import get_fp32_model
 
-    overrides = [a for a in argv if "=" in a and not a.startswith("index=")]
-    index = int(next((a.split("=", 1)[1] for a in argv if a.startswith("index=")), 0))
-    text = " ".join(a for a in argv if "=" not in a)
+    overrides, index_text, text = split_args(argv)
+    try:
+        index = int(index_text if index_text is not None else 0)
+    except ValueError:
+        raise DemoError(f"index={index_text!r} is not allowed: give the number of a test image (0, 1, ...)") from None
     quant_given = any(a.startswith("quant=") for a in overrides)
     cfg = validate(compose(overrides))
     is_text = cfg.model.family != "vision"
     if not quant_given:
         cfg = validate(compose(overrides + [f"quant={'dynamic' if is_text else 'static'}"]))
     scheme = cfg.quant.scheme.value
+    if scheme not in SCHEMES:
+        raise DemoError(f"quant={scheme} is not shown by the demo: use one of {', '.join(SCHEMES)} (auto and "
+                        f"fake_quant run in the grid: python -m bsb_hydra quant={scheme} ...)")
+    if is_text and not text.strip():
+        raise DemoError('give a text to classify, e.g. python -m bsb_hydra.demo model=lstm "a witty movie"')
+    if not is_text and index < 0:
+        raise DemoError(f"index={index} is not allowed: give the number of a test image (0, 1, ...)")
     backend = get_backend(cfg.backend.name)
     reason = backend.unsupported_reason(cfg)
     if reason:
@@ -66,13 +126,12 @@ def main(argv) -> int:
 
     ds = load_dataset(cfg.data, cfg.seed)
     if is_text:
-        if not text:
-            raise SystemExit('give a text to classify, e.g. python -m bsb_hydra.demo model=lstm "a witty movie"')
         x = ds.vocab.encode(text, cfg.data.seq_len)[None, :]
         shown = f"text: {text!r} ({int((x != 0).sum())} tokens, seq_len {cfg.data.seq_len})"
     else:
         if not 0 <= index < len(ds.y_test):
-            raise SystemExit(f"index={index} is out of range: the test split has {len(ds.y_test)} samples")
+            raise DemoError(f"index={index} is out of range: the test split of {ds.name} has {len(ds.y_test)} "
+                            f"images (0 to {len(ds.y_test) - 1})")
         x = ds.x_test[index:index + 1]
         shown = f"test image #{index} of {ds.name} (true label: {ds.class_names[ds.y_test[index]]})"
     fp32 = get_fp32_model(cfg, ds, cfg.paths.cache_dir)

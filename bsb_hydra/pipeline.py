@@ -281,7 +281,11 @@ class RunLog:
         self.mlflow = mlflow
 
     def tags(self, d: Dict[str, Any]) -> None:
-        self.mlflow.set_tags({k: str(v) for k, v in d.items()})
+        """A tag that does not apply to this cell (cpus_pinned unpinned, seq_len on images, the
+        reason of an ok cell) is left out, not logged as ''."""
+        d = {k: str(v) for k, v in d.items() if v is not None and str(v) != ""}
+        if d:
+            self.mlflow.set_tags(d)
 
     def metrics(self, d: Dict[str, float]) -> None:
         self.mlflow.log_metrics({k: float(v) for k, v in d.items()})

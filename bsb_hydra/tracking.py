@@ -27,11 +27,32 @@ def param_text(v: Any) -> str:
     return json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
 
 
+class StoreUnreachable(ConnectionError):
+    """A tracking server that does not answer: said at once, instead of after MLflow's retries."""
+
+
+def check_server(uri: str, timeout_s: float = 10.0) -> None:
+    """For an http(s) store: one request to the server's /health, no retries. A server that answers
+    at all (even 401 behind a proxy) passes; one that refuses or times out raises StoreUnreachable
+    naming the URI (its password masked). MLflow's client would retry for minutes per cell
+    (MLFLOW_HTTP_REQUEST_MAX_RETRIES) before saying the same."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
+    except requests.RequestException as e:
+        raise StoreUnreachable(f"the MLflow tracking server {mask_text(uri)} does not answer "
+                               f"({type(e).__name__}): start it, or fix the URI") from None
+
+
 def setup(cfg) -> str:
     """Point MLflow at the store and experiment; returns the experiment id."""
     import mlflow
 
     uri = cfg.mlflow.tracking_uri
+    check_server(uri)
     mlflow.set_tracking_uri(uri)
     if uri.startswith("sqlite:///"):
         # Jobs started together (joblib, two sweeps) would each create a fresh store's tables and

@@ -7,10 +7,11 @@ import hashlib
 import json
 import os
 import platform
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Mapping, Optional
 
 import numpy as np
 
@@ -141,6 +142,14 @@ def train_model(module, ds, cfg, seed: int, label: str = "train") -> List[float]
     return curve
 
 
+def _load_error(e: Exception) -> str:
+    """torch.load's message without its advice to retry with weights_only=False (which would run
+    whatever code the file holds): the WeightsUnpickler's own reason when it gives one."""
+    text = str(e)
+    m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, re.S)
+    return (m.group(1) if m else text.strip().splitlines()[0] if text.strip() else type(e).__name__).strip()[:300]
+
+
 def get_fp32_model(cfg, ds, cache_dir: str) -> Fp32Model:
     import torch
 
@@ -155,7 +164,13 @@ def get_fp32_model(cfg, ds, cache_dir: str) -> Fp32Model:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
             raise ValueError(f"model.checkpoint={str(path)!r} cannot be read as a weights-only state_dict "
-                             f"(torch.load(weights_only=True)): {type(e).__name__}: {str(e)[:300]}") from e
+                             f"(torch.load(weights_only=True)): {type(e).__name__}: {_load_error(e)}. Save "
+                             f"the model's weights with torch.save(model.state_dict(), PATH)") from None
+        if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            what = (f"a dict with keys {', '.join(map(str, list(state)[:6]))}" if isinstance(state, Mapping)
+                    else f"a {type(state).__name__}")
+            raise ValueError(f"model.checkpoint={str(path)!r} holds {what}, not a state_dict (parameter name -> "
+                             f"tensor): save torch.save(model.state_dict(), PATH)")
         try:
             module.load_state_dict(state)
         except RuntimeError as e:

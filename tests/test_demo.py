@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 
@@ -43,3 +45,27 @@ def test_image_demo_picks_a_test_image(tmp_path):
     out = _demo(["model=mlp", "data=digits", "index=5"], tmp_path)
     assert "test image #5 of digits" in out
     assert [r[0] for r in _rows(out)] == ["fp32", "static"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["model=mlp", "data=digits", "quant=auto"], "quant=auto is not shown by the demo: use one of fp32, fp16"),
+    (["model=mlp", "data=digits", "index=abc"], "index='abc' is not allowed"),
+    (["model=lstm", "   "], "give a text to classify"),
+    (["model=cnnn"], "Could not find 'model/cnnn'"),
+    (["model=lstm", "data=digits", "a witty movie"], "model=lstm reads text data, data=digits is not text data"),
+])
+def test_bad_demo_input_is_one_line_naming_it(tmp_path, args, needle):
+    env = dict(os.environ, BSB_CACHE_DIR=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, "-m", "bsb_hydra.demo", "train=smoke", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "cache").exists()  # refused before any training
+
+
+def test_demo_arguments_are_overrides_only_when_their_key_is_a_config_key():
+    from bsb_hydra.demo import split_args
+
+    overrides, index, text = split_args(["model=lstm", "quant.method=minmax", "+experiment=x", "index=3",
+                                         "x=y", "is", "a", "2+2=4", "movie"])
+    assert overrides == ["model=lstm", "quant.method=minmax", "+experiment=x"]
+    assert index == "3" and text == "x=y is a 2+2=4 movie"

@@ -253,6 +253,7 @@ def test_corrupt_cache_is_named_and_retrained_corrupt_checkpoint_refused(tmp_pat
     newest = max(runs, key=lambda r: r.info.start_time)
     assert newest.data.tags["status"] == "failed"
     assert str(bad) in newest.data.tags["reason"] and "weights_only" in newest.data.tags["reason"]
+    assert "weights_only` set to `False`" not in newest.data.tags["reason"]  # never torch's unsafe advice
 
 
 def test_mlflow_server_going_away_fails_loudly_and_the_next_run_resumes(tmp_path):
@@ -288,6 +289,22 @@ def test_mlflow_server_going_away_fails_loudly_and_the_next_run_resumes(tmp_path
     assert [r["status"] for r in _results(tmp_path, "back")] == ["skipped", "ok"]
     assert sorted(r.data.tags["quant"] for r in runs if r.data.tags["status"] == "ok") == ["dynamic", "fp32"]
     assert not [r for r in runs if r.info.status == "RUNNING"]
+
+
+
+def test_a_tracking_server_that_is_not_there_fails_the_cell_at_once(tmp_path):
+    """No server on the port: the cell fails naming the URI after one request, instead of after
+    MLflow's default retries (about 4 minutes per cell)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    proc = run_bsb(["model=mlp", "quant=fp32", "backend=onnxruntime", *DIGITS], tmp_path, timeout=120,
+                   env_extra={"MLFLOW_TRACKING_URI": uri})
+    assert f"[failed] mlp-digits-fp32-onnxruntime: MLflow store {uri} unusable" in proc.stdout
+    assert "does not answer" in proc.stdout and not (tmp_path / "cache" / "models").exists()
 
 
 # ------------------------------------------------------------------------------------- bad input

@@ -234,18 +234,23 @@ def test_duplicates_newest_wins_and_count_is_shown(tmp_path):
 
 
 def test_runs_from_before_and_after_a_schema_addition_are_one_cell(tmp_path):
-    """An older run without device.core_pinning / expected_isa / force and a newer one that logged
-    them at their defaults (different config_hash tags) are the same cell: the newer supersedes the
-    older, and no variant label appears. A pinned run is a cell of its own."""
+    """An older run without device.core_pinning / expected_isa / force, a newer one that logged
+    them at their defaults and a static run with its analysis (different config_hash tags) are the
+    same cell: the newest supersedes the others, and no variant label appears. A pinned run is a
+    cell of its own."""
     s = Store(tmp_path)
     s.add()
     old = s.add(quant="static", size=100_000, p50=1.0, config="before")
     new = s.add(quant="static", size=100_000, p50=1.0, config="after",
                 params={"device.core_pinning": "None", "device.expected_isa": "[]", "force": "False"})
     pinned = s.add(quant="static", size=100_000, p50=1.0, config="pinned", params={"device.core_pinning": "[1]"})
+    # a static cell that also logged its sensitivity analysis measured the same plain static artifact
+    analyzed = s.add(quant="static", size=100_000, p50=1.0, config="analyzed",
+                     params={"quant.analyze": "True", "quant.eval_samples": "1000"})
     rep = s.report()
     statics = [c for g in rep.groups for c in g.cells if c.quant == "static"]
-    assert sorted(c.run_id for c in statics) == sorted([new, pinned]) and rep.runs.superseded == [old]
+    assert sorted(c.run_id for c in statics) == sorted([analyzed, pinned])
+    assert sorted(rep.runs.superseded) == sorted([old, new])
     assert {c.label for c in statics} == {"static / pytorch [device.core_pinning=-]",
                                           "static / pytorch [device.core_pinning=[1]]"}
 
@@ -429,6 +434,41 @@ def test_cli_refuses_an_unknown_experiment_naming_the_ones_there(real_report, tm
     bad = subprocess.run([PYTHON, "-m", "bsb_hydra.report", f"tracking_uri={uri}", "budget_pp=lots"], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "budget_pp" in bad.stderr and "lots" in bad.stderr
+
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_store_the_report_cannot_read_is_named_at_once_and_nothing_is_created(tmp_path):
+    """The report only reads: a mistyped sqlite path is not turned into a new empty store, a file
+    that is not a database, an unknown scheme and a server that is not there each get one line
+    naming the URI and the forms allowed (no MLflow retries for minutes, no stack trace)."""
+    garbage = tmp_path / "weights.pt"
+    garbage.write_bytes(b"\x80\x02 not a database")
+    cases = [(f"sqlite:///{tmp_path}/typo/mlflow.db", "there is no MLflow store at"),
+             (f"sqlite:///{garbage}", "is not an SQLite database"),
+             ("foo://bar", "cannot read an MLflow store there"),
+             (f"http://127.0.0.1:{_free_port()}", "does not answer")]
+    for uri, needle in cases:
+        cfg = SimpleNamespace(tracking_uri=uri, experiment="exp", arch=None, budget_pp=1.0, out=str(tmp_path / "out"),
+                              tag_runs=False, log_run=False)
+        with pytest.raises(ReportError, match=needle) as e:
+            build_report(cfg)
+        assert f"tracking_uri={uri}" in str(e.value) and "sqlite:///PATH" in str(e.value)
+    assert not (tmp_path / "typo").exists()
+
+
+def test_cli_out_that_is_a_file_is_the_reports_own_error(tmp_path):
+    (tmp_path / "afile").write_text("")
+    proc = subprocess.run([PYTHON, "-m", "bsb_hydra.report", f"out={tmp_path}/afile"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2 and "is a file, not a folder" in proc.stderr and "Traceback" not in proc.stderr
 
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -150,12 +150,37 @@ def test_checkpoint_with_wrong_shapes_fails_naming_the_file(tmp_path):
     assert tags["status"] == "failed" and str(bad) in tags["reason"]
 
 
+def test_checkpoint_that_is_not_a_state_dict_says_what_it_holds(tmp_path):
+    import torch
+
+    saved = tmp_path / "training_state.pt"
+    torch.save({"epoch": 3, "model": {"0.weight": torch.zeros(2)}}, saved)
+    run_bsb(["model=mlp", "data=digits", f"model.checkpoint={saved}", *SMOKE], tmp_path)
+    _, runs = runs_of(tmp_path)
+    reason = runs[0].data.tags["reason"]
+    assert runs[0].data.tags["status"] == "failed" and str(saved) in reason
+    assert "holds a dict with keys epoch, model, not a state_dict" in reason and "model.state_dict()" in reason
+
+
 def test_out_of_range_value_stops_the_sweep_before_any_job(tmp_path):
     proc = run_bsb(["-m", "model=mlp,cnn", "train.epochs=1,0", *SMOKE], tmp_path, check=False)
     assert proc.returncode != 0
     assert "train.epochs=0 is not allowed" in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr + proc.stdout  # the message, not Hydra's stack around it
     assert not (tmp_path / "mlflow.db").exists()  # no job ran, not even the valid ones
     assert not list((tmp_path / "sweep").glob("*/result.json"))
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["model=mlp", "train.epochs=0"], "train.epochs=0 is not allowed"),
+    # a text model on image data: refused by name, before its ${data.vocab_size} is resolved
+    (["model=lstm", "data=digits"], "model=lstm reads text data, data=digits is not text data"),
+])
+def test_a_single_cell_with_a_bad_value_exits_non_zero_and_logs_nothing(tmp_path, args, needle):
+    proc = run_bsb([*args, *SMOKE], tmp_path, check=False)
+    assert proc.returncode == 1 and f"Error in the config: {needle}" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_a_key_of_one_swept_option_is_left_out_of_the_others_and_repeats_run_once():

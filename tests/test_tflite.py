@@ -191,3 +191,31 @@ def test_report_pairs_qat_with_static_ptq_per_sample(sweep):
         assert p.verdict in ("no significant difference", "qat more accurate (p < 0.05)",
                              "static more accurate (p < 0.05)")
     assert (tmp / "report" / "comparisons.csv").is_file()
+
+
+def test_an_xnnpack_refusal_says_how_to_measure_the_model_anyway():
+    """The unrolled full-integer LSTM at seq_len 64 is refused by XNNPACK at its first invoke: the
+    cell's reason then names backend.xnnpack=false. Other runtime errors pass unchanged."""
+    import numpy as np
+
+    from bsb_hydra.backends.tflite import RUNNER
+
+    class Interpreter:
+        def __init__(self, message):
+            self.message = message
+
+        def set_tensor(self, index, value):
+            pass
+
+        def invoke(self):
+            raise RuntimeError(self.message)
+
+    runner = RUNNER.__new__(RUNNER)
+    runner.inp, runner.outp = {"index": 0}, {"index": 1}
+    runner.interpreter = Interpreter("Node number 906 (TfLiteXNNPackDelegate) failed to prepare.")
+    with pytest.raises(RuntimeError, match=r"failed to prepare\. XNNPACK could not run this model; "
+                                           r"backend\.xnnpack=false measures it"):
+        runner.run(np.zeros(1))
+    runner.interpreter = Interpreter("tensor shape mismatch")
+    with pytest.raises(RuntimeError, match=r"^tensor shape mismatch$"):
+        runner.run(np.zeros(1))

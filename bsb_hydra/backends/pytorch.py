@@ -295,7 +295,9 @@ class PytorchRunner(Runner):
         if settings.get("engine"):
             torch.backends.quantized.engine = settings["engine"]
         self.torch = torch
-        self.model = torch.jit.load(path, map_location="cpu").eval()
+        with warnings.catch_warnings():  # torch's deprecation notice for TorchScript, on every load
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*", category=FutureWarning)
+            self.model = torch.jit.load(path, map_location="cpu").eval()
         self.dtype = getattr(torch, input_dtype)
 
     def prepare(self, x: np.ndarray) -> Any:

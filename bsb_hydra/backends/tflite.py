@@ -245,7 +245,14 @@ class TfliteRunner(Runner):
 
     def run(self, prepared: Any) -> Any:
         self.interpreter.set_tensor(self.inp["index"], prepared)
-        self.interpreter.invoke()
+        try:
+            self.interpreter.invoke()
+        except RuntimeError as e:
+            if "xnnpack" not in str(e).lower():
+                raise
+            # e.g. the unrolled full-integer LSTM at seq_len 64: the delegate refuses to prepare it
+            raise RuntimeError(f"{str(e).strip().rstrip('.')}. XNNPACK could not run this model; backend.xnnpack=false "
+                               "measures it, and its fp32 reference, with TFLite's builtin kernels") from e
         return self.interpreter.get_tensor(self.outp["index"])
 
     def to_numpy(self, out: Any) -> np.ndarray:

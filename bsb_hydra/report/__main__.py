@@ -32,8 +32,9 @@ class ReportConfig:
     out: str = "reports/latest"
     tag_runs: bool = True  # set pareto_optimal on each cell's run
     log_run: bool = True  # log the report folder as a `report` run
-    # Hydra itself: no job folder of its own (the report goes to `out`), no chdir.
-    hydra: Any = field(default_factory=lambda: {"job": {"chdir": False}, "run": {"dir": "${out}"},
+    # Hydra itself: no job folder of its own (the report goes to `out`, which the report checks
+    # itself: Hydra would fail with a bare FileExistsError on an out= that is a file), no chdir.
+    hydra: Any = field(default_factory=lambda: {"job": {"chdir": False}, "run": {"dir": "."},
                                                 "output_subdir": None})
 
 

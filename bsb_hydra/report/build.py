@@ -51,6 +51,35 @@ def _check(cfg) -> None:
                           f"give a new or empty folder, a report folder, or one inside the project")
 
 
+STORE_FORMS = "sqlite:///PATH of an existing store, or http(s)://HOST:PORT of a tracking server"
+
+
+def _open_store(cfg):
+    """The store's client and the experiment (or None). The report only reads: a sqlite file that
+    does not exist is an error (MLflow would create an empty store there), and any store MLflow
+    cannot open is named in one line."""
+    from mlflow import MlflowClient
+
+    uri = str(cfg.tracking_uri)
+    shown = tracking.mask_text(uri)
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        if not path.is_file():
+            raise ReportError(f"tracking_uri={shown}: there is no MLflow store at {path} "
+                              f"(run a sweep first, or give {STORE_FORMS})")
+        with path.open("rb") as fh:
+            if fh.read(16) != b"SQLite format 3\x00":
+                raise ReportError(f"tracking_uri={shown}: {path} is not an SQLite database (give {STORE_FORMS})")
+    try:
+        tracking.check_server(uri)
+        client = MlflowClient(uri)
+        return client, client.get_experiment_by_name(cfg.experiment)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise ReportError(f"tracking_uri={shown}: cannot read an MLflow store there ({type(e).__name__}: "
+                          f"{tracking.mask_text(first)}); use {STORE_FORMS}") from None
+
+
 class PerSample:
     """Runs' per-sample results (the correct.npy each cell logs), each downloaded once into ``tmp``;
     ``pair`` runs the paired accuracy test of one run against another. The report's QAT/auto pairs
@@ -98,8 +127,7 @@ def build_report(cfg) -> Report:
     from mlflow import MlflowClient
 
     _check(cfg)
-    client = MlflowClient(cfg.tracking_uri)
-    exp = client.get_experiment_by_name(cfg.experiment)
+    client, exp = _open_store(cfg)
     if exp is None:
         names = sorted(e.name for e in client.search_experiments())
         raise ReportError(f"experiment={cfg.experiment!r} is not in the store {tracking.mask_text(cfg.tracking_uri)}: "

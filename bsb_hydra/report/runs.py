@@ -18,10 +18,14 @@ from bsb_hydra import tracking
 # part of what makes two runs the same cell (`force` only re-runs a measured config).
 _NOT_VARIANT = ("mlflow.", "paths.", "debug.", "hydra.")
 _NOT_VARIANT_KEYS = ("force",)
+# A static cell with quant.analyze=true logs the sensitivity analysis beside the plain static
+# artifact it measures: the same cell as a static run without it.
+_STATIC_ANALYSIS_KEYS = ("quant.analyze", "quant.eval_samples")
 
 
-def _measured(key: str) -> bool:
-    return not key.startswith(_NOT_VARIANT) and key not in _NOT_VARIANT_KEYS
+def _measured(key: str, quant: str) -> bool:
+    return not (key.startswith(_NOT_VARIANT) or key in _NOT_VARIANT_KEYS
+                or (quant == "static" and key in _STATIC_ANALYSIS_KEYS))
 
 
 @dataclass
@@ -81,10 +85,10 @@ class Cell:
     @property
     def cell_key(self) -> Tuple[str, str, str, bool]:
         """The same config on the same machine: repeated runs of it are duplicates. The config is
-        read from the params (keys that do not change a measurement left out, and keys added later
-        at their inert values dropped), so runs logged before and after a schema addition match
-        even where their config_hash tags differ."""
-        config = json.dumps(sorted((k, v) for k, v in self.params.items() if _measured(k)))
+        read from the params (keys that do not change a measurement left out, a static cell's
+        analysis keys included, and keys added later at their inert values dropped), so runs logged
+        before and after a schema addition match even where their config_hash tags differ."""
+        config = json.dumps(sorted((k, v) for k, v in self.params.items() if _measured(k, self.quant)))
         return (config, self.tag("arch"), self.tag("cpu"), self.emulated)
 
     def metric(self, key: str) -> Optional[float]:
@@ -164,7 +168,7 @@ def _set_variants(cells: List[Cell]) -> None:
     for same in by_label.values():
         if len(same) < 2:
             continue
-        keys = sorted({k for c in same for k in c.params if _measured(k)})
+        keys = sorted({k for c in same for k in c.params if _measured(k, c.quant)})
         differ = [k for k in keys if len({c.params.get(k) for c in same}) > 1]
         for c in same:
             c.variant = ", ".join(f"{k}={c.params.get(k, '-')}" for k in differ)

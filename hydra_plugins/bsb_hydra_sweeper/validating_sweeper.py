@@ -10,13 +10,14 @@
   of failing every cell one by one."""
 # (No `from __future__ import annotations`: Hydra loads plugins without registering them in
 # sys.modules, and dataclasses then fail on string annotations.)
+import sys
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
 from hydra.core.hydra_config import HydraConfig
 
-from bsb_hydra.config import GROUP_NAMES, validate
+from bsb_hydra.config import GROUP_NAMES, ConfigError, validate
 
 
 def _key(override: str) -> str:
@@ -95,7 +96,12 @@ class ValidatingSweeper(BasicSweeper):
             cfg = self.hydra_context.config_loader.load_sweep_config(
                 master_config=self.config, sweep_overrides=list(overrides))
             HydraConfig.instance().set_config(cfg)  # as the launcher does: ${hydra:...} must resolve
-            validate(cfg)  # raises ConfigError naming the key, the value and what is allowed
+            try:
+                validate(cfg)  # raises ConfigError naming the key, the value and what is allowed
+            except ConfigError as e:  # a usage error: its message, not Hydra's traceback around it
+                print(f"Error in the config of the job {' '.join(overrides)}: {e}\nNo job was started.",
+                      file=sys.stderr, flush=True)
+                sys.exit(1)
 
 
 @dataclass
