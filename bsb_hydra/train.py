@@ -61,7 +61,9 @@ def cache_key(model_cfg, data_cfg, train_cfg, seed: int, input_shape, num_classe
     d = plain_dict(data_cfg)
     d.pop("limit_test", None)
     blob = json.dumps({"model": m, "data": d, "train": t, "seed": seed, "input_shape": list(input_shape),
-                       "num_classes": num_classes, "torch": key_torch_version()}, sort_keys=True)
+                       "num_classes": num_classes, "torch": key_torch_version(),
+                       # weights trained before the initial weights were seeded are not this key's
+                       "init": "seeded"}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -155,6 +157,10 @@ def get_fp32_model(cfg, ds, cache_dir: str) -> Fp32Model:
 
     from bsb_hydra.models import build_model
 
+    # The initial weights come from the seed too: torch seeds its default generator from the OS in
+    # every process, so without this two trainings under one cache key differed (a smoke-trained
+    # mlp scored 16% in one process and 57% in another).
+    torch.manual_seed(cfg.seed)
     module = build_model(cfg.model, ds.input_shape, ds.num_classes)
     if cfg.model.checkpoint:
         path = Path(cfg.model.checkpoint).expanduser()

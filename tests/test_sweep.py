@@ -9,7 +9,7 @@ SCHEMA_METRICS = ["size_bytes", "size_ratio", "accuracy", "accuracy_ci_low", "ac
                   "accuracy_delta_pp", "top1_agreement", "confidence_drift", "kl_div", "latency_cv_b1",
                   "throughput_sps_b1", "speedup_b1", "speedup_b8", "load_ms", "first_inference_ms", "peak_rss_mb",
                   "rss_delta_mb", *LATENCY_METRICS]
-SCHEMA_TAGS = ["status", "reason", "model", "data", "quant", "backend", "device", "arch", "cpu", "isa", "emulated",
+SCHEMA_TAGS = ["status", "model", "data", "quant", "backend", "device", "arch", "cpu", "isa", "emulated",
                "os", "python", "version_torch", "version_onnxruntime", "git_sha", "config_hash", "sweep_dir",
                "job_num"]
 
@@ -39,6 +39,10 @@ def test_mlflow_schema(sweep):
         missing_m = [k for k in SCHEMA_METRICS if k not in r.data.metrics]
         missing_t = [k for k in SCHEMA_TAGS if k not in r.data.tags]
         assert not missing_m and not missing_t, (r.info.run_name, missing_m, missing_t)
+        # tags that do not apply are absent, not '': no reason on an ok cell, no seq_len on images,
+        # no cpus_pinned unpinned, no torch_engine off pytorch
+        assert not {"reason", "seq_len", "cpus_pinned"} & set(r.data.tags)
+        assert ("torch_engine" in r.data.tags) == (r.data.tags["backend"] == "pytorch")
         assert r.data.tags["arch"] in ("x86_64", "aarch64") and r.data.tags["emulated"] in ("true", "false")
         assert r.data.params["quant.scheme"] == r.data.tags["quant"]
         assert r.data.params["train.name"] == "smoke" and r.data.params["device.threads"] == "1"

@@ -23,3 +23,21 @@ def test_key_uses_the_trainers_torch_version(monkeypatch):
     assert key_torch_version() == "0.0.1" and _key() != local
     monkeypatch.setenv(TRAIN_TORCH_ENV, "  ")
     assert _key() == local  # blank: ignored
+
+
+def test_two_processes_train_the_same_weights_under_one_key(tmp_path):
+    """The key promises that (model, data, train settings, seed) determine the weights: the initial
+    weights are seeded too (torch seeds its generator from the OS in each process), so two fresh
+    processes train bit-identical weights; another seed trains others."""
+    import hashlib
+
+    from tests.conftest import SMOKE, run_bsb
+
+    args = ["model=mlp", "quant=fp32", "backend=onnxruntime", "data=digits", *SMOKE, "benchmark.batch_sizes=[1]"]
+    digests = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        run_bsb([*args, f"seed={seed}"], tmp_path / name)
+        (weights,) = (tmp_path / name / "cache" / "models").glob("mlp-*.pt")
+        digests[name] = (weights.name, hashlib.sha256(weights.read_bytes()).hexdigest())
+    assert digests["a"] == digests["b"]
+    assert digests["c"][0] != digests["a"][0] and digests["c"][1] != digests["a"][1]
