@@ -12,7 +12,7 @@ import copy
 from pathlib import Path
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, ClassVar, List, Optional
+from typing import Any, ClassVar, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
@@ -690,10 +690,16 @@ def defer_group_keys(argv: List[str]) -> List[str]:
 def check_group_overrides(overrides: List[str]) -> None:
     """Command-line overrides of a config group must name options (``model=cnn`` or a sweep of them).
     Hydra itself answers ``model=null`` or ``model=3`` with an error that names neither the group nor
-    its options; this one names both. Everything else is left to Hydra's own checks."""
+    its options; this one names both. A key of one option given with another single option
+    (``quant=dynamic quant.analyze=true``) is named with the options that have it, where Hydra would
+    suggest appending it with ``+``. Everything else is left to Hydra's own checks."""
+    import dataclasses
+
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    for o in OverridesParser.create().parse_overrides([a for a in overrides if "=" in a]):
+    parsed = OverridesParser.create().parse_overrides([a for a in overrides if "=" in a])
+    chosen: Dict[str, str] = {}
+    for o in parsed:
         group = o.key_or_group.lstrip("+~")
         if group not in GROUP_NAMES or o.package or o.is_delete():
             continue
@@ -703,3 +709,15 @@ def check_group_overrides(overrides: List[str]) -> None:
             if not isinstance(x, str):
                 raise ConfigError(f"{group}={x!r} (in {o.input_line}) is not an option of {group}: "
                                   f"choose one of {', '.join(group_options(group))}")
+        if not o.is_sweep_override():
+            chosen[group] = values[0]
+    for o in parsed:
+        group, dot, rest = o.key_or_group.partition(".")
+        options = SCHEMAS.get(group, {})
+        if not dot or o.key_or_group.startswith(("+", "~")) or chosen.get(group) not in options:
+            continue
+        key = rest.split(".")[0]
+        has = [name for name, cls in options.items() if key in {f.name for f in dataclasses.fields(cls)}]
+        if has and chosen[group] not in has:
+            raise ConfigError(f"{group}.{key} is not a key of {group}={chosen[group]}: it belongs to "
+                              f"{', '.join(f'{group}={n}' for n in has)}")

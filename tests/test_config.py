@@ -157,3 +157,23 @@ def test_transformer_defaults_read_minilm_tokens(compose_cfg):
         assert c.data.tokenizer == "minilm" and c.data.seq_len == seq_len and c.data.vocab_size == 30522
     tiny = validate(_resolvable(compose_cfg(["model=transformer_tiny", "data.seq_len=32"]))).model
     assert tiny.vocab_size == 30522 and tiny.max_positions == 32
+
+
+@pytest.mark.parametrize("args, message", [
+    (["quant=dynamic", "quant.analyze=true"],
+     "quant.analyze is not a key of quant=dynamic: it belongs to quant=static, quant=auto"),
+    (["model=cnn", "model.hidden=[3]"], "model.hidden is not a key of model=cnn: it belongs to model=mlp"),
+])
+def test_a_key_of_another_option_is_named_with_the_options_that_have_it(args, message):
+    """Hydra alone answers with "Key 'analyze' not in 'DynamicQuantConfig'" and a hint to append
+    it with +, which would add a key the scheme ignores."""
+    from bsb_hydra.config import check_group_overrides
+
+    with pytest.raises(ConfigError) as e:
+        check_group_overrides(args)
+    assert str(e.value).startswith(message)
+    # the option that has the key, a sweep of options (the sweeper drops the key where it does not
+    # apply) and a key with no option chosen (Hydra's own check) pass here
+    for ok in (["quant=static", "quant.analyze=true"], ["quant=fp32,fake_quant", "quant.bits=2"],
+               ["quant.analyze=true"]):
+        check_group_overrides(ok)
