@@ -157,9 +157,9 @@ def get_fp32_model(cfg, ds, cache_dir: str) -> Fp32Model:
 
     from bsb_hydra.models import build_model
 
-    # The initial weights come from the seed too: torch seeds its default generator from the OS in
-    # every process, so without this two trainings under one cache key differed (a smoke-trained
-    # mlp scored 16% in one process and 57% in another).
+    # The initial weights come from the seed too: here torch's default generator starts from a
+    # different seed in every process (torch.initial_seed() differs), so without this two trainings
+    # under one cache key differed (a smoke-trained mlp scored 16% in one process and 57% in another).
     torch.manual_seed(cfg.seed)
     module = build_model(cfg.model, ds.input_shape, ds.num_classes)
     if cfg.model.checkpoint:

@@ -27,7 +27,7 @@ def test_key_uses_the_trainers_torch_version(monkeypatch):
 
 def test_two_processes_train_the_same_weights_under_one_key(tmp_path):
     """The key promises that (model, data, train settings, seed) determine the weights: the initial
-    weights are seeded too (torch seeds its generator from the OS in each process), so two fresh
+    weights are seeded too (torch's default generator starts from another seed in each process), so two fresh
     processes train bit-identical weights; another seed trains others."""
     import hashlib
 
