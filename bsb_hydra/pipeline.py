@@ -12,7 +12,8 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Dict, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -22,7 +23,8 @@ from bsb_hydra.backends.base import BuildContext, Unsupported
 from bsb_hydra.bench import stats
 from bsb_hydra.bench.harness import Item, run_worker
 from bsb_hydra.concurrency import JobSlot
-from bsb_hydra.config import validate
+from bsb_hydra.models import model_label
+from bsb_hydra.config import InputError, validate
 from bsb_hydra.sysinfo import git_sha, system_info, torch_engine
 
 
@@ -39,7 +41,7 @@ def cell_id(cfg) -> str:
     scheme = _name(q.scheme)
     if scheme == "fake_quant":  # a sweep over bits: tell its cells apart (fake_quant_w4a4_qat)
         scheme += f"_w{q.bits}" + (f"a{q.bits}" if q.activations else "") + ("_qat" if q.qat else "")
-    return f"{cfg.model.name}-{cfg.data.name}-{scheme}-{cfg.backend.name}"
+    return f"{model_label(cfg.model)}-{cfg.data.name}-{scheme}-{cfg.backend.name}"
 
 
 def config_hash(dict_cfg: DictConfig) -> str:
@@ -89,22 +91,76 @@ def device_mismatch(device, info: Dict[str, str]) -> None:
                               f"use; available: {sorted(have)}")
 
 
+def build_artifact(backend, scheme: str, ctx: BuildContext, out: Path):
+    """The deployable artifact of ``scheme``: the backend's own build, or for quant=auto the
+    mixed-precision search over the backend's hooks (bsb_hydra/mixed.py)."""
+    if scheme == "auto":
+        from bsb_hydra.mixed import build_auto
+
+        return build_auto(backend, ctx, out)
+    return backend.build(scheme, ctx, out)
+
+
 def measure(cfg, dict_cfg, workdir: Path, log, slot: Optional[JobSlot] = None) -> Dict[str, Any]:
-    """Everything after the support check. Returns metrics; logs artifacts through ``log``. ``slot``
-    counts the bsb_hydra jobs running on this machine while the workers time."""
+    """Everything after the support check, step by step. Returns the metrics; logs tags, curves and
+    artifacts through ``log``. ``slot`` counts the bsb_hydra jobs on this machine while the workers time."""
     from bsb_hydra.backends import get_backend
-    from bsb_hydra.data import calibration_indices, load_dataset
-    from bsb_hydra.train import get_fp32_model
 
     info = system_info()
-    scheme = cfg.quant.scheme.value
     backend = get_backend(cfg.backend.name)
     engine = torch_engine(cfg.device.torch_engine, info["arch"])
+    ds = load_data(cfg, log)
+    calib_idx = calibration_for(cfg, ds, log)  # before training: too few samples is the data's error
+    fp32 = load_fp32(cfg, ds, log)
+    ctx = build_context(cfg, ds, fp32, calib_idx, engine, info, workdir)
+    fp32_art, art = build_artifacts(cfg, backend, ctx, workdir, log)
+    slot = slot or JobSlot()
+    timed = run_workers(cfg, backend, engine, ds, fp32_art, art, workdir, slot)
+    m: Dict[str, float] = {"concurrent_jobs": slot.peak}
+    if slot.peak > 1:
+        print(f"  WARNING: {slot.peak} bsb_hydra jobs ran on this machine while this cell was timed: they share "
+              f"cores and caches, so its latencies are distorted (tag concurrent_jobs={slot.peak})", flush=True)
+    m.update(size_metrics(art, fp32_art))
+    m.update(accuracy_metrics(cfg, ds, timed))
+    m.update(agreement_with_pytorch(cfg, fp32, ds, timed))
+    m.update(latency_metrics(cfg, art, timed))
+    log_outputs(cfg, ds, art, engine, timed, slot, workdir, log)
+    return m
 
-    ds = load_dataset(cfg.data, cfg.seed)
-    calib_idx = calibration_indices(ds, cfg.quant.samples, cfg.seed) \
-        if scheme in ("static", "qat", "auto") or (scheme == "fake_quant" and cfg.quant.activations) else None
-    calibration = ds.x_train[calib_idx] if calib_idx is not None else None
+
+def load_data(cfg, log):
+    """The data set, its images fitted to the model's input (resize, channels, normalisation)."""
+    from bsb_hydra.data import load_dataset
+    from bsb_hydra.data.transforms import fit_to_model
+
+    want = cfg.model.fixed_input_shape()
+    ds = fit_to_model(load_dataset(cfg.data, cfg.seed, want), want, cfg.data, model_label(cfg.model))
+    log.tags({"data_source": ds.source, "test_split": ds.test_split, "data_transform": ds.transform,
+              "input_shape": "x".join(map(str, ds.input_shape)), "labelled": str(ds.labelled).lower()})
+    if not ds.labelled:
+        needs = labels_needed(cfg)
+        if needs:
+            raise InputError(f"data={ds.name} has no labels, and {needs}: give labelled data, or measure "
+                             "quant=fp32,fp16,dynamic,static on unlabelled inputs")
+    return ds
+
+
+def labels_needed(cfg) -> str:
+    """Why this cell's scheme cannot run on unlabelled inputs ('' = it can)."""
+    q = cfg.quant
+    scheme = q.scheme.value
+    if scheme == "qat" or (scheme == "fake_quant" and q.qat):
+        return f"quant={scheme} fine-tunes on labelled training samples"
+    if scheme == "auto" or (scheme == "static" and q.analyze):
+        return f"quant={scheme} ranks layers by the accuracy they cost"
+    return ""
+
+
+def load_fp32(cfg, ds, log):
+    """The fp32 model (trained once and cached, or a checkpoint), with its size and cost at batch 1."""
+    from bsb_hydra.model_facts import model_facts, onnx_facts
+    from bsb_hydra.train import get_fp32_model
+
     _maybe_fault(cfg, "train")
     fp32 = get_fp32_model(cfg, ds, cfg.paths.cache_dir)
     log.tags({"fp32_source": fp32.source, "fp32_key": fp32.key, "fp32_weights_sha256": fp32.weights_sha256})
@@ -112,16 +168,45 @@ def measure(cfg, dict_cfg, workdir: Path, log, slot: Optional[JobSlot] = None) -
         log.metric("train_loss", loss, step)
     if fp32.train_seconds:
         log.metrics({"train_seconds": fp32.train_seconds})
+    log.metrics(model_facts(fp32.module, ds.x_train[:1]) if fp32.module is not None
+                else onnx_facts(fp32.onnx_path, ds.input_shape))
+    return fp32
 
+
+def calibration_for(cfg, ds, log) -> Optional[np.ndarray]:
+    """The training-split indices of the calibration samples (seeded; which ones is logged), for the
+    schemes that calibrate; None for the others."""
+    from bsb_hydra.data import calibration_indices
+
+    scheme = cfg.quant.scheme.value
+    if not (scheme in ("static", "qat", "auto") or (scheme == "fake_quant" and cfg.quant.activations)):
+        return None
+    idx = calibration_indices(ds, cfg.quant.samples, cfg.seed)
+    log.json({"split": "train", "indices": idx.tolist()}, "calibration_indices.json")
+    return idx
+
+
+def build_context(cfg, ds, fp32, calib_idx, engine: str, info: Dict[str, str], workdir: Path) -> BuildContext:
+    """What every backend's build reads: the fp32 model, an example input and the calibration samples
+    (real training samples). The work folder starts empty: single runs started within the same second
+    share Hydra's run dir, and a backend reuses what it finds there within a cell (an ONNX export)."""
+    import shutil
+
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    return BuildContext(fp32.module, ds.x_train[:1].copy(), ds.x_train[calib_idx] if calib_idx is not None else None, cfg,
+                        engine, info["arch"], info["isa"], workdir, data=ds, calibration_indices=calib_idx,
+                        source_onnx=Path(fp32.onnx_path) if fp32.onnx_path else None)
+
+
+def build_artifacts(cfg, backend, ctx: BuildContext, workdir: Path, log):
+    """The backend's fp32 artifact and the cell's own (the same file for quant=fp32), with the facts
+    of the conversion logged as build.* tags."""
+    scheme = cfg.quant.scheme.value
     _maybe_fault(cfg, "quantize")
-    workdir.mkdir(parents=True, exist_ok=True)
-    ctx = BuildContext(fp32.module, ds.x_train[:1].copy(), calibration, cfg, engine, info["arch"], info["isa"],
-                       workdir, data=ds, calibration_indices=calib_idx)
-    if calib_idx is not None:  # proof that calibration used real training samples, and which ones
-        log.json({"split": "train", "indices": calib_idx.tolist()}, "calibration_indices.json")
     t0 = time.perf_counter()
-    fp32_art = backend.build("fp32", ctx, workdir / f"fp32{backend.suffix}")
-    art = fp32_art if scheme == "fp32" else backend.build(scheme, ctx, workdir / f"{scheme}{backend.suffix}")
+    fp32_art = build_artifact(backend, "fp32", ctx, workdir / f"fp32{backend.suffix}")
+    art = fp32_art if scheme == "fp32" else build_artifact(backend, scheme, ctx, workdir / f"{scheme}{backend.suffix}")
     log.metrics({"quantize_seconds": time.perf_counter() - t0})
     if scheme == "static" and cfg.quant.analyze:  # timed apart (sensitivity_seconds), not as quantization
         from bsb_hydra.mixed import analysis_only
@@ -134,13 +219,35 @@ def measure(cfg, dict_cfg, workdir: Path, log, slot: Optional[JobSlot] = None) -
     log.metrics(art.metrics)
     for path in art.files:
         log.artifact(path, "analysis")
+    return fp32_art, art
+
+
+@dataclass
+class Timed:
+    """What the worker processes returned: the cell's result from process 0 (memory, logits), its
+    fp32 reference's (or the cell's own, for fp32), and the latency samples of every process."""
+    res: Any
+    ref: Any
+    lat_cell: List[dict] = field(default_factory=list)  # per process: {batch size: samples}
+    lat_ref: List[dict] = field(default_factory=list)
+
+
+def run_workers(cfg, backend, engine: str, ds, fp32_art, art, workdir: Path, slot: JobSlot) -> Timed:
+    """benchmark.repeats fresh processes. Each times the cell and, with the paired baseline, the fp32
+    artifact of the same backend right beside it, in alternating order (cell first in processes 0, 2,
+    ...; fp32 first in 1, 3, ...). Process 0 also evaluates both on the test split and takes the
+    cell's memory, with the cell loaded first so that its peak RSS is its own. A simulated cell
+    (quant=fake_quant) is not deployable: one process evaluates it and its fp32 reference; nothing is
+    timed and no memory is reported."""
+    from bsb_hydra.data.transforms import save_array
 
     _maybe_fault(cfg, "benchmark")
+    scheme = cfg.quant.scheme.value
     b = cfg.benchmark
     latency_input = workdir / "latency_input.npy"
     np.save(latency_input, ds.x_test[:max(b.batch_sizes)])
     eval_input = workdir / "eval_input.npy"
-    np.save(eval_input, ds.x_test)
+    save_array(eval_input, ds.x_test)
     # min_runs, min_duration_s and max_duration_s are totals over the benchmark.repeats processes:
     # each process times its share (warm-up runs are per process).
     lat = {"batch_sizes": list(b.batch_sizes), "warmup_runs": b.warmup_runs,
@@ -150,72 +257,85 @@ def measure(cfg, dict_cfg, workdir: Path, log, slot: Optional[JobSlot] = None) -
                   cpus=list(cfg.device.core_pinning) if cfg.device.core_pinning is not None else None,
                   settings=backend.runner_settings(cfg, engine), latency_input=latency_input, eval_input=eval_input,
                   latency=lat, eval_batch_size=b.eval_batch_size, workdir=workdir / "bench", timeout_s=b.timeout_s)
-    slot = slot or JobSlot()
     slot.sample()
-    # benchmark.repeats fresh processes. Each times the cell and, with the paired baseline, the fp32
-    # artifact of the same backend right beside it, in alternating order (cell first in processes
-    # 0, 2, ...; fp32 first in 1, 3, ...). Process 0 also evaluates both on the test split and takes
-    # the cell's memory, with the cell loaded first so that its peak RSS is its own.
-    # A simulated cell (quant=fake_quant) is not deployable: one process evaluates it and its fp32
-    # reference; nothing is timed and no memory is reported.
     simulated = art.simulated
     ref_latency = scheme != "fp32" and b.paired_baseline and not simulated
-    lat_ref: list = []  # per batch size, a list of sample lists (one per process) for each side
-    lat_cell: list = []
-    res = base = None
-    for i in range(1 if simulated else b.repeats):
-        items = [Item(scheme, art.path, art.input_dtype, latency=not simulated, evaluate=i == 0)]
-        if scheme != "fp32" and (i == 0 or ref_latency):
-            ref_item = Item("fp32_reference", fp32_art.path, fp32_art.input_dtype, latency=ref_latency,
-                            evaluate=i == 0)
-            items = items + [ref_item] if i % 2 == 0 else [ref_item] + items
-        out = run_worker(items=items, tag=f"r{i}", inject_fault=_worker_fault(cfg) if i == 0 else None, **common)
-        slot.sample()  # between worker processes: a job that came and went in between is counted too
-        if not simulated:
-            lat_cell.append(out[scheme].data["samples_ms"])
-        if ref_latency:
-            lat_ref.append(out["fp32_reference"].data["samples_ms"])
-        if i == 0:
-            res, base = out[scheme], out.get("fp32_reference")
-    ref = base if base is not None else res
-
+    timed = Timed(None, None)
+    try:
+        for i in range(1 if simulated else b.repeats):
+            items = [Item(scheme, art.path, art.input_dtype, latency=not simulated, evaluate=i == 0)]
+            if scheme != "fp32" and (i == 0 or ref_latency):
+                ref_item = Item("fp32_reference", fp32_art.path, fp32_art.input_dtype, latency=ref_latency,
+                                evaluate=i == 0)
+                items = items + [ref_item] if i % 2 == 0 else [ref_item] + items
+            out = run_worker(items=items, tag=f"r{i}", inject_fault=_worker_fault(cfg) if i == 0 else None, **common)
+            slot.sample()  # between worker processes: a job that came and went in between is counted too
+            if not simulated:
+                timed.lat_cell.append(out[scheme].data["samples_ms"])
+            if ref_latency:
+                timed.lat_ref.append(out["fp32_reference"].data["samples_ms"])
+            if i == 0:
+                timed.res, timed.ref = out[scheme], out.get("fp32_reference")
+    finally:  # a 224-px test split is gigabytes: the inputs go, the results and artifacts stay
+        eval_input.unlink(missing_ok=True)
+    timed.ref = timed.ref if timed.ref is not None else timed.res
     slot.sample()
+    return timed
+
+
+def size_metrics(art, fp32_art) -> Dict[str, float]:
+    if art.simulated:  # bits x parameters + scales, against 32 bits x parameters (bsb_hydra/fake_quant.py)
+        size, fp32_size = art.theoretical_size
+        return {"size_bytes": size, "fp32_size_bytes": fp32_size, "size_ratio": size / fp32_size, "simulated": 1.0}
+    size, fp32_size = os.path.getsize(art.path), os.path.getsize(fp32_art.path)
+    return {"size_bytes": size, "fp32_size_bytes": fp32_size, "size_ratio": size / fp32_size}
+
+
+def accuracy_metrics(cfg, ds, timed: Timed) -> Dict[str, float]:
+    """Top-1 on the test split with its interval; the delta against the fp32 reference with the paired
+    (per-sample) test; agreement with the fp32 reference's logits. Unlabelled inputs: agreement only
+    (accuracy metrics are absent, not zero)."""
+    if not ds.labelled:
+        return {"test_samples": float(len(timed.res.logits)), **stats.agreement_metrics(timed.res.logits,
+                                                                                         timed.ref.logits)}
     m: Dict[str, float] = {}
-    m["concurrent_jobs"] = slot.peak
-    if slot.peak > 1:
-        print(f"  WARNING: {slot.peak} bsb_hydra jobs ran on this machine while this cell was timed: they share "
-              f"cores and caches, so its latencies are distorted (tag concurrent_jobs={slot.peak})", flush=True)
-    if simulated:  # bits x parameters + scales, against 32 bits x parameters (bsb_hydra/fake_quant.py)
-        m["size_bytes"], m["fp32_size_bytes"] = art.theoretical_size
-        m["simulated"] = 1.0
-    else:
-        m["size_bytes"] = os.path.getsize(art.path)
-        m["fp32_size_bytes"] = os.path.getsize(fp32_art.path)
-    m["size_ratio"] = m["size_bytes"] / m["fp32_size_bytes"]
-    acc = stats.accuracy_metrics(res.logits, ds.y_test, ds.num_classes)
-    ref_acc = stats.accuracy_metrics(ref.logits, ds.y_test, ds.num_classes)
+    acc = stats.accuracy_metrics(timed.res.logits, ds.y_test, ds.num_classes)
+    ref_acc = stats.accuracy_metrics(timed.ref.logits, ds.y_test, ds.num_classes)
     m.update({k: acc[k] for k in ("accuracy", "accuracy_ci_low", "accuracy_ci_high")})
     m["fp32_accuracy"] = ref_acc["accuracy"]
     m["accuracy_delta_pp"] = 100.0 * (acc["accuracy"] - ref_acc["accuracy"])
     m["test_samples"] = acc["n"]
-    correct = res.logits.argmax(axis=1) == ds.y_test
-    paired = stats.paired_accuracy(correct, ref.logits.argmax(axis=1) == ds.y_test)  # same samples: McNemar
+    correct = timed.res.logits.argmax(axis=1) == ds.y_test
+    paired = stats.paired_accuracy(correct, timed.ref.logits.argmax(axis=1) == ds.y_test)  # same samples: McNemar
     m.update({"accuracy_delta_ci_low_pp": paired["ci_low_pp"], "accuracy_delta_ci_high_pp": paired["ci_high_pp"],
               "accuracy_delta_p_value": paired["p_value"], "gained_vs_fp32": paired["gained"],
               "lost_vs_fp32": paired["lost"]})
-    m.update(stats.agreement_metrics(res.logits, ref.logits))
-    if scheme == "auto":  # the search chose on training samples: did its budget hold on the test split?
+    m.update(stats.agreement_metrics(timed.res.logits, timed.ref.logits))
+    if cfg.quant.scheme.value == "auto":  # the search chose on training samples: did its budget hold on the test split?
         budget_pp = 100.0 * cfg.quant.budget_for(ref_acc["accuracy"])
         m["auto_budget_met_test"] = float(m["accuracy_delta_pp"] >= -budget_pp - 1e-9)
-    if cfg.backend.name != "pytorch":  # the same weights on another runtime: how close is its fp32?
-        torch_logits = _torch_logits(fp32.module, ds.x_test, b.eval_batch_size)
-        m["fp32_vs_pytorch_agreement"] = float(np.mean(ref.logits.argmax(1) == torch_logits.argmax(1)))
-        m["fp32_vs_pytorch_max_abs_logit_diff"] = float(np.max(np.abs(ref.logits - torch_logits)))
-    for key in ("load_ms", "first_inference_ms", "peak_rss_mb", "rss_delta_mb", "rss_after_import_mb"):
-        if not simulated:
-            m[key] = res.data[key]
-    for bs in res.data.get("samples_ms", {}):
-        s = stats.pooled_latency_stats([p[bs] for p in lat_cell], int(bs), b.bootstrap_resamples, cfg.seed)
+    return m
+
+
+def agreement_with_pytorch(cfg, fp32, ds, timed: Timed) -> Dict[str, float]:
+    """The same weights on another runtime: how close is its fp32 artifact to the PyTorch model?"""
+    if cfg.backend.name == "pytorch" or fp32.module is None:  # model=onnx has no PyTorch model
+        return {}
+    torch_logits = _torch_logits(fp32.module, ds.x_test, cfg.benchmark.eval_batch_size)
+    return {"fp32_vs_pytorch_agreement": float(np.mean(timed.ref.logits.argmax(1) == torch_logits.argmax(1))),
+            "fp32_vs_pytorch_max_abs_logit_diff": float(np.max(np.abs(timed.ref.logits - torch_logits)))}
+
+
+def latency_metrics(cfg, art, timed: Timed) -> Dict[str, float]:
+    """Memory of process 0; per batch size, the pooled latency statistics of every process and the
+    speedup against the paired fp32 reference."""
+    b = cfg.benchmark
+    m: Dict[str, float] = {}
+    if not art.simulated:
+        for key in ("load_ms", "first_inference_ms", "peak_rss_mb", "rss_delta_mb", "rss_after_import_mb"):
+            m[key] = timed.res.data[key]
+    for bs in timed.res.data.get("samples_ms", {}):
+        s = stats.pooled_latency_stats([p[bs] for p in timed.lat_cell], int(bs), b.bootstrap_resamples, cfg.seed)
         for k in ("mean", "p50", "p90", "p95", "p99", "std"):
             m[f"latency_{k}_ms_b{bs}"] = s[f"{k}_ms"]
         m[f"latency_cv_b{bs}"] = s["cv"]
@@ -225,53 +345,68 @@ def measure(cfg, dict_cfg, workdir: Path, log, slot: Optional[JobSlot] = None) -
         m[f"latency_processes_b{bs}"] = s["processes"]
         m[f"latency_process_p50_spread_b{bs}"] = s["process_p50_spread"]
         m[f"throughput_sps_b{bs}"] = s["throughput_sps"]
-        if scheme == "fp32":
+        if cfg.quant.scheme.value == "fp32":
             m[f"speedup_b{bs}"] = 1.0
-        elif lat_ref:
-            fs = stats.pooled_latency_stats([p[bs] for p in lat_ref], int(bs), b.bootstrap_resamples, cfg.seed)
+        elif timed.lat_ref:
+            fs = stats.pooled_latency_stats([p[bs] for p in timed.lat_ref], int(bs), b.bootstrap_resamples, cfg.seed)
             m[f"fp32_latency_p50_ms_b{bs}"] = fs["p50_ms"]
             m[f"fp32_latency_p50_ci_low_ms_b{bs}"] = fs["p50_ci_low_ms"]
             m[f"fp32_latency_p50_ci_high_ms_b{bs}"] = fs["p50_ci_high_ms"]
             m[f"speedup_b{bs}"] = fs["p50_ms"] / s["p50_ms"]
-    log.json({"per_class_accuracy": {ds.class_names[c] if c < len(ds.class_names) else str(c): v
-                                     for c, v in acc["per_class"].items()},
-              "fp32_per_class_accuracy": {str(c): v for c, v in ref_acc["per_class"].items()}},
-             "per_class_accuracy.json")
-    log.json({"per_process": True, "samples_ms": lat_cell, "fp32_reference_samples_ms": lat_ref or None},
+    return m
+
+
+def log_outputs(cfg, ds, art, engine: str, timed: Timed, slot: JobSlot, workdir: Path, log) -> None:
+    """Per-class accuracy, raw latency samples, the artifact, per-sample predictions and the tags of
+    the measurement."""
+    res, ref = timed.res, timed.ref
+    if ds.labelled:
+        acc = stats.accuracy_metrics(res.logits, ds.y_test, ds.num_classes)
+        ref_acc = stats.accuracy_metrics(ref.logits, ds.y_test, ds.num_classes)
+        log.json({"per_class_accuracy": {ds.class_names[c] if c < len(ds.class_names) else str(c): v
+                                         for c, v in acc["per_class"].items()},
+                  "fp32_per_class_accuracy": {str(c): v for c, v in ref_acc["per_class"].items()}},
+                 "per_class_accuracy.json")
+    log.json({"per_process": True, "samples_ms": timed.lat_cell, "fp32_reference_samples_ms": timed.lat_ref or None},
              "latency_samples.json")
     log.artifact(art.path, "model")
     pred_path = workdir / "predictions.npy"  # top-1 class per test sample: cross-backend agreement
     np.save(pred_path, res.logits.argmax(axis=1).astype(np.int16))
     log.artifact(pred_path, "")
-    correct_path = workdir / "correct.npy"  # right or wrong per test sample: paired tests between cells
-    np.save(correct_path, correct)
-    log.artifact(correct_path, "")
+    if ds.labelled:
+        correct_path = workdir / "correct.npy"  # right or wrong per test sample: paired tests between cells
+        np.save(correct_path, res.logits.argmax(axis=1) == ds.y_test)
+        log.artifact(correct_path, "")
     log.tags({"test_set_digest": test_set_digest(ds)})
-    log.tags({"concurrent_jobs": slot.peak, "size_kind": "theoretical" if simulated else "artifact",
-              "simulated": str(simulated).lower()})
+    log.tags({"concurrent_jobs": slot.peak, "size_kind": "theoretical" if art.simulated else "artifact",
+              "simulated": str(art.simulated).lower()})
     log.tags({"worker_imports": ",".join(res.data["heavy_modules"]), "input_dtype": art.input_dtype,
               # the affinity the worker itself reported, when pinning was asked for
               "cpus_pinned": ",".join(map(str, res.data.get("cpus", []))) if cfg.device.core_pinning else "",
               "torch_engine": engine if cfg.backend.name == "pytorch" else ""})
-    return m
 
 
 def test_set_digest(ds) -> str:
     """Which test samples a cell was scored on (inputs and labels): two cells' per-sample results
-    pair up only when this matches."""
+    pair up only when this matches. Read in chunks (a fitted 224-px split is not one array)."""
+    from bsb_hydra.data.transforms import chunks
+
     h = hashlib.sha256()
-    for a in (ds.x_test, ds.y_test):
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.dtype}{a.shape}".encode())
-        h.update(a.tobytes())
+    for a in (ds.x_test, ds.y_test) if ds.labelled else (ds.x_test,):
+        h.update(f"{np.dtype(a.dtype)}{tuple(a.shape)}".encode())
+        for part in chunks(a):
+            h.update(np.ascontiguousarray(part).tobytes())
     return h.hexdigest()[:16]
 
 
-def _torch_logits(module, x: np.ndarray, batch: int) -> np.ndarray:
+def _torch_logits(module, x, batch: int) -> np.ndarray:
     import torch
 
+    from bsb_hydra.data.transforms import chunks
+
     with torch.inference_mode():
-        return np.concatenate([module(torch.from_numpy(x[i:i + batch])).numpy() for i in range(0, len(x), batch)])
+        return np.concatenate([module(torch.from_numpy(np.ascontiguousarray(part))).numpy()
+                               for part in chunks(x, batch)])
 
 
 class RunLog:
@@ -341,12 +476,13 @@ def run_cell(dict_cfg: DictConfig) -> Dict[str, Any]:
         log.tags({"status": "running", "cell": cid, "config_hash": chash, "git_sha": git_sha(),
                   "sweep_dir": job["sweep_dir"], "job_num": job["job_num"], **me, **info})
         try:
-            log.tags({"model": dict_cfg.model.name, "data": dict_cfg.data.name, "quant": _name(dict_cfg.quant.scheme),
+            log.tags({"model": model_label(dict_cfg.model), "data": dict_cfg.data.name, "quant": _name(dict_cfg.quant.scheme),
                       "backend": dict_cfg.backend.name, "device": dict_cfg.device.name,
                       "threads": dict_cfg.device.threads, "seq_len": dict_cfg.data.get("seq_len") or ""})
             mlflow.log_params(tracking.resolved_params(dict_cfg))
             log.json(tracking.resolved_config(dict_cfg), "config.json")
             cfg = validate(dict_cfg)
+            log.tags({"model_source": type(cfg.model).source_kind, "model_ref": cfg.model.source_ref()})
             device_mismatch(cfg.device, info)
             reason = get_backend(cfg.backend.name).unsupported_reason(cfg)
             if reason:
@@ -385,7 +521,7 @@ def summary_line(r: Dict[str, Any]) -> str:
     simulated = bool(m.get("simulated"))
     theoretical = " theoretical" if simulated else ""
     parts = [f"size {m['size_bytes'] / 1024:.0f} KiB{theoretical} ({m['size_ratio']:.2f}x fp32)",
-             f"acc {100 * m['accuracy']:.2f}% ({m['accuracy_delta_pp']:+.2f} pp)",
+             f"acc {100 * m['accuracy']:.2f}% ({m['accuracy_delta_pp']:+.2f} pp)" if "accuracy" in m else "no labels",
              f"agree {100 * m['top1_agreement']:.2f}%"]
     if "latency_p50_ms_b1" in m:
         parts.append(f"p50@b1 {m['latency_p50_ms_b1']:.3f} ms (speedup {m.get('speedup_b1', float('nan')):.2f}x)")

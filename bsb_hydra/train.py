@@ -20,13 +20,14 @@ from bsb_hydra.locks import file_lock
 
 @dataclass
 class Fp32Model:
-    module: "object"  # torch.nn.Module, eval mode
-    source: str  # trained | cache | checkpoint
+    module: "object"  # torch.nn.Module, eval mode; None for a user's ONNX file (onnx_path)
+    source: str  # trained | cache | checkpoint | file
     key: str  # content hash of what determines the weights
     weights_path: str
     weights_sha256: str
     train_seconds: float = 0.0
     loss_curve: List[float] = field(default_factory=list)
+    onnx_path: Optional[str] = None  # model=onnx: the fp32 model is this file, measured as it is
 
 
 def plain_dict(obj):
@@ -60,10 +61,17 @@ def cache_key(model_cfg, data_cfg, train_cfg, seed: int, input_shape, num_classe
     t.pop("name", None)  # `smoke` and an identical custom preset share weights
     d = plain_dict(data_cfg)
     d.pop("limit_test", None)
-    blob = json.dumps({"model": m, "data": d, "train": t, "seed": seed, "input_shape": list(input_shape),
-                       "num_classes": num_classes, "torch": key_torch_version(),
-                       # weights trained before the initial weights were seeded are not this key's
-                       "init": "seeded"}, sort_keys=True)
+    for k in ("resize", "channels", "mean", "std"):  # image transforms added later: unset, the old key
+        if d.get(k) is None:
+            d.pop(k, None)
+    key = {"model": m, "data": d, "train": t, "seed": seed, "input_shape": list(input_shape),
+           "num_classes": num_classes, "torch": key_torch_version(),
+           # weights trained before the initial weights were seeded are not this key's
+           "init": "seeded"}
+    code = model_cfg.cache_identity() if hasattr(model_cfg, "cache_identity") else ""
+    if code:  # model=torch: the target's source file
+        key["code"] = code
+    blob = json.dumps(key, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -76,11 +84,14 @@ def sha256_file(path) -> str:
 
 
 def training_subset(ds, limit: Optional[int], seed: int):
-    """The training split, or a seeded subset of ``limit`` samples of it (smoke runs)."""
+    """The training split, or a seeded subset of ``limit`` samples of it (smoke runs). A fitted
+    (lazily resized) image split stays lazy."""
+    from bsb_hydra.data.transforms import take
+
     x, y = ds.x_train, ds.y_train
     if limit is not None and limit < len(y):
         idx = np.sort(np.random.default_rng(seed + 2).choice(len(y), limit, replace=False))
-        x, y = x[idx], y[idx]
+        x, y = take(x, idx), y[idx]
     return x, y
 
 
@@ -114,8 +125,10 @@ def train_model(module, ds, cfg, seed: int, label: str = "train") -> List[float]
 
     torch.manual_seed(seed)
     x, y = training_subset(ds, cfg.limit_samples, seed)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    trim = getattr(module, "trims_trailing_padding", False) and xt.dtype == torch.int64
+    # a fitted image split (bsb_hydra/data/transforms.py) is transformed batch by batch
+    xt = torch.from_numpy(x) if isinstance(x, np.ndarray) else None
+    yt = torch.from_numpy(y)
+    trim = getattr(module, "trims_trailing_padding", False) and xt is not None and xt.dtype == torch.int64
     params = [p for p in module.parameters() if p.requires_grad]  # a frozen encoder stays as it is
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=getattr(cfg, "weight_decay", 0.0))
     steps = cfg.epochs * ((len(y) + cfg.batch_size - 1) // cfg.batch_size)
@@ -124,11 +137,20 @@ def train_model(module, ds, cfg, seed: int, label: str = "train") -> List[float]
     gen = torch.Generator().manual_seed(seed)
     curve = []
     module.train()
+    for m in module.modules():  # a frozen batch-norm (a pretrained backbone's) keeps its running statistics
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+            m.eval()
     lengths = (xt != 0).sum(1) if trim else None
     for epoch in range(cfg.epochs):
         total, n = 0.0, 0
-        for b in _batches(len(y), cfg.batch_size, gen, lengths):
-            xb = xt[b]
+        last = time.perf_counter()
+        batches = _batches(len(y), cfg.batch_size, gen, lengths)
+        for i, b in enumerate(batches):
+            if time.perf_counter() - last > 60:  # real-size models: minutes per epoch
+                print(f"  {label} epoch {epoch + 1}/{cfg.epochs}: batch {i}/{len(batches)}, loss {total / max(n, 1):.4f}",
+                      flush=True)
+                last = time.perf_counter()
+            xb = xt[b] if xt is not None else torch.from_numpy(x[b.numpy()])
             if trim:
                 xb = trim_trailing_padding(xb)
             opt.zero_grad(set_to_none=True)
@@ -152,43 +174,85 @@ def _load_error(e: Exception) -> str:
     return (m.group(1) if m else text.strip().splitlines()[0] if text.strip() else type(e).__name__).strip()[:300]
 
 
-def get_fp32_model(cfg, ds, cache_dir: str) -> Fp32Model:
+def check_outputs(module, ds, model_cfg) -> None:
+    """One forward pass on a training sample before any training: the model must take the data's
+    inputs and give one logit per class (a user's module or checkpoint may not)."""
     import torch
 
-    from bsb_hydra.models import build_model
+    from bsb_hydra.config.base import InputError
+    from bsb_hydra.models import model_label
+
+    x = torch.from_numpy(np.ascontiguousarray(ds.x_train[:1]))
+    try:
+        with torch.inference_mode():
+            out = module.eval()(x)
+    except Exception as e:
+        raise InputError(f"model={model_label(model_cfg)} cannot run data={ds.name}'s inputs of shape "
+                         f"{tuple(x.shape[1:])} ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})") from None
+    shape = tuple(getattr(out, "shape", ()))
+    if ds.num_classes is not None and (len(shape) != 2 or shape[1] != ds.num_classes):
+        raise InputError(f"model={model_label(model_cfg)} outputs shape {shape} for one sample; data={ds.name} has "
+                         f"{ds.num_classes} classes, so (1, {ds.num_classes}) was expected")
+
+
+def get_fp32_model(cfg, ds, cache_dir: str) -> Fp32Model:
+    """The trained fp32 model, every parameter trainable again: a frozen pretrained backbone is a
+    choice of the fp32 training (model.freeze_backbone), not of QAT's fine-tuning that starts from it."""
+    fp32 = _get_fp32_model(cfg, ds, cache_dir)
+    if fp32.module is not None:
+        for p in fp32.module.parameters():
+            p.requires_grad_(True)
+    return fp32
+
+
+def _get_fp32_model(cfg, ds, cache_dir: str) -> Fp32Model:
+    import torch
+
+    from bsb_hydra.config.base import InputError
+    from bsb_hydra.models import build_model, model_label
 
     # The initial weights come from the seed too: here torch's default generator starts from a
     # different seed in every process (torch.initial_seed() differs), so without this two trainings
     # under one cache key differed (a smoke-trained mlp scored 16% in one process and 57% in another).
+    if not ds.labelled and cfg.model.needs_training(False):
+        raise InputError(f"data={ds.name} has no labels, so model={model_label(cfg.model)} cannot be trained on it: "
+                         "give its trained weights (model.checkpoint=...), a model file (model=onnx, model=torch "
+                         "with a whole-model checkpoint) or labelled data")
     torch.manual_seed(cfg.seed)
     module = build_model(cfg.model, ds.input_shape, ds.num_classes)
-    if cfg.model.checkpoint:
-        path = Path(cfg.model.checkpoint).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"model.checkpoint={cfg.model.checkpoint!r}: no such file")
+    if isinstance(module, Fp32Model):  # a user's whole model file (ONNX, TorchScript, ...): nothing to train
+        if module.module is not None:
+            check_outputs(module.module, ds, cfg.model)
+        return module
+    path = Path(cfg.model.checkpoint).expanduser() if cfg.model.checkpoint else None
+    if path is not None and not path.is_file():
+        raise InputError(f"model.checkpoint={cfg.model.checkpoint!r}: no such file")
+    check_outputs(module, ds, cfg.model)
+    if path is not None:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise ValueError(f"model.checkpoint={str(path)!r} cannot be read as a weights-only state_dict "
+            raise InputError(f"model.checkpoint={str(path)!r} cannot be read as a weights-only state_dict "
                              f"(torch.load(weights_only=True)): {type(e).__name__}: {_load_error(e)}. Save "
                              f"the model's weights with torch.save(model.state_dict(), PATH)") from None
         if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             what = (f"a dict with keys {', '.join(map(str, list(state)[:6]))}" if isinstance(state, Mapping)
                     else f"a {type(state).__name__}")
-            raise ValueError(f"model.checkpoint={str(path)!r} holds {what}, not a state_dict (parameter name -> "
+            raise InputError(f"model.checkpoint={str(path)!r} holds {what}, not a state_dict (parameter name -> "
                              f"tensor): save torch.save(model.state_dict(), PATH)")
         try:
             module.load_state_dict(state)
         except RuntimeError as e:
-            raise ValueError(f"model.checkpoint={str(path)!r} does not fit model={cfg.model.name} "
-                             f"for input {ds.input_shape}: {e}") from e
+            first = str(e).strip().splitlines()
+            raise InputError(f"model.checkpoint={str(path)!r} does not fit model={model_label(cfg.model)} for input "
+                             f"{ds.input_shape}: {' '.join(line.strip() for line in first[:3])[:400]}") from None
         module.eval()
         digest = sha256_file(path)
         return Fp32Model(module, "checkpoint", "ckpt-" + digest[:20], str(path), digest)
 
     key = cache_key(cfg.model, cfg.data, cfg.train, cfg.seed, ds.input_shape, ds.num_classes)
     folder = Path(cache_dir) / "models"
-    weights = folder / f"{cfg.model.name}-{key}.pt"
+    weights = folder / f"{model_label(cfg.model)}-{key}.pt"
     meta_path = weights.with_suffix(".json")
     with file_lock(folder / f".{key}.lock"):
         for stale in folder.glob(f"{weights.stem}.*tmp*"):  # left by a job killed mid-write

@@ -16,12 +16,19 @@ def _resolvable(cfg):
     return cfg
 
 
+# Options whose keys have no default (a user's file): the values they need to compose.
+REQUIRED = {("model", "onnx"): ["model.path=net.onnx"],
+            ("model", "torch"): ["model.target=pkg.nets.Net", "model.input_shape=[3,32,32]"],
+            ("data", "npz"): ["data.path=arrays.npz"], ("data", "text_csv"): ["data.path=texts.csv"]}
+
+
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
 def test_every_group_option_composes_and_validates(compose_cfg, group, option):
-    cfg = compose_cfg([f"{group}={option}"])
+    given = [f"{group}={option}", *REQUIRED.get((group, option), [])]
+    cfg = compose_cfg(given)
     if group == "data" and "tokenizer" in cfg.data:  # text data: with a model that reads it
         model = "transformer_tiny" if cfg.data.tokenizer == "minilm" else "lstm"
-        cfg = compose_cfg([f"{group}={option}", f"model={model}"])
+        cfg = compose_cfg([*given, f"model={model}"])
     obj = validate(_resolvable(cfg))
     assert getattr(obj, group) is not None
 
@@ -162,7 +169,7 @@ def test_transformer_defaults_read_minilm_tokens(compose_cfg):
 @pytest.mark.parametrize("args, message", [
     (["quant=dynamic", "quant.analyze=true"],
      "quant.analyze is not a key of quant=dynamic: it belongs to quant=static, quant=auto"),
-    (["model=cnn", "model.hidden=[3]"], "model.hidden is not a key of model=cnn: it belongs to model=mlp"),
+    (["model=cnn", "model.hidden=[3]"], "model.hidden is not a key of model=cnn: it belongs to model=lstm, model=mlp, model=transformer_tiny"),
 ])
 def test_a_key_of_another_option_is_named_with_the_options_that_have_it(args, message):
     """Hydra alone answers with "Key 'analyze' not in 'DynamicQuantConfig'" and a hint to append

@@ -8,10 +8,10 @@ LATENCY_METRICS = [f"latency_{k}_ms_b{b}" for k in ("mean", "p50", "p90", "p95",
 SCHEMA_METRICS = ["size_bytes", "size_ratio", "accuracy", "accuracy_ci_low", "accuracy_ci_high",
                   "accuracy_delta_pp", "top1_agreement", "confidence_drift", "kl_div", "latency_cv_b1",
                   "throughput_sps_b1", "speedup_b1", "speedup_b8", "load_ms", "first_inference_ms", "peak_rss_mb",
-                  "rss_delta_mb", *LATENCY_METRICS]
+                  "rss_delta_mb", "model_params", "model_macs", *LATENCY_METRICS]
 SCHEMA_TAGS = ["status", "model", "data", "quant", "backend", "device", "arch", "cpu", "isa", "emulated",
                "os", "python", "version_torch", "version_onnxruntime", "git_sha", "config_hash", "sweep_dir",
-               "job_num"]
+               "job_num", "model_source", "model_ref", "input_shape", "data_source", "test_split", "labelled"]
 
 
 def by_cell(runs):

@@ -51,7 +51,7 @@ def test_trimming_trailing_padding_changes_no_transformer_output():
     transformer that must give the same logits as the full sequence length."""
     import torch
 
-    from bsb_hydra.config import TransformerTinyConfig
+    from bsb_hydra.models.transformer_tiny import TransformerTinyConfig
     from bsb_hydra.data.text import MiniLmTokenizer
     from bsb_hydra.models import build_model
     from bsb_hydra.train import trim_trailing_padding
@@ -69,7 +69,7 @@ def test_trimming_trailing_padding_changes_no_transformer_output():
 def test_transformer_loads_the_pretrained_minilm_offline():
     import torch
 
-    from bsb_hydra.config import TransformerConfig
+    from bsb_hydra.models.transformer import TransformerConfig
     from bsb_hydra.data.text import MiniLmTokenizer
     from bsb_hydra.models import build_model
 
@@ -219,7 +219,8 @@ def test_transformer_static_logs_what_stays_float(text_sweep):
 def test_freeze_encoder_trains_only_the_head():
     import torch
 
-    from bsb_hydra.config import TrainConfig, TransformerTinyConfig
+    from bsb_hydra.config import TrainConfig
+    from bsb_hydra.models.transformer_tiny import TransformerTinyConfig
     from bsb_hydra.data import Dataset
     from bsb_hydra.models import build_model
     from bsb_hydra.train import train_model

@@ -118,7 +118,9 @@ def test_twin_weight_transfer_on_three_channel_input(tmp_path):
     input, where torch's (C,H,W) flatten order differs from Keras' (H,W,C): fp32 TFLite == torch."""
     import torch
 
-    from bsb_hydra.config import CnnConfig, MlpConfig, MobilenetConfig
+    from bsb_hydra.models.cnn import CnnConfig
+    from bsb_hydra.models.mlp import MlpConfig
+    from bsb_hydra.models.mobilenet import MobilenetConfig
     from bsb_hydra.models import build_model
 
     torch.manual_seed(0)

@@ -29,6 +29,7 @@ class BuildContext:
     workdir: Path
     data: Any = None  # the Dataset (QAT fine-tunes on its training split)
     calibration_indices: Optional[np.ndarray] = None  # where ``calibration`` sits in x_train
+    source_onnx: Optional[Path] = None  # model=onnx: the user's fp32 file (``model`` is None then)
 
     @property
     def input_dtype(self) -> str:
@@ -72,11 +73,16 @@ class Backend:
     # why the others are not offered.
     mixed_fallbacks: Tuple[str, ...] = ("fp32",)
     no_fp16_fallback_reason: str = "it keeps sensitive layers in fp32 only"
+    # Whether this backend measures a user's ONNX file (model=onnx) as it is; the others need a torch module.
+    takes_onnx_file: bool = False
 
     def unsupported_reason(self, cfg) -> Optional[str]:
         """Why this backend cannot run cfg's scheme (None = it can). Checked before any work."""
         scheme = cfg.quant.scheme.value
-        if not hasattr(self, f"build_{scheme}"):
+        if not getattr(cfg.model, "torch_module", True) and not self.takes_onnx_file:
+            return (f"model={cfg.model.name} is an ONNX file: backend={self.name} needs a PyTorch model to run or "
+                    "convert (nothing here converts ONNX back to torch); run it on backend=onnxruntime")
+        if scheme != "auto" and not hasattr(self, f"build_{scheme}"):
             return f"quant={scheme} on {self.name}: {self.no_scheme_reasons.get(scheme, 'no such scheme here')}"
         reasons = self.family_unsupported.get(cfg.model.family, {})
         if scheme == "static" and getattr(cfg.quant, "analyze", False):  # the analysis needs auto's hooks
@@ -100,14 +106,10 @@ class Backend:
     def build(self, scheme: str, ctx: BuildContext, out: Path) -> Artifact:
         return getattr(self, f"build_{scheme}")(ctx, out)
 
-    # quant=auto (bsb_hydra/mixed.py) for a backend that can keep chosen layers in float while the
-    # rest is static int8: it defines mixed_layers(ctx) -> {name: (float weight, output-channel
-    # axis)} and build_mixed(ctx, out, float_layers) -> Artifact.
-    def build_auto(self, ctx: BuildContext, out: Path) -> Artifact:
-        from bsb_hydra.mixed import build_auto
-
-        return build_auto(self, ctx, out)
-
+    # quant=auto is built by bsb_hydra/mixed.py (pipeline.build_artifact dispatches it) for a backend
+    # that can keep chosen layers in float while the rest is static int8: it defines
+    # mixed_layers(ctx) -> {name: (float weight, output-channel axis)} and
+    # build_mixed(ctx, out, float_layers) -> Artifact.
     def mixed_layers(self, ctx: BuildContext):
         raise Unsupported(f"backend {self.name} cannot keep chosen layers in float (no mixed-precision hook)")
 

@@ -39,6 +39,33 @@ def export_onnx(model, example: np.ndarray, out: Path, opset: int) -> None:
         )
 
 
+def fixed_dims_copy(src: Path, per_sample: tuple, out: Path) -> None:
+    """A user's ONNX model with its input's batch dimension dynamic ("batch") and the others fixed to
+    ``per_sample``; inferred intermediate shapes are dropped (ORT infers them again). Weights are
+    written inside the file, so its size is the artifact's."""
+    import onnx
+
+    model = onnx.load(str(src))
+    g = model.graph
+    inits = {i.name for i in g.initializer}
+    inp = next(i for i in g.input if i.name not in inits)
+    dims = inp.type.tensor_type.shape.dim
+    for i, d in enumerate(dims):
+        d.Clear()
+        if i == 0:
+            d.dim_param = "batch"
+        else:
+            d.dim_value = int(per_sample[i - 1])
+    for o in g.output:
+        if o.type.tensor_type.shape.dim:
+            first = o.type.tensor_type.shape.dim[0]
+            first.Clear()
+            first.dim_param = "batch"
+    del g.value_info[:]
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out))
+
+
 def op_counts(path: Path) -> Dict[str, str]:
     import onnx
 
@@ -59,15 +86,25 @@ def _quiet_root_logger():
         root.setLevel(level)
 
 
-class TrainingSamplesReader:
-    """CalibrationDataReader over real training samples, in batches."""
+def input_name(path: Path) -> str:
+    """The graph's one fed input (a user's ONNX file names its own)."""
+    import onnx
 
-    def __init__(self, samples: np.ndarray) -> None:
+    g = onnx.load(str(path), load_external_data=False).graph
+    inits = {i.name for i in g.initializer}
+    return next(i.name for i in g.input if i.name not in inits)
+
+
+class TrainingSamplesReader:
+    """CalibrationDataReader over real training samples, in batches, fed to the input ``name``."""
+
+    def __init__(self, samples: np.ndarray, name: str = INPUT_NAME) -> None:
+        self.name = name
         self.batches = iter([samples[i:i + CALIBRATION_BATCH] for i in range(0, len(samples), CALIBRATION_BATCH)])
 
     def get_next(self):
         b = next(self.batches, None)
-        return None if b is None else {INPUT_NAME: np.ascontiguousarray(b)}  # float32 images, int64 ids
+        return None if b is None else {self.name: np.ascontiguousarray(b)}  # float32 images, int64 ids
 
     def __iter__(self):  # what ORT's CalibrationDataReader adds (qdq_loss_debug iterates a reader)
         return iter(self.get_next, None)
@@ -193,7 +230,10 @@ def weight_elements(model, op_types) -> int:
 class OnnxruntimeBackend(Backend):
     name = "onnxruntime"
     suffix = ".onnx"
+    takes_onnx_file = True
     family_unsupported = {
+        "onnx_file": {"qat": "QAT fine-tunes a PyTorch model with fake quantization; model=onnx is an ONNX file "
+                             "(give the torch module as model=torch for QAT)"},
         "recurrent": {
             "static": "ORT's static QDQ quantizer has no int8 LSTM (only MatMul/Gather around it would be "
                       "quantized); the LSTM's int8 path in ORT is quant=dynamic (DynamicQuantizeLSTM)",
@@ -224,7 +264,10 @@ class OnnxruntimeBackend(Backend):
     def _fp32(self, ctx: BuildContext) -> Path:
         path = ctx.workdir / "fp32_export.onnx"
         if not path.exists():
-            export_onnx(ctx.model, ctx.example, path, ctx.cfg.backend.opset)
+            if ctx.source_onnx is not None:  # model=onnx: the user's graph, its per-sample dims fixed
+                fixed_dims_copy(ctx.source_onnx, tuple(ctx.example.shape[1:]), path)
+            else:
+                export_onnx(ctx.model, ctx.example, path, ctx.cfg.backend.opset)
         return path
 
     def _preprocessed(self, ctx: BuildContext) -> Path:
@@ -291,7 +334,7 @@ class OnnxruntimeBackend(Backend):
         cache = ctx.workdir / f"calibration_{q.method.value}_{q.samples}_{q.percentile}.json"
         with _quiet_root_logger():
             quantize_static(
-                str(src), str(out), TrainingSamplesReader(ctx.calibration),
+                str(src), str(out), TrainingSamplesReader(ctx.calibration, input_name(src)),
                 quant_format=QuantFormat.QDQ, activation_type=activation, weight_type=QuantType.QInt8,
                 per_channel=q.granularity.value == "per_channel", reduce_range=reduce_range, calibrate_method=method,
                 extra_options=extra, calibration_cache_path=str(cache), **scope,
@@ -397,7 +440,7 @@ class OnnxruntimeBackend(Backend):
             for key, path in (("float", src), ("qdq", int8_path)):
                 aug = work / f"{key}_augmented.onnx"
                 dbg.modify_model_output_intermediate_tensors(str(path), str(aug))
-                acts[key] = dbg.collect_activations(str(aug), TrainingSamplesReader(x))
+                acts[key] = dbg.collect_activations(str(aug), TrainingSamplesReader(x, input_name(path)))
         matched = dbg.create_activation_matching(acts["qdq"], acts["float"])
         qdq = onnx.load(str(int8_path)).graph
         inits = {i.name: numpy_helper.to_array(i) for i in qdq.initializer}

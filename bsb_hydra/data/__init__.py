@@ -20,19 +20,32 @@ class DataNotFoundError(FileNotFoundError):
 
 @dataclass
 class Dataset:
+    """x_* are float32 NCHW images in [0, 1], int64 token ids or float feature rows (or lazy image
+    splits: bsb_hydra/data/transforms.py). Unlabelled data (data=random, an npz with only ``x``) has
+    ``y_train = y_test = num_classes = None``: no training, no accuracy, agreement with fp32 only."""
     name: str
     x_train: np.ndarray
-    y_train: np.ndarray
+    y_train: Optional[np.ndarray]
     x_test: np.ndarray
-    y_test: np.ndarray
-    num_classes: int
+    y_test: Optional[np.ndarray]
+    num_classes: Optional[int]
     class_names: List[str] = field(default_factory=list)
     vocab: Any = None  # text sets: the tokenizer (word Vocab or MiniLmTokenizer): encode/decode
     texts_test: Optional[List[str]] = None  # text sets: the raw test texts, aligned with x_test
+    # Where the samples came from (a package, a folder, a file: tag data_source) and which split is
+    # scored (tag test_split): the data set's own test split, or how it was split from the seed.
+    source: str = ""
+    test_split: str = "test"
+    # How the images were fitted to the model (bsb_hydra/data/transforms.py; tag data_transform).
+    transform: str = ""
 
     @property
     def input_shape(self) -> Tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
+
+    @property
+    def labelled(self) -> bool:
+        return self.y_test is not None
 
 
 def _subset_idx(n: int, limit, rng: np.random.Generator) -> Optional[np.ndarray]:
@@ -46,20 +59,21 @@ def _subset_idx(n: int, limit, rng: np.random.Generator) -> Optional[np.ndarray]
 _LAST: dict = {}
 
 
-def load_dataset(cfg, seed: int) -> Dataset:
+def load_dataset(cfg, seed: int, model_shape: Optional[Tuple[int, ...]] = None) -> Dataset:
     """Load ``cfg.name`` and apply the seeded ``limit_train`` / ``limit_test`` subsets. A repeat
     request for the same data config and seed in the same process returns the arrays loaded before
-    (in a fresh Dataset object)."""
+    (in a fresh Dataset object). ``model_shape``: the model's fixed per-sample input, for sets that
+    take their shape from it (data=random)."""
     try:
         from omegaconf import OmegaConf
 
         plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg) else vars(cfg)
-        key = json.dumps([plain, seed], sort_keys=True, default=str)
+        key = json.dumps([plain, seed, model_shape], sort_keys=True, default=str)
     except (TypeError, ValueError):
         key = None
     if key is not None and _LAST.get("key") == key:
         return dataclasses.replace(_LAST["ds"])
-    ds = _load_dataset(cfg, seed)
+    ds = _load_dataset(cfg, seed, model_shape)
     if key is not None:
         _LAST.clear()
         _LAST.update(key=key, ds=ds)
@@ -67,23 +81,31 @@ def load_dataset(cfg, seed: int) -> Dataset:
     return ds
 
 
-def _load_dataset(cfg, seed: int) -> Dataset:
+def _load_dataset(cfg, seed: int, model_shape) -> Dataset:
+    from bsb_hydra.data.transforms import take
+
     loader = DATASETS.get(cfg.name)
-    ds: Dataset = loader(cfg, seed)
+    ds: Dataset = loader(cfg, seed, model_shape) if getattr(loader, "takes_model_shape", False) else loader(cfg, seed)
     rng = np.random.default_rng(seed)
-    idx = _subset_idx(len(ds.y_train), cfg.limit_train, rng)
+    idx = _subset_idx(len(ds.x_train), cfg.limit_train, rng)
     if idx is not None:
-        ds.x_train, ds.y_train = ds.x_train[idx], ds.y_train[idx]
-    idx = _subset_idx(len(ds.y_test), cfg.limit_test, rng)
+        ds.x_train = take(ds.x_train, idx)
+        ds.y_train = ds.y_train[idx] if ds.y_train is not None else None
+    idx = _subset_idx(len(ds.x_test), cfg.limit_test, rng)
     if idx is not None:
-        ds.x_test, ds.y_test = ds.x_test[idx], ds.y_test[idx]
+        ds.test_split += f"; a seeded subset of {len(idx)} of its {len(ds.x_test)} samples (data.limit_test)"
+        ds.x_test = take(ds.x_test, idx)
+        ds.y_test = ds.y_test[idx] if ds.y_test is not None else None
         if ds.texts_test is not None:
             ds.texts_test = [ds.texts_test[i] for i in idx]
-    dtype = np.int64 if np.issubdtype(ds.x_train.dtype, np.integer) else np.float32  # token ids stay ints
-    ds.x_train = np.ascontiguousarray(ds.x_train, dtype=dtype)
-    ds.x_test = np.ascontiguousarray(ds.x_test, dtype=dtype)
-    ds.y_train = ds.y_train.astype(np.int64)
-    ds.y_test = ds.y_test.astype(np.int64)
+    if isinstance(ds.x_train, np.ndarray):  # lazily decoded image files stay as they are
+        dtype = np.int64 if np.issubdtype(ds.x_train.dtype, np.integer) else np.float32  # token ids stay ints
+        ds.x_train = np.ascontiguousarray(ds.x_train, dtype=dtype)
+        ds.x_test = np.ascontiguousarray(ds.x_test, dtype=dtype)
+    if ds.y_train is not None:
+        ds.y_train = ds.y_train.astype(np.int64)
+    if ds.y_test is not None:
+        ds.y_test = ds.y_test.astype(np.int64)
     return ds
 
 
@@ -96,12 +118,14 @@ def stratified_split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: i
 
 def calibration_indices(ds: Dataset, n: int, seed: int) -> np.ndarray:
     """Indices into the TRAINING split of ``n`` calibration samples, chosen with the seed."""
-    if n > len(ds.y_train):
-        raise ValueError(
-            f"quant.samples={n} is larger than the training split ({len(ds.y_train)} samples); "
-            f"use at most {len(ds.y_train)}"
+    if n > len(ds.x_train):
+        from bsb_hydra.config.base import InputError
+
+        raise InputError(
+            f"quant.samples={n} is larger than the training split ({len(ds.x_train)} samples); "
+            f"use at most {len(ds.x_train)}"
         )
-    return np.sort(np.random.default_rng(seed + 1).choice(len(ds.y_train), size=n, replace=False))
+    return np.sort(np.random.default_rng(seed + 1).choice(len(ds.x_train), size=n, replace=False))
 
 
 def calibration_samples(ds: Dataset, n: int, seed: int) -> np.ndarray:

@@ -67,4 +67,5 @@ def load(cfg, seed: int) -> Dataset:
         names = [n.decode() for n in load_pickle(meta)[b"label_names"]]
     xtr, ytr = _read(root, TRAIN)
     xte, yte = _read(root, TEST)
-    return Dataset("cifar10", xtr, ytr, xte, yte, 10, names)
+    return Dataset("cifar10", xtr, ytr, xte, yte, 10, names, source=f"cifar-10-batches-py in {root}",
+                   test_split="test_batch (10,000 images)")

@@ -11,4 +11,5 @@ def load(cfg, seed: int) -> Dataset:
     b = load_digits()
     x = (b.images.astype(np.float32) / 16.0)[:, None, :, :]
     xtr, xte, ytr, yte = stratified_split(x, b.target, cfg.test_fraction, seed)
-    return Dataset("digits", xtr, ytr, xte, yte, 10, [str(i) for i in range(10)])
+    return Dataset("digits", xtr, ytr, xte, yte, 10, [str(i) for i in range(10)],
+                   source="pypi:scikit-learn load_digits()", test_split=f"stratified {cfg.test_fraction:g} split, seed {seed}")

@@ -13,4 +13,6 @@ def load(cfg, seed: int) -> Dataset:
     root = Path(cfg.root) if cfg.root else DEBIAN_DIR
     d = load_idx_folder(root, "data=fashion_mnist",
                         "Install it with: sudo apt-get install -y dataset-fashion-mnist (or `make setup`).")
-    return Dataset("fashion_mnist", d["x_train"], d["y_train"], d["x_test"], d["y_test"], 10, CLASSES)
+    source = f"debian:dataset-fashion-mnist ({root})" if root == DEBIAN_DIR else f"idx files in {root}"
+    return Dataset("fashion_mnist", d["x_train"], d["y_train"], d["x_test"], d["y_test"], 10, CLASSES,
+                   source=source, test_split="t10k (the 10,000-image test split)")

@@ -34,4 +34,5 @@ def load(cfg, seed: int):
     root = Path(cfg.root).expanduser()
     xtr, ytr = _read_split(root, "train")
     xte, yte = _read_split(root, "test")
-    return to_dataset(TextSplits("imdb", xtr, ytr, xte, yte, ["negative", "positive"]), cfg)
+    return to_dataset(TextSplits("imdb", xtr, ytr, xte, yte, ["negative", "positive"], source=f"aclImdb in {root}",
+                                 test_split="test/"), cfg)

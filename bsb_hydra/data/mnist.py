@@ -13,4 +13,5 @@ def load(cfg, seed: int) -> Dataset:
             + ", ".join(n + "[.gz]" for n in IDX_FILES.values())
         )
     d = load_idx_folder(Path(cfg.root), "data=mnist", "Place the MNIST IDX files there.")
-    return Dataset("mnist", d["x_train"], d["y_train"], d["x_test"], d["y_test"], 10, [str(i) for i in range(10)])
+    return Dataset("mnist", d["x_train"], d["y_train"], d["x_test"], d["y_test"], 10, [str(i) for i in range(10)],
+                   source=f"idx files in {cfg.root}", test_split="t10k (the 10,000-image test split)")

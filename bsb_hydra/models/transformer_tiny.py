@@ -2,15 +2,51 @@
 as ``transformer`` around it: fast tests of every transformer code path."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
+from omegaconf import MISSING
+
 import torch
 from torch import nn
 
 from bsb_hydra.data.text import PAD
+from bsb_hydra.config.base import ConfigError, positive as _positive
+from bsb_hydra.config.model import ModelConfig
 from bsb_hydra.models import MODELS
-from bsb_hydra.models.transformer import TextTransformer, _check_input, _value
+from bsb_hydra.models.transformer import Pooling, TextTransformer, _check_input, _value
 
 
-@MODELS.register("transformer_tiny")
+@dataclass
+class TransformerTinyConfig(ModelConfig):
+    """A small BERT built from this config (random init, no pretrained weights): fast tests."""
+    name: str = "transformer_tiny"
+    default_data: str = "rt_snippets"
+    family: ClassVar[str] = "transformer"
+    vocab_size: int = MISSING  # the tokenizer's (conf/model/transformer_tiny.yaml: ${data.vocab_size})
+    max_positions: int = MISSING  # conf/model/transformer_tiny.yaml: ${data.seq_len}
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 2
+    intermediate: int = 256
+    dropout: float = 0.1
+    pooling: Pooling = Pooling.mean
+    head_dropout: float = 0.1
+    freeze_encoder: bool = False
+
+    def __post_init__(self) -> None:
+        for key in ("vocab_size", "max_positions", "hidden", "layers", "heads", "intermediate"):
+            _positive(f"model.{key}", getattr(self, key))
+        if self.hidden % self.heads:
+            raise ConfigError(f"model.heads={self.heads} is not allowed: it must divide model.hidden={self.hidden}")
+        for key in ("dropout", "head_dropout"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(f"model.{key}={getattr(self, key)} is not allowed: use 0 <= dropout < 1")
+
+
+
+
+@MODELS.register("transformer_tiny", schema=TransformerTinyConfig)
 def build_transformer_tiny(cfg, input_shape, num_classes) -> nn.Module:
     from bsb_hydra.data.text import require_transformers
 

@@ -15,9 +15,12 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
+from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 
-from bsb_hydra.config import GROUP_NAMES, ConfigError, validate
+from bsb_hydra.config.base import ConfigError
+from bsb_hydra.config.checks import validate
+from bsb_hydra.config.overrides import GROUP_NAMES
 
 
 def _key(override: str) -> str:
@@ -107,3 +110,9 @@ class ValidatingSweeper(BasicSweeper):
 @dataclass
 class ValidatingSweeperConf(BasicSweeperConf):
     _target_: str = "hydra_plugins.bsb_hydra_sweeper.validating_sweeper.ValidatingSweeper"
+
+
+# Registered by the plugin itself (Hydra imports every module under hydra_plugins/ when it starts):
+# `hydra/sweeper: validating` in conf/config.yaml finds it; bsb_hydra.config does not import this module.
+ConfigStore.instance().store(group="hydra/sweeper", name="validating", node=ValidatingSweeperConf,
+                             provider="bsb_hydra")

@@ -1,0 +1,122 @@
+"""Schemas of the train group, the plain keys (benchmark, mlflow, paths, debug) and the root Config."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, List, Optional
+
+from omegaconf import MISSING
+
+from bsb_hydra.config.base import ConfigError, positive as _positive
+
+
+class FaultStage(Enum):
+    none = "none"
+    train = "train"
+    quantize = "quantize"
+    benchmark = "benchmark"
+    worker_crash = "worker_crash"
+    worker_oom = "worker_oom"
+    worker_hang = "worker_hang"
+
+
+
+@dataclass
+class TrainConfig:
+    name: str = "default"
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    # Train on a seeded subset of this many samples (smoke runs); null = the whole training split.
+    limit_samples: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        _positive("train.epochs", self.epochs)
+        _positive("train.batch_size", self.batch_size)
+        _positive("train.lr", self.lr)
+        _positive("train.limit_samples", self.limit_samples, allow_none=True)
+        if self.weight_decay < 0:
+            raise ConfigError(f"train.weight_decay={self.weight_decay} is not allowed: it must be >= 0")
+
+
+# ------------------------------------------------------------------------------------ benchmark
+@dataclass
+class BenchmarkConfig:
+    batch_sizes: List[int] = field(default_factory=lambda: [1, 8, 32])
+    warmup_runs: int = 20
+    # Timed runs continue until BOTH min_runs and min_duration_s are reached (or max_duration_s).
+    # All three are totals over the `repeats` processes: each process times its share.
+    min_runs: int = 100
+    min_duration_s: float = 1.0
+    max_duration_s: float = 30.0
+    # Measure the fp32 artifact of the same backend in the same job, right before the quantized
+    # one, so speedup_b{N} is a ratio of two timings taken seconds apart.
+    paired_baseline: bool = True
+    # Fresh worker processes per artifact. The first also evaluates accuracy; with a paired baseline
+    # they alternate (fp32, cell, fp32, cell, ...). Samples are pooled and the p50 interval comes
+    # from a cluster bootstrap over the processes: a single process's p50 can sit far from the next
+    # one's (seen here: the same ORT artifact at 0.11 and 0.18 ms in two processes).
+    repeats: int = 3
+    eval_batch_size: int = 256
+    bootstrap_resamples: int = 1000
+    # A worker is stopped when it makes NO progress for this long (it reports after loading, each batch
+    # size timed and each evaluation batch), not when it runs this long: slow models are not "hung".
+    timeout_s: float = 900.0
+
+    def __post_init__(self) -> None:
+        if not self.batch_sizes:
+            raise ConfigError("benchmark.batch_sizes=[] is not allowed: give at least one batch size")
+        for i, b in enumerate(self.batch_sizes):
+            _positive(f"benchmark.batch_sizes[{i}]", b)
+        if self.warmup_runs < 0:
+            raise ConfigError(f"benchmark.warmup_runs={self.warmup_runs} is not allowed: it must be >= 0")
+        _positive("benchmark.min_runs", self.min_runs)
+        _positive("benchmark.repeats", self.repeats)
+        _positive("benchmark.min_duration_s", self.min_duration_s)
+        _positive("benchmark.max_duration_s", self.max_duration_s)
+        _positive("benchmark.eval_batch_size", self.eval_batch_size)
+        _positive("benchmark.bootstrap_resamples", self.bootstrap_resamples)
+        _positive("benchmark.timeout_s", self.timeout_s)
+
+
+# ------------------------------------------------------------------------------- mlflow / paths
+@dataclass
+class MlflowConfig:
+    tracking_uri: str = MISSING
+    experiment: str = "bsb-hydra"
+    # Where a new experiment's artifacts go when the store is local (sqlite/file).
+    artifact_root: str = MISSING
+
+
+@dataclass
+class PathsConfig:
+    root: str = MISSING
+    cache_dir: str = MISSING
+
+
+@dataclass
+class DebugConfig:
+    """Fault injection, for tests of the sweep's failure handling."""
+    fail_stage: FaultStage = FaultStage.none
+    # Inject only in cells whose id (model-data-quant-backend) contains this text; "" = every cell.
+    fail_cell: str = ""
+
+
+@dataclass
+class Config:
+    model: Any = MISSING
+    data: Any = MISSING
+    quant: Any = MISSING
+    backend: Any = MISSING
+    device: Any = MISSING
+    train: Any = MISSING
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
+    seed: int = 0
+    # Resume: a cell whose config_hash already has an `ok` run in the experiment (same arch, cpu and
+    # emulation) is skipped. force=true measures it again (the newer run supersedes the older).
+    force: bool = False
+

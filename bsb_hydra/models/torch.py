@@ -1,0 +1,185 @@
+"""A user's own PyTorch model (``model=torch``), run through every backend the built-in models run through.
+
+``model.target=package.module.Builder`` names an importable ``nn.Module`` class or a function returning
+one, called with ``model.kwargs`` (Hydra's ``_target_`` instantiation; ``num_classes`` is passed from
+the data when the builder takes it and kwargs do not set it). ``model.input_shape`` is one sample's
+shape, e.g. [3, 224, 224]; the data is fitted to it. The weights:
+
+- ``model.checkpoint`` a state_dict (``torch.save(model.state_dict(), PATH)``), loaded into the built
+  module with ``weights_only=True``;
+- ``model.checkpoint`` a whole model file, with no ``model.target`` needed: TorchScript
+  (``torch.jit.save``), an ExportedProgram (``torch.export.save``), or a pickled module
+  (``torch.save(model)``), which loading runs code from, so only with ``model.allow_pickle=true``;
+- no checkpoint: trained on the data like the built-in models (train group; cached under a key that
+  includes the target's source file, so editing the code retrains).
+
+FX graph-mode quantization (pytorch static, qat, auto) needs a traceable ``nn.Module``: a TorchScript
+file runs fp32, fp16 and dynamic there; every scheme runs on onnxruntime from its ONNX export."""
+from __future__ import annotations
+
+import inspect
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Dict, List, Optional
+
+from omegaconf import MISSING
+
+from bsb_hydra.config.base import ConfigError, InputError, positive
+from bsb_hydra.config.model import ModelConfig
+from bsb_hydra.models import MODELS
+
+
+@dataclass
+class TorchModelConfig(ModelConfig):
+    name: str = "torch"
+    # package.module.Name of an nn.Module class or a function returning one; null with a whole-model checkpoint
+    target: Optional[str] = None
+    kwargs: Any = None  # a dict: model.kwargs={width:16,depth:2} (untyped, so one override sets it whole)
+    # One sample's input shape (without the batch), e.g. [3, 224, 224]; [64] for 64 token ids.
+    input_shape: List[int] = MISSING
+    # A checkpoint that is a pickled module (torch.save(model)) runs code from the file when loaded.
+    allow_pickle: bool = False
+    source_kind: ClassVar[str] = "torch"
+
+    def __post_init__(self) -> None:
+        if not self.target and not self.checkpoint:
+            raise ConfigError("model=torch needs model.target=package.module.Builder (an nn.Module class or a "
+                              "function returning one) or model.checkpoint=FILE holding a whole model")
+        if not self.input_shape:
+            raise ConfigError("model.input_shape=[] is not allowed: give one sample's shape, e.g. [3, 224, 224]")
+        for i, d in enumerate(self.input_shape):
+            positive(f"model.input_shape[{i}]", d)
+
+    @classmethod
+    def label_of(cls, cfg) -> str:
+        if cfg.get("target") if hasattr(cfg, "get") else cfg.target:
+            return str(cfg.target).rsplit(".", 1)[-1]
+        return Path(str(cfg.checkpoint)).stem
+
+    def fixed_input_shape(self):
+        return tuple(int(d) for d in self.input_shape)
+
+    def source_ref(self) -> str:
+        from bsb_hydra.train import sha256_file
+
+        parts = []
+        if self.target:
+            parts.append(f"{self.target}({', '.join(f'{k}={v!r}' for k, v in (self.kwargs or {}).items())})")
+        if self.checkpoint:
+            parts.append(f"{self.checkpoint} sha256 {sha256_file(existing(self.checkpoint))}")
+        return " + ".join(parts)
+
+    def cache_identity(self) -> str:
+        """The target's source file: edited code is another model (the cache retrains it)."""
+        if not self.target:
+            return ""
+        from bsb_hydra.train import sha256_file
+
+        builder = resolve(self.target)
+        source = inspect.getsourcefile(builder) if callable(builder) else None
+        return sha256_file(source) if source else self.target
+
+
+def existing(path: str) -> Path:
+    p = Path(str(path)).expanduser()
+    if not p.is_file():
+        raise InputError(f"model.checkpoint={str(path)!r}: no such file")
+    return p
+
+
+def resolve(target: str):
+    """The object a dotted path names, through Hydra's own locator."""
+    from hydra.utils import get_object
+
+    try:
+        return get_object(target)
+    except Exception as e:
+        cause = e.__cause__ or e
+        raise InputError(f"model.target={target!r} does not resolve to an importable class or function "
+                         f"({type(cause).__name__}: {str(cause).strip().splitlines()[0][:200]})") from None
+
+
+def file_kind(path: Path) -> str:
+    """torchscript | exported_program | torch_save (a state_dict or a pickled object), from the archive's entries."""
+    try:
+        names = zipfile.ZipFile(path).namelist() if zipfile.is_zipfile(path) else []
+    except zipfile.BadZipFile:
+        names = []
+    if any("/code/__torch__/" in n or n.endswith("/constants.pkl") for n in names):
+        return "torchscript"
+    if any(n.endswith("/archive_format") for n in names) and any("/models/" in n for n in names):
+        return "exported_program"
+    return "torch_save"
+
+
+def load_whole(path: Path, allow_pickle: bool):
+    """A whole model from a file, or None when the file is a state_dict (weights for model.target)."""
+    import torch
+
+    kind = file_kind(path)
+    try:
+        if kind == "torchscript":
+            return torch.jit.load(str(path), map_location="cpu").eval()
+        if kind == "exported_program":
+            return torch.export.load(str(path)).module()
+    except Exception as e:
+        raise InputError(f"model.checkpoint={str(path)!r} looks like a {kind.replace('_', ' ')} file but does not "
+                         f"load ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})") from None
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+        return None  # plain data: a state_dict for model.target (checked when it is loaded)
+    except Exception as e:
+        if "weights_only" not in str(e).lower() and "unsupported global" not in str(e).lower():
+            raise InputError(f"model.checkpoint={str(path)!r} is not a PyTorch file torch.load can read "
+                             f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})") from None
+    if not allow_pickle:
+        raise InputError(f"model.checkpoint={str(path)!r} holds a pickled object (torch.save(model)), and loading it "
+                         "runs code from the file: set model.allow_pickle=true if you trust it, or save "
+                         "model.state_dict() and give model.target")
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(obj, torch.nn.Module):
+        raise InputError(f"model.checkpoint={str(path)!r} holds a {type(obj).__name__}, not an nn.Module")
+    return obj.eval()
+
+
+def instantiate(cfg, num_classes: Optional[int]):
+    from hydra.utils import instantiate as hydra_instantiate
+
+    builder = resolve(cfg.target)
+    kwargs = dict(cfg.kwargs or {})
+    try:
+        takes = inspect.signature(builder).parameters
+    except (TypeError, ValueError):
+        takes = {}
+    if num_classes is not None and "num_classes" in takes and "num_classes" not in kwargs:
+        kwargs["num_classes"] = num_classes
+    try:
+        module = hydra_instantiate({"_target_": cfg.target, **kwargs}, _convert_="all")
+    except Exception as e:
+        cause = e.__cause__ or e
+        raise InputError(f"model.target={cfg.target!r} with model.kwargs={dict(cfg.kwargs or {})} could not be built "
+                         f"({type(cause).__name__}: {str(cause).strip().splitlines()[0][:200]})") from None
+    import torch
+
+    if not isinstance(module, torch.nn.Module):
+        raise InputError(f"model.target={cfg.target!r} returned a {type(module).__name__}, not a torch.nn.Module")
+    return module
+
+
+@MODELS.register("torch", schema=TorchModelConfig)
+def build(cfg, input_shape, num_classes):
+    """The module to train or to load a state_dict into; or, for a whole-model checkpoint, the
+    finished fp32 model (train.Fp32Model)."""
+    if cfg.checkpoint:
+        path = existing(cfg.checkpoint)
+        whole = load_whole(path, cfg.allow_pickle)
+        if whole is not None:
+            from bsb_hydra.train import Fp32Model, sha256_file
+
+            digest = sha256_file(path)
+            return Fp32Model(whole, "checkpoint", "ckpt-" + digest[:20], str(path), digest)
+        if not cfg.target:
+            raise InputError(f"model.checkpoint={str(cfg.checkpoint)!r} is a state_dict: give model.target=... "
+                             "naming the module its weights belong to")
+    return instantiate(cfg, num_classes)
