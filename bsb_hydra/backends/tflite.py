@@ -30,6 +30,22 @@ from bsb_hydra.backends.base import FAKE_QUANT_ELSEWHERE, Artifact, Backend, Bui
 
 REQUIRED = {"tensorflow": "tensorflow", "tf_keras": "tf-keras", "tensorflow_model_optimization":
             "tensorflow-model-optimization", "ai_edge_litert": "ai-edge-litert"}
+LITERT_REQUIRED = {"litert_torch": "litert-torch", "ai_edge_quantizer": "ai-edge-quantizer", "ai_edge_litert":
+                   "ai-edge-litert"}
+# What the litert-torch path (bsb_hydra/backends/litert_convert.py) builds, and why not the rest.
+LITERT_SCHEMES = ("fp32", "fp16", "dynamic", "static")
+LITERT_NO = {"qat": "QAT on TFLite runs through tensorflow-model-optimization on a Keras twin, and this model has "
+                    "none (the litert-torch path converts trained torch models; run QAT on pytorch or onnxruntime)",
+             "auto": "quant=auto on TFLite keeps layers float through TensorFlow's converter's deny list on a Keras "
+                     "twin; the litert-torch path has no per-layer choice wired yet"}
+
+
+def uses_litert(cfg) -> bool:
+    """Whether this cell's .tflite comes from litert-torch (else from a Keras twin)."""
+    from bsb_hydra.backends.keras_twins import TWINS
+
+    choice = cfg.backend.converter
+    return choice == "litert_torch" or (choice == "auto" and cfg.model.name not in TWINS)
 CONVERT_TIMEOUT_S = 3600
 
 
@@ -39,9 +55,9 @@ class TfliteBackend(Backend):
     suffix = ".tflite"
     no_fp16_fallback_reason = ("the converter's deny list keeps the chosen ops in fp32; fp16 weights are a "
                                "whole-model converter option, not a per-op one")
-    _NO_BERT_TWIN = ("the TFLite path carries the trained weights through a Keras twin, and there is no Keras "
-                     "twin of transformers' BertModel yet (an honest full-integer BERT also needs int8-safe "
-                     "attention masking); run the transformer on pytorch or onnxruntime")
+    _NO_BERT_TWIN = ("there is no Keras twin of transformers' BertModel, and the litert-torch path is not wired for "
+                     "it yet (an honest full-integer BERT also needs int8-safe attention masking); run the "
+                     "transformer on pytorch or onnxruntime")
     no_scheme_reasons = {"int4_weight_only": (
         "the TFLite converter's options used here (tensorflow 2.21) write int8, fp16 or float weights; LiteRT's "
         "block-wise int4 weights come from the separate AI Edge Quantizer (now litert-quantizer), which is not "
@@ -57,16 +73,20 @@ class TfliteBackend(Backend):
         reason = super().unsupported_reason(cfg)
         if reason:
             return reason
-        missing = [pip for mod, pip in REQUIRED.items() if importlib.util.find_spec(mod) is None]
+        litert = uses_litert(cfg)
+        needed = LITERT_REQUIRED if litert else REQUIRED
+        missing = [pip for mod, pip in needed.items() if importlib.util.find_spec(mod) is None]
         if missing:
             return (f"backend=tflite needs {', '.join(missing)}: install the extra with "
                     "`pip install -c requirements/lock.txt -e '.[tflite]'` (make setup does)")
         from bsb_hydra.backends.keras_twins import TWINS
 
-        if cfg.model.name not in TWINS:
-            return (f"model={cfg.model.name} has no Keras twin for the TFLite converter "
-                    f"(twins exist for {', '.join(sorted(TWINS))})")
         q = cfg.quant
+        if not litert and cfg.model.name not in TWINS:
+            return (f"backend.converter=keras_twin: model={cfg.model.name} has no Keras twin "
+                    f"(twins exist for {', '.join(sorted(TWINS))}); backend.converter=auto uses litert-torch")
+        if litert and q.scheme.value in LITERT_NO:
+            return f"quant={q.scheme.value} on tflite (litert-torch): {LITERT_NO[q.scheme.value]}"
         if q.scheme.value in ("static", "auto") and q.method.value != "minmax":
             return (f"quant.method={q.method.value}: the TFLite converter calibrates with min/max over the "
                     "representative dataset only; use quant.method=minmax on tflite")
@@ -121,17 +141,27 @@ class TfliteBackend(Backend):
         req_path.write_text(json.dumps(req))
         env = dict(os.environ, TF_USE_LEGACY_KERAS="1", CUDA_VISIBLE_DEVICES="-1",  # CPU only, no CUDA probing
                    TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-        proc = subprocess.run([sys.executable, "-m", "bsb_hydra.backends.tflite_convert", str(req_path)],
-                              env=env, capture_output=True, text=True, timeout=CONVERT_TIMEOUT_S)
+        self._run_converter("bsb_hydra.backends.tflite_convert", req_path, work, jobs, env)
+        return [json.loads(Path(j["info_out"]).read_text()) for j in jobs]
+
+    @staticmethod
+    def _run_converter(module: str, req_path: Path, work: Path, jobs, env) -> None:
+        """The converter process; its failure raises with the converter's own last lines as the reason."""
+        env = {**env, "CUDA_VISIBLE_DEVICES": "-1", "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+        proc = subprocess.run([sys.executable, "-m", module, str(req_path)], env=env, capture_output=True, text=True,
+                              timeout=CONVERT_TIMEOUT_S)
         (work / "convert.log").write_text(proc.stdout + proc.stderr)
-        if proc.stdout.strip():
-            print(proc.stdout.rstrip(), flush=True)
+        lines = proc.stdout.rstrip().splitlines()
+        if module.endswith("litert_convert"):  # its own progress lines only, not the quantizer's report
+            lines = [line for line in lines if line.startswith("  litert")]
+        if lines:
+            print("\n".join(lines), flush=True)
         if proc.returncode != 0 or not all(Path(j["out"]).is_file() for j in jobs):
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
-            last = next((line for line in reversed(tail) if line.strip()), "")
+            last = next((line for line in reversed(tail) if line.strip() and not line.startswith(" ")), "") or \
+                next((line for line in reversed(tail) if line.strip()), "")
             raise RuntimeError(f"TFLite conversion ({', '.join(j['scheme'] for j in jobs)}) exited "
-                               f"{proc.returncode}: {last[:300]}\n" + "\n".join(tail))
-        return [json.loads(Path(j["info_out"]).read_text()) for j in jobs]
+                               f"{proc.returncode}: {last.strip()[:300]}\n" + "\n".join(tail))
 
     def _artifact_of(self, ctx: BuildContext, out: Path, result: Dict[str, Any]) -> Artifact:
         # int8 model I/O, else what the data is: float32 images or int64 token ids (fed as int32)
@@ -145,9 +175,43 @@ class TfliteBackend(Backend):
             if scheme == "fp32" and wanted not in ("fp32", "auto"):  # the pipeline asks for its scheme next
                 schemes.append(wanted)
             paths = [out] + [out.with_name(f"{s}{self.suffix}") for s in schemes[1:]]
-            for s, o, r in zip(schemes, paths, self._convert(ctx, [{"scheme": s, "out": o} for s, o in zip(schemes, paths)])):
+            jobs = [{"scheme": s, "out": o} for s, o in zip(schemes, paths)]
+            results = self._litert(ctx, jobs) if uses_litert(ctx.cfg) else self._convert(ctx, jobs)
+            for s, o, r in zip(schemes, paths, results):
                 self._built[s] = self._artifact_of(ctx, o, r)
         return _copied(self._built[scheme], out)
+
+    def _litert(self, ctx: BuildContext, jobs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        """litert-torch + ai-edge-quantizer in their own process (litert_convert): the torch model goes
+        there as one ExportedProgram per batch size (litert-torch converts at a fixed batch)."""
+        import torch
+
+        cfg = ctx.cfg
+        work = ctx.workdir / "litert_convert"
+        work.mkdir(parents=True, exist_ok=True)
+        batches = sorted({1, *cfg.benchmark.batch_sizes})
+        exported = {}
+        with torch.inference_mode():
+            model = ctx.model.eval()
+        for b in batches:
+            x = torch.from_numpy(np.ascontiguousarray(np.repeat(ctx.example[:1], b, axis=0)))
+            path = work / f"exported_b{b}.pt2"
+            torch.export.save(torch.export.export(model, (x,)), str(path))
+            exported[str(b)] = str(path)
+        jobs = [{**j, "out": str(j["out"]), "info_out": str(work / f"{j['scheme']}{i}_info.json")}
+                for i, j in enumerate(jobs)]
+        req: Dict[str, Any] = {"exported": exported, "input_shape": list(ctx.example.shape[1:]),
+                               "input_dtype": str(ctx.example.dtype), "workdir": str(work),
+                               "quant": {"granularity": getattr(cfg.quant, "granularity", None) and
+                                         cfg.quant.granularity.value},
+                               "int8_io": bool(cfg.backend.int8_io), "threads": cfg.device.threads, "outputs": jobs}
+        if ctx.calibration is not None:
+            np.save(work / "calibration.npy", ctx.calibration)
+            req["calibration"] = str(work / "calibration.npy")
+        req_path = work / "request.json"
+        req_path.write_text(json.dumps(req))
+        self._run_converter("bsb_hydra.backends.litert_convert", req_path, work, jobs, dict(os.environ))
+        return [json.loads(Path(j["info_out"]).read_text()) for j in jobs]
 
     def build_fp32(self, ctx: BuildContext, out: Path) -> Artifact:
         return self._artifact(ctx, "fp32", out)
@@ -204,24 +268,54 @@ def _copied(art: Artifact, out: Path) -> Artifact:
     return dataclasses.replace(art, path=Path(out), info=dict(art.info))
 
 
+class _Chunks(list):
+    """Prepared inputs of a fixed-batch model for a batch it has no file for (evaluation): run() feeds
+    them one by one and trims the last one's padding."""
+    keep = 0
+
+
 class TfliteRunner(Runner):
-    """Inputs arrive NCHW like every backend's; the twin takes NHWC, so prepare() transposes (and,
+    """Inputs arrive NCHW like every backend's; a twin takes NHWC, so prepare() transposes (and,
     for int8 model I/O, quantizes with the model's input scale) before the clock starts. run()
-    is set_tensor + invoke + get_tensor: feeding, the call and reading the output, as ORT's run."""
+    is set_tensor + invoke + get_tensor: feeding, the call and reading the output, as ORT's run.
+
+    A litert-torch model has a fixed batch and one file per batch size (``PATH.batches.json``, from
+    litert_convert): prepare() switches to the file of the input's batch; a batch with no file (the
+    evaluation's) is fed in chunks of the largest one, the last chunk zero-padded."""
 
     def __init__(self, path, threads, input_dtype, settings) -> None:
         super().__init__(path, threads, input_dtype, settings)
+        manifest = Path(str(path) + ".batches.json")
+        self.files = ({int(b): str(Path(path).parent / name) for b, name in json.loads(manifest.read_text()).items()}
+                      if manifest.is_file() else None)
+        self._interpreters: Dict[int, Any] = {}
+        self._use(self._open(path, 1 if self.files else None))
+
+    def _open(self, path, batch):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-        resolver = OpResolverType.AUTO if settings.get("xnnpack", True) else \
+        resolver = OpResolverType.AUTO if self.settings.get("xnnpack", True) else \
             OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        self.interpreter = Interpreter(model_path=path, num_threads=threads, experimental_op_resolver_type=resolver)
-        self.interpreter.allocate_tensors()
+        it = Interpreter(model_path=str(path), num_threads=self.threads, experimental_op_resolver_type=resolver)
+        it.allocate_tensors()
+        if batch is not None:
+            self._interpreters[batch] = it
+        return it
+
+    def _use(self, interpreter) -> None:
+        self.interpreter = interpreter
         self.inp = self.interpreter.get_input_details()[0]
         self.outp = self.interpreter.get_output_details()[0]
         self.batch = int(self.inp["shape"][0])
+        # NCHW inputs reach a model that takes NHWC (a twin) transposed; a litert-torch model takes NCHW
+        self.channels_last = len(self.inp["shape"]) == 4 and int(self.inp["shape"][-1]) in (1, 3) \
+            and int(self.inp["shape"][1]) not in (1, 3)
 
     def _resize(self, batch: int) -> None:
+        if self.files is not None:
+            if batch in self.files:
+                self._use(self._interpreters.get(batch) or self._open(self.files[batch], batch))
+            return
         if batch != self.batch:
             shape = [batch] + [int(d) for d in self.inp["shape"][1:]]
             self.interpreter.resize_tensor_input(self.inp["index"], shape)
@@ -231,10 +325,24 @@ class TfliteRunner(Runner):
             self.batch = batch
 
     def prepare(self, x: np.ndarray) -> Any:
+        if self.files is not None and x.shape[0] not in self.files:  # evaluation: chunks of the largest batch
+            b = max(self.files)
+            self._resize(b)
+            chunks = _Chunks()
+            for i in range(0, len(x), b):
+                part = x[i:i + b]
+                pad = b - len(part)
+                chunks.append(self._prepare(np.concatenate([part, np.zeros((pad, *part.shape[1:]), part.dtype)])
+                                            if pad else part))
+            chunks.keep = len(x)
+            return chunks
         self._resize(x.shape[0])
+        return self._prepare(x)
+
+    def _prepare(self, x: np.ndarray) -> Any:
         if np.issubdtype(x.dtype, np.integer):  # token ids: the model's own index dtype (int32)
             return np.ascontiguousarray(x, dtype=self.inp["dtype"])
-        if x.ndim == 4:
+        if x.ndim == 4 and self.channels_last:
             x = x.transpose(0, 2, 3, 1)
         x = np.ascontiguousarray(x, dtype=np.float32)
         if np.dtype(self.inp["dtype"]) != np.float32:
@@ -244,6 +352,8 @@ class TfliteRunner(Runner):
         return x
 
     def run(self, prepared: Any) -> Any:
+        if type(prepared) is _Chunks:
+            return np.concatenate([self.run(part) for part in prepared])[:prepared.keep]
         self.interpreter.set_tensor(self.inp["index"], prepared)
         try:
             self.interpreter.invoke()

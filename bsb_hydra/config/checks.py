@@ -42,3 +42,5 @@ def _cross_check(c: Config) -> None:
     if needs and c.data.tokenizer != needs:
         raise ConfigError(f"model={c.model.name} needs data.tokenizer={needs} (its pretrained vocabulary), "
                           f"not data.tokenizer={c.data.tokenizer}")
+    if needs == "hf" and not c.data.tokenizer_path:  # model=hf: the folder's own tokenizer
+        c.data.tokenizer_path = c.model.path

@@ -59,14 +59,16 @@ class ImageDataConfig(DataConfig):
 class TextDataConfig(DataConfig):
     """A text set, tokenized for the sequence models (bsb_hydra/data/text.py)."""
     # word: a vocabulary built from the training split (left-padded ids, for the LSTM);
-    # minilm: all-MiniLM-L6-v2's WordPiece tokenizer ([CLS] ... [SEP], right-padded, for the transformer)
+    # minilm: all-MiniLM-L6-v2's WordPiece tokenizer ([CLS] ... [SEP], right-padded, for the transformer);
+    # hf: the tokenizer of a Hugging Face folder (tokenizer_path; model=hf reads its model.path's)
     tokenizer: str = "word"
+    tokenizer_path: Optional[str] = None
     # word: the vocabulary's size; minilm: must be the tokenizer's own (30522)
     vocab_size: int = 20000
     # Tokens per text: longer texts are truncated, shorter ones padded. Tagged on every run.
     seq_len: int = 64
 
-    TOKENIZERS: ClassVar[tuple] = ("word", "minilm")
+    TOKENIZERS: ClassVar[tuple] = ("word", "minilm", "hf")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import ClassVar, List, Optional
 
 from omegaconf import MISSING
 
@@ -44,6 +44,17 @@ class TfliteBackendConfig(BackendConfig):
     int8_io: bool = False
     # Run through LiteRT's XNNPACK delegate (the default CPU path); false = the builtin kernels.
     xnnpack: bool = True
+    # How the .tflite is made: keras_twin (the built-in models' Keras twins + TensorFlow's converter),
+    # litert_torch (litert-torch converts the torch model, ai-edge-quantizer quantizes it), or auto:
+    # the twin where one exists (mlp, cnn, mobilenet, lstm), litert_torch for every other model.
+    converter: str = "auto"
+
+    CONVERTERS: ClassVar[tuple] = ("auto", "keras_twin", "litert_torch")
+
+    def __post_init__(self) -> None:
+        if self.converter not in self.CONVERTERS:
+            raise ConfigError(f"backend.converter={self.converter!r} is not allowed: use one of "
+                              f"{', '.join(self.CONVERTERS)}")
 
 
 # --------------------------------------------------------------------------------------- device

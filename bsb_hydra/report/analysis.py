@@ -62,12 +62,23 @@ class Group:
         return self.key[4]
 
     @property
+    def input_shape(self) -> str:
+        return self.key[5] if len(self.key) > 5 else ""
+
+    @property
+    def labelled(self) -> bool:
+        return any(c.labelled for c in self.cells)
+
+    @property
     def title(self) -> str:
-        return f"{self.model} on {self.data}: {self.arch}, {self.cpu}, {'EMULATED' if self.emulated else 'native'}"
+        at = f" at {self.input_shape}" if self.input_shape else ""
+        return (f"{self.model} on {self.data}{at}: {self.arch}, {self.cpu}, "
+                f"{'EMULATED' if self.emulated else 'native'}")
 
     @property
     def slug(self) -> str:
-        return f"{self.model}_{self.data}_{self.arch}_{'emulated' if self.emulated else 'native'}"
+        at = f"_{self.input_shape}" if self.input_shape else ""
+        return f"{self.model}_{self.data}{at}_{self.arch}_{'emulated' if self.emulated else 'native'}"
 
 
 def _order(c: Cell):
@@ -168,11 +179,13 @@ def analyze(cells: List[Cell], budget_pp: float) -> List[Group]:
     for c in cells:
         by_group.setdefault(c.group_key, []).append(c)
     groups = []
-    for key in sorted(by_group, key=lambda k: (k[0], k[1], k[2], k[3], k[4])):
+    for key in sorted(by_group):
         members = sorted(by_group[key], key=_order)
         batch_sizes = sorted({b for c in members for b in c.batch_sizes()})
         emulated = key[4]
         objectives = ["size_bytes", "accuracy"] if emulated else ["size_bytes", "latency_p50_ms_b1", "accuracy"]
+        if not any(c.labelled for c in members):  # unlabelled inputs: no accuracy axis, not a missing one
+            objectives.remove("accuracy")
         g = Group(key, members, batch_sizes, objectives)
         for c in members:
             c.derived = compare(c, baseline_of(c, members), batch_sizes, latency_ok=not emulated)

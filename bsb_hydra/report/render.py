@@ -73,7 +73,8 @@ def table(g: Group) -> Tuple[List[str], List[List[str]]]:
             r += [speedup_text(c, b) for b in g.batch_sizes] + [speedup_text(c, 1, "cell_")]
         acc = c.metric("accuracy")
         agree = c.metric("top1_agreement")
-        r += [_f(100 * acc if acc is not None else None, ".2f"), delta_text(c),
+        r += [_f(100 * acc if acc is not None else None, ".2f") if c.labelled else "no labels",
+              delta_text(c) if c.labelled else "no labels",
               _f(100 * agree if agree is not None else None, ".2f"), _f(c.metric("peak_rss_mb"), ".0f"),
               str(c.duplicates), pareto_text(c)]
         rows.append(r)
@@ -87,6 +88,19 @@ def machine_line(g: Group) -> str:
     return (f"{g.arch}, {g.cpu}, ISA {isa}, {c.tag('os')}, {'emulated (QEMU)' if g.emulated else 'native'}; "
             f"threads {', '.join(threads)}; runs from {when(min(x.start_time for x in g.cells))} to "
             f"{when(max(x.start_time for x in g.cells))}")
+
+
+def model_line(g: Group) -> str:
+    """What the group's model and data are, from the newest cell's tags and metrics."""
+    c = max(g.cells, key=lambda x: x.start_time)
+    if not c.tag("model_source"):
+        return ""
+    params, macs = c.metric("model_params"), c.metric("model_macs")
+    cost = ", ".join(x for x in (f"{params / 1e6:.2f} M parameters" if params else "",
+                                 f"{macs / 1e9:.3g} GMACs per sample" if macs else "") if x)
+    labels = "" if g.labelled else " NO LABELS: agreement with fp32 only, no accuracy."
+    return (f"Model: {c.tag('model_source')} {c.tag('model_ref')}; {cost}; input {c.tag('input_shape')}. "
+            f"Data: {c.tag('data_source')}; scored on {c.tag('test_split')}.{labels}")
 
 
 def pick_lines(g: Group) -> List[str]:
@@ -210,7 +224,7 @@ def markdown(meta: Dict[str, str], groups: List[Group], runs: Runs, plots: Dict[
     out += ["Machines:", ""] + [f"- {a}, {c}, ISA {i or 'unknown'}, {'EMULATED' if e else 'native'}"
                                 for a, c, i, e in machines] + [""]
     for n, g in enumerate(groups, 1):
-        out += [f"## {g.title}", "", machine_line(g), ""]
+        out += [f"## {g.title}", "", machine_line(g), ""] + ([model_line(g), ""] if model_line(g) else [])
         out += [_md_table(*table(g)), ""]
         out += [f"- {line}" for line in pick_lines(g)] + [""]
         for caption, name in plots.get(f"g{n}_{g.slug}", []):
@@ -266,6 +280,7 @@ def html_page(meta: Dict[str, str], groups: List[Group], runs: Runs, plots, out:
     for n, g in enumerate(groups, 1):
         head, rows = table(g)
         body += [f"<h2>{e(g.title)}</h2>", f"<p class='note'>{e(machine_line(g))}</p>",
+                 f"<p class='note'>{e(model_line(g))}</p>" if model_line(g) else "",
                  _html_table(head, rows, pareto_col=len(head) - 1),
                  "<ul>" + "".join(f"<li>{e(x)}</li>" for x in pick_lines(g)) + "</ul>"]
         body += [_img(out, name, cap) for cap, name in plots.get(f"g{n}_{g.slug}", [])]
@@ -294,7 +309,7 @@ def write_csv(groups: List[Group], path: Path) -> None:
             "started", "runs", "baseline_run_id", "size_bytes", "size_ratio", "accuracy", "accuracy_ci_low",
             "accuracy_ci_high", "delta_pp", "paired_delta_pp", "delta_ci_low_pp", "delta_ci_high_pp",
             "delta_p_value", "delta_significant", "top1_agreement", "peak_rss_mb", "concurrent_jobs",
-            "pareto"]
+            "pareto", "input_shape", "model_source", "model_ref", "model_params", "model_macs", "labelled"]
     for b in batch_sizes:
         cols += [f"p50_ms_b{b}", f"p50_ci_low_ms_b{b}", f"p50_ci_high_ms_b{b}", f"speedup_b{b}",
                  f"speedup_significant_b{b}", f"cell_speedup_b{b}", f"cell_speedup_significant_b{b}"]
@@ -303,7 +318,10 @@ def write_csv(groups: List[Group], path: Path) -> None:
         w.writeheader()
         for g in groups:
             for c in g.cells:
-                row = {"model": g.model, "data": g.data, "arch": g.arch, "cpu": g.cpu, "isa": c.tag("isa"),
+                row = {"input_shape": c.tag("input_shape"), "model_source": c.tag("model_source"),
+                       "model_ref": c.tag("model_ref"), "model_params": c.metric("model_params"),
+                       "model_macs": c.metric("model_macs"), "labelled": str(c.labelled).lower(),
+                       "model": g.model, "data": g.data, "arch": g.arch, "cpu": g.cpu, "isa": c.tag("isa"),
                        "emulated": str(g.emulated).lower(), "quant": c.quant, "backend": c.backend,
                        "variant": c.variant, "threads": c.threads, "run_id": c.run_id, "started": when(c.start_time),
                        "runs": c.duplicates, "baseline_run_id": c.derived.get("baseline_run_id") or "",

@@ -77,10 +77,18 @@ class Cell:
         return self.tag("simulated") == "true"
 
     @property
-    def group_key(self) -> Tuple[str, str, str, str, bool]:
-        """(model, data, arch, cpu, emulated): the rows a frontier is computed over. The CPU is part
-        of it: latencies of two machines of the same arch are not one trade-off curve."""
-        return (self.model, self.tag("data"), self.tag("arch"), self.tag("cpu"), self.emulated)
+    def group_key(self) -> Tuple[str, str, str, str, bool, str, str]:
+        """(model, data, arch, cpu, emulated, input shape, model ref): the rows a frontier is computed
+        over. The CPU is part of it: latencies of two machines of the same arch are not one trade-off
+        curve; so are the input shape (resnet18 at 224 and at 160) and what exactly the model is (two
+        ONNX files of one name, by sha256). Runs before those tags: ''."""
+        return (self.model, self.tag("data"), self.tag("arch"), self.tag("cpu"), self.emulated,
+                self.tag("input_shape"), self.tag("model_ref"))
+
+    @property
+    def labelled(self) -> bool:
+        """False for cells measured on unlabelled inputs (no accuracy, agreement only)."""
+        return self.tag("labelled") != "false"
 
     @property
     def cell_key(self) -> Tuple[str, str, str, bool]:
