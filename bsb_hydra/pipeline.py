@@ -436,10 +436,9 @@ class RunLog:
 
 
 def run_cell(dict_cfg: DictConfig) -> Dict[str, Any]:
+    """One cell, start to end: its MLflow run (or the earlier ok run it skips for), its status and
+    reason, result.json in the job's folder and the printed summary line. Never raises for the cell."""
     import mlflow
-
-    from bsb_hydra import tracking
-    from bsb_hydra.backends import get_backend
 
     job = _job_info()
     out_dir = Path(job["output_dir"])
@@ -462,54 +461,62 @@ def run_cell(dict_cfg: DictConfig) -> Dict[str, Any]:
     if closed:
         print(f"[resume] marked {len(closed)} run(s) of dead processes KILLED: {', '.join(closed)}", flush=True)
     prior = None if dict_cfg.get("force", False) else tracking.finished_run(client, experiment_id, chash, info)
-    if prior is not None:
+    if prior is None:
+        with mlflow.start_run(experiment_id=experiment_id, run_name=cid) as run:
+            result["run_id"] = run.info.run_id
+            log = RunLog(mlflow)
+            log.tags({"status": "running", "cell": cid, "config_hash": chash, "git_sha": git_sha(),
+                      "sweep_dir": job["sweep_dir"], "job_num": job["job_num"], **me, **info})
+            _run_logged(dict_cfg, info, out_dir, log, result)
+            result["seconds"] = time.perf_counter() - t_start
+            log.tags({"status": result["status"], "reason": result["reason"][:5000]})
+            log.metrics({"cell_seconds": result["seconds"]})
+            if result["status"] == "failed":
+                mlflow.end_run(status="FAILED")
+    else:
         result.update(status="skipped", run_id=prior.info.run_id, seconds=time.perf_counter() - t_start,
                       reason=f"run {prior.info.run_id} already measured config_hash {chash} on this machine "
                              f"(status ok); force=true measures it again")
         result["metrics"] = dict(prior.data.metrics)
-        print(summary_line(result), flush=True)
-        _write_result(out_dir, result)
-        return result
-    with mlflow.start_run(experiment_id=experiment_id, run_name=cid) as run:
-        log = RunLog(mlflow)
-        result["run_id"] = run.info.run_id
-        log.tags({"status": "running", "cell": cid, "config_hash": chash, "git_sha": git_sha(),
-                  "sweep_dir": job["sweep_dir"], "job_num": job["job_num"], **me, **info})
-        try:
-            log.tags({"model": model_label(dict_cfg.model), "data": dict_cfg.data.name, "quant": _name(dict_cfg.quant.scheme),
-                      "backend": dict_cfg.backend.name, "device": dict_cfg.device.name,
-                      "threads": dict_cfg.device.threads, "seq_len": dict_cfg.data.get("seq_len") or ""})
-            mlflow.log_params(tracking.resolved_params(dict_cfg))
-            log.json(tracking.resolved_config(dict_cfg), "config.json")
-            cfg = validate(dict_cfg)
-            log.tags({"model_source": type(cfg.model).source_kind, "model_ref": cfg.model.source_ref()})
-            device_mismatch(cfg.device, info)
-            reason = get_backend(cfg.backend.name).unsupported_reason(cfg)
-            if reason:
-                raise Unsupported(reason)
-            with JobSlot() as slot:
-                result["metrics"] = measure(cfg, dict_cfg, out_dir / "artifacts", log, slot)
-            log.metrics(result["metrics"])
-            result["status"] = "ok"
-        except Unsupported as e:
-            result["status"], result["reason"] = "unsupported", str(e)
-        except Exception as e:  # one failing cell never stops the sweep
-            result["status"], result["reason"] = "failed", f"{type(e).__name__}: {e}"
-            tb = traceback.format_exc()
-            (out_dir / "traceback.txt").parent.mkdir(parents=True, exist_ok=True)
-            (out_dir / "traceback.txt").write_text(tb)
-            try:
-                mlflow.log_text(tb, "traceback.txt")
-            except Exception:
-                pass
-        result["seconds"] = time.perf_counter() - t_start
-        log.tags({"status": result["status"], "reason": result["reason"][:5000]})
-        log.metrics({"cell_seconds": result["seconds"]})
-        if result["status"] == "failed":
-            mlflow.end_run(status="FAILED")
     print(summary_line(result), flush=True)
     _write_result(out_dir, result)
     return result
+
+
+def _run_logged(dict_cfg: DictConfig, info: Dict[str, str], out_dir: Path, log, result: Dict[str, Any]) -> None:
+    """Inside the cell's open run: what it is (tags, params, config), the checks before any work
+    (config, device, support), then the measurement; sets result's status, reason and metrics."""
+    import mlflow
+
+    from bsb_hydra.backends import get_backend
+
+    try:
+        log.tags({"model": model_label(dict_cfg.model), "data": dict_cfg.data.name, "quant": _name(dict_cfg.quant.scheme),
+                  "backend": dict_cfg.backend.name, "device": dict_cfg.device.name,
+                  "threads": dict_cfg.device.threads, "seq_len": dict_cfg.data.get("seq_len") or ""})
+        mlflow.log_params(tracking.resolved_params(dict_cfg))
+        log.json(tracking.resolved_config(dict_cfg), "config.json")
+        cfg = validate(dict_cfg)
+        log.tags({"model_source": type(cfg.model).source_kind, "model_ref": cfg.model.source_ref()})
+        device_mismatch(cfg.device, info)
+        reason = get_backend(cfg.backend.name).unsupported_reason(cfg)
+        if reason:
+            raise Unsupported(reason)
+        with JobSlot() as slot:
+            result["metrics"] = measure(cfg, dict_cfg, out_dir / "artifacts", log, slot)
+        log.metrics(result["metrics"])
+        result["status"] = "ok"
+    except Unsupported as e:
+        result["status"], result["reason"] = "unsupported", str(e)
+    except Exception as e:  # one failing cell never stops the sweep
+        result["status"], result["reason"] = "failed", f"{type(e).__name__}: {e}"
+        tb = traceback.format_exc()
+        (out_dir / "traceback.txt").parent.mkdir(parents=True, exist_ok=True)
+        (out_dir / "traceback.txt").write_text(tb)
+        try:
+            mlflow.log_text(tb, "traceback.txt")
+        except Exception:
+            pass
 
 
 def summary_line(r: Dict[str, Any]) -> str:

@@ -33,7 +33,7 @@ class Registry:
         for m in pkgutil.iter_modules(pkg.__path__):  # helper modules (data/idx.py) register nothing
             if not m.name.startswith("_"):
                 importlib.import_module(f"{self.package}.{m.name}")
-        return dict(self._schemas)
+        return dict(sorted(self._schemas.items()))
 
     def schema(self, name: str) -> Any:
         """The schema of one option (imports its module only), or None."""

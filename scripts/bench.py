@@ -33,6 +33,11 @@ Suite `bits` (issue 9, simulated): experiment=bits_curve (mlp and cnn, weights r
 bits, without and with QAT) and the same at 4 and 8 bits with activations rounded too: the
 accuracy-vs-bits table for docs/methodology.md (information, no pass/fail: it is a measurement of how
 much accuracy survives, not a target).
+Suite `realsize` (issue 22): experiment=realsize_grid (torchvision resnet18 and mobilenet_v2 at 224 px x
+fp32, static, dynamic x pytorch, onnxruntime, tflite, batch 1 and 8; trained with train=realsize): every
+cell ends ok or failed with a named reason, every ok cell scored a real labelled test split; and the
+table of docs/report.md (size, b1 and b8 p50, paired speedups, accuracy delta with its 95% interval,
+time per cell).
 Suite `launchers` (issue 6): the same CPU-bound smoke sweep (12 cells: mlp,cnn x fp32,dynamic,static x
 pytorch,onnxruntime, smoke training from a cold cache each time) with Hydra's basic launcher and with
 hydra/launcher=parallel (joblib, 2 workers): parallel must finish first. Its timings are distorted
@@ -67,6 +72,7 @@ SUITE_SWEEPS = {
     "bits": [["experiment=bits_curve"],
              ["model=mlp,cnn", "quant=fake_quant", "quant.bits=4,8", "quant.activations=true", "quant.qat=false,true",
               "backend=pytorch"]],
+    "realsize": [["experiment=realsize_grid"]],
     "text": [["experiment=text_grid"],
              ["model=transformer", "quant=dynamic,static,fp16", "backend=onnxruntime,pytorch",
               "benchmark.batch_sizes=[1,8]"],
@@ -86,7 +92,7 @@ def sweep(args, extra_env=None) -> tuple[str, float]:
 
 class Checks:
     def __init__(self) -> None:
-        self.rows, self.ok = [], True
+        self.rows, self.ok, self.tables = [], True, []
 
     def check(self, name, value, target, passed) -> None:
         self.ok &= bool(passed)
@@ -318,6 +324,42 @@ def transformer_checks(c: Checks, cells) -> None:
                 f"{m['fp32_vs_pytorch_max_abs_logit_diff']:.2e})", ">= 99.9%", m["fp32_vs_pytorch_agreement"] >= 0.999)
 
 
+REALSIZE = ("resnet18", "mobilenet_v2")
+
+
+def realsize_checks(c: Checks, cells) -> None:
+    """Issue 22: the real-size grid, and its table for docs/report.md."""
+    mine = {k: r for k, r in cells.items() if k[0] in REALSIZE}
+    named = [r for r in mine.values() if r.data.tags["status"] == "ok" or r.data.tags.get("reason")]
+    c.check("real-size grid: cells ok or failed/unsupported with a named reason", f"{len(named)} of {len(mine)}",
+            "all 18", len(named) == len(mine) == 18)
+    ok = [r for r in mine.values() if r.data.tags["status"] == "ok"]
+    real = [r for r in ok if r.data.tags.get("labelled") == "true" and r.data.metrics.get("test_samples", 0) >= 1000]
+    c.check("real-size grid: ok cells scored on a labelled real test split", f"{len(real)} of {len(ok)} "
+            f"({ok[0].data.tags.get('test_split', '?') if ok else '-'})", "all", ok and len(real) == len(ok))
+    rows = ["| model | scheme / backend | size MB | x fp32 | p50 b1 ms | p50 b8 ms | speedup b1 | speedup b8 | "
+            "accuracy % | delta pp (95% CI) | min/cell |", "|" + "---|" * 11]
+    for (model, quant, backend), r in sorted(mine.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
+        t, m = r.data.tags, r.data.metrics
+        if t["status"] != "ok":
+            rows.append(f"| {model} | {quant} / {backend} | {t['status']}: {t.get('reason', '')[:140]} |" + " |" * 8)
+            continue
+        ci = (f" ({m['accuracy_delta_ci_low_pp']:+.2f} to {m['accuracy_delta_ci_high_pp']:+.2f})"
+              if quant != "fp32" else "")
+        rows.append(f"| {model} | {quant} / {backend} | {m['size_bytes'] / 1e6:.1f} | {m['size_ratio']:.3f} | "
+                    f"{m['latency_p50_ms_b1']:.2f} | {m.get('latency_p50_ms_b8', float('nan')):.2f} | "
+                    f"{m.get('speedup_b1', float('nan')):.2f}x | {m.get('speedup_b8', float('nan')):.2f}x | "
+                    f"{100 * m['accuracy']:.2f} | {m['accuracy_delta_pp']:+.2f}{ci} | {m['cell_seconds'] / 60:.1f} |")
+    c.tables.append("\n".join(rows))
+    for model in REALSIZE:
+        r = next((r for (mo, q, b), r in mine.items() if mo == model and "train_seconds" in r.data.metrics), None)
+        if r is not None:
+            m = r.data.metrics
+            c.info(f"{model} fp32 training (train=realsize, {r.data.params.get('train.limit_samples')} samples)",
+                   f"{m['train_seconds'] / 60:.1f} min; {m['model_params'] / 1e6:.2f} M params, "
+                   f"{m['model_macs'] / 1e9:.2f} GMACs at {r.data.tags.get('input_shape')}")
+
+
 def lowbit_checks(c: Checks, cells) -> None:
     """Issue 9 (real sub-8-bit kernels): the transformer int4 weight-only on ORT against ORT fp32."""
     m = ok_metrics(c, cells, ("transformer", "int4_weight_only", "onnxruntime"))
@@ -365,7 +407,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experiment", default="bench")
     ap.add_argument("--suite", choices=("all", "foundation", "tflite_qat", "mixed", "text", "lowbit", "bits",
-                                        "launchers"),
+                                        "realsize", "launchers"),
                     default="all")
     ap.add_argument("--targets-only", action="store_true",
                     help="foundation: sweep only mlp,cnn x fp32,static x pytorch,onnxruntime (warm cache)")
@@ -430,6 +472,8 @@ def main() -> int:
         text_checks(c, cells)
     if any(k[0] == "transformer" and k[1] in ("dynamic", "static") for k in cells):
         transformer_checks(c, cells)
+    if any(k[0] in REALSIZE for k in cells):
+        realsize_checks(c, cells)
     if any(k[1] == "int4_weight_only" for k in cells):
         lowbit_checks(c, cells)
     if any(k[1] == "fake_quant" for k in cells):
@@ -442,7 +486,7 @@ def main() -> int:
             f"threads {info.get('threads', '?')}. Sweeps: {shown}"
             + (f" (default grid {seconds / 60:.1f} min)" if timed else "") + ".\n\n"
             "| target | measured | goal | result |\n|---|---|---|---|\n")
-    text = head + "\n".join(c.rows) + "\n"
+    text = head + "\n".join(c.rows) + "\n" + "".join(f"\n{t}\n" for t in c.tables)
     print("\n" + text)
     out = ROOT / "reports" / f"bench-{datetime.now():%Y-%m-%d_%H-%M-%S}.md"
     out.parent.mkdir(exist_ok=True)

@@ -12,7 +12,7 @@ TORCH_AARCH64=2.10.0   # the newest CPU-only aarch64 torch wheel on PyPI (see th
 TORCHVISION_AARCH64=0.25.0   # the torchvision release built against torch 2.10
 
 derive() {
-  grep -v -E '^(cuda-|nvidia-|triton==)' "$LOCK" | sed -E -e "s/^torch==.*/torch==$TORCH_AARCH64/" -e "s/^torchvision==.*/torchvision==$TORCHVISION_AARCH64/"
+  grep -v -E '^(cuda-|nvidia-|triton==|litert-torch==|litert-converter==)' "$LOCK" | sed -E -e "s/^torch==.*/torch==$TORCH_AARCH64/" -e "s/^torchvision==.*/torchvision==$TORCHVISION_AARCH64/"
 }
 if [ "${1:-}" = "--print" ]; then derive; exit 0; fi
 

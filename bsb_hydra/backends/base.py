@@ -75,13 +75,14 @@ class Backend:
     no_fp16_fallback_reason: str = "it keeps sensitive layers in fp32 only"
     # Whether this backend measures a user's ONNX file (model=onnx) as it is; the others need a torch module.
     takes_onnx_file: bool = False
+    no_onnx_reason: str = "it needs a PyTorch model to run or convert (nothing here converts ONNX back to torch)"
 
     def unsupported_reason(self, cfg) -> Optional[str]:
         """Why this backend cannot run cfg's scheme (None = it can). Checked before any work."""
         scheme = cfg.quant.scheme.value
         if not getattr(cfg.model, "torch_module", True) and not self.takes_onnx_file:
-            return (f"model={cfg.model.name} is an ONNX file: backend={self.name} needs a PyTorch model to run or "
-                    "convert (nothing here converts ONNX back to torch); run it on backend=onnxruntime")
+            return (f"model={cfg.model.name} is an ONNX file: backend={self.name} {self.no_onnx_reason}; run it on "
+                    "backend=onnxruntime")
         if scheme != "auto" and not hasattr(self, f"build_{scheme}"):
             return f"quant={scheme} on {self.name}: {self.no_scheme_reasons.get(scheme, 'no such scheme here')}"
         reasons = self.family_unsupported.get(cfg.model.family, {})

@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,9 @@ class TfliteBackend(Backend):
     suffix = ".tflite"
     no_fp16_fallback_reason = ("the converter's deny list keeps the chosen ops in fp32; fp16 weights are a "
                                "whole-model converter option, not a per-op one")
+    no_onnx_reason = ("converts torch models (Keras twins, litert-torch); ONNX -> TFLite needs onnx2tf, whose releases "
+                      "pin tensorflow 2.19, numpy 1.26 and onnx 1.19 (1.29.x) or need Python 3.12 (2.x), so it does "
+                      "not install beside this lock")
     _NO_BERT_TWIN = ("there is no Keras twin of transformers' BertModel, and the litert-torch path is not wired for "
                      "it yet (an honest full-integer BERT also needs int8-safe attention masking); run the "
                      "transformer on pytorch or onnxruntime")
@@ -76,6 +80,9 @@ class TfliteBackend(Backend):
         litert = uses_litert(cfg)
         needed = LITERT_REQUIRED if litert else REQUIRED
         missing = [pip for mod, pip in needed.items() if importlib.util.find_spec(mod) is None]
+        if litert and "litert-torch" in missing and platform.machine() in ("aarch64", "arm64"):
+            return (f"model={cfg.model.name} has no Keras twin, and its TFLite path (litert-torch) is x86_64-only here: "
+                    "litert-converter 0.5.0, which litert-torch needs, has no aarch64 wheel on PyPI")
         if missing:
             return (f"backend=tflite needs {', '.join(missing)}: install the extra with "
                     "`pip install -c requirements/lock.txt -e '.[tflite]'` (make setup does)")

@@ -2,7 +2,7 @@
 frontier and the picks.
 
 Rules (docs/methodology.md, "The report"):
-- A group is (model, data, arch, cpu, emulated). Emulated rows never share a group, a frontier or a
+- A group is (model, data, arch, cpu, emulated, input shape, model ref). Emulated rows never share a group, a frontier or a
   plot with native ones, and their latencies are not used (timings under emulation mean nothing).
 - A cell's baseline is the fp32 cell of the same group, backend, thread count and fp32 weights
   (tag ``fp32_key``); the newest such cell if there are several. No baseline: the ratios are
@@ -70,14 +70,19 @@ class Group:
         return any(c.labelled for c in self.cells)
 
     @property
+    def sized(self) -> str:
+        """The input shape, for models whose input is not simply the data's (real-size and users' models)."""
+        return self.input_shape if self.cells[0].tag("model_source") not in ("", "builtin") else ""
+
+    @property
     def title(self) -> str:
-        at = f" at {self.input_shape}" if self.input_shape else ""
+        at = f" at {self.sized}" if self.sized else ""
         return (f"{self.model} on {self.data}{at}: {self.arch}, {self.cpu}, "
                 f"{'EMULATED' if self.emulated else 'native'}")
 
     @property
     def slug(self) -> str:
-        at = f"_{self.input_shape}" if self.input_shape else ""
+        at = f"_{self.sized}" if self.sized else ""
         return f"{self.model}_{self.data}{at}_{self.arch}_{'emulated' if self.emulated else 'native'}"
 
 
@@ -243,12 +248,12 @@ class SimulatedGroup:
     """quant=fake_quant cells of one (model, data, machine): accuracy against bits, one series per
     (weight granularity, activations, QAT). Each cell's delta is against the fp32 reference its own
     job evaluated on the same test samples (metric accuracy_delta_pp)."""
-    key: Tuple[str, str, str, str, bool]
+    key: Tuple[str, ...]  # Cell.group_key
     cells: List[Cell]
 
     @property
     def title(self) -> str:
-        model, data, arch, cpu, emulated = self.key
+        model, data, arch, cpu, emulated = self.key[:5]
         return f"{model} on {data}: {arch}, {cpu}{', EMULATED' if emulated else ''}"
 
     @property
