@@ -89,6 +89,8 @@ report: setup
 	cp reports/latest/*.png reports/latest/rows.csv docs/report/
 	@if [ -f reports/latest/comparisons.csv ]; then cp reports/latest/comparisons.csv docs/report/; fi
 	sed -E 's#\]\(([^)/]+\.png)\)#](report/\1)#' reports/latest/report.md > docs/report.md
+	@# the real-size table (python scripts/bench.py --suite realsize writes it) stays at the end
+	@if [ -f docs/report_realsize.md ]; then printf '\n' >> docs/report.md; cat docs/report_realsize.md >> docs/report.md; fi
 
 # A tracking server for sweeps on several machines or a cluster: sqlite backend, artifacts served by
 # the server itself (clients need no shared filesystem). Loopback only unless MLFLOW_HOST says otherwise;

@@ -96,7 +96,8 @@ def resolved_config(dict_cfg) -> Dict[str, Any]:
 # Keys added to the schema after runs had been stored, with the value at which they change nothing:
 # a run holding one at that value measured what an older run without the key measured.
 LATER_INERT = {"device.core_pinning": None, "device.expected_isa": [], "data.resize": None, "data.channels": None,
-               "data.mean": None, "data.std": None, "data.tokenizer_path": None, "backend.converter": "auto"}
+               "data.mean": None, "data.std": None, "data.tokenizer_path": None, "backend.converter": "auto",
+               "train.bn_recalibration": 0}
 
 
 def drop_inert(c: Dict[str, Any]) -> Dict[str, Any]:

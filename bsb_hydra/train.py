@@ -59,6 +59,8 @@ def cache_key(model_cfg, data_cfg, train_cfg, seed: int, input_shape, num_classe
     m.pop("default_data", None)
     t = plain_dict(train_cfg)
     t.pop("name", None)  # `smoke` and an identical custom preset share weights
+    if not t.get("bn_recalibration"):  # added later: off, the old key
+        t.pop("bn_recalibration", None)
     d = plain_dict(data_cfg)
     d.pop("limit_test", None)
     for k in ("resize", "channels", "mean", "std", "tokenizer_path"):  # added later: unset, the old key
@@ -162,8 +164,29 @@ def train_model(module, ds, cfg, seed: int, label: str = "train") -> List[float]
             n += len(b)
         curve.append(total / n)
         print(f"  {label} epoch {epoch + 1}/{cfg.epochs}: loss {curve[-1]:.4f}", flush=True)
+    if getattr(cfg, "bn_recalibration", 0):
+        recalibrate_bn(module, x, cfg.bn_recalibration, cfg.batch_size, seed)
     module.eval()
     return curve
+
+
+def recalibrate_bn(module, x, n: int, batch_size: int, seed: int) -> None:
+    """Batch-norm running statistics recomputed for the final weights over ``n`` training samples
+    (torch's ``swa_utils.update_bn``, forward passes only); a frozen batch-norm keeps its own."""
+    import torch
+    from torch import nn
+
+    frozen = {m: (m.running_mean.clone(), m.running_var.clone()) for m in module.modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+              and not any(p.requires_grad for p in m.parameters())}
+    idx = np.sort(np.random.default_rng(seed + 3).choice(len(x), min(n, len(x)), replace=False))
+    batches = [torch.from_numpy(np.ascontiguousarray(x[idx[i:i + batch_size]])) for i in range(0, len(idx), batch_size)]
+    with torch.no_grad():
+        torch.optim.swa_utils.update_bn(batches, module)
+        for m, (mean, var) in frozen.items():
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+    print(f"  batch-norm statistics recomputed over {len(idx)} training samples", flush=True)
 
 
 def _load_error(e: Exception) -> str:
@@ -211,13 +234,13 @@ def _get_fp32_model(cfg, ds, cache_dir: str) -> Fp32Model:
     from bsb_hydra.config.base import InputError
     from bsb_hydra.models import build_model, model_label
 
-    # The initial weights come from the seed too: here torch's default generator starts from a
-    # different seed in every process (torch.initial_seed() differs), so without this two trainings
-    # under one cache key differed (a smoke-trained mlp scored 16% in one process and 57% in another).
     if not ds.labelled and cfg.model.needs_training(False):
         raise InputError(f"data={ds.name} has no labels, so model={model_label(cfg.model)} cannot be trained on it: "
                          "give its trained weights (model.checkpoint=...), a model file (model=onnx, model=torch "
                          "with a whole-model checkpoint) or labelled data")
+    # The initial weights come from the seed too: here torch's default generator starts from a
+    # different seed in every process (torch.initial_seed() differs), so without this two trainings
+    # under one cache key differed (a smoke-trained mlp scored 16% in one process and 57% in another).
     torch.manual_seed(cfg.seed)
     module = build_model(cfg.model, ds.input_shape, ds.num_classes)
     if isinstance(module, Fp32Model):  # a user's whole model file (ONNX, TorchScript, ...): nothing to train

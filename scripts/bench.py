@@ -92,7 +92,7 @@ def sweep(args, extra_env=None) -> tuple[str, float]:
 
 class Checks:
     def __init__(self) -> None:
-        self.rows, self.ok, self.tables = [], True, []
+        self.rows, self.ok, self.tables, self.realsize = [], True, [], None
 
     def check(self, name, value, target, passed) -> None:
         self.ok &= bool(passed)
@@ -350,7 +350,8 @@ def realsize_checks(c: Checks, cells) -> None:
                     f"{m['latency_p50_ms_b1']:.2f} | {m.get('latency_p50_ms_b8', float('nan')):.2f} | "
                     f"{m.get('speedup_b1', float('nan')):.2f}x | {m.get('speedup_b8', float('nan')):.2f}x | "
                     f"{100 * m['accuracy']:.2f} | {m['accuracy_delta_pp']:+.2f}{ci} | {m['cell_seconds'] / 60:.1f} |")
-    c.tables.append("\n".join(rows))
+    c.realsize = "\n".join(rows)
+    c.tables.append(c.realsize)
     for model in REALSIZE:
         r = next((r for (mo, q, b), r in mine.items() if mo == model and "train_seconds" in r.data.metrics), None)
         if r is not None:
@@ -492,6 +493,21 @@ def main() -> int:
     out.parent.mkdir(exist_ok=True)
     out.write_text(text)
     print(f"written to {out.relative_to(ROOT)}")
+    if getattr(c, "realsize", None):  # the real-size table, appended to docs/report.md by `make report`
+        isa = info.get("isa", "?")
+        doc = ROOT / "docs" / "report_realsize.md"
+        doc.write_text(
+            f"## Real-size models (224 px): resnet18 and mobilenet_v2\n\n"
+            f"Measured {datetime.now():%Y-%m-%d} by `python scripts/bench.py --suite realsize` "
+            f"(experiment=realsize_grid) on {info.get('cpu', '?')} ({info.get('arch', '?')}, ISA {isa}), "
+            f"{info.get('threads', '?')} thread(s), {runs[0].data.params.get('benchmark.repeats', '?')} fresh "
+            f"processes per artifact. Speedups are paired against the fp32 artifact of the same backend, "
+            f"timed in the same processes; the accuracy delta's 95% interval is the paired one, on the same "
+            f"test images. The weights come from train=realsize (one epoch over 2048 training images): "
+            f"accuracy is low, latency does not depend on it. Scored on "
+            f"{next((r.data.tags.get('test_split') for r in runs if r.data.tags.get('test_split')), '?')}.\n\n"
+            + c.realsize + "\n")
+        print(f"written to {doc.relative_to(ROOT)}")
     return 0 if c.ok else 1
 
 

@@ -375,3 +375,28 @@ def test_hf_folder_and_litert_tflite(tmp_path):
     folder = tmp_path / "litert" / "1" / "artifacts"
     assert (folder / "static.tflite").is_file() and (folder / "static.b8.tflite").is_file()
     assert {"latency_p50_ms_b1", "latency_p50_ms_b8"} <= set(lt.data.metrics)
+
+
+def test_bn_recalibration_is_the_exact_average_for_the_final_weights():
+    """train.bn_recalibration recomputes batch-norm's running mean over the training samples (what
+    one short epoch of momentum-0.1 averages gets wrong); the cache key only changes when it is on."""
+    import torch
+
+    from bsb_hydra.config import TrainConfig
+    from bsb_hydra.data import Dataset
+    from bsb_hydra.train import cache_key, train_model
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(2.0, 3.0, (64, 1, 4, 4)).astype(np.float32)
+    y = rng.integers(0, 2, 64)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 1), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                              torch.nn.Linear(64, 2))
+    cfg = TrainConfig(epochs=1, batch_size=8, lr=1e-3, bn_recalibration=64)
+    train_model(net, Dataset("t", x, y, x, y, 2), cfg, seed=0)
+    with torch.no_grad():
+        conv = net[0](torch.from_numpy(x))
+    np.testing.assert_allclose(net[1].running_mean.numpy(), conv.mean(dim=(0, 2, 3)).numpy(), rtol=1e-5, atol=1e-5)
+    off = TrainConfig(epochs=1, batch_size=8, lr=1e-3)
+    key = lambda t: cache_key({"name": "cnn"}, _data("npz", path="x"), t, 0, (1, 4, 4), 2)  # noqa: E731
+    assert key(off) == key(TrainConfig(epochs=1, batch_size=8, lr=1e-3, bn_recalibration=0)) != key(cfg)

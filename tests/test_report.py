@@ -71,7 +71,7 @@ class Store:
     def add(self, model="cnn", quant="fp32", backend="pytorch", arch="x86_64", cpu="CPU A", emulated=False,
             threads=1, size=400_000.0, acc=0.90, p50=2.0, ci=0.02, status="ok", reason="", mlflow_status="FINISHED",
             config=None, fp32_key="k1", params=None, batch_sizes=(1,), paired=None, correct=None, digest="d1",
-            p_value=None):
+            p_value=None, extra_tags=None):
         """paired: (fp32 p50, its CI half-width) as the cell's own job measured its fp32 reference.
         correct: per-sample results (logged as correct.npy); p_value: the job's McNemar test vs fp32."""
         from mlflow.entities import Metric, Param
@@ -81,13 +81,16 @@ class Store:
                 "backend": backend, "arch": arch, "cpu": cpu, "isa": "avx2", "emulated": str(emulated).lower(),
                 "threads": str(threads), "fp32_key": fp32_key, "os": "Linux",
                 "cell": f"{model}-fashion_mnist-{quant}-{backend}", "test_set_digest": digest,
-                "config_hash": config or f"{model}-{quant}-{backend}-{threads}-{json.dumps(params)}"}
+                "config_hash": config or f"{model}-{quant}-{backend}-{threads}-{json.dumps(params)}",
+                **(extra_tags or {})}
         run = self.client.create_run(self.exp, start_time=self.t, tags=tags, run_name=tags["cell"])
         rid = run.info.run_id
         metrics = {}
         if status == "ok":
             metrics = {"size_bytes": size, "accuracy": acc, "top1_agreement": 0.99, "peak_rss_mb": 300.0,
                        "accuracy_delta_pp": 0.0}
+            if acc is None:  # unlabelled inputs: no accuracy metrics at all
+                metrics = {k: v for k, v in metrics.items() if not k.startswith("accuracy")}
             for b in batch_sizes:
                 metrics.update({f"latency_p50_ms_b{b}": p50 * b, f"latency_p50_ci_low_ms_b{b}": (p50 - ci) * b,
                                 f"latency_p50_ci_high_ms_b{b}": (p50 + ci) * b})
@@ -344,6 +347,36 @@ def test_the_bench_pairs_qat_with_static_as_the_report_does(tmp_path, monkeypatc
         "paired: +1.00 pp (95% CI -0.24 to +2.24), 25 gained / 15 lost, McNemar p 0.154")  # scipy binomtest(15, 40): 0.1539
     assert bench.paired_text(run(other), run(base)) == (
         "not paired: scored on different test samples (tag test_set_digest)")
+
+
+def test_real_size_shapes_and_unlabelled_groups(tmp_path):
+    """A model at two input sizes is two groups; a group measured on unlabelled inputs has no accuracy
+    axis (its frontier is over size and latency) and the report says "no labels"."""
+    s = Store(tmp_path)
+    r18 = {"input_shape": "3x224x224", "model_source": "torchvision", "model_ref": "torchvision resnet18",
+           "data_source": "debian:dataset-fashion-mnist", "test_split": "t10k; a seeded subset of 2000"}
+    s.add(model="resnet18", extra_tags=r18)
+    s.add(model="resnet18", quant="static", size=100_000, acc=0.89, p50=1.0, paired=(2.0, 0.02), extra_tags=r18)
+    s.add(model="resnet18", extra_tags={**r18, "input_shape": "3x160x160"})
+    tiny = {"input_shape": "3x16x16", "model_source": "onnx", "model_ref": "tiny.onnx sha256 ab", "labelled": "false",
+            "data_source": "random float32 inputs, seed 0", "test_split": "48 random inputs, unlabelled"}
+    s.add(model="tiny", acc=None, extra_tags=tiny)
+    s.add(model="tiny", quant="static", size=1000, acc=None, p50=1.0, paired=(2.0, 0.02), extra_tags=tiny)
+    r = s.report()
+    titles = sorted(g.title for g in r.groups)
+    assert titles == ["resnet18 on fashion_mnist at 3x160x160: x86_64, CPU A, native",
+                      "resnet18 on fashion_mnist at 3x224x224: x86_64, CPU A, native",
+                      "tiny on fashion_mnist at 3x16x16: x86_64, CPU A, native"]
+    g = next(g for g in r.groups if g.model == "tiny")
+    assert g.objectives == ["size_bytes", "latency_p50_ms_b1"] and not g.labelled
+    assert [c.derived["pareto"] for c in g.cells] == [False, True]  # the static cell: smaller and faster
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "Model: torchvision torchvision resnet18" in md and "scored on t10k; a seeded subset of 2000" in md
+    assert "NO LABELS: agreement with fp32 only" in md and "| no labels | no labels |" in md
+    with open(tmp_path / "out" / "rows.csv") as f:
+        rows = {(row["model"], row["quant"], row["input_shape"]): row for row in csv.DictReader(f)}
+    assert rows[("tiny", "static", "3x16x16")]["labelled"] == "false"
+    assert rows[("resnet18", "static", "3x224x224")]["model_source"] == "torchvision"
 
 
 def test_runs_that_are_not_cells_are_listed_with_reasons(tmp_path):

@@ -53,8 +53,9 @@ class TorchModelConfig(ModelConfig):
 
     @classmethod
     def label_of(cls, cfg) -> str:
-        if cfg.get("target") if hasattr(cfg, "get") else cfg.target:
-            return str(cfg.target).rsplit(".", 1)[-1]
+        target = getattr(cfg, "target", None)
+        if target:
+            return str(target).rsplit(".", 1)[-1]
         return Path(str(cfg.checkpoint)).stem
 
     def fixed_input_shape(self):
