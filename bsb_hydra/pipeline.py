@@ -46,7 +46,7 @@ def cell_id(cfg) -> str:
 
 def config_hash(dict_cfg: DictConfig) -> str:
     c = OmegaConf.to_container(dict_cfg, resolve=True, enum_to_str=True)
-    for k in ("hydra", "mlflow", "paths", "debug", "force"):
+    for k in ("hydra", "mlflow", "paths", "debug", "force", "peak"):  # where and how, not what
         c.pop(k, None)
     tracking.drop_inert(c)  # keys added later, inert here: earlier runs keep their hash
     return hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()[:16]
@@ -112,6 +112,8 @@ def measure(cfg, dict_cfg, workdir: Path, log, slot: Optional[JobSlot] = None) -
     ds = load_data(cfg, log)
     calib_idx = calibration_for(cfg, ds, log)  # before training: too few samples is the data's error
     fp32 = load_fp32(cfg, ds, log)
+    facts = model_cost(fp32, ds, log)
+    peak = machine_limit(cfg, log)
     ctx = build_context(cfg, ds, fp32, calib_idx, engine, info, workdir)
     fp32_art, art = build_artifacts(cfg, backend, ctx, workdir, log)
     slot = slot or JobSlot()
@@ -124,6 +126,8 @@ def measure(cfg, dict_cfg, workdir: Path, log, slot: Optional[JobSlot] = None) -
     m.update(accuracy_metrics(cfg, ds, timed))
     m.update(agreement_with_pytorch(cfg, fp32, ds, timed))
     m.update(latency_metrics(cfg, art, timed))
+    m.update(facts)
+    m.update(limit_metrics(cfg, m, peak))
     log_outputs(cfg, ds, art, engine, timed, slot, workdir, log)
     return m
 
@@ -157,8 +161,7 @@ def labels_needed(cfg) -> str:
 
 
 def load_fp32(cfg, ds, log):
-    """The fp32 model (trained once and cached, or a checkpoint), with its size and cost at batch 1."""
-    from bsb_hydra.model_facts import model_facts, onnx_facts
+    """The fp32 model (trained once and cached, or a checkpoint), with its training curve."""
     from bsb_hydra.train import get_fp32_model
 
     _maybe_fault(cfg, "train")
@@ -168,9 +171,69 @@ def load_fp32(cfg, ds, log):
         log.metric("train_loss", loss, step)
     if fp32.train_seconds:
         log.metrics({"train_seconds": fp32.train_seconds})
-    log.metrics(model_facts(fp32.module, ds.x_train[:1]) if fp32.module is not None
-                else onnx_facts(fp32.onnx_path, ds.input_shape))
     return fp32
+
+
+def model_cost(fp32, ds, log) -> Dict[str, float]:
+    """model_params and model_macs (per sample, at the model's input size), logged before any build."""
+    from bsb_hydra.model_facts import model_facts, onnx_facts
+
+    facts = (model_facts(fp32.module, ds.x_train[:1]) if fp32.module is not None
+             else onnx_facts(fp32.onnx_path, ds.input_shape))
+    log.metrics(facts)
+    return facts
+
+
+def machine_limit(cfg, log) -> Optional[Dict[str, Any]]:
+    """This host's measured limit at the cell's thread count (bsb_hydra/bench/peak.py; measured by
+    the first cell of a host, cached for the others), logged as metrics; None when peak.enabled=false.
+    A measurement that fails is tagged peak_error and the cell goes on without the ratios."""
+    from bsb_hydra.bench import peak as peak_mod
+
+    p = cfg.peak
+    if not p.enabled:
+        return None
+    if system_info()["emulated"] == "true":  # timings under QEMU say nothing about a CPU's limit
+        log.tags({"peak_error": "not measured under emulation: its timings mean nothing"})
+        return None
+    try:
+        cache = p.cache_dir or os.environ.get("BSB_PEAK_DIR") or str(Path(cfg.paths.cache_dir) / "peak")
+        peak = peak_mod.machine_peak(Path(cache), cfg.device.threads, p.size, p.min_duration_s)
+    except Exception as e:
+        log.tags({"peak_error": f"{type(e).__name__}: {e}"[:500]})
+        return None
+    errors = {rt: r["error"] for rt, r in peak["runtimes"].items() if "error" in r}
+    log.tags({"peak_measured_at": peak["measured_at"], "peak_gemm_size": peak["size"],
+              "peak_errors": "; ".join(f"{k}: {v}" for k, v in errors.items())[:500],
+              "int8_peak_runtime": peak.get("gops_int8_runtime"), "fp32_peak_runtime": peak.get("gflops_fp32_runtime")})
+    log.metrics(peak_mod.run_metrics(peak, cfg.backend.name))
+    return peak
+
+
+INT8_SCHEMES = ("static", "dynamic", "qat", "auto")
+
+
+def limit_metrics(cfg, m: Dict[str, float], peak: Optional[Dict[str, Any]]) -> Dict[str, float]:
+    """Per batch size: achieved GFLOP/s (2 x MACs x batch / p50), and with the machine's limit,
+    speedup_vs_peak (an int8 cell's speedup over its own fp32 / the machine's int8_peak_ratio) and
+    overhead_bound (1 when the p50 is within 2x of the backend's empty-call floor: then the ratio
+    says more about the call than about quantization)."""
+    from bsb_hydra.bench import peak as peak_mod
+
+    out: Dict[str, float] = {}
+    limits = peak_mod.run_metrics(peak, cfg.backend.name) if peak else {}
+    out.update(limits)
+    for key in [k for k in m if k.startswith("latency_p50_ms_b")]:
+        bs = key[len("latency_p50_ms_b"):]
+        p50 = m[key]
+        if m.get("model_macs"):
+            out[f"achieved_gflops_b{bs}"] = 2.0 * m["model_macs"] * int(bs) / (p50 / 1000.0) / 1e9
+        if "call_floor_ms" in limits:
+            out[f"overhead_bound_b{bs}"] = float(p50 < 2.0 * limits["call_floor_ms"])
+        if (cfg.quant.scheme.value in INT8_SCHEMES and f"speedup_b{bs}" in m
+                and limits.get("int8_peak_ratio")):
+            out[f"speedup_vs_peak_b{bs}"] = m[f"speedup_b{bs}"] / limits["int8_peak_ratio"]
+    return out
 
 
 def calibration_for(cfg, ds, log) -> Optional[np.ndarray]:
@@ -230,6 +293,7 @@ class Timed:
     ref: Any
     lat_cell: List[dict] = field(default_factory=list)  # per process: {batch size: samples}
     lat_ref: List[dict] = field(default_factory=list)
+    profile: Optional[dict] = None  # {"cell", "ref" (summaries of bsb_hydra/bench/profile.py), "slower"}
 
 
 def run_workers(cfg, backend, engine: str, ds, fp32_art, art, workdir: Path, slot: JobSlot) -> Timed:
@@ -276,11 +340,32 @@ def run_workers(cfg, backend, engine: str, ds, fp32_art, art, workdir: Path, slo
                 timed.lat_ref.append(out["fp32_reference"].data["samples_ms"])
             if i == 0:
                 timed.res, timed.ref = out[scheme], out.get("fp32_reference")
+        timed.profile = profile_cell(cfg, art, fp32_art, timed, common)
     finally:  # a 224-px test split is gigabytes: the inputs go, the results and artifacts stay
         eval_input.unlink(missing_ok=True)
     timed.ref = timed.ref if timed.ref is not None else timed.res
     slot.sample()
     return timed
+
+
+def profile_cell(cfg, art, fp32_art, timed: Timed, common: Dict[str, Any]) -> Optional[dict]:
+    """benchmark.profile: the cell (and its fp32 reference) under the runtime's own profiler, in one
+    more fresh process after the timing: for "slow", only when the cell's median at the smallest
+    batch size is above its fp32 reference's (pooled over the processes)."""
+    scheme, mode = cfg.quant.scheme.value, cfg.benchmark.profile
+    if mode == "never" or art.simulated:
+        return None
+    b = str(min(cfg.benchmark.batch_sizes))
+    slower = bool(timed.lat_ref) and scheme != "fp32" and float(np.median(np.concatenate(
+        [p[b] for p in timed.lat_cell]))) > float(np.median(np.concatenate([p[b] for p in timed.lat_ref])))
+    if mode == "slow" and not slower:
+        return None
+    items = [Item(scheme, art.path, art.input_dtype, latency=False, profile=True)]
+    if scheme != "fp32":
+        items.append(Item("fp32_reference", fp32_art.path, fp32_art.input_dtype, latency=False, profile=True))
+    out = run_worker(items=items, tag="profile", **{**common, "latency": None}, profile_runs=cfg.benchmark.profile_runs)
+    return {"cell": out[scheme].data["profile"], "slower": slower,
+            "ref": out["fp32_reference"].data["profile"] if scheme != "fp32" else None}
 
 
 def size_metrics(art, fp32_art) -> Dict[str, float]:
@@ -378,6 +463,13 @@ def log_outputs(cfg, ds, art, engine: str, timed: Timed, slot: JobSlot, workdir:
         np.save(correct_path, res.logits.argmax(axis=1) == ds.y_test)
         log.artifact(correct_path, "")
     log.tags({"test_set_digest": test_set_digest(ds)})
+    if timed.profile is not None:
+        from bsb_hydra.bench.profile import why_slow
+
+        log.json(timed.profile, "profile.json")
+        cell, ref = timed.profile["cell"], timed.profile["ref"]
+        text = cell["error"] if "error" in cell else why_slow(cell, ref if ref and "error" not in ref else None)
+        log.tags({"why_slow" if timed.profile["slower"] else "profile_summary": text[:5000]})
     log.tags({"concurrent_jobs": slot.peak, "size_kind": "theoretical" if art.simulated else "artifact",
               "simulated": str(art.simulated).lower()})
     log.tags({"worker_imports": ",".join(res.data["heavy_modules"]), "input_dtype": art.input_dtype,
@@ -504,6 +596,7 @@ def _run_logged(dict_cfg: DictConfig, info: Dict[str, str], out_dir: Path, log, 
             raise Unsupported(reason)
         with JobSlot() as slot:
             result["metrics"] = measure(cfg, dict_cfg, out_dir / "artifacts", log, slot)
+        result["metrics"].update(best_fp32_metrics(cfg, result["metrics"], log))
         log.metrics(result["metrics"])
         result["status"] = "ok"
     except Unsupported as e:
@@ -519,6 +612,41 @@ def _run_logged(dict_cfg: DictConfig, info: Dict[str, str], out_dir: Path, log, 
             pass
 
 
+SAME_INPUT_TAGS = ("model_ref", "input_shape", "data", "arch", "cpu", "emulated", "threads")
+
+
+def best_fp32_metrics(cfg, m: Dict[str, float], log) -> Dict[str, float]:
+    """speedup_vs_best_fp32_b{N}: the fastest fp32 p50 at batch N of the same model, input and data on
+    this machine (arch, cpu, emulation, threads), across every backend's ok fp32 cell in the
+    experiment and this cell's own paired fp32 reference, over this cell's p50. The question it
+    answers: how much faster than the best fp32 I could ship here. Tagged best_fp32_b{N} (backend
+    and ms). The report recomputes it over all its runs (fp32 cells measured later count there)."""
+    import mlflow
+
+    run = mlflow.active_run()
+    client = mlflow.MlflowClient()
+    tags = client.get_run(run.info.run_id).data.tags
+    if any("'" in tags.get(k, "") or k not in tags for k in SAME_INPUT_TAGS):
+        return {}
+    where = " and ".join([f"tags.{k} = '{tags[k]}'" for k in SAME_INPUT_TAGS] +
+                         ["tags.quant = 'fp32'", "tags.status = 'ok'"])
+    others = [r for r in tracking.search_all(client, run.info.experiment_id, where) if r.info.status == "FINISHED"]
+    own = cfg.backend.name
+    out: Dict[str, float] = {}
+    for key in [k for k in m if k.startswith("latency_p50_ms_b")]:
+        bs = key[len("latency_p50_ms_b"):]
+        candidates = [(r.data.metrics[key], r.data.tags.get("backend", "?")) for r in others if key in r.data.metrics]
+        ref = m[key] if cfg.quant.scheme.value == "fp32" else m.get(f"fp32_latency_p50_ms_b{bs}")
+        if ref is not None:
+            candidates.append((ref, own))
+        if candidates:
+            best_ms, backend = min(candidates)
+            out[f"speedup_vs_best_fp32_b{bs}"] = best_ms / m[key]
+            out[f"best_fp32_latency_p50_ms_b{bs}"] = best_ms
+            log.tags({f"best_fp32_b{bs}": f"{backend} {best_ms:.4g} ms"})
+    return out
+
+
 def summary_line(r: Dict[str, Any]) -> str:
     m = r.get("metrics") or {}
     if r["status"] == "skipped":
@@ -531,7 +659,8 @@ def summary_line(r: Dict[str, Any]) -> str:
              f"acc {100 * m['accuracy']:.2f}% ({m['accuracy_delta_pp']:+.2f} pp)" if "accuracy" in m else "no labels",
              f"agree {100 * m['top1_agreement']:.2f}%"]
     if "latency_p50_ms_b1" in m:
-        parts.append(f"p50@b1 {m['latency_p50_ms_b1']:.3f} ms (speedup {m.get('speedup_b1', float('nan')):.2f}x)")
+        best = f", {m['speedup_vs_best_fp32_b1']:.2f}x vs best fp32" if "speedup_vs_best_fp32_b1" in m else ""
+        parts.append(f"p50@b1 {m['latency_p50_ms_b1']:.3f} ms (speedup {m.get('speedup_b1', float('nan')):.2f}x{best})")
     parts.append("SIMULATED: not deployable, not timed" if simulated else f"peak {m['peak_rss_mb']:.0f} MB")
     return f"[ok] {r['cell']}: " + ", ".join(parts)
 

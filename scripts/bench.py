@@ -337,19 +337,30 @@ def realsize_checks(c: Checks, cells) -> None:
     real = [r for r in ok if r.data.tags.get("labelled") == "true" and r.data.metrics.get("test_samples", 0) >= 1000]
     c.check("real-size grid: ok cells scored on a labelled real test split", f"{len(real)} of {len(ok)} "
             f"({ok[0].data.tags.get('test_split', '?') if ok else '-'})", "all", ok and len(real) == len(ok))
+    # the fastest fp32 cell of each model and batch size over the three backends: "vs best fp32"
+    best = {}
+    for (model, quant, backend), r in mine.items():
+        for b in (1, 8):
+            p50 = r.data.metrics.get(f"latency_p50_ms_b{b}")
+            if quant == "fp32" and r.data.tags["status"] == "ok" and p50 and p50 < best.get((model, b), (1e18,))[0]:
+                best[(model, b)] = (p50, backend)
+    for model, b in sorted(best):
+        c.info(f"{model} fastest fp32 at batch {b}", f"{best[(model, b)][1]} {best[(model, b)][0]:.2f} ms")
     rows = ["| model | scheme / backend | size MB | x fp32 | p50 b1 ms | p50 b8 ms | speedup b1 | speedup b8 | "
-            "accuracy % | delta pp (95% CI) | min/cell |", "|" + "---|" * 11]
+            "vs best fp32 b1 | vs best fp32 b8 | accuracy % | delta pp (95% CI) | min/cell |", "|" + "---|" * 13]
     for (model, quant, backend), r in sorted(mine.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
         t, m = r.data.tags, r.data.metrics
         if t["status"] != "ok":
-            rows.append(f"| {model} | {quant} / {backend} | {t['status']}: {t.get('reason', '')[:140]} |" + " |" * 8)
+            rows.append(f"| {model} | {quant} / {backend} | {t['status']}: {t.get('reason', '')[:140]} |" + " |" * 10)
             continue
         ci = (f" ({m['accuracy_delta_ci_low_pp']:+.2f} to {m['accuracy_delta_ci_high_pp']:+.2f})"
               if quant != "fp32" else "")
         rows.append(f"| {model} | {quant} / {backend} | {m['size_bytes'] / 1e6:.1f} | {m['size_ratio']:.3f} | "
                     f"{m['latency_p50_ms_b1']:.2f} | {m.get('latency_p50_ms_b8', float('nan')):.2f} | "
                     f"{m.get('speedup_b1', float('nan')):.2f}x | {m.get('speedup_b8', float('nan')):.2f}x | "
-                    f"{100 * m['accuracy']:.2f} | {m['accuracy_delta_pp']:+.2f}{ci} | {m['cell_seconds'] / 60:.1f} |")
+                    + " | ".join(f"{best[(model, b)][0] / m[f'latency_p50_ms_b{b}']:.2f}x ({best[(model, b)][1]})"
+                                 if (model, b) in best and f"latency_p50_ms_b{b}" in m else "–" for b in (1, 8))
+                    + f" | {100 * m['accuracy']:.2f} | {m['accuracy_delta_pp']:+.2f}{ci} | {m['cell_seconds'] / 60:.1f} |")
     c.realsize = "\n".join(rows)
     c.tables.append(c.realsize)
     for model in REALSIZE:
@@ -359,6 +370,17 @@ def realsize_checks(c: Checks, cells) -> None:
             c.info(f"{model} fp32 training (train=realsize, {r.data.params.get('train.limit_samples')} samples)",
                    f"{m['train_seconds'] / 60:.1f} min; {m['model_params'] / 1e6:.2f} M params, "
                    f"{m['model_macs'] / 1e9:.2f} GMACs at {r.data.tags.get('input_shape')}")
+
+
+def limit_block(threads: int) -> str:
+    """This machine's limit at the bench's thread count (cached per host; measured here if not yet)."""
+    from bsb_hydra.bench import peak
+
+    cache = Path(os.environ.get("BSB_PEAK_DIR") or Path(os.environ.get("BSB_CACHE_DIR", ROOT / ".cache" / "bsb_hydra"))
+                 / "peak")
+    p = peak.machine_peak(cache, threads)
+    return ("This machine's limit (`python -m bsb_hydra.bench.peak`, the same worker processes):\n\n    "
+            + peak.format_table(p).replace("\n", "\n    "))
 
 
 def lowbit_checks(c: Checks, cells) -> None:
@@ -505,8 +527,9 @@ def main() -> int:
             f"timed in the same processes; the accuracy delta's 95% interval is the paired one, on the same "
             f"test images. The weights come from train=realsize (one epoch over 2048 training images): "
             f"accuracy is low, latency does not depend on it. Scored on "
-            f"{next((r.data.tags.get('test_split') for r in runs if r.data.tags.get('test_split')), '?')}.\n\n"
-            + c.realsize + "\n")
+            f"{next((r.data.tags.get('test_split') for r in runs if r.data.tags.get('test_split')), '?')}. "
+            f"'vs best fp32': the fastest fp32 cell of the model at that batch, over the three backends "
+            f"(named), / this cell's p50.\n\n" + c.realsize + "\n\n" + limit_block(int(info.get("threads", 1))) + "\n")
         print(f"written to {doc.relative_to(ROOT)}")
     return 0 if c.ok else 1
 

@@ -71,7 +71,7 @@ class Store:
     def add(self, model="cnn", quant="fp32", backend="pytorch", arch="x86_64", cpu="CPU A", emulated=False,
             threads=1, size=400_000.0, acc=0.90, p50=2.0, ci=0.02, status="ok", reason="", mlflow_status="FINISHED",
             config=None, fp32_key="k1", params=None, batch_sizes=(1,), paired=None, correct=None, digest="d1",
-            p_value=None, extra_tags=None):
+            p_value=None, extra_tags=None, extra_metrics=None):
         """paired: (fp32 p50, its CI half-width) as the cell's own job measured its fp32 reference.
         correct: per-sample results (logged as correct.npy); p_value: the job's McNemar test vs fp32."""
         from mlflow.entities import Metric, Param
@@ -98,6 +98,7 @@ class Store:
                     ref, half = paired if paired is not None else (p50, ci)
                     metrics.update({f"speedup_b{b}": ref / p50, f"fp32_latency_p50_ci_low_ms_b{b}": (ref - half) * b,
                                     f"fp32_latency_p50_ci_high_ms_b{b}": (ref + half) * b})
+            metrics.update(extra_metrics or {})
         p = {"model.name": model, "quant.scheme": quant, "backend.name": backend, "device.threads": str(threads),
              "mlflow.tracking_uri": self.uri, **(params or {})}
         self.client.log_batch(rid, metrics=[Metric(k, v, self.t, 0) for k, v in metrics.items()],
@@ -377,6 +378,39 @@ def test_real_size_shapes_and_unlabelled_groups(tmp_path):
         rows = {(row["model"], row["quant"], row["input_shape"]): row for row in csv.DictReader(f)}
     assert rows[("tiny", "static", "3x16x16")]["labelled"] == "false"
     assert rows[("resnet18", "static", "3x224x224")]["model_source"] == "torchvision"
+
+
+def test_speedup_against_the_best_fp32_and_the_machine_limit(tmp_path):
+    """The report leads with the speedup against the fastest fp32 cell of any backend (naming it), shows
+    the job's speedup_vs_peak and the overhead-bound batch sizes, and the machine's measured limit; a
+    kind=peak run is not a cell."""
+    s = Store(tmp_path)
+    limit = {"gflops_fp32": 90.0, "gops_int8": 180.0, "int8_peak_ratio": 2.0, "mem_bandwidth_gbs": 30.0}
+    s.add(backend="onnxruntime", p50=1.0, batch_sizes=(1, 8), extra_metrics={**limit, "call_floor_ms": 0.01})
+    s.add(p50=2.0, batch_sizes=(1, 8), extra_metrics={**limit, "call_floor_ms": 0.02})
+    s.add(quant="static", size=100_000, acc=0.89, p50=0.5, paired=(2.0, 0.02), batch_sizes=(1, 8),
+          extra_metrics={**limit, "call_floor_ms": 0.02, "speedup_vs_peak_b1": 2.0, "speedup_vs_peak_b8": 2.0,
+                         "overhead_bound_b1": 1.0, "overhead_bound_b8": 0.0})
+    s.client.set_terminated(s.client.create_run(s.exp, tags={"kind": "peak", "arch": "x86_64"}).info.run_id)
+    r = s.report()
+    assert not r.runs.others  # the peak run is neither a cell nor a failed one
+    static, fp32_pt = cell(r, "x86_64", "static"), cell(r, "x86_64", "fp32")
+    assert static.derived["vs_best_fp32_b1"] == pytest.approx(2.0)  # ORT fp32 1.0 ms / 0.5 ms
+    assert static.derived["best_fp32_backend_b8"] == "onnxruntime"
+    assert fp32_pt.derived["vs_best_fp32_b1"] == pytest.approx(0.5)
+    assert cell(r, "x86_64", "fp32", "onnxruntime").derived["vs_best_fp32_b1"] == pytest.approx(1.0)
+    assert static.derived["vs_peak_b1"] == 2.0 and static.derived["overhead_bound_b1"] is True
+    md = (tmp_path / "out" / "report.md").read_text()
+    head = next(line for line in md.splitlines() if line.startswith("| cell |"))
+    assert head.index("vs best fp32 b1") < head.index("speedup b1")  # it leads
+    assert "vs peak b1" in head and "overhead-bound" in head
+    row = next(line for line in md.splitlines() if line.startswith("| static / pytorch"))
+    assert "2.00x (onnxruntime)" in row and "| b1 |" in row
+    assert "int8_peak_ratio 2.00" in md and "empty-call floor onnxruntime 0.0100 ms, pytorch 0.0200 ms" in md
+    with open(tmp_path / "out" / "rows.csv") as f:
+        rows = {(row["quant"], row["backend"]): row for row in csv.DictReader(f)}
+    assert float(rows[("static", "pytorch")]["vs_best_fp32_b8"]) == pytest.approx(2.0)
+    assert rows[("static", "pytorch")]["overhead_bound_b8"] == "False"
 
 
 def test_runs_that_are_not_cells_are_listed_with_reasons(tmp_path):

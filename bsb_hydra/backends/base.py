@@ -129,3 +129,7 @@ class Runner:
 
     def to_numpy(self, out: Any) -> np.ndarray:
         raise NotImplementedError
+
+    def profile(self, prepared: Any, runs: int) -> Dict[str, Any]:
+        """``runs`` calls under the runtime's own profiler, summarized by bsb_hydra/bench/profile.py."""
+        raise NotImplementedError(f"no profiler for {type(self).__name__}")

@@ -498,6 +498,14 @@ class OnnxruntimeRunner(Runner):
         super().__init__(path, threads, input_dtype, settings)
         import onnxruntime as ort
 
+        self.session = ort.InferenceSession(path, self._options(), providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.dtype = np.dtype(input_dtype)
+
+    def _options(self):
+        import onnxruntime as ort
+
+        threads, settings = self.threads, self.settings
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
@@ -509,9 +517,7 @@ class OnnxruntimeRunner(Runner):
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[level]
-        self.session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-        self.dtype = np.dtype(input_dtype)
+        return so
 
     def prepare(self, x: np.ndarray) -> Any:
         return {self.input_name: np.ascontiguousarray(x, dtype=self.dtype)}
@@ -521,6 +527,30 @@ class OnnxruntimeRunner(Runner):
 
     def to_numpy(self, out: Any) -> np.ndarray:
         return np.asarray(out[0], dtype=np.float32)
+
+    def profile(self, prepared: Any, runs: int) -> Dict[str, Any]:
+        """A second session of the same file and options with ORT's profiler on (after one call
+        for its allocations, which stays out of the summary's per-run figures only approximately:
+        the profile holds every call of the session)."""
+        import json
+        import os
+        import tempfile
+
+        import onnxruntime as ort
+
+        from bsb_hydra.bench.profile import ort_summary
+
+        so = self._options()
+        so.enable_profiling = True
+        so.profile_file_prefix = os.path.join(tempfile.mkdtemp(prefix="bsb_ort_profile_"), "ort")
+        session = ort.InferenceSession(self.path, so, providers=["CPUExecutionProvider"])
+        for _ in range(runs):
+            session.run(None, prepared)
+        path = session.end_profiling()
+        with open(path) as f:
+            events = json.load(f)
+        os.remove(path)
+        return ort_summary(events, runs)
 
 
 RUNTIME_MODULE = "onnxruntime"  # what the benchmark worker imports before its baseline

@@ -310,6 +310,18 @@ class PytorchRunner(Runner):
     def to_numpy(self, out: Any) -> np.ndarray:
         return out.float().numpy()
 
+    def profile(self, prepared: Any, runs: int) -> Dict[str, Any]:
+        from torch.profiler import ProfilerActivity, profile
+
+        from bsb_hydra.bench.profile import torch_summary
+
+        self.run(prepared)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(runs):
+                self.run(prepared)
+        rows = [{"name": e.key, "self_cpu_us": e.self_cpu_time_total, "count": e.count} for e in prof.key_averages()]
+        return torch_summary(rows, runs, quantized=any(r["name"].startswith("quantized::") for r in rows))
+
 
 RUNTIME_MODULE = "torch"  # what the benchmark worker imports before its baseline
 RUNNER = PytorchRunner

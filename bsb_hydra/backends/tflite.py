@@ -372,6 +372,12 @@ class TfliteRunner(Runner):
                                "measures it, and its fp32 reference, with TFLite's builtin kernels") from e
         return self.interpreter.get_tensor(self.outp["index"])
 
+    def profile(self, prepared: Any, runs: int) -> Dict[str, Any]:
+        """Which nodes XNNPACK took (no per-op timer in TFLite's Python API: counts, not times)."""
+        from bsb_hydra.bench.profile import tflite_summary
+
+        return tflite_summary(self.interpreter._get_ops_details())
+
     def to_numpy(self, out: Any) -> np.ndarray:
         if np.dtype(self.outp["dtype"]) != np.float32:
             scale, zero = self.outp["quantization"]

@@ -27,6 +27,7 @@ class Item:
     input_dtype: str
     latency: bool = True
     evaluate: bool = False
+    profile: bool = False  # after timing: ``profile_runs`` calls at batch 1 under the runtime's profiler
 
 
 @dataclass
@@ -50,17 +51,17 @@ def _wait_while_moving(proc: subprocess.Popen, heartbeat: Path, timeout_s: float
 def run_worker(*, backend: str, items: List[Item], threads: int, settings: Dict, latency_input: Path,
                latency: Optional[dict], eval_input: Optional[Path], eval_batch_size: int, workdir: Path, tag: str,
                timeout_s: float, inject_fault: Optional[str] = None,
-               cpus: Optional[List[int]] = None) -> Dict[str, WorkerResult]:
+               cpus: Optional[List[int]] = None, profile_runs: int = 20) -> Dict[str, WorkerResult]:
     """Measures `items` in ONE fresh process, in order; returns each item's result by its tag."""
     workdir.mkdir(parents=True, exist_ok=True)
     req = {
         "backend": backend, "threads": threads, "settings": settings, "latency_input": str(latency_input),
         "latency": latency, "eval_input": str(eval_input) if eval_input else None, "eval_batch_size": eval_batch_size,
         "items": [{"tag": it.tag, "artifact": str(it.artifact), "input_dtype": it.input_dtype, "latency": it.latency,
-                   "evaluate": it.evaluate, "logits_out": str(workdir / f"{tag}_{it.tag}_logits.npy")}
+                   "evaluate": it.evaluate, "profile": it.profile, "logits_out": str(workdir / f"{tag}_{it.tag}_logits.npy")}
                   for it in items],
         "result": str(workdir / f"{tag}_result.json"), "inject_fault": inject_fault, "cpus": cpus,
-        "heartbeat": str(workdir / f"{tag}_heartbeat"),
+        "heartbeat": str(workdir / f"{tag}_heartbeat"), "profile_runs": profile_runs,
     }
     req_path = workdir / f"{tag}_request.json"
     req_path.write_text(json.dumps(req, indent=1))

@@ -47,6 +47,9 @@ class TrainConfig:
 
 
 # ------------------------------------------------------------------------------------ benchmark
+PROFILE_MODES = ("slow", "always", "never")
+
+
 @dataclass
 class BenchmarkConfig:
     batch_sizes: List[int] = field(default_factory=lambda: [1, 8, 32])
@@ -69,8 +72,16 @@ class BenchmarkConfig:
     # A worker is stopped when it makes NO progress for this long (it reports after loading, each batch
     # size timed and each evaluation batch), not when it runs this long: slow models are not "hung".
     timeout_s: float = 900.0
+    # Why a cell is slow, from the runtime's profiler (bsb_hydra/bench/profile.py), in one more fresh
+    # process after the timing: "slow" profiles a quantized cell slower than its fp32 reference at the
+    # smallest batch size (and that reference), "always" every cell, "never" none.
+    profile: str = "slow"
+    profile_runs: int = 20
 
     def __post_init__(self) -> None:
+        if self.profile not in PROFILE_MODES:
+            raise ConfigError(f"benchmark.profile={self.profile!r} is not one of {', '.join(PROFILE_MODES)}")
+        _positive("benchmark.profile_runs", self.profile_runs)
         if not self.batch_sizes:
             raise ConfigError("benchmark.batch_sizes=[] is not allowed: give at least one batch size")
         for i, b in enumerate(self.batch_sizes):
@@ -102,6 +113,21 @@ class PathsConfig:
 
 
 @dataclass
+class PeakConfig:
+    """The machine's limit (bsb_hydra/bench/peak.py), measured once per host and thread count and
+    cached in cache_dir; every run carries it and its ratios to it. Not part of a cell's config_hash."""
+    enabled: bool = True
+    size: int = 1024  # the GEMM is size x size x size
+    min_duration_s: float = 1.0  # timed calls per artifact
+    # "" = $BSB_PEAK_DIR, else <paths.cache_dir>/peak
+    cache_dir: str = ""
+
+    def __post_init__(self) -> None:
+        _positive("peak.size", self.size)
+        _positive("peak.min_duration_s", self.min_duration_s)
+
+
+@dataclass
 class DebugConfig:
     """Fault injection, for tests of the sweep's failure handling."""
     fail_stage: FaultStage = FaultStage.none
@@ -121,6 +147,7 @@ class Config:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
+    peak: PeakConfig = field(default_factory=PeakConfig)
     seed: int = 0
     # Resume: a cell whose config_hash already has an `ok` run in the experiment (same arch, cpu and
     # emulation) is skipped. force=true measures it again (the newer run supersedes the older).

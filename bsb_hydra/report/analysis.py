@@ -109,6 +109,35 @@ def _ci(c: Cell, prefix: str, b: int) -> Tuple[Optional[float], Optional[float]]
     return c.metric(f"{prefix}_p50_ci_low_ms_b{b}"), c.metric(f"{prefix}_p50_ci_high_ms_b{b}")
 
 
+def best_fp32(group: List[Cell], batch_sizes: List[int]) -> Dict[Tuple[str, int], Tuple[float, Cell]]:
+    """Per (threads, batch): the fastest fp32 cell of the group across every backend (p50, cell)."""
+    best: Dict[Tuple[str, int], Tuple[float, Cell]] = {}
+    for c in group:
+        for b in batch_sizes:
+            p50 = c.metric(f"latency_p50_ms_b{b}")
+            if c.quant == "fp32" and p50 is not None and ((c.threads, b) not in best or p50 < best[(c.threads, b)][0]):
+                best[(c.threads, b)] = (p50, c)
+    return best
+
+
+def limit_ratios(cell: Cell, best: Dict[Tuple[str, int], Tuple[float, Cell]], batch_sizes: List[int]
+                 ) -> Dict[str, object]:
+    """Per batch size: ``vs_best_fp32_bN`` (the fastest fp32 cell of the group, any backend, same
+    threads, over this cell's p50: how much faster than the best fp32 one could ship here, the
+    figure the report leads with; the backend it came from in ``best_fp32_backend_bN``), and the
+    job's own ``speedup_vs_peak_bN`` and ``overhead_bound_bN`` (bsb_hydra/pipeline.py: limit_metrics)."""
+    d: Dict[str, object] = {}
+    for b in batch_sizes:
+        p50 = cell.metric(f"latency_p50_ms_b{b}")
+        top = best.get((cell.threads, b))
+        d[f"vs_best_fp32_b{b}"] = top[0] / p50 if top and p50 else None
+        d[f"best_fp32_backend_b{b}"] = top[1].backend if top else None
+        d[f"vs_peak_b{b}"] = cell.metric(f"speedup_vs_peak_b{b}")
+        ob = cell.metric(f"overhead_bound_b{b}")
+        d[f"overhead_bound_b{b}"] = None if ob is None else bool(ob)
+    return d
+
+
 def compare(cell: Cell, base: Optional[Cell], batch_sizes: List[int], latency_ok: bool) -> Dict[str, object]:
     """Size ratio and accuracy delta against the fp32 cell; two speedups per batch size:
     ``speedup_bN``, paired (the fp32 reference the job measured seconds before the cell, logged as
@@ -192,8 +221,10 @@ def analyze(cells: List[Cell], budget_pp: float) -> List[Group]:
         if not any(c.labelled for c in members):  # unlabelled inputs: no accuracy axis, not a missing one
             objectives.remove("accuracy")
         g = Group(key, members, batch_sizes, objectives)
+        best = {} if emulated else best_fp32(members, batch_sizes)
         for c in members:
             c.derived = compare(c, baseline_of(c, members), batch_sizes, latency_ok=not emulated)
+            c.derived.update(limit_ratios(c, best, batch_sizes))
         senses = [pareto.MAX if o == "accuracy" else pareto.MIN for o in objectives]
         flags = pareto.frontier([[c.metric(o) for o in objectives] for c in members], senses)
         for c, f in zip(members, flags):

@@ -135,7 +135,7 @@ def build_report(cfg) -> Report:
     runs = runs_mod.load(client, exp.experiment_id, cfg.arch)
     if not runs.cells and not runs.others and not runs.simulated:
         found = sorted({r.data.tags.get("arch", "?") for r in tracking.search_all(client, exp.experiment_id)
-                        if r.data.tags.get("kind") != "report"})
+                        if r.data.tags.get("kind") not in ("report", "peak")})
         raise ReportError(f"no runs in experiment {cfg.experiment!r}" + (f" with arch={cfg.arch}" if cfg.arch else "")
                           + (f": archs found there: {', '.join(found)}" if found else ": run a sweep first"))
     groups = analysis.analyze(runs.cells, float(cfg.budget_pp))

@@ -38,6 +38,24 @@ def speedup_text(c: Cell, b: int, kind: str = "") -> str:
     return f"{s:.2f}x" + (" (n.s.)" if c.derived.get(f"{kind}significant_b{b}") is False else "")
 
 
+def vs_best_text(c: Cell, b: int) -> str:
+    """Against the fastest fp32 cell of the group at batch b; names its backend when it is another one."""
+    v = c.derived.get(f"vs_best_fp32_b{b}")
+    if v is None:
+        return NA
+    other = c.derived.get(f"best_fp32_backend_b{b}")
+    return f"{v:.2f}x" + (f" ({other})" if other and other != c.backend else "")
+
+
+def overhead_text(c: Cell, batch_sizes: List[int]) -> str:
+    """The batch sizes whose p50 is within 2x of the backend's empty-call floor ('–': no floor logged)."""
+    flags = {b: c.derived.get(f"overhead_bound_b{b}") for b in batch_sizes}
+    if all(v is None for v in flags.values()):
+        return NA
+    bound = [f"b{b}" for b, v in flags.items() if v]
+    return ", ".join(bound) if bound else "no"
+
+
 def delta_text(c: Cell) -> str:
     d = c.derived.get("delta_pp")
     if d is None:
@@ -59,7 +77,8 @@ def table(g: Group) -> Tuple[List[str], List[List[str]]]:
     head = ["cell", "threads", "size KiB", "size x fp32"]
     head += [f"p50 b{b} ms" for b in g.batch_sizes]
     if not g.emulated:
-        head += [f"speedup b{b}" for b in g.batch_sizes] + ["vs fp32 cell b1"]
+        head += [f"vs best fp32 b{b}" for b in g.batch_sizes]
+        head += [f"speedup b{b}" for b in g.batch_sizes] + ["vs fp32 cell b1", "vs peak b1", "overhead-bound"]
     head += ["accuracy %", "delta pp", "agreement %", "peak MB", "runs", "pareto"]
     rows = []
     for c in g.cells:
@@ -70,7 +89,10 @@ def table(g: Group) -> Tuple[List[str], List[List[str]]]:
              _f(c.derived.get("size_ratio"), ".3f")]
         r += [ms(c.metric(f"latency_p50_ms_b{b}")) for b in g.batch_sizes]
         if not g.emulated:
-            r += [speedup_text(c, b) for b in g.batch_sizes] + [speedup_text(c, 1, "cell_")]
+            r += [vs_best_text(c, b) for b in g.batch_sizes]
+            r += [speedup_text(c, b) for b in g.batch_sizes] + [speedup_text(c, 1, "cell_"),
+                                                                 _f(c.derived.get("vs_peak_b1"), ".2f"),
+                                                                 overhead_text(c, g.batch_sizes)]
         acc = c.metric("accuracy")
         agree = c.metric("top1_agreement")
         r += [_f(100 * acc if acc is not None else None, ".2f") if c.labelled else "no labels",
@@ -87,7 +109,24 @@ def machine_line(g: Group) -> str:
     threads = sorted({x.threads for x in g.cells})
     return (f"{g.arch}, {g.cpu}, ISA {isa}, {c.tag('os')}, {'emulated (QEMU)' if g.emulated else 'native'}; "
             f"threads {', '.join(threads)}; runs from {when(min(x.start_time for x in g.cells))} to "
-            f"{when(max(x.start_time for x in g.cells))}")
+            f"{when(max(x.start_time for x in g.cells))}" + limit_text(g))
+
+
+def limit_text(g: Group) -> str:
+    """The machine's measured limit, from the newest cell that carries it (python -m bsb_hydra.bench.peak)."""
+    with_peak = [x for x in g.cells if x.metric("int8_peak_ratio") is not None]
+    if not with_peak or g.emulated:
+        return ""
+    c = max(with_peak, key=lambda x: x.start_time)
+    floors = {}
+    for x in g.cells:
+        if x.metric("call_floor_ms") is not None:
+            floors.setdefault(x.backend, x.metric("call_floor_ms"))
+    floor = ", ".join(f"{b} {ms(v)} ms" for b, v in sorted(floors.items()))
+    bw = c.metric("mem_bandwidth_gbs")
+    return (f". Limit measured here ({c.threads} thread(s)): fp32 GEMM {c.metric('gflops_fp32'):.1f} GFLOP/s, int8 GEMM "
+            f"{c.metric('gops_int8'):.1f} GOP/s, int8_peak_ratio {c.metric('int8_peak_ratio'):.2f}"
+            + (f", memory {bw:.1f} GB/s" if bw is not None else "") + (f"; empty-call floor {floor}" if floor else ""))
 
 
 def model_line(g: Group) -> str:
@@ -133,6 +172,14 @@ NOTES = [
     "cell and its fp32 reference disagree about being right (same samples, same job) gives p >= 0.05: the "
     "difference may be chance. On 10,000 samples a delta of a few tenths of a point often is.",
     "agreement: top-1 agreement with the same backend's fp32 artifact, measured in the cell's own job.",
+    "vs best fp32 bN: the fastest fp32 cell of the group at batch N, over any backend (named when it is not the "
+    "cell's own), over this cell's p50: how much faster than the best fp32 model one could ship on this machine. "
+    "A speedup against a slow fp32 runtime flatters; this one does not.",
+    "vs peak b1: the paired speedup at batch 1 / the machine's int8_peak_ratio (best int8 GEMM GOP/s over best "
+    "fp32 GEMM GFLOP/s across the runtimes, python -m bsb_hydra.bench.peak): 1.0 means the cell gains what "
+    "int8 arithmetic can gain on this CPU. int8 schemes only.",
+    "overhead-bound: the batch sizes whose p50 is within 2x of the backend's empty-call floor (a trivial model's "
+    "b1 latency): there the speedup says more about the call than about quantization.",
     "pareto: on the frontier over (size, p50 at batch 1, accuracy) within the group; 'n/a': a metric is missing. "
     "Emulated groups: over (size, accuracy) only, and their timings are not used.",
     "runs: ok runs of this exact config on this machine in the store; the newest is shown.",
@@ -197,6 +244,26 @@ def simulated_table(g: SimulatedGroup) -> Tuple[List[str], List[List[str]]]:
     return head, rows
 
 
+WHY_SLOW_NOTE = ("Quantized cells slower than the fp32 artifact of their own backend at batch 1 (paired speedup "
+                 "below 1), with what the runtime's profiler saw in one more process after the timing "
+                 "(benchmark.profile=slow; the run's profile.json has every op): the top ops by time, which "
+                 "compute ops ran on float inputs, the quantize/dequantize nodes left unfused, and on TFLite the "
+                 "ops XNNPACK did not take (TFLite's Python API times no single op).")
+
+
+def why_slow_table(groups: Sequence[Group]) -> Tuple[List[str], List[List[str]]]:
+    rows = []
+    for g in groups:
+        if g.emulated:
+            continue
+        for c in g.cells:
+            s = c.derived.get("speedup_b1")
+            if c.quant != "fp32" and s is not None and s < 1.0:
+                rows.append([f"{g.model} {c.label}", f"{s:.2f}x", c.tag("why_slow") or
+                             "not profiled (a run from before profiling, or benchmark.profile=never)"])
+    return ["cell", "speedup b1", "why (the runtime's profiler)"], rows
+
+
 def others_table(others: Sequence[Other]) -> Tuple[List[str], List[List[str]]]:
     head = ["cell", "status", "arch", "started", "reason"]
     rows = [[o.cell, o.status, o.tags.get("arch", ""), when(o.start_time),
@@ -240,6 +307,9 @@ def markdown(meta: Dict[str, str], groups: List[Group], runs: Runs, plots: Dict[
     if pairs:
         out += ["## QAT and auto against static PTQ (paired, same test samples)", "", PAIRS_NOTE, "",
                 _md_table(*pair_table(pairs)), ""]
+    slow = why_slow_table(groups)
+    if slow[1]:
+        out += ["## Why slow: quantized cells slower than their fp32", "", WHY_SLOW_NOTE, "", _md_table(*slow), ""]
     out += ["## Runs that are not measured cells", ""]
     out += [_md_table(*others_table(runs.others)) if runs.others else "None.", ""]
     out += ["## How to read the tables", ""] + [f"- {n}" for n in NOTES] + [""]
@@ -295,6 +365,10 @@ def html_page(meta: Dict[str, str], groups: List[Group], runs: Runs, plots, out:
     if pairs:
         body += ["<h2>QAT and auto against static PTQ (paired, same test samples)</h2>",
                  f"<p class='note'>{e(PAIRS_NOTE)}</p>", _html_table(*pair_table(pairs))]
+    slow = why_slow_table(groups)
+    if slow[1]:
+        body += ["<h2>Why slow: quantized cells slower than their fp32</h2>", f"<p class='note'>{e(WHY_SLOW_NOTE)}</p>",
+                 _html_table(*slow)]
     body.append("<h2>Runs that are not measured cells</h2>")
     body.append(_html_table(*others_table(runs.others)) if runs.others else "<p>None.</p>")
     body += ["<h2>How to read the tables</h2>", "<ul>" + "".join(f"<li>{e(n)}</li>" for n in NOTES) + "</ul>"]
@@ -312,7 +386,9 @@ def write_csv(groups: List[Group], path: Path) -> None:
             "pareto", "input_shape", "model_source", "model_ref", "model_params", "model_macs", "labelled"]
     for b in batch_sizes:
         cols += [f"p50_ms_b{b}", f"p50_ci_low_ms_b{b}", f"p50_ci_high_ms_b{b}", f"speedup_b{b}",
-                 f"speedup_significant_b{b}", f"cell_speedup_b{b}", f"cell_speedup_significant_b{b}"]
+                 f"speedup_significant_b{b}", f"cell_speedup_b{b}", f"cell_speedup_significant_b{b}",
+                 f"vs_best_fp32_b{b}", f"best_fp32_backend_b{b}", f"speedup_vs_peak_b{b}", f"overhead_bound_b{b}",
+                 f"achieved_gflops_b{b}"]
     with path.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=cols)
         w.writeheader()
@@ -343,7 +419,12 @@ def write_csv(groups: List[Group], path: Path) -> None:
                                 f"speedup_b{b}": c.derived.get(f"speedup_b{b}"),
                                 f"speedup_significant_b{b}": c.derived.get(f"significant_b{b}"),
                                 f"cell_speedup_b{b}": c.derived.get(f"cell_speedup_b{b}"),
-                                f"cell_speedup_significant_b{b}": c.derived.get(f"cell_significant_b{b}")})
+                                f"cell_speedup_significant_b{b}": c.derived.get(f"cell_significant_b{b}"),
+                                f"vs_best_fp32_b{b}": c.derived.get(f"vs_best_fp32_b{b}"),
+                                f"best_fp32_backend_b{b}": c.derived.get(f"best_fp32_backend_b{b}"),
+                                f"speedup_vs_peak_b{b}": c.derived.get(f"vs_peak_b{b}"),
+                                f"overhead_bound_b{b}": c.derived.get(f"overhead_bound_b{b}"),
+                                f"achieved_gflops_b{b}": c.metric(f"achieved_gflops_b{b}")})
                 w.writerow({k: ("" if v is None else v) for k, v in row.items()})
 
 

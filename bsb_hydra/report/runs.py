@@ -16,7 +16,7 @@ from bsb_hydra import tracking
 
 # Params that say where or how a run was logged, not what was measured: never a cell's variant nor
 # part of what makes two runs the same cell (`force` only re-runs a measured config).
-_NOT_VARIANT = ("mlflow.", "paths.", "debug.", "hydra.")
+_NOT_VARIANT = ("mlflow.", "paths.", "debug.", "hydra.", "peak.")
 _NOT_VARIANT_KEYS = ("force",)
 # A static cell with quant.analyze=true logs the sensitivity analysis beside the plain static
 # artifact it measures: the same cell as a static run without it.
@@ -140,7 +140,7 @@ def load(client, experiment_id: str, arch: Optional[str] = None) -> Runs:
     others: List[Other] = []
     for r in runs:  # newest first
         tags = dict(r.data.tags)
-        if tags.get("kind") == "report":
+        if tags.get("kind") in ("report", "peak"):  # not cells
             continue
         status = tags.get("status", "")
         if status != "ok" or r.info.status != "FINISHED":
