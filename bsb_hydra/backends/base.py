@@ -121,6 +121,10 @@ class Runner:
     def __init__(self, path: str, threads: int, input_dtype: str, settings: Dict[str, Any]) -> None:
         self.path, self.threads, self.input_dtype, self.settings = path, threads, input_dtype, settings
 
+    @classmethod
+    def enter_process(cls) -> None:
+        """Called once by the benchmark worker after importing the runtime, before any artifact."""
+
     def prepare(self, x: np.ndarray) -> Any:
         raise NotImplementedError
 

@@ -132,6 +132,7 @@ def main(request_path: str) -> None:
     runner_cls = backend_module.RUNNER
     # Import the runtime itself before the baseline, so the baseline is "runtime imported, no model".
     importlib.import_module(backend_module.RUNTIME_MODULE)
+    runner_cls.enter_process()
     req["_rss_after_import_mb"] = rss_mb()
     beat(req)
     out = {"rss_after_import_mb": req["_rss_after_import_mb"], "cpus": sorted(os.sched_getaffinity(0))}
