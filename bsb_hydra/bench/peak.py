@@ -1,7 +1,7 @@
 """The machine's own limit: ``python -m bsb_hydra.bench.peak [--threads N] [--size N] [--refresh]``.
 
 What this CPU can do, measured through each runtime's own kernels and timed by the same worker
-and Runner classes as every cell (bsb_hydra/bench/worker.py, one fresh process per runtime):
+and Runner classes as every cell (bsb_hydra/bench/worker.py; per runtime one fresh process for the GEMMs and one for the floor):
 
 - fp32 GEMM GFLOP/s and int8 GEMM GOP/s: one N x N x N matrix product (a batch of N rows through
   an N -> N fully connected layer without bias; 2 N^3 operations per call), as the runtime's fp32
