@@ -39,7 +39,7 @@ def main(cfg: DictConfig) -> None:
 if __name__ == "__main__":
     import sys
 
-    from bsb_hydra.config import ConfigError, check_group_overrides, defer_group_keys
+    from bsb_hydra.config import ConfigError, check_group_overrides, defer_group_keys, snapshot_conf
 
     sys.argv[1:] = defer_group_keys(sys.argv[1:])
     try:
@@ -47,4 +47,5 @@ if __name__ == "__main__":
     except ConfigError as e:
         print(f"Error in the overrides: {e}", file=sys.stderr)
         sys.exit(1)
+    sys.argv[1:] = snapshot_conf(sys.argv[1:])  # a sweep reads conf/ as it was when it started
     main()

@@ -11,6 +11,7 @@ import os
 import tempfile
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -91,6 +92,30 @@ def device_mismatch(device, info: Dict[str, str]) -> None:
                               f"use; available: {sorted(have)}")
 
 
+class Stages:
+    """Wall-clock seconds of each stage of a cell: data, fp32 (train or load), peak (the machine's
+    limit; measured by a host's first cell, read from the cache after), convert (the backend's fp32
+    artifact), quantize (the cell's own artifact), measure (the timing and evaluation processes),
+    profile (benchmark.profile's extra process), score (the statistics, and for onnxruntime and tflite
+    the PyTorch fp32 model over the test split for fp32_vs_pytorch_agreement), log (the artifacts
+    and tags to MLflow). Logged as stage_<name>_seconds, also for a cell that
+    fails (the stages it got through); make bench prints them per cell."""
+
+    def __init__(self) -> None:
+        self.seconds: Dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+    def metrics(self) -> Dict[str, float]:
+        return {f"stage_{k}_seconds": v for k, v in self.seconds.items()}
+
+
 def build_artifact(backend, scheme: str, ctx: BuildContext, out: Path):
     """The deployable artifact of ``scheme``: the backend's own build, or for quant=auto the
     mixed-precision search over the backend's hooks (bsb_hydra/mixed.py)."""
@@ -109,26 +134,35 @@ def measure(cfg, dict_cfg, workdir: Path, log, slot: Optional[JobSlot] = None) -
     info = system_info()
     backend = get_backend(cfg.backend.name)
     engine = torch_engine(cfg.device.torch_engine, info["arch"])
-    ds = load_data(cfg, log)
-    calib_idx = calibration_for(cfg, ds, log)  # before training: too few samples is the data's error
-    fp32 = load_fp32(cfg, ds, log)
-    facts = model_cost(fp32, ds, log)
-    peak = machine_limit(cfg, log)
-    ctx = build_context(cfg, ds, fp32, calib_idx, engine, info, workdir)
-    fp32_art, art = build_artifacts(cfg, backend, ctx, workdir, log)
-    slot = slot or JobSlot()
-    timed = run_workers(cfg, backend, engine, ds, fp32_art, art, workdir, slot)
-    m: Dict[str, float] = {"concurrent_jobs": slot.peak}
-    if slot.peak > 1:
-        print(f"  WARNING: {slot.peak} bsb_hydra jobs ran on this machine while this cell was timed: they share "
-              f"cores and caches, so its latencies are distorted (tag concurrent_jobs={slot.peak})", flush=True)
-    m.update(size_metrics(art, fp32_art))
-    m.update(accuracy_metrics(cfg, ds, timed))
-    m.update(agreement_with_pytorch(cfg, fp32, ds, timed))
-    m.update(latency_metrics(cfg, art, timed))
-    m.update(facts)
-    m.update(limit_metrics(cfg, m, peak))
-    log_outputs(cfg, ds, art, engine, timed, slot, workdir, log)
+    stage = Stages()
+    try:
+        with stage("data"):
+            ds = load_data(cfg, log)
+            calib_idx = calibration_for(cfg, ds, log)  # before training: too few samples is the data's error
+        with stage("fp32"):
+            fp32 = load_fp32(cfg, ds, log)
+            facts = model_cost(fp32, ds, log)
+        with stage("peak"):
+            peak = machine_limit(cfg, log)
+        ctx = build_context(cfg, ds, fp32, calib_idx, engine, info, workdir)
+        fp32_art, art = build_artifacts(cfg, backend, ctx, workdir, log, stage)
+        slot = slot or JobSlot()
+        timed = run_workers(cfg, backend, engine, ds, fp32_art, art, workdir, slot, stage)
+        m: Dict[str, float] = {"concurrent_jobs": slot.peak}
+        if slot.peak > 1:
+            print(f"  WARNING: {slot.peak} bsb_hydra jobs ran on this machine while this cell was timed: they share "
+                  f"cores and caches, so its latencies are distorted (tag concurrent_jobs={slot.peak})", flush=True)
+        with stage("score"):  # the statistics, and the PyTorch fp32 model run over the test split
+            m.update(size_metrics(art, fp32_art))
+            m.update(accuracy_metrics(cfg, ds, timed))
+            m.update(agreement_with_pytorch(cfg, fp32, ds, timed))
+            m.update(latency_metrics(cfg, art, timed))
+            m.update(facts)
+            m.update(limit_metrics(cfg, m, peak))
+        with stage("log"):
+            log_outputs(cfg, ds, art, engine, timed, slot, workdir, log)
+    finally:
+        log.metrics(stage.metrics())
     return m
 
 
@@ -262,14 +296,18 @@ def build_context(cfg, ds, fp32, calib_idx, engine: str, info: Dict[str, str], w
                         source_onnx=Path(fp32.onnx_path) if fp32.onnx_path else None)
 
 
-def build_artifacts(cfg, backend, ctx: BuildContext, workdir: Path, log):
+def build_artifacts(cfg, backend, ctx: BuildContext, workdir: Path, log, stage: Optional[Stages] = None):
     """The backend's fp32 artifact and the cell's own (the same file for quant=fp32), with the facts
-    of the conversion logged as build.* tags."""
+    of the conversion logged as build.* tags. quantize_seconds covers both builds; the stages
+    convert (fp32) and quantize (the cell's own) split it."""
     scheme = cfg.quant.scheme.value
+    stage = stage or Stages()
     _maybe_fault(cfg, "quantize")
     t0 = time.perf_counter()
-    fp32_art = build_artifact(backend, "fp32", ctx, workdir / f"fp32{backend.suffix}")
-    art = fp32_art if scheme == "fp32" else build_artifact(backend, scheme, ctx, workdir / f"{scheme}{backend.suffix}")
+    with stage("convert"):
+        fp32_art = build_artifact(backend, "fp32", ctx, workdir / f"fp32{backend.suffix}")
+    with stage("quantize"):
+        art = fp32_art if scheme == "fp32" else build_artifact(backend, scheme, ctx, workdir / f"{scheme}{backend.suffix}")
     log.metrics({"quantize_seconds": time.perf_counter() - t0})
     if scheme == "static" and cfg.quant.analyze:  # timed apart (sensitivity_seconds), not as quantization
         from bsb_hydra.mixed import analysis_only
@@ -296,7 +334,8 @@ class Timed:
     profile: Optional[dict] = None  # {"cell", "ref" (summaries of bsb_hydra/bench/profile.py), "slower"}
 
 
-def run_workers(cfg, backend, engine: str, ds, fp32_art, art, workdir: Path, slot: JobSlot) -> Timed:
+def run_workers(cfg, backend, engine: str, ds, fp32_art, art, workdir: Path, slot: JobSlot,
+                stage: Optional[Stages] = None) -> Timed:
     """benchmark.repeats fresh processes. Each times the cell and, with the paired baseline, the fp32
     artifact of the same backend right beside it, in alternating order (cell first in processes 0, 2,
     ...; fp32 first in 1, 3, ...). Process 0 also evaluates both on the test split and takes the
@@ -325,22 +364,25 @@ def run_workers(cfg, backend, engine: str, ds, fp32_art, art, workdir: Path, slo
     simulated = art.simulated
     ref_latency = scheme != "fp32" and b.paired_baseline and not simulated
     timed = Timed(None, None)
+    stage = stage or Stages()
     try:
-        for i in range(1 if simulated else b.repeats):
-            items = [Item(scheme, art.path, art.input_dtype, latency=not simulated, evaluate=i == 0)]
-            if scheme != "fp32" and (i == 0 or ref_latency):
-                ref_item = Item("fp32_reference", fp32_art.path, fp32_art.input_dtype, latency=ref_latency,
-                                evaluate=i == 0)
-                items = items + [ref_item] if i % 2 == 0 else [ref_item] + items
-            out = run_worker(items=items, tag=f"r{i}", inject_fault=_worker_fault(cfg) if i == 0 else None, **common)
-            slot.sample()  # between worker processes: a job that came and went in between is counted too
-            if not simulated:
-                timed.lat_cell.append(out[scheme].data["samples_ms"])
-            if ref_latency:
-                timed.lat_ref.append(out["fp32_reference"].data["samples_ms"])
-            if i == 0:
-                timed.res, timed.ref = out[scheme], out.get("fp32_reference")
-        timed.profile = profile_cell(cfg, art, fp32_art, timed, common)
+        with stage("measure"):
+            for i in range(1 if simulated else b.repeats):
+                items = [Item(scheme, art.path, art.input_dtype, latency=not simulated, evaluate=i == 0)]
+                if scheme != "fp32" and (i == 0 or ref_latency):
+                    ref_item = Item("fp32_reference", fp32_art.path, fp32_art.input_dtype, latency=ref_latency,
+                                    evaluate=i == 0)
+                    items = items + [ref_item] if i % 2 == 0 else [ref_item] + items
+                out = run_worker(items=items, tag=f"r{i}", inject_fault=_worker_fault(cfg) if i == 0 else None, **common)
+                slot.sample()  # between worker processes: a job that came and went in between is counted too
+                if not simulated:
+                    timed.lat_cell.append(out[scheme].data["samples_ms"])
+                if ref_latency:
+                    timed.lat_ref.append(out["fp32_reference"].data["samples_ms"])
+                if i == 0:
+                    timed.res, timed.ref = out[scheme], out.get("fp32_reference")
+        with stage("profile"):
+            timed.profile = profile_cell(cfg, art, fp32_art, timed, common)
     finally:  # a 224-px test split is gigabytes: the inputs go, the results and artifacts stay
         eval_input.unlink(missing_ok=True)
     timed.ref = timed.ref if timed.ref is not None else timed.res

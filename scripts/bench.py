@@ -327,9 +327,24 @@ def transformer_checks(c: Checks, cells) -> None:
 REALSIZE = ("resnet18", "mobilenet_v2")
 
 
-def realsize_checks(c: Checks, cells) -> None:
-    """Issue 22: the real-size grid, and its table for docs/report.md."""
+def variant(r) -> str:
+    """The scheme as the table names it: ORT dynamic with its convs as ConvInteger
+    (quant.convolutions=true, and every ORT dynamic run from before that key) apart from the default,
+    which leaves them fp32."""
+    t = r.data.tags
+    if t["quant"] == "dynamic" and t["backend"] == "onnxruntime" and t.get("status") == "ok":
+        return "dynamic, convs int8" if "ConvInteger" in t.get("build.ops", "") else "dynamic, convs fp32"
+    return t["quant"]
+
+
+def realsize_checks(c: Checks, cells, runs) -> None:
+    """Issue 22: the real-size grid, and its table for docs/report.md (one row per scheme variant:
+    ORT dynamic with and without int8 convs, when both were measured)."""
     mine = {k: r for k, r in cells.items() if k[0] in REALSIZE}
+    rows_of = {}
+    for r in sorted(runs, key=lambda r: r.info.start_time):
+        if r.data.tags.get("model") in REALSIZE:
+            rows_of[(r.data.tags["model"], variant(r), r.data.tags["backend"])] = r
     named = [r for r in mine.values() if r.data.tags["status"] == "ok" or r.data.tags.get("reason")]
     c.check("real-size grid: cells ok or failed/unsupported with a named reason", f"{len(named)} of {len(mine)}",
             "all 18", len(named) == len(mine) == 18)
@@ -348,7 +363,7 @@ def realsize_checks(c: Checks, cells) -> None:
         c.info(f"{model} fastest fp32 at batch {b}", f"{best[(model, b)][1]} {best[(model, b)][0]:.2f} ms")
     rows = ["| model | scheme / backend | size MB | x fp32 | p50 b1 ms | p50 b8 ms | speedup b1 | speedup b8 | "
             "vs best fp32 b1 | vs best fp32 b8 | accuracy % | delta pp (95% CI) | min/cell |", "|" + "---|" * 13]
-    for (model, quant, backend), r in sorted(mine.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
+    for (model, quant, backend), r in sorted(rows_of.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
         t, m = r.data.tags, r.data.metrics
         if t["status"] != "ok":
             rows.append(f"| {model} | {quant} / {backend} | {t['status']}: {t.get('reason', '')[:140]} |" + " |" * 10)
@@ -426,6 +441,23 @@ def bits_table(c: Checks, runs) -> None:
         c.info(f"SIMULATED {model} {series} (fp32 {100 * fp32:.2f}%)", cells)
 
 
+STAGES = ("data", "fp32", "peak", "convert", "quantize", "measure", "profile", "score", "log")
+
+
+def stage_table(runs) -> str:
+    """Where each cell's time went (issue 23): the stage_<name>_seconds of bsb_hydra.pipeline.Stages,
+    in seconds, beside the cell's total (cell_seconds; the rest is the run's setup and its final
+    metrics). Runs from before the stages were logged show '-'."""
+    rows = ["| cell | status | " + " | ".join(STAGES) + " | total |", "|---|---|" + "---:|" * (len(STAGES) + 1)]
+    for r in sorted(runs, key=lambda r: r.info.start_time):
+        m = r.data.metrics
+        stages = [f"{m[f'stage_{s}_seconds']:.1f}" if f"stage_{s}_seconds" in m else "-" for s in STAGES]
+        total = f"{m['cell_seconds']:.1f}" if "cell_seconds" in m else "-"
+        rows.append(f"| {r.data.tags.get('cell', r.info.run_name)} | {r.data.tags.get('status', '?')} | "
+                    f"{' | '.join(stages)} | {total} |")
+    return "Seconds per stage of each cell:\n\n" + "\n".join(rows)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experiment", default="bench")
@@ -496,12 +528,13 @@ def main() -> int:
     if any(k[0] == "transformer" and k[1] in ("dynamic", "static") for k in cells):
         transformer_checks(c, cells)
     if any(k[0] in REALSIZE for k in cells):
-        realsize_checks(c, cells)
+        realsize_checks(c, cells, runs)
     if any(k[1] == "int4_weight_only" for k in cells):
         lowbit_checks(c, cells)
     if any(k[1] == "fake_quant" for k in cells):
         bits_table(c, runs)
 
+    c.tables.append(stage_table(runs))
     info = runs[0].data.tags
     shown = ", ".join(str(Path(d).relative_to(ROOT)) if d.startswith(str(ROOT)) else d for d in sweep_dirs)
     head = (f"# bsb-hydra bench, {datetime.now():%Y-%m-%d %H:%M}\n\n"
@@ -529,7 +562,9 @@ def main() -> int:
             f"accuracy is low, latency does not depend on it. Scored on "
             f"{next((r.data.tags.get('test_split') for r in runs if r.data.tags.get('test_split')), '?')}. "
             f"'vs best fp32': the fastest fp32 cell of the model at that batch, over the three backends "
-            f"(named), / this cell's p50.\n\n" + c.realsize + "\n\n" + limit_block(int(info.get("threads", 1))) + "\n")
+            f"(named), / this cell's p50. ORT's dynamic rows say whether its convolutions were int8 "
+            f"(ConvInteger: quant.convolutions=true, and every ORT dynamic run before that key) or fp32 "
+            f"(the default since 2026-12-04).\n\n" + c.realsize + "\n\n" + limit_block(int(info.get("threads", 1))) + "\n")
         print(f"written to {doc.relative_to(ROOT)}")
     return 0 if c.ok else 1
 

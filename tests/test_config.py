@@ -1,4 +1,6 @@
 """Config composition with Hydra's compose for every group option, and early, named errors."""
+from pathlib import Path
+
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
@@ -186,3 +188,34 @@ def test_a_key_of_another_option_is_named_with_the_options_that_have_it(args, me
     for ok in (["quant=static", "quant.analyze=true"], ["quant=fp32,fake_quant", "quant.bits=2"],
                ["quant.analyze=true"]):
         check_group_overrides(ok)
+
+
+@pytest.mark.parametrize("backend,value,needle", [
+    ("pytorch", "true", "quant.convolutions=true on pytorch: torch.ao's quantize_dynamic quantizes Linear, LSTM"),
+    ("tflite", "false", "quant.convolutions=false on tflite: the converter's dynamic-range mode quantizes every"),
+])
+def test_dynamic_convolutions_a_backend_cannot_do(compose_cfg, backend, value, needle):
+    from bsb_hydra.backends import get_backend
+
+    if backend == "tflite":
+        pytest.importorskip("ai_edge_litert")
+    cfg = validate(_resolvable(compose_cfg([f"backend={backend}", "quant=dynamic", f"quant.convolutions={value}"])))
+    assert needle in (get_backend(backend).unsupported_reason(cfg) or "")
+    cfg = validate(_resolvable(compose_cfg([f"backend={backend}", "quant=dynamic"])))  # null: the backend's choice
+    assert get_backend(backend).unsupported_reason(cfg) is None
+
+
+def test_snapshot_conf_copies_conf_for_a_multirun_only(tmp_path):
+    from bsb_hydra.config import snapshot_conf
+
+    conf = tmp_path / "conf"
+    (conf / "quant").mkdir(parents=True)
+    (conf / "quant" / "static.yaml").write_text("samples: 256\n")
+    argv = snapshot_conf(["-m", "quant=static"], conf)
+    assert argv[1:] == ["-m", "quant=static"] and argv[0].startswith("--config-path=")
+    snap = Path(argv[0].split("=", 1)[1])
+    (conf / "quant" / "static.yaml").write_text("samples: 7\n")  # an edit after the sweep started
+    assert (snap / "quant" / "static.yaml").read_text() == "samples: 256\n"
+    assert snapshot_conf(["quant=static"], conf) == ["quant=static"]  # a single run composes once
+    mine = ["-m", "--config-dir=/elsewhere", "quant=static"]
+    assert snapshot_conf(mine, conf) == mine

@@ -615,3 +615,24 @@ def test_report_through_a_real_mlflow_server_and_tags_over_rest(real_report, tmp
         server.stop()
     with pytest.raises(OSError):
         urllib.request.urlopen(base + "/health", timeout=5)
+
+
+def test_the_bench_prints_each_cells_stage_times():
+    """scripts/bench.py's stage table: one row per cell in start order, '-' for a stage a cell did not
+    log (a cell that failed early, or a run from before the stages were logged)."""
+    import importlib.util
+    from types import SimpleNamespace as NS
+
+    spec = importlib.util.spec_from_file_location("bench_script", ROOT / "scripts" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    full = {f"stage_{s}_seconds": float(i) for i, s in enumerate(bench.STAGES)}
+    runs = [NS(info=NS(start_time=2, run_name="b"), data=NS(tags={"cell": "b", "status": "failed"},
+                                                             metrics={"stage_data_seconds": 0.25, "cell_seconds": 3.0})),
+            NS(info=NS(start_time=1, run_name="a"), data=NS(tags={"cell": "a", "status": "ok"},
+                                                             metrics={**full, "cell_seconds": 30.0}))]
+    rows = bench.stage_table(runs).splitlines()
+    assert rows[2] == ("| cell | status | data | fp32 | peak | convert | quantize | measure | profile | score | log "
+                       "| total |")
+    assert rows[4] == "| a | ok | 0.0 | 1.0 | 2.0 | 3.0 | 4.0 | 5.0 | 6.0 | 7.0 | 8.0 | 30.0 |"
+    assert rows[5] == "| b | failed | 0.2 | - | - | - | - | - | - | - | - | 3.0 |"

@@ -47,6 +47,11 @@ def test_mlflow_schema(sweep):
         assert r.data.params["quant.scheme"] == r.data.tags["quant"]
         assert r.data.params["train.name"] == "smoke" and r.data.params["device.threads"] == "1"
         assert r.data.metrics["accuracy_ci_low"] <= r.data.metrics["accuracy"] <= r.data.metrics["accuracy_ci_high"]
+        # where the cell's time went: every stage, each within the cell's wall time
+        stages = {s: r.data.metrics.get(f"stage_{s}_seconds") for s in
+                  ("data", "fp32", "peak", "convert", "quantize", "measure", "profile", "score", "log")}
+        assert all(v is not None and v >= 0 for v in stages.values()), (r.info.run_name, stages)
+        assert stages["measure"] > 0 and sum(stages.values()) <= r.data.metrics["cell_seconds"], stages
         if r.data.tags["quant"] == "static":  # the 7-bit choice is recorded, and follows the CPU's VNNI
             vnni = "vnni" in r.data.tags["isa"]
             expected = str(r.data.tags["arch"] == "x86_64" and not vnni).lower()
@@ -130,6 +135,10 @@ def test_one_failing_cell_leaves_the_others_intact(tmp_path):
     assert "SIGSEGV" in reasons["worker_crash"]
     failed = [r for r in runs if r.data.tags["status"] == "failed"]
     assert all(r.info.status == "FAILED" for r in failed)
+    # a failed cell still says where its time went, up to the stage that failed
+    by_stage = {r.data.params["debug.fail_stage"]: r.data.metrics for r in failed}
+    assert "stage_fp32_seconds" in by_stage["quantize"] and "stage_measure_seconds" not in by_stage["quantize"]
+    assert "stage_quantize_seconds" in by_stage["worker_crash"] and "stage_measure_seconds" in by_stage["worker_crash"]
     assert "2 ok, 0 skipped, 0 unsupported, 2 failed" in proc.stdout
 
 
@@ -278,3 +287,44 @@ def test_accuracy_delta_is_tested_on_the_same_samples(sweep):
             assert m["accuracy_delta_ci_low_pp"] <= m["accuracy_delta_pp"] <= m["accuracy_delta_ci_high_pp"]
             assert 0.0 <= m["accuracy_delta_p_value"] <= 1.0
             assert q.data.tags["test_set_digest"] == f.data.tags["test_set_digest"] != ""
+
+
+def test_ort_dynamic_leaves_convolutions_fp32_by_default(sweep):
+    """quant.convolutions=null on onnxruntime: MatMul/Gemm become MatMulInteger, the convs stay fp32
+    Conv (ConvInteger is slower than ORT's fp32 Conv); the build tags say which ops still read fp32
+    weights. The mlp has no conv: all its Linear layers are int8."""
+    _, _, _, runs = sweep
+    cells = by_cell(runs)
+    t = cells[("cnn", "dynamic", "onnxruntime")].data.tags
+    assert t["build.convolutions"] == "false" and "Conv" not in t["build.quantized_op_types"].split(",")
+    assert "ConvInteger" not in t["build.ops"] and "MatMulInteger" in t["build.ops"]
+    assert t["build.float_weight_ops"].startswith("Conv:"), t["build.float_weight_ops"]
+    m = cells[("mlp", "dynamic", "onnxruntime")]
+    assert m.data.tags["build.float_weight_ops"] == "none" and m.data.metrics["size_ratio"] <= 0.3
+
+
+def test_ort_dynamic_convolutions_true_is_conv_integer(tmp_path):
+    run_bsb(["model=cnn", "quant=dynamic", "quant.convolutions=true", "backend=onnxruntime", "benchmark.profile=never",
+             *SMOKE], tmp_path)
+    _, runs = runs_of(tmp_path)
+    (r,) = runs
+    assert r.data.tags["status"] == "ok", r.data.tags.get("reason")
+    assert r.data.tags["build.convolutions"] == "true" and "ConvInteger" in r.data.tags["build.ops"]
+    assert r.data.tags["build.float_weight_ops"] == "none" and r.data.metrics["size_ratio"] <= 0.3
+
+
+def test_a_sweep_reads_its_config_as_it_was_when_it_started(sweep):
+    """The jobs compose from a copy of conf/ taken at the start (an edit of conf/ mid-sweep used to
+    reach the later jobs, or end the sweep), and the copy is gone when the sweep has ended."""
+    import yaml
+
+    tmp, _, _, _ = sweep
+    hydra_files = sorted((tmp / "sweep").glob("*/.hydra/hydra.yaml"))
+    assert len(hydra_files) == 12
+    mains = {next(s["path"] for s in yaml.safe_load(f.read_text())["hydra"]["runtime"]["config_sources"]
+                  if s["provider"] == "main") for f in hydra_files}
+    (main,) = mains  # one copy for the whole sweep
+    assert "bsb_hydra_conf_" in main
+    from pathlib import Path
+
+    assert not Path(main.removeprefix("file://")).exists()

@@ -297,12 +297,27 @@ class OnnxruntimeBackend(Backend):
         return Artifact(out, ctx.input_dtype, info)
 
     def build_dynamic(self, ctx: BuildContext, out: Path) -> Artifact:
+        """quantize_dynamic over ORT's integer-op registry (MatMul and Gemm as MatMulInteger, LSTM,
+        Attention, Gather), without Conv unless quant.convolutions=true: ORT's dynamic conv is
+        DynamicQuantizeLinear + ConvInteger + Cast + Mul per layer, and ConvInteger is an im2col and
+        u8 GEMM per image and group in NCHW, without the blocked layout, fused bias or activation of
+        its fp32 Conv (and a GEMM of one row per group on depthwise layers)."""
+        import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
+        from onnxruntime.quantization.registry import IntegerOpsRegistry
 
+        conv = bool(ctx.cfg.quant.convolutions)
+        ops = sorted(IntegerOpsRegistry) if conv else sorted(set(IntegerOpsRegistry) - {"Conv"})
         with _quiet_root_logger():
             quantize_dynamic(str(self._preprocessed(ctx)), str(out), weight_type=QuantType.QInt8,
-                             per_channel=ctx.cfg.quant.granularity.value == "per_channel")
-        return Artifact(out, ctx.input_dtype, op_counts(out))
+                             per_channel=ctx.cfg.quant.granularity.value == "per_channel", op_types_to_quantize=ops)
+        info = op_counts(out)
+        info.update({"convolutions": str(conv).lower(), "quantized_op_types": ",".join(ops)})
+        if not conv:
+            info["note"] = ("dynamic int8 covers MatMul/Gemm, LSTM, Attention and Gather; convolutions stay fp32 "
+                            "(quant.convolutions=true makes them ConvInteger, slower than fp32 Conv on x86)")
+        info["float_weight_ops"] = float_weight_ops(onnx.load(str(out)))  # what still reads fp32 weights
+        return Artifact(out, ctx.input_dtype, info)
 
     def build_static(self, ctx: BuildContext, out: Path) -> Artifact:
         return self._static(ctx, out)

@@ -107,6 +107,10 @@ class PytorchBackend(Backend):
             if q.accuracy_level not in (0, 1, 3):
                 return (f"quant.accuracy_level={q.accuracy_level} on pytorch: the int4 CPU kernel computes in "
                         "fp32 (0 or 1) or bf16 (3), valid here: 0, 1, 3")
+        if q.scheme.value == "dynamic" and q.convolutions:
+            return ("quant.convolutions=true on pytorch: torch.ao's quantize_dynamic quantizes Linear, LSTM and "
+                    "Embedding only (no dynamic conv); valid here: null or false. Int8 convolutions on pytorch "
+                    "are quant=static")
         if q.scheme.value in ("static", "auto") and q.method.value in ("entropy", "percentile"):
             return (f"quant.method={q.method.value}: torch.ao has no {q.method.value} calibration observer; "
                     "use minmax or histogram (HistogramObserver) on pytorch, or entropy/percentile on onnxruntime")

@@ -92,6 +92,9 @@ class TfliteBackend(Backend):
         if not litert and cfg.model.name not in TWINS:
             return (f"backend.converter=keras_twin: model={cfg.model.name} has no Keras twin "
                     f"(twins exist for {', '.join(sorted(TWINS))}); backend.converter=auto uses litert-torch")
+        if q.scheme.value == "dynamic" and q.convolutions is False:
+            return ("quant.convolutions=false on tflite: the converter's dynamic-range mode quantizes every weight "
+                    "tensor, convolutions included; valid here: null or true")
         if litert and q.scheme.value in LITERT_NO:
             return f"quant={q.scheme.value} on tflite (litert-torch): {LITERT_NO[q.scheme.value]}"
         if q.scheme.value in ("static", "auto") and q.method.value != "minmax":

@@ -14,7 +14,8 @@ from bsb_hydra.config.base import ConfigError, InputError
 from bsb_hydra.config.checks import validate
 from bsb_hydra.config.data import DataConfig, ImageDataConfig, TextDataConfig
 from bsb_hydra.config.model import ModelConfig
-from bsb_hydra.config.overrides import CONF_DIR, GROUP_NAMES, check_group_overrides, defer_group_keys, group_options
+from bsb_hydra.config.overrides import (CONF_DIR, GROUP_NAMES, check_group_overrides, defer_group_keys,
+                                        group_options, snapshot_conf)
 from bsb_hydra.config.quant import (AutoQuantConfig, CalibrationMethod, DynamicQuantConfig, Fallback, FakeQuantConfig,
                                     Fp16Config, Fp32Config, Granularity, Int4WeightOnlyQuantConfig, QatQuantConfig,
                                     QuantConfig, Scheme, StaticQuantConfig)

@@ -43,6 +43,28 @@ def defer_group_keys(argv: List[str]) -> List[str]:
     return out
 
 
+CONFIG_PATH_FLAGS = ("--config-path", "-cp", "--config-dir", "-cd")
+
+
+def snapshot_conf(argv: List[str], conf_dir: Path = CONF_DIR) -> List[str]:
+    """A multirun reads conf/ as it was when it started. Hydra's launchers compose each job from the
+    config files when the job starts, so an edit of conf/ during a sweep reached its later jobs, and
+    one that did not compose with the running code ("Key 'peak' not in 'Config'") ended the whole
+    sweep. The sweep gets a copy of conf/ taken now (``--config-path`` to it, removed when the
+    process exits); a --config-path or --config-dir of the user's own is left alone. The Python
+    code is not copied: a sweep's worker processes import bsb_hydra from disk."""
+    import atexit
+    import shutil
+    import tempfile
+
+    if not {"-m", "--multirun"} & set(argv) or any(a.split("=")[0] in CONFIG_PATH_FLAGS for a in argv):
+        return argv
+    snap = Path(tempfile.mkdtemp(prefix="bsb_hydra_conf_"))
+    atexit.register(shutil.rmtree, snap, ignore_errors=True)
+    shutil.copytree(conf_dir, snap / "conf")
+    return [f"--config-path={snap / 'conf'}", *argv]
+
+
 def check_group_overrides(overrides: List[str]) -> None:
     """Command-line overrides of a config group must name options (``model=cnn`` or a sweep of them).
     Hydra itself answers ``model=null`` or ``model=3`` with an error that names neither the group nor

@@ -58,6 +58,13 @@ class DynamicQuantConfig(QuantConfig):
     """int8 weights; activations quantized at run time from their observed range."""
     scheme: Scheme = Scheme.dynamic
     granularity: Granularity = Granularity.per_tensor
+    # Quantize the convolutions' weights too. null = each backend's fast choice: off on onnxruntime
+    # (its dynamic conv, DynamicQuantizeLinear + ConvInteger + Cast/Mul, runs an unblocked im2col and
+    # GEMM per image and group with nothing fused: 4x to 9x slower than its fp32 Conv here), off on
+    # pytorch (torch.ao's quantize_dynamic has no conv), on on tflite (the converter's dynamic-range
+    # mode quantizes every weight). true on onnxruntime measures ConvInteger (the size win, the speed
+    # loss); true on pytorch and false on tflite are unsupported, with the reason.
+    convolutions: Optional[bool] = None
 
 
 @dataclass
