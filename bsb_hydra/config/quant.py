@@ -60,7 +60,8 @@ class DynamicQuantConfig(QuantConfig):
     granularity: Granularity = Granularity.per_tensor
     # Quantize the convolutions' weights too. null = each backend's fast choice: off on onnxruntime
     # (its dynamic conv, DynamicQuantizeLinear + ConvInteger + Cast/Mul, runs an unblocked im2col and
-    # GEMM per image and group with nothing fused: 4x to 9x slower than its fp32 Conv here), off on
+    # GEMM per image and group with nothing fused: measured 4x to 12x slower than fp32, cnn to
+    # mobilenet_v2, on AVX2 and AMX CPUs), off on
     # pytorch (torch.ao's quantize_dynamic has no conv), on on tflite (the converter's dynamic-range
     # mode quantizes every weight). true on onnxruntime measures ConvInteger (the size win, the speed
     # loss); true on pytorch and false on tflite are unsupported, with the reason.
