@@ -38,6 +38,14 @@ fp32, static, dynamic x pytorch, onnxruntime, tflite, batch 1 and 8; trained wit
 cell ends ok or failed with a named reason, every ok cell scored a real labelled test split; and the
 table of docs/report.md (size, b1 and b8 p50, paired speedups, accuracy delta with its 95% interval,
 time per cell).
+Suite `limit` (issue 23, item 5): the real-size grid again at 2 threads (device.threads=2), plus
+PyTorch fp32 in its other forms (backend.channels_last=false, the NCHW TorchScript of before; and
+backend.export=aoti, an AOTInductor package) and MiniLM (model=transformer, seq 128, train=realsize)
+on ORT fp32/dynamic, at batch 1 and 8. Targets, relative to this machine's measured limit: static
+int8 speedup_vs_peak >= 0.6 on pytorch and onnxruntime (each model and batch); the best int8 cell >= 2.5x
+the best fp32 cell of any runtime and form; TFLite int8 (static, dynamic) not slower than TFLite fp32;
+MiniLM ORT dynamic speedup_vs_peak >= 0.6. PyTorch fp32's forms are compared with the best fp32
+(information). Writes docs/report_limit.md (make report appends it to docs/report.md).
 Suite `launchers` (issue 6): the same CPU-bound smoke sweep (12 cells: mlp,cnn x fp32,dynamic,static x
 pytorch,onnxruntime, smoke training from a cold cache each time) with Hydra's basic launcher and with
 hydra/launcher=parallel (joblib, 2 workers): parallel must finish first. Its timings are distorted
@@ -73,6 +81,13 @@ SUITE_SWEEPS = {
              ["model=mlp,cnn", "quant=fake_quant", "quant.bits=4,8", "quant.activations=true", "quant.qat=false,true",
               "backend=pytorch"]],
     "realsize": [["experiment=realsize_grid"]],
+    "limit": [["experiment=realsize_grid", "device.threads=2"],
+              ["model=torchvision", "model.arch=resnet18,mobilenet_v2", "quant=fp32", "backend=pytorch",
+               "backend.channels_last=false", "benchmark.batch_sizes=[1,8]", "device.threads=2"],
+              ["model=torchvision", "model.arch=resnet18,mobilenet_v2", "quant=fp32", "backend=pytorch",
+               "backend.export=aoti", "benchmark.batch_sizes=[1,8]", "device.threads=2"],
+              ["model=transformer", "train=realsize", "quant=dynamic", "backend=onnxruntime",
+               "benchmark.batch_sizes=[1,8]", "device.threads=2"]],
     "text": [["experiment=text_grid"],
              ["model=transformer", "quant=dynamic,static,fp16", "backend=onnxruntime,pytorch",
               "benchmark.batch_sizes=[1,8]"],
@@ -92,7 +107,7 @@ def sweep(args, extra_env=None) -> tuple[str, float]:
 
 class Checks:
     def __init__(self) -> None:
-        self.rows, self.ok, self.tables, self.realsize = [], True, [], None
+        self.rows, self.ok, self.tables, self.realsize, self.limit = [], True, [], None, None
 
     def check(self, name, value, target, passed) -> None:
         self.ok &= bool(passed)
@@ -387,6 +402,87 @@ def realsize_checks(c: Checks, cells, runs) -> None:
                    f"{m['model_macs'] / 1e9:.2f} GMACs at {r.data.tags.get('input_shape')}")
 
 
+def form(r) -> str:
+    """variant(r), with PyTorch fp32's form named (channels_last TorchScript is the default)."""
+    t, p = r.data.tags, r.data.params
+    if t["backend"] == "pytorch" and t["quant"] in ("fp32", "fp16"):
+        if p.get("backend.export") == "aoti":
+            return f"{t['quant']}, aoti"
+        if p.get("backend.channels_last") == "False":
+            return f"{t['quant']}, NCHW"
+    return variant(r)
+
+
+LIMIT_MODELS = REALSIZE + ("transformer",)
+
+
+def limit_checks(c: Checks, runs) -> None:
+    """Issue 23 item 5: the targets relative to this machine's limit, at the sweeps' thread count."""
+    cells = {}
+    for r in sorted(runs, key=lambda r: r.info.start_time):
+        t = r.data.tags
+        if t.get("model") in LIMIT_MODELS and t.get("status") in ("ok", "failed", "unsupported"):
+            cells[(t["model"], form(r), t["backend"])] = r
+    ok = {k: r for k, r in cells.items() if r.data.tags["status"] == "ok"}
+    m = lambda k, key: ok[k].data.metrics.get(key) if k in ok else None  # noqa: E731
+    for model in LIMIT_MODELS:
+        for b in (1, 8):
+            fp32 = {k: m(k, f"latency_p50_ms_b{b}") for k in ok if k[0] == model and k[1].startswith("fp32")}
+            fp32 = {k: v for k, v in fp32.items() if v}
+            if not fp32:
+                continue
+            best_k = min(fp32, key=fp32.get)
+            best = fp32[best_k]
+            name = lambda k: f"{k[1]} / {k[2]}"  # noqa: E731
+            for backend in ("pytorch", "onnxruntime"):
+                k = (model, "static", backend)
+                v = m(k, f"speedup_vs_peak_b{b}")
+                if model in REALSIZE:
+                    c.check(f"{model} static {backend} b{b}: speedup_vs_peak",
+                            "not ok" if v is None else f"{v:.2f} ({m(k, f'speedup_b{b}'):.2f}x paired)", ">= 0.6",
+                            v is not None and v >= 0.6)
+            int8 = {k: m(k, f"latency_p50_ms_b{b}") for k in ok if k[0] == model and not k[1].startswith("fp")}
+            int8 = {k: v for k, v in int8.items() if v}
+            if int8 and model in REALSIZE:
+                top = min(int8, key=int8.get)
+                c.check(f"{model} b{b}: best int8 vs best fp32", f"{best / int8[top]:.2f}x ({name(top)} "
+                        f"{int8[top]:.2f} ms vs {name(best_k)} {best:.2f} ms)", ">= 2.5x", best / int8[top] >= 2.5)
+            for k, v in sorted(fp32.items()):
+                if k[2] == "pytorch":
+                    c.info(f"{model} b{b}: PyTorch {k[1]}", f"{v:.2f} ms, {best / v:.2f}x the best fp32 "
+                           f"({name(best_k)} {best:.2f} ms)")
+            if model in REALSIZE:
+                for q in ("static", "dynamic"):
+                    k = (model, q, "tflite")
+                    v = m(k, f"speedup_b{b}")
+                    c.check(f"{model} TFLite {q} b{b}: not slower than TFLite fp32",
+                            "not ok" if v is None else f"{v:.2f}x", ">= 1.0x", v is not None and v >= 1.0)
+            else:
+                k = (model, "dynamic", "onnxruntime")
+                v = m(k, f"speedup_vs_peak_b{b}")
+                c.check(f"MiniLM (seq 128) ORT dynamic b{b}: speedup_vs_peak",
+                        "not ok" if v is None else f"{v:.2f} ({m(k, f'speedup_b{b}'):.2f}x paired)", ">= 0.6",
+                        v is not None and v >= 0.6)
+    rows = ["| model | scheme / backend | p50 b1 ms | p50 b8 ms | paired b1 | paired b8 | vs peak b1 | vs peak b8 | "
+            "vs best fp32 b1 | vs best fp32 b8 | GOP/s b1 | overhead-bound | accuracy % | delta pp |",
+            "|" + "---|" * 14]
+    f = lambda v, fmt: "–" if v is None else format(v, fmt)  # noqa: E731
+    for k, r in sorted(cells.items()):
+        t, mm = r.data.tags, r.data.metrics
+        if t["status"] != "ok":
+            rows.append(f"| {k[0]} | {k[1]} / {k[2]} | {t['status']}: {t.get('reason', '')[:140]} |" + " |" * 11)
+            continue
+        rows.append(f"| {k[0]} | {k[1]} / {k[2]} | {f(mm.get('latency_p50_ms_b1'), '.2f')} | "
+                    f"{f(mm.get('latency_p50_ms_b8'), '.2f')} | {f(mm.get('speedup_b1'), '.2f')} | "
+                    f"{f(mm.get('speedup_b8'), '.2f')} | {f(mm.get('speedup_vs_peak_b1'), '.2f')} | "
+                    f"{f(mm.get('speedup_vs_peak_b8'), '.2f')} | {f(mm.get('speedup_vs_best_fp32_b1'), '.2f')} | "
+                    f"{f(mm.get('speedup_vs_best_fp32_b8'), '.2f')} | {f(mm.get('achieved_gflops_b1'), '.0f')} | "
+                    f"{'yes' if mm.get('overhead_bound_b1') else 'no'} | {100 * mm['accuracy']:.2f} | "
+                    f"{mm['accuracy_delta_pp']:+.2f} |")
+    c.limit = "\n".join(rows)
+    c.tables.append(c.limit)
+
+
 def limit_block(threads: int) -> str:
     """This machine's limit at the bench's thread count (cached per host; measured here if not yet)."""
     from bsb_hydra.bench import peak
@@ -462,7 +558,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experiment", default="bench")
     ap.add_argument("--suite", choices=("all", "foundation", "tflite_qat", "mixed", "text", "lowbit", "bits",
-                                        "realsize", "launchers"),
+                                        "realsize", "limit", "launchers"),
                     default="all")
     ap.add_argument("--targets-only", action="store_true",
                     help="foundation: sweep only mlp,cnn x fp32,static x pytorch,onnxruntime (warm cache)")
@@ -511,6 +607,10 @@ def main() -> int:
     # newest run per cell (a later sweep's cell replaces an earlier one's)
     cells = {}
     for r in sorted(runs, key=lambda r: r.info.start_time):
+        if form(r) in ("fp32, aoti", "fp32, NCHW"):  # the limit suite's extra PyTorch fp32 forms
+            continue
+        if r.data.params.get("device.threads", "1") != "1" and a.suite != "limit":
+            continue
         cells[(r.data.tags["model"], r.data.tags["quant"], r.data.tags["backend"])] = r
     if any(k[0] in ("mlp", "cnn") and k[2] != "tflite" and k[1] == "fp32" for k in cells) and \
             a.suite in ("all", "foundation"):
@@ -525,9 +625,12 @@ def main() -> int:
         mixed_checks(c, cells)
     if any(k[0] == "lstm" for k in cells):
         text_checks(c, cells)
-    if any(k[0] == "transformer" and k[1] in ("dynamic", "static") for k in cells):
+    if any(k[0] == "transformer" and k[1] in ("dynamic", "static") for k in cells) and not limit:
         transformer_checks(c, cells)
-    if any(k[0] in REALSIZE for k in cells):
+    limit = a.suite == "limit" or any(r.data.params.get("device.threads", "1") != "1" for r in runs)
+    if limit:
+        limit_checks(c, runs)
+    elif any(k[0] in REALSIZE for k in cells):
         realsize_checks(c, cells, runs)
     if any(k[1] == "int4_weight_only" for k in cells):
         lowbit_checks(c, cells)
@@ -565,6 +668,21 @@ def main() -> int:
             f"(named), / this cell's p50. ORT's dynamic rows say whether its convolutions were int8 "
             f"(ConvInteger: quant.convolutions=true, and every ORT dynamic run before that key) or fp32 "
             f"(the default since 2026-12-04).\n\n" + c.realsize + "\n\n" + limit_block(int(info.get("threads", 1))) + "\n")
+        print(f"written to {doc.relative_to(ROOT)}")
+    if c.limit:
+        doc = ROOT / "docs" / "report_limit.md"
+        threads = int(info.get("threads", 2))
+        doc.write_text(
+            f"## Against this machine's limit: {threads} threads, batch 1 and 8 (issue 23)\n\n"
+            f"Measured {datetime.now():%Y-%m-%d} by `python scripts/bench.py --suite limit` on "
+            f"{info.get('cpu', '?')} ({info.get('arch', '?')}, ISA {info.get('isa', '?')}), {threads} threads. "
+            f"'vs peak' = the paired speedup / the machine's int8_peak_ratio at {threads} threads (below); "
+            f"'vs best fp32' = the fastest fp32 cell of the model and batch over every runtime and PyTorch "
+            f"form / this cell's p50. PyTorch fp32 forms: default (channels_last TorchScript), NCHW "
+            f"(backend.channels_last=false, the default before 2026-12-04), aoti (backend.export=aoti). "
+            f"MiniLM is trained with train=realsize (one epoch over 2048 sentences).\n\n"
+            "| target | measured | goal | result |\n|---|---|---|---|\n" + "\n".join(c.rows) + "\n\n"
+            + c.limit + "\n\n" + limit_block(threads) + "\n")
         print(f"written to {doc.relative_to(ROOT)}")
     return 0 if c.ok else 1
 

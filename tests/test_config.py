@@ -205,6 +205,21 @@ def test_dynamic_convolutions_a_backend_cannot_do(compose_cfg, backend, value, n
     assert get_backend(backend).unsupported_reason(cfg) is None
 
 
+def test_pytorch_export_names_the_bad_value_and_aoti_is_float_only(compose_cfg):
+    from bsb_hydra.backends import get_backend
+
+    with pytest.raises(ConfigError) as e:
+        validate(_resolvable(compose_cfg(["backend=pytorch", "backend.export=onnx"])))
+    assert "backend.export='onnx' is not allowed: use one of torchscript, aoti" in str(e.value)
+    backend = get_backend("pytorch")
+    for scheme in ("fp32", "fp16"):
+        cfg = validate(_resolvable(compose_cfg(["backend=pytorch", f"quant={scheme}", "backend.export=aoti"])))
+        assert backend.unsupported_reason(cfg) is None
+    for scheme in ("dynamic", "static", "qat"):
+        cfg = validate(_resolvable(compose_cfg(["backend=pytorch", f"quant={scheme}", "backend.export=aoti"])))
+        assert f"backend.export=aoti with quant={scheme}: " in (backend.unsupported_reason(cfg) or "")
+
+
 def test_snapshot_conf_copies_conf_for_a_multirun_only(tmp_path):
     from bsb_hydra.config import snapshot_conf
 

@@ -313,6 +313,34 @@ def test_ort_dynamic_convolutions_true_is_conv_integer(tmp_path):
     assert r.data.tags["build.float_weight_ops"] == "none" and r.data.metrics["size_ratio"] <= 0.3
 
 
+def test_pytorch_float_artifacts_are_channels_last_and_aoti_is_a_compiled_package(sweep, tmp_path):
+    """backend.export=aoti: the fp32 cell is an AOTInductor .pt2 (compiled code inside), measured
+    and scored like the TorchScript one, on the same trained model; both run channels_last, and the
+    int8 (torch.ao) artifacts carry no memory-format tag (their kernels reorder themselves)."""
+    import zipfile
+
+    _, _, _, shared = sweep
+    cells = by_cell(shared)
+    for scheme in ("fp32", "dynamic"):
+        assert cells[("cnn", scheme, "pytorch")].data.tags["build.memory_format"] == "channels_last"
+        assert cells[("cnn", scheme, "pytorch")].data.tags["build.export"] == "torchscript"
+    assert cells[("mlp", "fp32", "pytorch")].data.tags["build.memory_format"] == "contiguous"  # no conv
+    assert "build.memory_format" not in cells[("cnn", "static", "pytorch")].data.tags
+    run_bsb(["-m", "model=cnn", "quant=fp32", "backend=pytorch", "backend.export=aoti,torchscript",
+             "benchmark.profile=never", *SMOKE], tmp_path)
+    _, runs = runs_of(tmp_path)
+    by_export = {r.data.params["backend.export"]: r for r in runs}
+    aoti, ts = by_export["aoti"], by_export["torchscript"]
+    assert aoti.data.tags["status"] == "ok", aoti.data.tags.get("reason")
+    assert aoti.data.tags["build.export"] == "aoti" and aoti.data.tags["build.memory_format"] == "channels_last"
+    (package,) = (tmp_path / "sweep").glob("*/artifacts/fp32.pt2")
+    assert any(n.endswith(".so") for n in zipfile.ZipFile(package).namelist())
+    assert aoti.data.metrics["size_bytes"] == package.stat().st_size
+    assert aoti.data.tags["fp32_key"] == ts.data.tags["fp32_key"]  # one trained model
+    assert abs(aoti.data.metrics["accuracy"] - ts.data.metrics["accuracy"]) <= 0.002
+    assert aoti.data.metrics["latency_p50_ms_b8"] > 0
+
+
 def test_a_sweep_reads_its_config_as_it_was_when_it_started(sweep):
     """The jobs compose from a copy of conf/ taken at the start (an edit of conf/ mid-sweep used to
     reach the later jobs, or end the sweep), and the copy is gone when the sweep has ended."""

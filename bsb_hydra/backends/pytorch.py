@@ -33,6 +33,71 @@ def _save_script(module, example, out: Path) -> None:
         torch.jit.save(traced, str(out))
 
 
+AOTI_MAX_BATCH = 4096  # the dynamic batch dimension's upper bound (evaluation feeds chunks up to this)
+
+
+def _save_aoti(module, example, out: Path, threads: int) -> Path:
+    """torch.export with a dynamic batch -> AOTInductor package (``out`` with suffix .pt2), weights
+    frozen into the compiled graph (Inductor's freezing: constant folding and oneDNN weight
+    prepacking). Inductor bakes the OpenMP thread count in at compile time, so it compiles with the
+    cell's device.threads."""
+    import torch
+
+    path = out.with_suffix(".pt2")
+    two = torch.cat([example, example])  # batch 1 would specialise the dimension to 1
+    batch = torch.export.Dim("batch", min=1, max=AOTI_MAX_BATCH)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(module, (two,), dynamic_shapes=({0: batch},))
+            torch._inductor.aoti_compile_and_package(program, package_path=str(path),
+                                                     inductor_configs={"freezing": True})
+    finally:
+        torch.set_num_threads(before)
+    return path
+
+
+def _channels_last(module, example):
+    """``module`` with its weights in channels_last and the NCHW input reordered as its first step
+    (inside the artifact: the reorder is timed, and the artifact takes the same input as every
+    other runtime's); returned unchanged for inputs that are not 4-D images or models without
+    2-D convolutions."""
+    import torch
+    from torch import nn
+
+    if example.ndim != 4 or not any(isinstance(m, nn.Conv2d) for m in module.modules()):
+        return module, "contiguous"
+
+    class ChannelsLast(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner.to(memory_format=torch.channels_last)
+
+        def forward(self, x):
+            return self.inner(x.contiguous(memory_format=torch.channels_last))
+
+    return ChannelsLast(module).eval(), "channels_last"
+
+
+def _save_float(module, example, out: Path, ctx: BuildContext, allow_aoti: bool = True) -> Artifact:
+    """A float-compute artifact (fp32, fp16, dynamic): channels_last where backend.channels_last
+    applies, then TorchScript or (backend.export=aoti) an AOTInductor package."""
+    import torch
+
+    b = ctx.cfg.backend
+    fmt = "contiguous"
+    if b.channels_last:
+        module, fmt = _channels_last(module, example)
+    info = {"memory_format": fmt, "export": b.export if allow_aoti else "torchscript"}
+    x = torch.from_numpy(example) if isinstance(example, np.ndarray) else example
+    if b.export == "aoti" and allow_aoti:
+        return Artifact(_save_aoti(module, x, out, ctx.cfg.device.threads), ctx.input_dtype, info)
+    _save_script(module, x, out)
+    return Artifact(out, ctx.input_dtype, info)
+
+
 def _bn_folded(model):
     """A copy with every conv+batch-norm pair folded into one conv (inference form), so fp32, fp16
     and dynamic artifacts start from the same graph that FX static quantization fuses itself.
@@ -107,6 +172,10 @@ class PytorchBackend(Backend):
             if q.accuracy_level not in (0, 1, 3):
                 return (f"quant.accuracy_level={q.accuracy_level} on pytorch: the int4 CPU kernel computes in "
                         "fp32 (0 or 1) or bf16 (3), valid here: 0, 1, 3")
+        if cfg.backend.export == "aoti" and q.scheme.value not in ("fp32", "fp16"):
+            return (f"backend.export=aoti with quant={q.scheme.value}: the AOTInductor package is built for the "
+                    "float schemes (fp32, fp16); torch.ao's int8 modules are TorchScript-only here (valid with "
+                    "aoti: fp32, fp16; use backend.export=torchscript for int8)")
         if q.scheme.value == "dynamic" and q.convolutions:
             return ("quant.convolutions=true on pytorch: torch.ao's quantize_dynamic quantizes Linear, LSTM and "
                     "Embedding only (no dynamic conv); valid here: null or false. Int8 convolutions on pytorch "
@@ -120,10 +189,7 @@ class PytorchBackend(Backend):
         return {"engine": engine}
 
     def build_fp32(self, ctx: BuildContext, out: Path) -> Artifact:
-        import torch
-
-        _save_script(_bn_folded(ctx.model), torch.from_numpy(ctx.example), out)
-        return Artifact(out, ctx.input_dtype, {})
+        return _save_float(_bn_folded(ctx.model), ctx.example, out, ctx)
 
     def build_fp16(self, ctx: BuildContext, out: Path) -> Artifact:
         import torch
@@ -131,8 +197,10 @@ class PytorchBackend(Backend):
         half = _bn_folded(ctx.model).half()
         example = torch.from_numpy(ctx.example)
         floating = example.is_floating_point()  # token ids stay int64
-        _save_script(half, example.half() if floating else example, out)
-        return Artifact(out, "float16" if floating else ctx.input_dtype, {"note": "fp16 weights and compute on the CPU"})
+        art = _save_float(half, example.half() if floating else example, out, ctx)
+        art.input_dtype = "float16" if floating else ctx.input_dtype
+        art.info["note"] = "fp16 weights and compute on the CPU"
+        return art
 
     def build_dynamic(self, ctx: BuildContext, out: Path) -> Artifact:
         import torch
@@ -150,10 +218,10 @@ class PytorchBackend(Backend):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             q = quantize_dynamic(_bn_folded(ctx.model), spec, dtype=torch.qint8)
-        _save_script(q, torch.from_numpy(ctx.example), out)
-        info = _layer_counts(q)
-        info["note"] = "dynamic int8 covers Linear, LSTM and Embedding layers; convolutions stay fp32"
-        return Artifact(out, ctx.input_dtype, info)
+        art = _save_float(q, ctx.example, out, ctx, allow_aoti=False)
+        art.info.update(_layer_counts(q))
+        art.info["note"] = "dynamic int8 covers Linear, LSTM and Embedding layers; convolutions stay fp32"
+        return art
 
     def _static_qconfig(self, ctx: BuildContext):
         import torch
@@ -299,9 +367,12 @@ class PytorchRunner(Runner):
         if settings.get("engine"):
             torch.backends.quantized.engine = settings["engine"]
         self.torch = torch
-        with warnings.catch_warnings():  # torch's deprecation notice for TorchScript, on every load
-            warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*", category=FutureWarning)
-            self.model = torch.jit.load(path, map_location="cpu").eval()
+        if str(path).endswith(".pt2"):  # backend.export=aoti: a compiled AOTInductor package
+            self.model = torch._inductor.aoti_load_package(str(path))
+        else:
+            with warnings.catch_warnings():  # torch's deprecation notice for TorchScript, on every load
+                warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*", category=FutureWarning)
+                self.model = torch.jit.load(path, map_location="cpu").eval()
         self.dtype = getattr(torch, input_dtype)
 
     _process_inference = False

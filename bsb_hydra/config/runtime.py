@@ -17,6 +17,21 @@ class BackendConfig:
 @dataclass
 class PytorchBackendConfig(BackendConfig):
     name: str = "pytorch"
+    # Float artifacts (fp32, fp16, dynamic) of models with 2-D convolutions run in channels_last
+    # (NHWC) memory: weights stored so, and the NCHW input reordered inside the artifact, so the
+    # reorder is timed as every runtime's is. oneDNN's NCHW fp32 conv path is 1.2x (resnet18) to
+    # 1.65x (mobilenet_v2) slower here. Int8 (torch.ao) kernels reorder themselves: not affected.
+    channels_last: bool = True
+    # The fp32 / fp16 artifact's form: torchscript (traced and frozen) or aoti (torch.export ->
+    # AOTInductor package, a compiled .pt2 with a dynamic batch, frozen weights; loaded with
+    # torch._inductor.aoti_load_package, no model code needed). Int8 stays TorchScript (torch.ao).
+    export: str = "torchscript"
+
+    EXPORTS: ClassVar[tuple] = ("torchscript", "aoti")
+
+    def __post_init__(self) -> None:
+        if self.export not in self.EXPORTS:
+            raise ConfigError(f"backend.export={self.export!r} is not allowed: use one of {', '.join(self.EXPORTS)}")
 
 
 @dataclass
