@@ -147,7 +147,7 @@ def measure(cfg, dict_cfg, workdir: Path, log, slot: Optional[JobSlot] = None) -
         ctx = build_context(cfg, ds, fp32, calib_idx, engine, info, workdir)
         fp32_art, art = build_artifacts(cfg, backend, ctx, workdir, log, stage)
         slot = slot or JobSlot()
-        timed = run_workers(cfg, backend, engine, ds, fp32_art, art, workdir, slot, stage)
+        timed = run_workers(cfg, backend, engine, ds, fp32_art, art, workdir, slot, stage, peak)
         m: Dict[str, float] = {"concurrent_jobs": slot.peak}
         if slot.peak > 1:
             print(f"  WARNING: {slot.peak} bsb_hydra jobs ran on this machine while this cell was timed: they share "
@@ -335,7 +335,7 @@ class Timed:
 
 
 def run_workers(cfg, backend, engine: str, ds, fp32_art, art, workdir: Path, slot: JobSlot,
-                stage: Optional[Stages] = None) -> Timed:
+                stage: Optional[Stages] = None, peak: Optional[Dict[str, Any]] = None) -> Timed:
     """benchmark.repeats fresh processes. Each times the cell and, with the paired baseline, the fp32
     artifact of the same backend right beside it, in alternating order (cell first in processes 0, 2,
     ...; fp32 first in 1, 3, ...). Process 0 also evaluates both on the test split and takes the
@@ -382,7 +382,7 @@ def run_workers(cfg, backend, engine: str, ds, fp32_art, art, workdir: Path, slo
                 if i == 0:
                     timed.res, timed.ref = out[scheme], out.get("fp32_reference")
         with stage("profile"):
-            timed.profile = profile_cell(cfg, art, fp32_art, timed, common)
+            timed.profile = profile_cell(cfg, art, fp32_art, timed, common, peak)
     finally:  # a 224-px test split is gigabytes: the inputs go, the results and artifacts stay
         eval_input.unlink(missing_ok=True)
     timed.ref = timed.ref if timed.ref is not None else timed.res
@@ -390,23 +390,36 @@ def run_workers(cfg, backend, engine: str, ds, fp32_art, art, workdir: Path, slo
     return timed
 
 
-def profile_cell(cfg, art, fp32_art, timed: Timed, common: Dict[str, Any]) -> Optional[dict]:
+def profile_cell(cfg, art, fp32_art, timed: Timed, common: Dict[str, Any],
+                 peak: Optional[Dict[str, Any]] = None) -> Optional[dict]:
     """benchmark.profile: the cell (and its fp32 reference) under the runtime's own profiler, in one
     more fresh process after the timing: for "slow", only when the cell's median at the smallest
-    batch size is above its fp32 reference's (pooled over the processes)."""
+    batch size is above its fp32 reference's (pooled over the processes); "below_peak" also when an
+    int8 cell's speedup there is short of benchmark.peak_target x the machine's int8_peak_ratio."""
+    from bsb_hydra.bench import peak as peak_mod
+
     scheme, mode = cfg.quant.scheme.value, cfg.benchmark.profile
     if mode == "never" or art.simulated:
         return None
     b = str(min(cfg.benchmark.batch_sizes))
-    slower = bool(timed.lat_ref) and scheme != "fp32" and float(np.median(np.concatenate(
-        [p[b] for p in timed.lat_cell]))) > float(np.median(np.concatenate([p[b] for p in timed.lat_ref])))
+    speedup = None
+    if timed.lat_ref and scheme != "fp32":
+        speedup = float(np.median(np.concatenate([p[b] for p in timed.lat_ref]))) / \
+            float(np.median(np.concatenate([p[b] for p in timed.lat_cell])))
+    slower = speedup is not None and speedup < 1.0
+    ratio = peak_mod.run_metrics(peak, cfg.backend.name).get("int8_peak_ratio") if peak else None
+    short = None
+    if speedup is not None and ratio and scheme in INT8_SCHEMES and speedup / ratio < cfg.benchmark.peak_target:
+        short = speedup / ratio
     if mode == "slow" and not slower:
+        return None
+    if mode == "below_peak" and not (slower or short is not None):
         return None
     items = [Item(scheme, art.path, art.input_dtype, latency=False, profile=True)]
     if scheme != "fp32":
         items.append(Item("fp32_reference", fp32_art.path, fp32_art.input_dtype, latency=False, profile=True))
     out = run_worker(items=items, tag="profile", **{**common, "latency": None}, profile_runs=cfg.benchmark.profile_runs)
-    return {"cell": out[scheme].data["profile"], "slower": slower,
+    return {"cell": out[scheme].data["profile"], "slower": slower, "short_of_peak": short,
             "ref": out["fp32_reference"].data["profile"] if scheme != "fp32" else None}
 
 
@@ -448,7 +461,7 @@ def agreement_with_pytorch(cfg, fp32, ds, timed: Timed) -> Dict[str, float]:
     """The same weights on another runtime: how close is its fp32 artifact to the PyTorch model?"""
     if cfg.backend.name == "pytorch" or fp32.module is None:  # model=onnx has no PyTorch model
         return {}
-    torch_logits = _torch_logits(fp32.module, ds.x_test, cfg.benchmark.eval_batch_size)
+    torch_logits = pytorch_test_logits(fp32, ds, cfg.benchmark.eval_batch_size, cfg.paths.cache_dir)
     return {"fp32_vs_pytorch_agreement": float(np.mean(timed.ref.logits.argmax(1) == torch_logits.argmax(1))),
             "fp32_vs_pytorch_max_abs_logit_diff": float(np.max(np.abs(timed.ref.logits - torch_logits)))}
 
@@ -511,7 +524,9 @@ def log_outputs(cfg, ds, art, engine: str, timed: Timed, slot: JobSlot, workdir:
         log.json(timed.profile, "profile.json")
         cell, ref = timed.profile["cell"], timed.profile["ref"]
         text = cell["error"] if "error" in cell else why_slow(cell, ref if ref and "error" not in ref else None)
-        log.tags({"why_slow" if timed.profile["slower"] else "profile_summary": text[:5000]})
+        short = timed.profile.get("short_of_peak")
+        name = "why_slow" if timed.profile["slower"] else "why_short_of_peak" if short is not None else "profile_summary"
+        log.tags({name: text[:5000]})
     log.tags({"concurrent_jobs": slot.peak, "size_kind": "theoretical" if art.simulated else "artifact",
               "simulated": str(art.simulated).lower()})
     log.tags({"worker_imports": ",".join(res.data["heavy_modules"]), "input_dtype": art.input_dtype,
@@ -531,6 +546,28 @@ def test_set_digest(ds) -> str:
         for part in chunks(a):
             h.update(np.ascontiguousarray(part).tobytes())
     return h.hexdigest()[:16]
+
+
+def pytorch_test_logits(fp32, ds, batch: int, cache_dir: str) -> np.ndarray:
+    """The PyTorch fp32 model's logits on the test split, computed once per (weights, test set,
+    eval batch, torch version, thread count) and cached under CACHE/logits: every ORT and TFLite cell
+    of a model compares its fp32 reference with them (a 2000-image 224-px split took 48 s per cell)."""
+    import torch
+
+    key = hashlib.sha256(f"{fp32.weights_sha256}|{test_set_digest(ds)}|{batch}|{torch.__version__}|"
+                         f"{torch.get_num_threads()}".encode()).hexdigest()[:20]
+    path = Path(cache_dir) / "logits" / f"{key}.npy"
+    if path.is_file():
+        try:
+            return np.load(path)
+        except (OSError, ValueError):  # a torn file: computed again below
+            pass
+    logits = _torch_logits(fp32.module, ds.x_test, batch)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
+    np.save(tmp, logits)
+    os.replace(tmp, path)
+    return logits
 
 
 def _torch_logits(module, x, batch: int) -> np.ndarray:
@@ -668,11 +705,14 @@ def best_fp32_metrics(cfg, m: Dict[str, float], log) -> Dict[str, float]:
     run = mlflow.active_run()
     client = mlflow.MlflowClient()
     tags = client.get_run(run.info.run_id).data.tags
-    if any("'" in tags.get(k, "") or k not in tags for k in SAME_INPUT_TAGS):
+    if any(k not in tags for k in SAME_INPUT_TAGS):
         return {}
-    where = " and ".join([f"tags.{k} = '{tags[k]}'" for k in SAME_INPUT_TAGS] +
+    # a value with a quote (torchvision's model_ref: models.get_model('resnet18', ...)) cannot go into
+    # the filter string: it is matched here instead
+    where = " and ".join([f"tags.{k} = '{tags[k]}'" for k in SAME_INPUT_TAGS if "'" not in tags[k]] +
                          ["tags.quant = 'fp32'", "tags.status = 'ok'"])
-    others = [r for r in tracking.search_all(client, run.info.experiment_id, where) if r.info.status == "FINISHED"]
+    others = [r for r in tracking.search_all(client, run.info.experiment_id, where) if r.info.status == "FINISHED"
+              and all(r.data.tags.get(k) == tags[k] for k in SAME_INPUT_TAGS)]
     own = cfg.backend.name
     out: Dict[str, float] = {}
     for key in [k for k in m if k.startswith("latency_p50_ms_b")]:

@@ -97,7 +97,10 @@ def resolved_config(dict_cfg) -> Dict[str, Any]:
 # a run holding one at that value measured what an older run without the key measured.
 LATER_INERT = {"device.core_pinning": None, "device.expected_isa": [], "data.resize": None, "data.channels": None,
                "data.mean": None, "data.std": None, "data.tokenizer_path": None, "backend.converter": "auto",
-               "train.bn_recalibration": 0, "benchmark.profile": "slow", "benchmark.profile_runs": 20}
+               "train.bn_recalibration": 0, "benchmark.profile": "slow", "benchmark.profile_runs": 20,
+               # pytorch artifacts before 2026-12-04 were NCHW TorchScript
+               "backend.export": "torchscript", "backend.channels_last": False,
+               "backend.xnnpack_latest_features": False}
 
 
 def drop_inert(c: Dict[str, Any]) -> Dict[str, Any]:

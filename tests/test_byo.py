@@ -377,6 +377,24 @@ def test_hf_folder_and_litert_tflite(tmp_path):
     assert {"latency_p50_ms_b1", "latency_p50_ms_b8"} <= set(lt.data.metrics)
 
 
+def test_litert_dynamic_keeps_depthwise_float_unless_asked_and_checks_its_batch_files(tmp_path):
+    """TFLite dynamic through litert-torch: by default the depthwise convolutions keep float weights
+    (their per-tensor int8 hybrid kernel wrecked mobilenet_v2); quant.convolutions=true quantizes them
+    and =false every conv. Each build says how its b1 and b8 files agree."""
+    run_bsb(["-m", "model=torchvision", "model.arch=mobilenet_v2", "model.input_size=32", "train.limit_samples=64",
+             "data.limit_test=48", "quant=dynamic", "quant.convolutions=null,true,false", "backend=tflite",
+             "benchmark.profile=never", *QUICK], tmp_path)
+    _, runs = runs_of(tmp_path)
+    assert not _ok(runs), _ok(runs)
+    by = {r.data.params.get("quant.convolutions", "None"): r.data.tags for r in runs}
+    assert by["None"]["build.convolutions"] == "null (depthwise float)"
+    assert by["None"]["build.float_weight_ops"] == "DEPTHWISE_CONV_2D:17"
+    assert by["True"]["build.float_weight_ops"] == "none"
+    assert by["False"]["build.float_weight_ops"] == "CONV_2D:35,DEPTHWISE_CONV_2D:17"
+    for t in by.values():
+        assert 0.0 <= float(t["build.batch_files_top1_agreement"]) <= 1.0
+
+
 def test_bn_recalibration_is_the_exact_average_for_the_final_weights():
     """train.bn_recalibration recomputes batch-norm's running mean over the training samples (what
     one short epoch of momentum-0.1 averages gets wrong); the cache key only changes when it is on."""

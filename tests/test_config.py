@@ -192,7 +192,7 @@ def test_a_key_of_another_option_is_named_with_the_options_that_have_it(args, me
 
 @pytest.mark.parametrize("backend,value,needle", [
     ("pytorch", "true", "quant.convolutions=true on pytorch: torch.ao's quantize_dynamic quantizes Linear, LSTM"),
-    ("tflite", "false", "quant.convolutions=false on tflite: the converter's dynamic-range mode quantizes every"),
+    ("tflite", "false", "quant.convolutions=false on tflite (keras_twin): the converter's dynamic-range mode quantizes"),
 ])
 def test_dynamic_convolutions_a_backend_cannot_do(compose_cfg, backend, value, needle):
     from bsb_hydra.backends import get_backend

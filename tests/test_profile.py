@@ -104,3 +104,25 @@ def test_a_cell_slow_on_purpose_says_why(tmp_path):
     md = (tmp_path / "out" / "report.md").read_text()
     assert "## Why slow: quantized cells slower than their fp32" in md and why[:60].replace("|", "\\|") in md
     assert rep.groups
+
+
+def test_an_int8_cell_short_of_the_machines_limit_is_profiled_with_below_peak(tmp_path):
+    """benchmark.profile=below_peak: an int8 cell faster than its fp32 but below peak_target x the
+    int8_peak_ratio (a target of 10 here, which no cell reaches) gets why_short_of_peak, and the report
+    lists it with its share of the peak."""
+    run_bsb(["-m", "model=cnn", "quant=static", "backend=pytorch", "benchmark.profile=below_peak",
+             "benchmark.peak_target=10", *SMOKE], tmp_path)
+    client, (run,) = runs_of(tmp_path)
+    assert run.data.tags["status"] == "ok", run.data.tags.get("reason")
+    m = run.data.metrics
+    assert m["speedup_b1"] > 1.0 and m["speedup_vs_peak_b1"] < 10
+    why = run.data.tags["why_short_of_peak"]
+    assert why.startswith("top ops ") and "quantized::" in why and "why_slow" not in run.data.tags
+    from types import SimpleNamespace
+
+    from bsb_hydra.report.build import build_report
+
+    build_report(SimpleNamespace(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="bsb-hydra", arch=None,
+                                 budget_pp=1.0, out=str(tmp_path / "out"), tag_runs=False, log_run=False))
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert f"({m['speedup_vs_peak_b1']:.2f} of peak)" in md and why[:40].replace("|", "\\|") in md

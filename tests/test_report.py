@@ -636,3 +636,66 @@ def test_the_bench_prints_each_cells_stage_times():
                        "| total |")
     assert rows[4] == "| a | ok | 0.0 | 1.0 | 2.0 | 3.0 | 4.0 | 5.0 | 6.0 | 7.0 | 8.0 | 30.0 |"
     assert rows[5] == "| b | failed | 0.2 | - | - | - | - | - | - | - | - | 3.0 |"
+
+
+def test_a_quantized_cell_is_paired_only_with_an_fp32_cell_of_the_same_form():
+    """An aoti or NCHW PyTorch fp32 cell (same weights, newer) is not the baseline of a channels_last
+    TorchScript int8 cell; the fp32 cell built as its job's reference is. Old runs (no form params)
+    pair with each other."""
+    from bsb_hydra.report.analysis import baseline_of
+    from bsb_hydra.report.runs import Cell
+
+    def cell(i, quant, **params):
+        tags = {"model": "cnn", "quant": quant, "backend": "pytorch", "threads": "2", "fp32_key": "k"}
+        return Cell(f"r{i}", i, tags, {f"backend.{k}": v for k, v in params.items()}, {})
+
+    ts = cell(1, "fp32", channels_last="True")
+    static = cell(2, "static", channels_last="True")
+    aoti = cell(3, "fp32", channels_last="True", export="aoti")
+    nchw = cell(4, "fp32")  # channels_last=false is dropped as the inert value of older runs
+    assert baseline_of(static, [ts, static, aoti, nchw]) is ts
+    old_static = cell(5, "static")
+    assert baseline_of(old_static, [ts, static, aoti, nchw, old_static]) is nchw
+    assert baseline_of(static, [static, aoti, nchw]) is None
+
+
+def test_the_limit_bench_checks_each_target_against_the_best_fp32_of_any_form():
+    """scripts/bench.py --suite limit: speedup_vs_peak per static cell, best int8 against the best
+    fp32 over every runtime and PyTorch form (here the aoti one), TFLite int8 against TFLite fp32,
+    MiniLM ORT dynamic; a cell that did not end ok fails its target rather than vanishing."""
+    import importlib.util
+    from types import SimpleNamespace as NS
+
+    spec = importlib.util.spec_from_file_location("bench_script", ROOT / "scripts" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def run(i, model, quant, backend, p50, status="ok", params=None, **metrics):
+        tags = {"model": model, "quant": quant, "backend": backend, "status": status, "build.ops": ""}
+        m = {"latency_p50_ms_b1": p50, "accuracy": 0.7, "accuracy_delta_pp": 0.0, **metrics}
+        return NS(info=NS(start_time=i, run_name=str(i)), data=NS(tags=tags, metrics=m, params=params or {}))
+
+    runs = [run(1, "resnet18", "fp32", "pytorch", 30.0, params={"backend.channels_last": "True"}),
+            run(2, "resnet18", "fp32", "pytorch", 20.0, params={"backend.export": "aoti"}),
+            run(3, "resnet18", "fp32", "onnxruntime", 21.0),
+            run(4, "resnet18", "fp32", "tflite", 25.0),
+            run(5, "resnet18", "static", "pytorch", 4.0, speedup_b1=7.5, speedup_vs_peak_b1=1.2),
+            run(6, "resnet18", "static", "onnxruntime", 7.0, speedup_b1=3.0, speedup_vs_peak_b1=0.5),
+            run(7, "resnet18", "static", "tflite", 6.0, speedup_b1=4.2),
+            run(8, "resnet18", "dynamic", "tflite", 30.0, speedup_b1=0.83),
+            run(9, "transformer", "fp32", "onnxruntime", 40.0),
+            run(10, "transformer", "dynamic", "onnxruntime", 20.0, status="failed")]
+    c = bench.Checks()
+    bench.limit_checks(c, runs)
+    rows = {r.split(" | ")[0].lstrip("| "): r for r in c.rows}
+    assert rows["resnet18 static pytorch b1: speedup_vs_peak"].endswith("| PASS |")
+    assert rows["resnet18 static onnxruntime b1: speedup_vs_peak"].endswith("| FAIL |")
+    best = rows["resnet18 b1: best int8 vs best fp32"]
+    assert "5.00x (static / pytorch 4.00 ms vs fp32, aoti / pytorch 20.00 ms)" in best and best.endswith("PASS |")
+    assert rows["resnet18 TFLite static b1: not slower than TFLite fp32"].endswith("| PASS |")
+    assert rows["resnet18 TFLite dynamic b1: not slower than TFLite fp32"].endswith("| FAIL |")
+    assert "0.67x the best fp32" in rows["(info) resnet18 b1: PyTorch fp32"]
+    assert rows["MiniLM (seq 128) ORT dynamic b1: speedup_vs_peak"] == \
+        "| MiniLM (seq 128) ORT dynamic b1: speedup_vs_peak | not ok | >= 0.6 | FAIL |"
+    table = c.limit.splitlines()
+    assert len(table) == 2 + len(runs) and any("| transformer | dynamic / onnxruntime | failed" in t for t in table)

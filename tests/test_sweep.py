@@ -90,6 +90,13 @@ def test_fp32_pytorch_and_onnxruntime_agree(sweep):
             preds.append(np.load(path))
         assert len(preds[0]) == 1000
         assert (preds[0] == preds[1]).mean() >= 0.999, model
+    # every ORT cell compared its fp32 reference with the PyTorch model's test logits, computed once
+    # per model (weights, test set) and reused by the model's other ORT cells
+    for model in ("mlp", "cnn"):
+        for quant in ("fp32", "dynamic", "static"):
+            assert cells[(model, quant, "onnxruntime")].data.metrics["fp32_vs_pytorch_agreement"] >= 0.999
+    cached = sorted((tmp / "cache" / "logits").glob("*.npy"))
+    assert len(cached) == 2 and {np.load(p).shape for p in cached} == {(1000, 10)}
 
 
 def test_fp32_model_trained_once_per_model(sweep):

@@ -44,6 +44,14 @@ def convert_float(req) -> dict:
     return out
 
 
+# quant.convolutions on the dynamic scheme -> the ops whose weights stay float. null (the default):
+# depthwise convolutions only. Their hybrid kernel is not XNNPACK's, and with per-tensor weights (the
+# dynamic default) it wrecks mobilenet_v2: 10.8% accuracy (-58.6 pp) at 0.12x fp32's speed on an AMX
+# Xeon at 2 threads; with them float, the 8 probe images agree as the per-channel build does and
+# the b8 call takes 27 ms, not 178 (fp32: 23). true: every conv int8 (the measurement of that loss).
+DYNAMIC_FLOAT_OPS = {None: ("DEPTHWISE_CONV_2D",), True: (), False: ("DEPTHWISE_CONV_2D", "CONV_2D")}
+
+
 def _quantizer(path: Path, scheme: str, req):
     from ai_edge_quantizer import quantizer
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
@@ -57,6 +65,9 @@ def _quantizer(path: Path, scheme: str, req):
         q.add_weight_only_config(regex=".*", operation_name=ops, num_bits=16, algorithm_key=AlgorithmName.FLOAT_CASTING)
     elif scheme == "dynamic":
         q.add_dynamic_config(regex=".*", operation_name=ops, num_bits=8, granularity=granularity)
+        for op in DYNAMIC_FLOAT_OPS[req["quant"].get("convolutions")]:
+            q.update_quantization_recipe(regex=".*", operation_name=getattr(TFLOperationName, op),
+                                         algorithm_key=AlgorithmName.NO_QUANTIZE)
     elif scheme == "static":
         q.add_static_config(regex=".*", operation_name=ops, activation_num_bits=8, weight_num_bits=8,
                             weight_granularity=granularity)
@@ -81,6 +92,36 @@ def _calibration(path: Path, q, req, batch: int):
                        num_threads=req.get("threads", 1))
 
 
+def _batch_files_agreement(out: Path, manifest: dict, req):
+    """Top-1 agreement of the largest batch's file with the batch-1 file on the same inputs (the
+    calibration samples, else seeded normal inputs): the cell is timed at b1 on one file and scored on
+    another, so they must compute the same model. None with one file."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    if len(manifest) < 2 or req.get("input_dtype", "float32") != "float32":  # token ids: no random stand-in
+        return None
+    big = max(int(b) for b in manifest)
+    shape = tuple(req["input_shape"])
+    if req.get("calibration") and Path(req["calibration"]).is_file():
+        x = np.resize(np.load(req["calibration"]), (big, *shape)).astype(np.float32)
+    else:
+        x = np.random.default_rng(0).standard_normal((big, *shape)).astype(np.float32)
+
+    def logits(path, xs):
+        it = Interpreter(model_path=str(path))
+        it.allocate_tensors()
+        i, o = it.get_input_details()[0], it.get_output_details()[0]
+        if np.dtype(i["dtype"]) != np.float32:  # int8 model input: quantized with the model's own scale
+            scale, zero = i["quantization"]
+            xs = np.clip(np.round(xs / scale + zero), -128, 127).astype(i["dtype"])
+        it.set_tensor(i["index"], xs)
+        it.invoke()
+        return it.get_tensor(o["index"]).astype(np.float32)
+
+    one = np.concatenate([logits(batch_path(out, 1), x[k:k + 1]) for k in range(big)])
+    return float(np.mean(one.argmax(1) == logits(batch_path(out, big), x).argmax(1)))
+
+
 def build(req, scheme: str, out: Path, floats: dict, log) -> dict:
     from bsb_hydra.backends.tflite_convert import op_summary
 
@@ -96,6 +137,7 @@ def build(req, scheme: str, out: Path, floats: dict, log) -> dict:
                 str(target), overwrite=True)
         manifest[str(b)] = target.name
     Path(str(out) + ".batches.json").write_text(json.dumps(manifest))
+    agreement = _batch_files_agreement(out, manifest, req)
     from ai_edge_litert.interpreter import Interpreter
 
     it = Interpreter(model_path=str(out))
@@ -103,6 +145,17 @@ def build(req, scheme: str, out: Path, floats: dict, log) -> dict:
     info = {**op_summary(out.read_bytes()), "converter": "litert-torch -> ai-edge-quantizer" if scheme != "fp32"
             else "litert-torch", "io_dtype": io, "batch_files": ",".join(sorted(manifest, key=int)),
             "convert_seconds": f"{time.perf_counter() - t0:.1f}"}
+    if agreement is not None:
+        info["batch_files_top1_agreement"] = f"{agreement:.3f}"
+        if agreement < 0.9:  # timed at b1 on one file, scored (in chunks of the largest batch) on another
+            log(f"  litert: WARNING {scheme}: the b{max(map(int, manifest))} file agrees with the b1 file on "
+                f"{agreement:.0%} of top-1s (same inputs): its latency and its accuracy come from different models")
+    if scheme == "dynamic":
+        conv = req["quant"].get("convolutions")
+        info["convolutions"] = {None: "null (depthwise float)", True: "true", False: "false"}[conv]
+        kept = [f"{op}:{n}" for op, n in (kv.split(":") for kv in info["ops"].split(",") if kv)
+                if op in DYNAMIC_FLOAT_OPS[conv]]
+        info["float_weight_ops"] = ",".join(kept) or "none"
     if scheme == "static":
         x = np.load(req["calibration"])
         info["calibration_samples"] = str(len(x))
@@ -123,4 +176,9 @@ def main(request_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[1] == "--serve":  # bsb_hydra/backends/convert_server.py
+        from bsb_hydra.backends.convert_server import serve
+
+        serve(main)
+    else:
+        main(sys.argv[1])

@@ -12,14 +12,14 @@ qat     tensorflow-model-optimization QAT of the twin, fine-tuned on the trainin
         to full-integer int8.
 
 TensorFlow is imported only in the converter's own process (``tflite_convert``), started with
-TF_USE_LEGACY_KERAS=1 because tfmot needs tf_keras; this module imports numpy only."""
+TF_USE_LEGACY_KERAS=1 because tfmot needs tf_keras, once per sweep process and thread count
+(``convert_server``); this module imports numpy only."""
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -92,9 +92,10 @@ class TfliteBackend(Backend):
         if not litert and cfg.model.name not in TWINS:
             return (f"backend.converter=keras_twin: model={cfg.model.name} has no Keras twin "
                     f"(twins exist for {', '.join(sorted(TWINS))}); backend.converter=auto uses litert-torch")
-        if q.scheme.value == "dynamic" and q.convolutions is False:
-            return ("quant.convolutions=false on tflite: the converter's dynamic-range mode quantizes every weight "
-                    "tensor, convolutions included; valid here: null or true")
+        if q.scheme.value == "dynamic" and q.convolutions is False and not litert:
+            return ("quant.convolutions=false on tflite (keras_twin): the converter's dynamic-range mode quantizes "
+                    "every weight tensor, convolutions included; valid here: null or true (the litert-torch path, "
+                    "backend.converter=litert_torch, takes false)")
         if litert and q.scheme.value in LITERT_NO:
             return f"quant={q.scheme.value} on tflite (litert-torch): {LITERT_NO[q.scheme.value]}"
         if q.scheme.value in ("static", "auto") and q.method.value != "minmax":
@@ -109,7 +110,7 @@ class TfliteBackend(Backend):
         return None
 
     def runner_settings(self, cfg, engine: str) -> Dict[str, Any]:
-        return {"xnnpack": cfg.backend.xnnpack}
+        return {"xnnpack": cfg.backend.xnnpack, "xnnpack_latest_features": cfg.backend.xnnpack_latest_features}
 
     def __init__(self) -> None:
         self._built: Dict[str, Artifact] = {}
@@ -156,22 +157,27 @@ class TfliteBackend(Backend):
 
     @staticmethod
     def _run_converter(module: str, req_path: Path, work: Path, jobs, env) -> None:
-        """The converter process; its failure raises with the converter's own last lines as the reason."""
+        """The conversion, by the sweep process's long-lived converter process for this module and
+        thread count (bsb_hydra/backends/convert_server.py); its failure raises with the converter's
+        own last lines as the reason. Its output is in ``work/convert.log``."""
+        from bsb_hydra.backends import convert_server
+
         env = {**env, "CUDA_VISIBLE_DEVICES": "-1", "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
-        proc = subprocess.run([sys.executable, "-m", module, str(req_path)], env=env, capture_output=True, text=True,
-                              timeout=CONVERT_TIMEOUT_S)
-        (work / "convert.log").write_text(proc.stdout + proc.stderr)
-        lines = proc.stdout.rstrip().splitlines()
-        if module.endswith("litert_convert"):  # its own progress lines only, not the quantizer's report
-            lines = [line for line in lines if line.startswith("  litert")]
+        threads = int(json.loads(Path(req_path).read_text()).get("threads", 1))
+        try:
+            code, _ = convert_server.run_request(module, req_path, env, threads, CONVERT_TIMEOUT_S)
+        except TimeoutError as e:
+            raise RuntimeError(f"TFLite conversion ({', '.join(j['scheme'] for j in jobs)}): {e}") from None
+        text = (work / "convert.log").read_text(errors="replace") if (work / "convert.log").is_file() else ""
+        lines = [line for line in text.splitlines() if line.startswith(("  qat", "  litert"))]  # its progress lines
         if lines:
             print("\n".join(lines), flush=True)
-        if proc.returncode != 0 or not all(Path(j["out"]).is_file() for j in jobs):
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
+        if code != 0 or not all(Path(j["out"]).is_file() for j in jobs):
+            tail = text.strip().splitlines()[-15:]
             last = next((line for line in reversed(tail) if line.strip() and not line.startswith(" ")), "") or \
                 next((line for line in reversed(tail) if line.strip()), "")
             raise RuntimeError(f"TFLite conversion ({', '.join(j['scheme'] for j in jobs)}) exited "
-                               f"{proc.returncode}: {last.strip()[:300]}\n" + "\n".join(tail))
+                               f"{code}: {last.strip()[:300]}\n" + "\n".join(tail))
 
     def _artifact_of(self, ctx: BuildContext, out: Path, result: Dict[str, Any]) -> Artifact:
         # int8 model I/O, else what the data is: float32 images or int64 token ids (fed as int32)
@@ -213,7 +219,8 @@ class TfliteBackend(Backend):
         req: Dict[str, Any] = {"exported": exported, "input_shape": list(ctx.example.shape[1:]),
                                "input_dtype": str(ctx.example.dtype), "workdir": str(work),
                                "quant": {"granularity": getattr(cfg.quant, "granularity", None) and
-                                         cfg.quant.granularity.value},
+                                         cfg.quant.granularity.value,
+                                         "convolutions": getattr(cfg.quant, "convolutions", None)},
                                "int8_io": bool(cfg.backend.int8_io), "threads": cfg.device.threads, "outputs": jobs}
         if ctx.calibration is not None:
             np.save(work / "calibration.npy", ctx.calibration)
@@ -306,7 +313,8 @@ class TfliteRunner(Runner):
 
         resolver = OpResolverType.AUTO if self.settings.get("xnnpack", True) else \
             OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        it = Interpreter(model_path=str(path), num_threads=self.threads, experimental_op_resolver_type=resolver)
+        it = Interpreter(model_path=str(path), num_threads=self.threads, experimental_op_resolver_type=resolver,
+                         experimental_default_delegate_latest_features=bool(self.settings.get("xnnpack_latest_features")))
         it.allocate_tensors()
         if batch is not None:
             self._interpreters[batch] = it

@@ -75,7 +75,8 @@ def main(request_path: str) -> None:
     from bsb_hydra.backends.keras_twins import build_twin, load_torch_weights
 
     tf.keras.utils.set_random_seed(req["seed"])
-    tf.config.threading.set_intra_op_parallelism_threads(req.get("threads", 1))
+    if tf.config.threading.get_intra_op_parallelism_threads() != req.get("threads", 1):  # fixed after the first request
+        tf.config.threading.set_intra_op_parallelism_threads(req.get("threads", 1))
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     cfg = SimpleNamespace(**req["model_cfg"])
     shape = tuple(req["input_shape"])
@@ -219,5 +220,18 @@ def _converter(model, req, scheme: str):
     return converter, info, input_dtype
 
 
+def _fresh_keras() -> None:
+    """Between a server's requests: Keras' graph and layer-name counters start again, so every
+    request names its twin's layers as a fresh process would (quant=auto's deny lists name them)."""
+    import tensorflow as tf
+
+    tf.keras.backend.clear_session()
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[1] == "--serve":  # bsb_hydra/backends/convert_server.py
+        from bsb_hydra.backends.convert_server import serve
+
+        serve(main, before_each=_fresh_keras)
+    else:
+        main(sys.argv[1])

@@ -62,9 +62,11 @@ class DynamicQuantConfig(QuantConfig):
     # (its dynamic conv, DynamicQuantizeLinear + ConvInteger + Cast/Mul, runs an unblocked im2col and
     # GEMM per image and group with nothing fused: measured 4x to 12x slower than fp32, cnn to
     # mobilenet_v2, on AVX2 and AMX CPUs), off on
-    # pytorch (torch.ao's quantize_dynamic has no conv), on on tflite (the converter's dynamic-range
-    # mode quantizes every weight). true on onnxruntime measures ConvInteger (the size win, the speed
-    # loss); true on pytorch and false on tflite are unsupported, with the reason.
+    # pytorch (torch.ao's quantize_dynamic has no conv), on on tflite's Keras twins (the converter's
+    # dynamic-range mode quantizes every weight), and on tflite's litert-torch path every conv but the
+    # depthwise ones (their hybrid kernel is off XNNPACK, and per-tensor int8 depthwise weights cost
+    # mobilenet_v2 58 pp). true on onnxruntime measures ConvInteger (the size win, the speed loss);
+    # true on pytorch and false on a Keras twin are unsupported, with the reason.
     convolutions: Optional[bool] = None
 
 

@@ -47,7 +47,7 @@ class TrainConfig:
 
 
 # ------------------------------------------------------------------------------------ benchmark
-PROFILE_MODES = ("slow", "always", "never")
+PROFILE_MODES = ("slow", "below_peak", "always", "never")
 
 
 @dataclass
@@ -74,14 +74,20 @@ class BenchmarkConfig:
     timeout_s: float = 900.0
     # Why a cell is slow, from the runtime's profiler (bsb_hydra/bench/profile.py), in one more fresh
     # process after the timing: "slow" profiles a quantized cell slower than its fp32 reference at the
-    # smallest batch size (and that reference), "always" every cell, "never" none.
+    # smallest batch size (and that reference), "below_peak" also an int8 cell whose speedup there is
+    # below peak_target x the machine's int8_peak_ratio (speedup_vs_peak < peak_target), "always"
+    # every cell, "never" none.
     profile: str = "slow"
     profile_runs: int = 20
+    peak_target: float = 0.6
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILE_MODES:
             raise ConfigError(f"benchmark.profile={self.profile!r} is not one of {', '.join(PROFILE_MODES)}")
         _positive("benchmark.profile_runs", self.profile_runs)
+        if not 0 < self.peak_target <= 10:
+            raise ConfigError(f"benchmark.peak_target={self.peak_target} is not allowed: give a fraction of the "
+                              "machine's int8_peak_ratio, 0 < peak_target <= 10")
         if not self.batch_sizes:
             raise ConfigError("benchmark.batch_sizes=[] is not allowed: give at least one batch size")
         for i, b in enumerate(self.batch_sizes):

@@ -4,8 +4,8 @@ frontier and the picks.
 Rules (docs/methodology.md, "The report"):
 - A group is (model, data, arch, cpu, emulated, input shape, model ref). Emulated rows never share a group, a frontier or a
   plot with native ones, and their latencies are not used (timings under emulation mean nothing).
-- A cell's baseline is the fp32 cell of the same group, backend, thread count and fp32 weights
-  (tag ``fp32_key``); the newest such cell if there are several. No baseline: the ratios are
+- A cell's baseline is the fp32 cell of the same group, backend, thread count, fp32 weights
+  (tag ``fp32_key``) and fp32 form (FP32_FORM_KEYS); the newest such cell if there are several. No baseline: the ratios are
   missing (None), never computed against something else.
 - The frontier of a group is over (size, p50 latency at batch 1, accuracy); over (size, accuracy)
   in an emulated group. A cell missing one of them is "n/a", never on the frontier.
@@ -97,11 +97,20 @@ def intervals_overlap(a: Tuple[Optional[float], Optional[float]], b: Tuple[Optio
     return a[0] <= b[1] and b[0] <= a[1]
 
 
+# Backend keys that change the fp32 artifact itself (its form, layout or graph): a quantized cell's
+# baseline is an fp32 cell built the same way, as the job's own paired reference was (an aoti or an
+# NCHW PyTorch fp32 cell is not the reference of a channels_last TorchScript int8 cell). Keys at a
+# value older runs did not log (tracking.LATER_INERT) are absent on both sides alike.
+FP32_FORM_KEYS = ("backend.export", "backend.channels_last", "backend.opset", "backend.graph_optimization",
+                  "backend.xnnpack", "backend.xnnpack_latest_features", "backend.converter")
+
+
 def baseline_of(cell: Cell, group: List[Cell]) -> Optional[Cell]:
     if cell.quant == "fp32":
         return cell
+    form = [cell.params.get(k) for k in FP32_FORM_KEYS]
     same = [c for c in group if c.quant == "fp32" and c.backend == cell.backend and c.threads == cell.threads
-            and c.tag("fp32_key") == cell.tag("fp32_key")]
+            and c.tag("fp32_key") == cell.tag("fp32_key") and [c.params.get(k) for k in FP32_FORM_KEYS] == form]
     return max(same, key=lambda c: c.start_time) if same else None
 
 

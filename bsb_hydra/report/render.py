@@ -248,7 +248,9 @@ WHY_SLOW_NOTE = ("Quantized cells slower than the fp32 artifact of their own bac
                  "below 1), with what the runtime's profiler saw in one more process after the timing "
                  "(benchmark.profile=slow; the run's profile.json has every op): the top ops by time, which "
                  "compute ops ran on float inputs, the quantize/dequantize nodes left unfused, and on TFLite the "
-                 "ops XNNPACK did not take (TFLite's Python API times no single op).")
+                 "ops XNNPACK did not take (TFLite's Python API times no single op). With "
+                 "benchmark.profile=below_peak, also int8 cells faster than their fp32 but short of "
+                 "benchmark.peak_target x the machine's int8_peak_ratio (their speedup says 'of peak').")
 
 
 def why_slow_table(groups: Sequence[Group]) -> Tuple[List[str], List[List[str]]]:
@@ -261,6 +263,10 @@ def why_slow_table(groups: Sequence[Group]) -> Tuple[List[str], List[List[str]]]
             if c.quant != "fp32" and s is not None and s < 1.0:
                 rows.append([f"{g.model} {c.label}", f"{s:.2f}x", c.tag("why_slow") or
                              "not profiled (a run from before profiling, or benchmark.profile=never)"])
+            elif c.tag("why_short_of_peak"):  # benchmark.profile=below_peak
+                peak = c.metric("speedup_vs_peak_b1")
+                rows.append([f"{g.model} {c.label}", f"{s:.2f}x" + (f" ({peak:.2f} of peak)" if peak else "")
+                             if s is not None else "–", c.tag("why_short_of_peak")])
     return ["cell", "speedup b1", "why (the runtime's profiler)"], rows
 
 
@@ -309,7 +315,7 @@ def markdown(meta: Dict[str, str], groups: List[Group], runs: Runs, plots: Dict[
                 _md_table(*pair_table(pairs)), ""]
     slow = why_slow_table(groups)
     if slow[1]:
-        out += ["## Why slow: quantized cells slower than their fp32", "", WHY_SLOW_NOTE, "", _md_table(*slow), ""]
+        out += ["## Why slow: quantized cells slower than their fp32 (or short of the machine's limit)", "", WHY_SLOW_NOTE, "", _md_table(*slow), ""]
     out += ["## Runs that are not measured cells", ""]
     out += [_md_table(*others_table(runs.others)) if runs.others else "None.", ""]
     out += ["## How to read the tables", ""] + [f"- {n}" for n in NOTES] + [""]
@@ -367,7 +373,7 @@ def html_page(meta: Dict[str, str], groups: List[Group], runs: Runs, plots, out:
                  f"<p class='note'>{e(PAIRS_NOTE)}</p>", _html_table(*pair_table(pairs))]
     slow = why_slow_table(groups)
     if slow[1]:
-        body += ["<h2>Why slow: quantized cells slower than their fp32</h2>", f"<p class='note'>{e(WHY_SLOW_NOTE)}</p>",
+        body += ["<h2>Why slow: quantized cells slower than their fp32 (or short of the machine's limit)</h2>", f"<p class='note'>{e(WHY_SLOW_NOTE)}</p>",
                  _html_table(*slow)]
     body.append("<h2>Runs that are not measured cells</h2>")
     body.append(_html_table(*others_table(runs.others)) if runs.others else "<p>None.</p>")
