@@ -95,6 +95,8 @@ report: setup
 	sed -E 's#\]\(([^)/]+\.png)\)#](report/\1)#' reports/latest/report.md > docs/report.md
 	@# the real-size table (python scripts/bench.py --suite realsize writes it) stays at the end
 	@if [ -f docs/report_realsize.md ]; then printf '\n' >> docs/report.md; cat docs/report_realsize.md >> docs/report.md; fi
+	@# and the table against the machine's limit (python scripts/bench.py --suite limit writes it)
+	@if [ -f docs/report_limit.md ]; then printf '\n' >> docs/report.md; cat docs/report_limit.md >> docs/report.md; fi
 
 # A tracking server for sweeps on several machines or a cluster: sqlite backend, artifacts served by
 # the server itself (clients need no shared filesystem). Loopback only unless MLFLOW_HOST says otherwise;

@@ -205,6 +205,13 @@ def test_dynamic_convolutions_a_backend_cannot_do(compose_cfg, backend, value, n
     assert get_backend(backend).unsupported_reason(cfg) is None
 
 
+def test_xnnpack_latest_features_needs_xnnpack(compose_cfg):
+    with pytest.raises(ConfigError) as e:
+        validate(_resolvable(compose_cfg(["backend=tflite", "backend.xnnpack=false",
+                                          "backend.xnnpack_latest_features=true"])))
+    assert "backend.xnnpack_latest_features=true is not allowed with backend.xnnpack=false" in str(e.value)
+
+
 def test_pytorch_export_names_the_bad_value_and_aoti_is_float_only(compose_cfg):
     from bsb_hydra.backends import get_backend
 

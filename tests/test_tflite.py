@@ -152,6 +152,9 @@ def test_twin_weight_transfer_on_three_channel_input(tmp_path):
         runner = TfliteRunner(str(work / "m.tflite"), 1, "float32", {"xnnpack": True})
         got = runner.to_numpy(runner.run(runner.prepare(x)))
         assert np.abs(got - expected).max() < 1e-4, (cfg.name, np.abs(got - expected).max())
+        # backend.xnnpack_latest_features: the same delegate with its flag-protected features on
+        latest = TfliteRunner(str(work / "m.tflite"), 1, "float32", {"xnnpack": True, "xnnpack_latest_features": True})
+        assert np.abs(latest.to_numpy(latest.run(latest.prepare(x))) - expected).max() < 1e-4, cfg.name
 
 
 def test_int8_io_and_per_tensor_static_cell(tmp_path):
