@@ -127,7 +127,7 @@ def test_a_sweep_carries_the_limit_and_the_ratios(tmp_path):
     assert by[("fp32", "pytorch")].data.metrics["speedup_vs_best_fp32_b1"] <= 1.0 + 1e-9
 
 
-def test_best_fp32_is_found_when_a_tag_holds_a_quote(tmp_path):
+def test_best_fp32_is_found_when_a_tag_holds_a_quote(tmp_path, monkeypatch):
     """torchvision's model_ref (models.get_model('resnet18', ...)) cannot go into an MLflow filter
     string: the fp32 cells are still found (matched in Python), and another model's never counts."""
     from types import SimpleNamespace as NS
@@ -136,22 +136,18 @@ def test_best_fp32_is_found_when_a_tag_holds_a_quote(tmp_path):
 
     from bsb_hydra.pipeline import SAME_INPUT_TAGS, best_fp32_metrics
 
-    before = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/m.db")
-    try:
-        mlflow.set_experiment("quotes")
-        tags = {**{k: "x" for k in SAME_INPUT_TAGS}, "model_ref": "models.get_model('resnet18', weights=None)"}
-        for ref, backend, p50 in ((tags["model_ref"], "onnxruntime", 10.0),
-                                  ("models.get_model('mobilenet_v2', weights=None)", "tflite", 1.0)):
-            with mlflow.start_run():
-                mlflow.set_tags({**tags, "model_ref": ref, "quant": "fp32", "status": "ok", "backend": backend})
-                mlflow.log_metric("latency_p50_ms_b1", p50)
-        logged = {}
-        with mlflow.start_run():
-            mlflow.set_tags({**tags, "quant": "static", "backend": "pytorch"})
-            cfg = NS(backend=NS(name="pytorch"), quant=NS(scheme=NS(value="static")))
-            out = best_fp32_metrics(cfg, {"latency_p50_ms_b1": 2.0, "fp32_latency_p50_ms_b1": 20.0},
-                                    NS(tags=logged.update))
-    finally:
-        mlflow.set_tracking_uri(before)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")  # not set_tracking_uri: that sticks
+    exp = mlflow.MlflowClient().create_experiment("quotes")
+    tags = {**{k: "x" for k in SAME_INPUT_TAGS}, "model_ref": "models.get_model('resnet18', weights=None)"}
+    for ref, backend, p50 in ((tags["model_ref"], "onnxruntime", 10.0),
+                              ("models.get_model('mobilenet_v2', weights=None)", "tflite", 1.0)):
+        with mlflow.start_run(experiment_id=exp):
+            mlflow.set_tags({**tags, "model_ref": ref, "quant": "fp32", "status": "ok", "backend": backend})
+            mlflow.log_metric("latency_p50_ms_b1", p50)
+    logged = {}
+    with mlflow.start_run(experiment_id=exp):
+        mlflow.set_tags({**tags, "quant": "static", "backend": "pytorch"})
+        cfg = NS(backend=NS(name="pytorch"), quant=NS(scheme=NS(value="static")))
+        out = best_fp32_metrics(cfg, {"latency_p50_ms_b1": 2.0, "fp32_latency_p50_ms_b1": 20.0},
+                                NS(tags=logged.update))
     assert out["speedup_vs_best_fp32_b1"] == pytest.approx(5.0) and logged["best_fp32_b1"] == "onnxruntime 10 ms"
