@@ -85,6 +85,14 @@ def test_a_failed_request_fails_alone_and_the_next_starts_a_fresh_process(tmp_pa
     assert (after / "out.txt").read_text() != first
 
 
+def test_a_server_that_cannot_start_fails_the_request_with_its_error(tmp_path, fake):
+    (tmp_path / "broken_converter.py").write_text("raise ImportError('no module named tensorflow_lite_magic')\n")
+    work = _request(tmp_path, "broken", "ok")
+    code, reused = convert_server.run_request("broken_converter", work / "request.json", fake, 1, 60)
+    assert code != 0 and not reused
+    assert "no module named tensorflow_lite_magic" in (work / "convert.log").read_text()
+
+
 def test_a_hung_request_times_out_and_is_killed(tmp_path, fake):
     work = _request(tmp_path, "hang", "hang")
     with pytest.raises(TimeoutError, match="no answer in 2 s"):

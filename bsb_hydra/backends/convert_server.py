@@ -21,6 +21,7 @@ import os
 import selectors
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -72,8 +73,13 @@ def enabled() -> bool:
 class _Server:
     def __init__(self, module: str, env: Dict[str, str]) -> None:
         self.module = module
-        self.proc = subprocess.Popen([sys.executable, "-m", module, "--serve"], env=env, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
+        # what the server writes outside a request (an import error at start-up, a crash between
+        # requests) goes here; a request it died in gets the tail in its convert.log
+        fd, name = tempfile.mkstemp(prefix=f"bsb_convert_server_{module.rsplit('.', 1)[-1]}_", suffix=".log")
+        self.log = Path(name)
+        with os.fdopen(fd, "w") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", module, "--serve"], env=env, stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1)
         self.requests = 0
 
     def alive(self) -> bool:
@@ -94,8 +100,12 @@ class _Server:
                     self.stop()
                     raise TimeoutError(f"{self.module} gave no answer in {timeout:.0f} s")
                 line = self.proc.stdout.readline()
-                if not line:  # the server died in this request (a crash in native code)
+                if not line:  # the server died (a crash in native code, or it never started)
                     code = self.proc.wait()
+                    tail = self.log.read_text(errors="replace").strip().splitlines()[-15:]
+                    if tail:
+                        with open(Path(req_path).parent / "convert.log", "a") as log:
+                            log.write("\n".join([f"[{self.module} server exited {code}]"] + tail) + "\n")
                     return code if code else 1
                 if line.startswith(DONE):
                     return int(line[len(DONE):])
@@ -110,6 +120,7 @@ class _Server:
             except (OSError, subprocess.TimeoutExpired):
                 self.proc.kill()
                 self.proc.wait()
+        self.log.unlink(missing_ok=True)
 
 
 _SERVERS: Dict[Tuple[str, int], _Server] = {}

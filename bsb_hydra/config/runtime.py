@@ -19,8 +19,9 @@ class PytorchBackendConfig(BackendConfig):
     name: str = "pytorch"
     # Float artifacts (fp32, fp16, dynamic) of models with 2-D convolutions run in channels_last
     # (NHWC) memory: weights stored so, and the NCHW input reordered inside the artifact, so the
-    # reorder is timed as every runtime's is. oneDNN's NCHW fp32 conv path is 1.2x (resnet18) to
-    # 1.65x (mobilenet_v2) slower here. Int8 (torch.ao) kernels reorder themselves: not affected.
+    # reorder is timed as every runtime's is. oneDNN's NCHW fp32 conv path was 1.25x-1.37x (resnet18)
+    # and 2.5x (mobilenet_v2) slower on an AMX Xeon at 2 threads, b1 and b8. Int8 (torch.ao) kernels
+    # reorder themselves: not affected.
     channels_last: bool = True
     # The fp32 / fp16 artifact's form: torchscript (traced and frozen) or aoti (torch.export ->
     # AOTInductor package, a compiled .pt2 with a dynamic batch, frozen weights; loaded with
