@@ -293,7 +293,8 @@ def build_context(cfg, ds, fp32, calib_idx, engine: str, info: Dict[str, str], w
     workdir.mkdir(parents=True)
     return BuildContext(fp32.module, ds.x_train[:1].copy(), ds.x_train[calib_idx] if calib_idx is not None else None, cfg,
                         engine, info["arch"], info["isa"], workdir, data=ds, calibration_indices=calib_idx,
-                        source_onnx=Path(fp32.onnx_path) if fp32.onnx_path else None)
+                        source_onnx=Path(fp32.onnx_path) if fp32.onnx_path else None,
+                        weights_sha256=fp32.weights_sha256)
 
 
 def build_artifacts(cfg, backend, ctx: BuildContext, workdir: Path, log, stage: Optional[Stages] = None):
@@ -305,7 +306,7 @@ def build_artifacts(cfg, backend, ctx: BuildContext, workdir: Path, log, stage: 
     _maybe_fault(cfg, "quantize")
     t0 = time.perf_counter()
     with stage("convert"):
-        fp32_art = build_artifact(backend, "fp32", ctx, workdir / f"fp32{backend.suffix}")
+        fp32_art = fp32_artifact(cfg, backend, ctx, workdir / f"fp32{backend.suffix}", log)
     with stage("quantize"):
         art = fp32_art if scheme == "fp32" else build_artifact(backend, scheme, ctx, workdir / f"{scheme}{backend.suffix}")
     log.metrics({"quantize_seconds": time.perf_counter() - t0})
@@ -321,6 +322,21 @@ def build_artifacts(cfg, backend, ctx: BuildContext, workdir: Path, log, stage: 
     for path in art.files:
         log.artifact(path, "analysis")
     return fp32_art, art
+
+
+def fp32_artifact(cfg, backend, ctx: BuildContext, out: Path, log):
+    """The backend's fp32 artifact: converted by this cell, or copied from the artifact cache where an
+    earlier cell converted the same weights the same way (bsb_hydra/artifact_cache.py). Tagged
+    fp32_artifact_cache = hit | stored | off."""
+    build = lambda: build_artifact(backend, "fp32", ctx, out)  # noqa: E731
+    if not (cfg.paths.reuse_fp32_artifacts and ctx.weights_sha256):
+        log.tags({"fp32_artifact_cache": "off"})
+        return build()
+    from bsb_hydra import artifact_cache
+
+    art, how, key = artifact_cache.fp32_artifact(backend, ctx, build, cfg.paths.cache_dir)
+    log.tags({"fp32_artifact_cache": how, "fp32_artifact_key": key})
+    return art
 
 
 @dataclass

@@ -100,7 +100,16 @@ LATER_INERT = {"device.core_pinning": None, "device.expected_isa": [], "data.res
                "train.bn_recalibration": 0, "benchmark.profile": "slow", "benchmark.profile_runs": 20,
                # pytorch artifacts before 2026-12-04 were NCHW TorchScript
                "backend.export": "torchscript", "backend.channels_last": False,
-               "backend.xnnpack_latest_features": False}
+               "backend.xnnpack_latest_features": False,
+               # ORT dynamic transformers before 2026-12-04 were quantized unfused
+               "backend.transformer_optimizer": False}
+
+
+def _family(c: Dict[str, Any]) -> str:
+    from bsb_hydra.config.store import model_schema
+
+    schema = model_schema((c.get("model") or {}).get("name"))
+    return getattr(schema, "family", "") if schema is not None else ""
 
 
 def drop_inert(c: Dict[str, Any]) -> Dict[str, Any]:
@@ -115,6 +124,9 @@ def drop_inert(c: Dict[str, Any]) -> Dict[str, Any]:
         q.pop("eval_samples", None)
     elif q.get("scheme") == "auto":
         q.pop("analyze", None)
+    b = c.get("backend") or {}
+    if "transformer_optimizer" in b and not (q.get("scheme") == "dynamic" and _family(c) == "transformer"):
+        b.pop("transformer_optimizer")  # it changes only a transformer's ORT dynamic build
     for dotted, inert in LATER_INERT.items():
         section, key = dotted.split(".")
         d = c.get(section)

@@ -374,6 +374,12 @@ def test_hf_folder_and_litert_tflite(tmp_path):
     assert lt.data.metrics["size_ratio"] < 0.3 and lt.data.metrics["top1_agreement"] > 0.8
     folder = tmp_path / "litert" / "1" / "artifacts"
     assert (folder / "static.tflite").is_file() and (folder / "static.b8.tflite").is_file()
+    # the fp32 cell's float files came from the artifact cache: the quantizer started from them, and
+    # litert-torch did not convert the model again
+    assert t["fp32_artifact_cache"] == "hit" and by[("resnet18", "fp32")].data.tags["fp32_artifact_cache"] == "stored"
+    log = (folder / "litert_convert" / "convert.log").read_text()
+    assert "float files for batch sizes [1, 8] from the fp32 artifact cache" in log and "litert-torch converted" not in log
+    assert not list((folder / "litert_convert").glob("exported_b*.pt2"))
     assert {"latency_p50_ms_b1", "latency_p50_ms_b8"} <= set(lt.data.metrics)
 
 

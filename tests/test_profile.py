@@ -30,6 +30,9 @@ def test_ort_profile_is_summed_by_op_and_input_dtype():
     line = why_slow(s, ort_summary([_node("Conv", "float", 200)], runs=1))
     assert line.startswith("top ops Conv[float] 0.3 ms (60%)") and "vs fp32 0.2" in line
     assert "in float: Conv[float]" in line and "2 quantize/dequantize nodes per run not fused" in line
+    # ORT's dynamic int8 MatMul takes the float activation and quantizes it inside: not a float op
+    dyn = ort_summary([_node("DynamicQuantizeMatMul", "float", 50), _node("MatMul", "float", 20)], runs=1)
+    assert dyn["float_compute_ops"] == ["MatMul[float]"]
     assert ops["QuantizeLinear[float]"]["calls_per_run"] == 2
 
 

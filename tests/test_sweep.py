@@ -108,6 +108,23 @@ def test_fp32_model_trained_once_per_model(sweep):
         assert len(keys) == 1
 
 
+
+def test_fp32_artifact_converted_once_per_model_and_backend(sweep):
+    """The fp32 cell converts and files its artifact; the dynamic and static cells of the same model
+    and backend copy it (bsb_hydra/artifact_cache.py), and time and score the same bytes."""
+    tmp, _, client, runs = sweep
+    cells = by_cell(runs)
+    for model in ("mlp", "cnn"):
+        for backend in ("pytorch", "onnxruntime"):
+            tags = {q: cells[(model, q, backend)].data.tags for q in ("fp32", "dynamic", "static")}
+            assert [tags[q]["fp32_artifact_cache"] for q in tags] == ["stored", "hit", "hit"], (model, backend)
+            assert len({t["fp32_artifact_key"] for t in tags.values()}) == 1
+            sizes = {cells[(model, q, backend)].data.metrics["fp32_size_bytes"] for q in tags}
+            refs = {cells[(model, q, backend)].data.metrics["fp32_accuracy"] for q in tags}
+            assert len(sizes) == 1 and len(refs) == 1, (model, backend, sizes, refs)
+    entries = sorted((tmp / "cache" / "artifacts").glob("*/meta.json"))
+    assert len(entries) == 4
+
 def test_quantized_cells_compare_with_their_backends_fp32(sweep):
     _, _, _, runs = sweep
     cells = by_cell(runs)

@@ -234,3 +234,67 @@ def test_freeze_encoder_trains_only_the_head():
     train_model(model, ds, TrainConfig(epochs=1, batch_size=16, lr=1e-2), seed=0)
     assert all(torch.equal(v, model.encoder.state_dict()[k]) for k, v in encoder.items())
     assert not torch.equal(head, model.head.weight)
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_ort_dynamic_transformer_quantizes_the_fused_graph_unless_told_not_to(compose_cfg, tmp_path, fuse):
+    """quant=dynamic on ORT: a BERT encoder goes through ORT's transformer optimizer first, so its
+    attention quantizes to QAttention (ORT's own recipe); backend.transformer_optimizer=false keeps the
+    unfused graph. Both agree with the PyTorch model."""
+    import onnxruntime as ort
+    import torch
+
+    from bsb_hydra.backends.base import BuildContext
+    from bsb_hydra.backends.onnxruntime import OnnxruntimeBackend
+    from bsb_hydra.config import validate
+    from bsb_hydra.models import build_model
+    from tests.test_config import _resolvable
+
+    cfg = validate(_resolvable(compose_cfg(["model=transformer_tiny", "quant=dynamic", "backend=onnxruntime",
+                                            "data.seq_len=32", f"backend.transformer_optimizer={fuse}"])))
+    torch.manual_seed(0)
+    model = build_model(cfg.model, (32,), 2).eval()
+    ids = torch.randint(1, cfg.model.vocab_size, (8, 32))
+    ids[:, 20:] = 0  # padding: the fused Attention must mask it as the model does
+    ctx = BuildContext(model, ids[:1].numpy(), None, cfg, "x86", "x86_64", "avx2", tmp_path)
+    art = OnnxruntimeBackend().build_dynamic(ctx, tmp_path / "dynamic.onnx")
+    if fuse:
+        assert art.info["transformer_fusion"].startswith("Attention:2,") and "SkipLayerNormalization" in \
+            art.info["transformer_fusion"]
+        assert "QAttention:2" in art.info["ops"] and "QEmbedLayerNormalization:1" in art.info["ops"]
+    else:
+        assert "transformer_fusion" not in art.info and "QAttention" not in art.info["ops"]
+        assert "MatMulInteger" in art.info["ops"]
+    got = ort.InferenceSession(str(art.path), providers=["CPUExecutionProvider"]).run(None, {"input": ids.numpy()})[0]
+    with torch.inference_mode():
+        want = model(ids).numpy()
+    assert np.abs(got - want).max() < 0.05 * max(1.0, np.abs(want).max())
+
+
+def test_transformer_optimizer_key_changes_only_transformer_dynamic_hashes(compose_cfg):
+    """backend.transformer_optimizer changes only a transformer's ORT dynamic build: every other ORT
+    cell keeps its config_hash and params (resume finds its older runs); the transformer's dynamic
+    cells measured unfused before it existed read as transformer_optimizer=false, and are re-measured."""
+    from omegaconf import open_dict
+
+    from bsb_hydra.pipeline import config_hash
+    from bsb_hydra.tracking import resolved_params
+
+    def pair(*overrides):
+        cfg = compose_cfg(["backend=onnxruntime", *overrides])
+        cfg.paths.root = "/tmp/project"
+        before = cfg.copy()
+        with open_dict(before):
+            del before.backend.transformer_optimizer
+        return cfg, before
+
+    for overrides in (["model=cnn", "quant=dynamic"], ["model=transformer_tiny", "quant=static"],
+                      ["model=transformer_tiny", "quant=fp32"]):
+        cfg, before = pair(*overrides)
+        assert config_hash(cfg) == config_hash(before), overrides
+        assert "backend.transformer_optimizer" not in resolved_params(cfg), overrides
+    cfg, before = pair("model=transformer_tiny", "quant=dynamic")
+    assert config_hash(cfg) != config_hash(before)
+    assert resolved_params(cfg)["backend.transformer_optimizer"] == "True"
+    off, _ = pair("model=transformer_tiny", "quant=dynamic", "backend.transformer_optimizer=false")
+    assert config_hash(off) == config_hash(before)

@@ -30,6 +30,7 @@ class BuildContext:
     data: Any = None  # the Dataset (QAT fine-tunes on its training split)
     calibration_indices: Optional[np.ndarray] = None  # where ``calibration`` sits in x_train
     source_onnx: Optional[Path] = None  # model=onnx: the user's fp32 file (``model`` is None then)
+    weights_sha256: str = ""  # of the fp32 weights (or the user's model file); "" = no fp32 artifact cache
 
     @property
     def input_dtype(self) -> str:
@@ -76,6 +77,22 @@ class Backend:
     # Whether this backend measures a user's ONNX file (model=onnx) as it is; the others need a torch module.
     takes_onnx_file: bool = False
     no_onnx_reason: str = "it needs a PyTorch model to run or convert (nothing here converts ONNX back to torch)"
+
+    # The fp32 artifact cache (bsb_hydra/artifact_cache.py): backend config keys the fp32 artifact
+    # does not depend on (only the runner, or only other schemes, read them), and the packages
+    # whose versions it does.
+    fp32_independent: Tuple[str, ...] = ()
+    fp32_packages: Tuple[str, ...] = ()  # beyond torch, torchvision and transformers
+
+    def fp32_cache_parts(self, cfg) -> Dict[str, Any]:
+        """The part of the fp32 artifact's cache key that comes from this backend."""
+        from bsb_hydra.train import plain_dict
+
+        return {k: v for k, v in plain_dict(cfg.backend).items() if k not in self.fp32_independent}
+
+    def fp32_cached(self, ctx: BuildContext, art: Artifact) -> None:
+        """The cell's fp32 artifact came from the cache (``art``, in ctx.workdir): a backend whose
+        other builds start from its fp32 conversion takes it from there."""
 
     def unsupported_reason(self, cfg) -> Optional[str]:
         """Why this backend cannot run cfg's scheme (None = it can). Checked before any work."""

@@ -168,8 +168,12 @@ def main(request_path: str) -> None:
     req = json.loads(Path(request_path).read_text())
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     t0 = time.perf_counter()
-    floats = convert_float(req)
-    log(f"  litert-torch converted batch sizes {sorted(floats)} in {time.perf_counter() - t0:.1f} s")
+    if req.get("floats"):  # the cell's fp32 files, from the artifact cache: nothing to convert
+        floats = {int(b): Path(p) for b, p in req["floats"].items()}
+        log(f"  litert: float files for batch sizes {sorted(floats)} from the fp32 artifact cache")
+    else:
+        floats = convert_float(req)
+        log(f"  litert-torch converted batch sizes {sorted(floats)} in {time.perf_counter() - t0:.1f} s")
     for job in req["outputs"]:
         result = build(req, job["scheme"], Path(job["out"]), floats, log)
         Path(job["info_out"]).write_text(json.dumps(result))

@@ -188,6 +188,12 @@ class PytorchBackend(Backend):
     def runner_settings(self, cfg, engine: str) -> Dict[str, Any]:
         return {"engine": engine}
 
+    def fp32_cache_parts(self, cfg) -> Dict[str, Any]:
+        parts = super().fp32_cache_parts(cfg)
+        if cfg.backend.export == "aoti":  # Inductor compiles for the thread count
+            parts["threads"] = cfg.device.threads
+        return parts
+
     def build_fp32(self, ctx: BuildContext, out: Path) -> Artifact:
         return _save_float(_bn_folded(ctx.model), ctx.example, out, ctx)
 

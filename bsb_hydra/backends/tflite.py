@@ -112,6 +112,20 @@ class TfliteBackend(Backend):
     def runner_settings(self, cfg, engine: str) -> Dict[str, Any]:
         return {"xnnpack": cfg.backend.xnnpack, "xnnpack_latest_features": cfg.backend.xnnpack_latest_features}
 
+    fp32_independent = ("int8_io", "xnnpack", "xnnpack_latest_features")  # full-integer schemes' and the runner's
+    fp32_packages = ("tensorflow", "tf-keras", "ai-edge-litert", "litert-torch", "ai-edge-quantizer")
+
+    def fp32_cache_parts(self, cfg) -> Dict[str, Any]:
+        parts = super().fp32_cache_parts(cfg)
+        if uses_litert(cfg):  # one file per batch size
+            parts.update(converter="litert_torch", batches=sorted({1, *cfg.benchmark.batch_sizes}))
+        else:
+            parts["converter"] = "keras_twin"
+        return parts
+
+    def fp32_cached(self, ctx: BuildContext, art: Artifact) -> None:
+        self._built["fp32"] = art  # the scheme converts alone; on litert-torch, from these float files
+
     def __init__(self) -> None:
         self._built: Dict[str, Artifact] = {}
         self._mixed: Dict[frozenset, Artifact] = {}  # quant=auto's builds, by their set of float nodes
@@ -205,18 +219,18 @@ class TfliteBackend(Backend):
         cfg = ctx.cfg
         work = ctx.workdir / "litert_convert"
         work.mkdir(parents=True, exist_ok=True)
-        batches = sorted({1, *cfg.benchmark.batch_sizes})
-        exported = {}
-        with torch.inference_mode():
-            model = ctx.model.eval()
-        for b in batches:
-            x = torch.from_numpy(np.ascontiguousarray(np.repeat(ctx.example[:1], b, axis=0)))
-            path = work / f"exported_b{b}.pt2"
-            torch.export.save(torch.export.export(model, (x,)), str(path))
-            exported[str(b)] = str(path)
+        exported, floats = {}, self._float_files()
+        if floats is None:  # litert-torch converts the exported programs to float files first
+            with torch.inference_mode():
+                model = ctx.model.eval()
+            for b in sorted({1, *cfg.benchmark.batch_sizes}):
+                x = torch.from_numpy(np.ascontiguousarray(np.repeat(ctx.example[:1], b, axis=0)))
+                path = work / f"exported_b{b}.pt2"
+                torch.export.save(torch.export.export(model, (x,)), str(path))
+                exported[str(b)] = str(path)
         jobs = [{**j, "out": str(j["out"]), "info_out": str(work / f"{j['scheme']}{i}_info.json")}
                 for i, j in enumerate(jobs)]
-        req: Dict[str, Any] = {"exported": exported, "input_shape": list(ctx.example.shape[1:]),
+        req: Dict[str, Any] = {"exported": exported, "floats": floats, "input_shape": list(ctx.example.shape[1:]),
                                "input_dtype": str(ctx.example.dtype), "workdir": str(work),
                                "quant": {"granularity": getattr(cfg.quant, "granularity", None) and
                                          cfg.quant.granularity.value,
@@ -229,6 +243,15 @@ class TfliteBackend(Backend):
         req_path.write_text(json.dumps(req))
         self._run_converter("bsb_hydra.backends.litert_convert", req_path, work, jobs, dict(os.environ))
         return [json.loads(Path(j["info_out"]).read_text()) for j in jobs]
+
+    def _float_files(self) -> Optional[Dict[str, str]]:
+        """{batch: file} of the fp32 artifact when it came from the cache (bsb_hydra/artifact_cache.py):
+        the quantizer starts from them, and litert-torch does not convert the model again."""
+        fp32 = self._built.get("fp32")
+        manifest = Path(str(fp32.path) + ".batches.json") if fp32 is not None else None
+        if manifest is None or not manifest.is_file():
+            return None
+        return {b: str(Path(fp32.path).parent / name) for b, name in json.loads(manifest.read_text()).items()}
 
     def build_fp32(self, ctx: BuildContext, out: Path) -> Artifact:
         return self._artifact(ctx, "fp32", out)

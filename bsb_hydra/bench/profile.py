@@ -15,6 +15,8 @@ from typing import Any, Dict, Iterable, List, Optional
 ORT_COMPUTE = {"Conv", "ConvTranspose", "MatMul", "Gemm", "FusedConv", "FusedMatMul", "FusedGemm", "LSTM", "GRU",
                "Attention", "MultiHeadAttention", "QAttention", "ConvInteger", "MatMulInteger", "QLinearConv",
                "QLinearMatMul", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulNBits", "NhwcFusedConv"}
+# Integer kernels that take float activations and quantize them inside: float inputs, int8 arithmetic.
+ORT_QUANTIZING = {"DynamicQuantizeMatMul", "DynamicQuantizeLSTM"}
 TORCH_COMPUTE_WORDS = ("conv", "linear", "addmm", "matmul", "mm", "bmm", "lstm", "gru", "attention")
 FLOAT_DTYPES = {"float", "float16", "double", "bfloat16"}
 
@@ -47,7 +49,7 @@ def ort_summary(events: Iterable[Dict[str, Any]], runs: int) -> Dict[str, Any]:
     ops = _table(totals, calls, dtypes, max(runs, 1))
     qdq = sum(r["calls_per_run"] for r in ops if r["op"].split("[")[0] in ("QuantizeLinear", "DequantizeLinear"))
     return {"runtime": "onnxruntime", "runs": runs, "ops": ops,
-            "float_compute_ops": [r["op"] for r in ops if r["op"].split("[")[0] in ORT_COMPUTE
+            "float_compute_ops": [r["op"] for r in ops if r["op"].split("[")[0] in ORT_COMPUTE - ORT_QUANTIZING
                                   and r["input_dtype"] in FLOAT_DTYPES],
             # a fully fused graph keeps one pair: its float input quantized, its output dequantized
             "qdq_nodes": qdq, "unfused_qdq": max(0.0, qdq - 2), "not_delegated": []}

@@ -116,6 +116,9 @@ class MlflowConfig:
 class PathsConfig:
     root: str = MISSING
     cache_dir: str = MISSING
+    # Converted fp32 artifacts are filed under <cache_dir>/artifacts and reused by every cell that
+    # converts the same weights the same way (bsb_hydra/artifact_cache.py); false = each cell converts.
+    reuse_fp32_artifacts: bool = True
 
 
 @dataclass
