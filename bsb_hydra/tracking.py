@@ -115,7 +115,8 @@ def _family(c: Dict[str, Any]) -> str:
 def drop_inert(c: Dict[str, Any]) -> Dict[str, Any]:
     """Leave out keys that do nothing in this cell and were added to a schema after runs had been
     stored: quant.analyze / quant.eval_samples on a static cell with analyze off, quant.analyze on
-    an auto cell (auto always analyzes), and LATER_INERT's keys at their inert values. Params,
+    an auto cell (auto always analyzes), backend.transformer_optimizer outside a transformer's
+    dynamic cell, and LATER_INERT's keys at their inert values. Params,
     config.json and config_hash then agree between older and newer runs of the same configuration
     (resume finds them; the report groups them together)."""
     q = c.get("quant") or {}

@@ -302,8 +302,8 @@ class OnnxruntimeBackend(Backend):
         (int8 Q/K/V projection), QEmbedLayerNormalization and MatMulInteger. On MiniLM-L6 at seq 128
         (AMX Xeon) the int8 call took 8.3 / 59 ms (b1 / b8) against 9.4 / 60 ms from the unfused
         graph at 2 threads, 14.2 / 117 against 14.7 / 122 ms at 1; the fused fp32 graph was no faster
-        than the plain one (16.6 / 120 vs 16.3 / 107 ms), so the fp32 artifact stays the plain export. A graph it cannot fuse is quantized
-        unfused, and the tag says why."""
+        than the plain one (16.6 / 120 vs 16.3 / 107 ms), so the fp32 artifact stays the plain export.
+        A graph it cannot fuse is quantized unfused, and the tag says why."""
         from onnxruntime.transformers.optimizer import optimize_model
 
         config = next((m.config for m in ctx.model.modules() if hasattr(getattr(m, "config", None),
