@@ -300,8 +300,8 @@ class OnnxruntimeBackend(Backend):
         """The fp32 export through onnxruntime.transformers.optimizer (model_type bert, the encoder's
         head count and width): (path, tags). With Attention fused, quantize_dynamic makes QAttention
         (int8 Q/K/V projection), QEmbedLayerNormalization and MatMulInteger. On MiniLM-L6 at seq 128
-        (AMX Xeon) the int8 call took 8.3 / 59 ms (b1 / b8) against 9.4 / 60 ms from the unfused
-        graph at 2 threads, 14.2 / 117 against 14.7 / 122 ms at 1; the fused fp32 graph was no faster
+        (AMX Xeon, 2 threads) the int8 call at b1 took 8.0-8.3 ms against 9.0-9.4 ms from the unfused
+        graph, b8 a tie, same accuracy (docs/methodology.md); the fused fp32 graph was no faster
         than the plain one (16.6 / 120 vs 16.3 / 107 ms), so the fp32 artifact stays the plain export.
         A graph it cannot fuse is quantized unfused, and the tag says why."""
         from onnxruntime.transformers.optimizer import optimize_model
