@@ -101,8 +101,9 @@ LATER_INERT = {"device.core_pinning": None, "device.expected_isa": [], "data.res
                # pytorch artifacts before 2026-12-04 were NCHW TorchScript
                "backend.export": "torchscript", "backend.channels_last": False,
                "backend.xnnpack_latest_features": False,
-               # ORT dynamic transformers before 2026-12-04 were quantized unfused
-               "backend.transformer_optimizer": False}
+               # ORT dynamic transformers before 2026-12-04 were quantized unfused, and PyTorch static
+               # kept torch.ao's unclipped ranges before ReLU6
+               "backend.transformer_optimizer": False, "backend.fold_relu6": False}
 
 
 def _family(c: Dict[str, Any]) -> str:
@@ -116,7 +117,8 @@ def drop_inert(c: Dict[str, Any]) -> Dict[str, Any]:
     """Leave out keys that do nothing in this cell and were added to a schema after runs had been
     stored: quant.analyze / quant.eval_samples on a static cell with analyze off, quant.analyze on
     an auto cell (auto always analyzes), backend.transformer_optimizer outside a transformer's
-    dynamic cell, and LATER_INERT's keys at their inert values. Params,
+    dynamic cell, backend.fold_relu6 outside an FX static or auto cell, and LATER_INERT's keys at
+    their inert values. Params,
     config.json and config_hash then agree between older and newer runs of the same configuration
     (resume finds them; the report groups them together)."""
     q = c.get("quant") or {}
@@ -128,6 +130,9 @@ def drop_inert(c: Dict[str, Any]) -> Dict[str, Any]:
     b = c.get("backend") or {}
     if "transformer_optimizer" in b and not (q.get("scheme") == "dynamic" and _family(c) == "transformer"):
         b.pop("transformer_optimizer")  # it changes only a transformer's ORT dynamic build
+    if "fold_relu6" in b and not (q.get("scheme") in ("static", "auto") and _family(c) not in ("transformer",
+                                                                                               "recurrent")):
+        b.pop("fold_relu6")  # it changes only PyTorch's FX static builds
     for dotted, inert in LATER_INERT.items():
         section, key = dotted.split(".")
         d = c.get(section)

@@ -110,6 +110,54 @@ def _bn_folded(model):
     return fuse(copy.deepcopy(model).eval())
 
 
+def _clip_bounds(gm, node):
+    """(low, high) when ``node`` clips its input (ReLU6 / Hardtanh module, F.relu6 / F.hardtanh), else None."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    if node.op == "call_module":
+        mod = gm.get_submodule(node.target)
+        if isinstance(mod, nn.ReLU6):
+            return 0.0, 6.0
+        if isinstance(mod, nn.Hardtanh):
+            return float(mod.min_val), float(mod.max_val)
+    if node.op == "call_function" and node.target in (F.relu6, torch.ops.aten.relu6.default):
+        return 0.0, 6.0
+    if node.op == "call_function" and node.target is F.hardtanh:
+        lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", -1.0)
+        hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max_val", 1.0)
+        return float(lo), float(hi)
+    return None
+
+
+def _fold_clip_ranges(prepared) -> int:
+    """After calibration, before convert_fx: the observer of a tensor that only a ReLU6 (or another
+    hardtanh clip) reads gets the clip's bounds. Its producer (a conv's int8 output) is then
+    quantized over [0, 6] instead of over the unclipped range, whose negative half and tail the clip
+    throws away anyway: saturating at [0, 6] is what ReLU6 computes, at 2x or more finer steps. ORT's
+    QDQ quantizer and TFLite's converter fold the clip into the conv's output range the same way.
+    torch.ao's x86 config does not (ReLU6 shares its input's observer, which saw the conv's raw
+    output). Returns the number of clips folded."""
+    from torch.ao.quantization.observer import ObserverBase
+    from torch.fx import Node
+
+    folded = 0
+    for node in prepared.graph.nodes:
+        bounds = _clip_bounds(prepared, node)
+        src = node.args[0] if bounds is not None and node.args else None
+        if not (isinstance(src, Node) and src.op == "call_module" and len(src.users) == 1):
+            continue
+        obs = prepared.get_submodule(src.target)
+        if not isinstance(obs, ObserverBase) or getattr(obs, "min_val", None) is None or obs.min_val.numel() != 1:
+            continue
+        lo, hi = bounds
+        obs.min_val.clamp_(lo, hi)
+        obs.max_val.clamp_(lo, hi)
+        folded += 1
+    return folded
+
+
 def _layer_counts(module) -> Dict[str, str]:
     counts = Counter(type(m).__module__.split(".")[-2] + "." + type(m).__name__
                      for m in module.modules() if not list(m.children()))
@@ -188,6 +236,8 @@ class PytorchBackend(Backend):
     def runner_settings(self, cfg, engine: str) -> Dict[str, Any]:
         return {"engine": engine}
 
+    fp32_independent = ("fold_relu6",)  # static's
+
     def fp32_cache_parts(self, cfg) -> Dict[str, Any]:
         parts = super().fp32_cache_parts(cfg)
         if cfg.backend.export == "aoti":  # Inductor compiles for the thread count
@@ -263,6 +313,7 @@ class PytorchBackend(Backend):
         example = torch.from_numpy(ctx.example)
         calibrate = lambda m: [m(torch.from_numpy(ctx.calibration[i:i + CALIBRATION_BATCH]))  # noqa: E731
                                for i in range(0, len(ctx.calibration), CALIBRATION_BATCH)]
+        folded = None
         with warnings.catch_warnings(), torch.inference_mode():
             warnings.simplefilter("ignore")
             if ctx.cfg.model.family == "transformer":
@@ -277,12 +328,15 @@ class PytorchBackend(Backend):
                     mapping.set_module_name(name, None)
                 prepared = prepare_fx(copy.deepcopy(ctx.model).eval(), mapping, (example,))
                 calibrate(prepared)
+                folded = _fold_clip_ranges(prepared) if ctx.cfg.backend.fold_relu6 else None
                 quantized, note = convert_fx(prepared), "FX graph mode: conv+bn(+relu) fused, int8 between layers"
         _save_script(quantized, example, out)
         info = _layer_counts(quantized)
         info["note"] = note
         info["reduce_range"] = str(reduce_range).lower()
         info["engine"] = ctx.engine
+        if ctx.cfg.model.family not in ("transformer", "recurrent"):  # FX graph mode
+            info["relu6_folded"] = "off" if folded is None else str(folded)
         if float_layers:
             info["float_modules"] = ",".join(float_layers)
         return Artifact(out, ctx.input_dtype, info)
