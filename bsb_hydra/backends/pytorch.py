@@ -131,7 +131,7 @@ def _clip_bounds(gm, node):
     return None
 
 
-def _fold_clip_ranges(prepared) -> int:
+def _fold_clip_ranges(prepared) -> list:
     """After calibration, before convert_fx: the observer of a tensor that only a ReLU6 (or another
     hardtanh clip) reads gets the clip's bounds. Its producer (a conv's int8 output) is then
     quantized over [0, 6] instead of over the unclipped range, whose negative half and tail the clip
