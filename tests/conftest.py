@@ -59,6 +59,19 @@ def sweep(tmp_path_factory):
     return tmp, proc, client, runs
 
 
+def with_and_without(compose_cfg, overrides, backend_key: str):
+    """The composed config, and a copy without backend.<backend_key>: what a run stored before that
+    key existed composed to (for the config_hash tests of keys added later)."""
+    from omegaconf import open_dict
+
+    cfg = compose_cfg(list(overrides))
+    cfg.paths.root = "/tmp/project"
+    before = cfg.copy()
+    with open_dict(before):
+        delattr(before.backend, backend_key)
+    return cfg, before
+
+
 def runs_of(tmp: Path, experiment="bsb-hydra"):
     from mlflow import MlflowClient
 

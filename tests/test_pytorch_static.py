@@ -84,18 +84,11 @@ def test_fold_brings_mobilenet_closer_to_fp32(compose_cfg, tmp_path):
 def test_fold_relu6_key_changes_only_pytorch_fx_static_hashes(compose_cfg):
     """backend.fold_relu6 changes only PyTorch's FX static and auto builds: the other PyTorch cells
     keep their config_hash and params; static cells measured before it read as fold_relu6=false."""
-    from omegaconf import open_dict
-
     from bsb_hydra.pipeline import config_hash
     from bsb_hydra.tracking import resolved_params
+    from tests.conftest import with_and_without
 
-    def pair(*overrides):
-        cfg = compose_cfg(["backend=pytorch", *overrides])
-        cfg.paths.root = "/tmp/project"
-        before = cfg.copy()
-        with open_dict(before):
-            del before.backend.fold_relu6
-        return cfg, before
+    pair = lambda *o: with_and_without(compose_cfg, ["backend=pytorch", *o], "fold_relu6")  # noqa: E731
 
     for overrides in (["model=mobilenet", "quant=dynamic"], ["model=mobilenet", "quant=fp32"],
                       ["model=lstm", "quant=static"], ["model=transformer_tiny", "quant=static"]):

@@ -275,18 +275,11 @@ def test_transformer_optimizer_key_changes_only_transformer_dynamic_hashes(compo
     """backend.transformer_optimizer changes only a transformer's ORT dynamic build: every other ORT
     cell keeps its config_hash and params (resume finds its older runs); the transformer's dynamic
     cells measured unfused before it existed read as transformer_optimizer=false, and are re-measured."""
-    from omegaconf import open_dict
-
     from bsb_hydra.pipeline import config_hash
     from bsb_hydra.tracking import resolved_params
+    from tests.conftest import with_and_without
 
-    def pair(*overrides):
-        cfg = compose_cfg(["backend=onnxruntime", *overrides])
-        cfg.paths.root = "/tmp/project"
-        before = cfg.copy()
-        with open_dict(before):
-            del before.backend.transformer_optimizer
-        return cfg, before
+    pair = lambda *o: with_and_without(compose_cfg, ["backend=onnxruntime", *o], "transformer_optimizer")  # noqa: E731
 
     for overrides in (["model=cnn", "quant=dynamic"], ["model=transformer_tiny", "quant=static"],
                       ["model=transformer_tiny", "quant=fp32"]):
