@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from bsb_hydra.backends.base import Artifact, BuildContext
 from bsb_hydra.locks import file_lock
+from bsb_hydra.train import plain_dict, sha256_file
 
 PACKAGE = Path(__file__).resolve().parent
 # The code whose change changes a converted artifact, and the packages that define the models.
@@ -52,8 +53,6 @@ def package_versions(names) -> Dict[str, str]:
 
 def key_parts(backend, ctx: BuildContext) -> Dict[str, Any]:
     """What the fp32 artifact of ``backend`` depends on (the cache key is its hash)."""
-    from bsb_hydra.train import plain_dict
-
     cfg = ctx.cfg
     model = plain_dict(cfg.model)
     model.pop("checkpoint", None)  # the weights' sha256 stands for them
@@ -67,14 +66,6 @@ def key_parts(backend, ctx: BuildContext) -> Dict[str, Any]:
 
 def digest(parts: Dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def artifact_files(art: Artifact) -> list:
@@ -93,7 +84,7 @@ def _load(entry: Path, workdir: Path) -> Tuple[Optional[Artifact], str]:
     try:
         meta = json.loads(meta_path.read_text())
         for name, digest in meta["files"].items():
-            got = _sha256(entry / name)
+            got = sha256_file(entry / name)
             if got != digest:
                 return None, f"{name} has sha256 {got[:12]}..., not the {digest[:12]}... recorded"
         for name in meta["files"]:
@@ -110,7 +101,7 @@ def _store(entry: Path, art: Artifact, parts: Dict[str, Any]) -> None:
     files = {}
     for path in artifact_files(art):
         shutil.copyfile(path, tmp / path.name)
-        files[path.name] = _sha256(tmp / path.name)
+        files[path.name] = sha256_file(tmp / path.name)
     meta = {"path": Path(art.path).name, "input_dtype": art.input_dtype, "info": art.info, "files": files,
             "key_parts": parts}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
