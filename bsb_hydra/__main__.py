@@ -20,7 +20,7 @@ def main(cfg: DictConfig) -> None:
     from hydra.types import RunMode
 
     from bsb_hydra.config import ConfigError, validate
-    from bsb_hydra.pipeline import run_cell
+    from bsb_hydra.cell import run_cell
 
     if HydraConfig.get().mode == RunMode.RUN:
         # One cell: a bad value is a usage error, refused before anything is logged (a sweep's

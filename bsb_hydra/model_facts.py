@@ -11,23 +11,26 @@ from typing import Dict
 import numpy as np
 
 
-def model_facts(module, example: np.ndarray) -> Dict[str, float]:
-    """``model_params`` (every parameter, trainable or not) and ``model_macs`` at batch 1."""
+def model_facts(module, example) -> Dict[str, float]:
+    """``model_params`` (every parameter, trainable or not) and ``model_macs`` at batch 1.
+    ``example``: one array or a Feeds (bsb_hydra/feeds.py) of several inputs."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from bsb_hydra.feeds import materialize, to_torch_args
+
     params = sum(p.numel() for p in module.parameters())
-    x = torch.from_numpy(np.ascontiguousarray(example[:1]))
+    args = to_torch_args(materialize(example[:1]))
     counter = FlopCounterMode(display=False)
     with torch.inference_mode(), counter:
-        module(x)
+        module(*args)
     return {"model_params": float(params), "model_macs": counter.get_total_flops() / 2.0}
 
 
-def onnx_facts(path: str, input_shape) -> Dict[str, float]:
+def onnx_facts(path: str, specs) -> Dict[str, float]:
     """The same two figures for an ONNX file (model=onnx): parameters are the float initializers'
     elements; MACs are summed over Conv, ConvTranspose, Gemm and MatMul from the shapes ONNX's shape
-    inference gives at batch 1."""
+    inference gives at batch 1. ``specs``: each fed input's per-sample shape (bsb_hydra.feeds.InputSpec)."""
     import onnx
     from onnx import shape_inference
 
@@ -36,10 +39,14 @@ def onnx_facts(path: str, input_shape) -> Dict[str, float]:
     inits = {i.name: i for i in g.initializer}
     params = sum(int(np.prod(i.dims)) for i in g.initializer if i.data_type in (1, 10, 11, 16))
     inputs = [i for i in g.input if i.name not in inits]
-    dims = inputs[0].type.tensor_type.shape.dim
-    for d, v in zip(dims, (1, *input_shape)):
-        d.ClearField("dim_param")
-        d.dim_value = int(v)
+    by_name = {s.name: s for s in specs}
+    for k, inp in enumerate(inputs):
+        spec = by_name.get(inp.name, specs[k] if k < len(specs) else None)
+        if spec is None:
+            continue
+        for d, v in zip(inp.type.tensor_type.shape.dim, (1, *spec.shape)):
+            d.ClearField("dim_param")
+            d.dim_value = int(v)
     del g.value_info[:]
     g = shape_inference.infer_shapes(model, data_prop=True).graph
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]

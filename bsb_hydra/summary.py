@@ -9,17 +9,33 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 
+def _quality(r) -> tuple:
+    """(what, value, delta) of a cell's task: accuracy % for a labelled classifier, top-1 agreement %
+    without labels, else the task's own quality metric (quality_metric tag) and its delta to fp32."""
+    m = r.get("metrics") or {}
+    if "accuracy" in m:
+        return "acc %", f"{100 * m['accuracy']:.2f}", f"{m.get('accuracy_delta_pp', float('nan')):+.2f}"
+    if "top1_agreement" in m:
+        return "agree %", f"{100 * m['top1_agreement']:.2f}", "-"
+    if "quality" in m:
+        d = f"{m['quality_delta']:+.4g}" if "quality_delta" in m else "-"
+        return r.get("quality_metric", "quality"), f"{m['quality']:.4g}", d
+    return "-", "-", "-"
+
+
 def format_table(results) -> str:
-    head = f"{'#':>3}  {'cell':<42} {'status':<11} {'size x':>7} {'acc %':>7} {'d pp':>7} {'agree %':>8} " \
-           f"{'p50 b1 ms':>10} {'speedup':>8}"
+    head = f"{'#':>3}  {'cell':<42} {'status':<11} {'size x':>7} {'task':<15} {'quality':<22} {'delta':>8} " \
+           f"{'cosine':>8} {'p50 b1 ms':>10} {'speedup':>8}"
     lines = [head, "-" * len(head)]
     for r in results:
         m = r.get("metrics") or {}
+
         def f(key, fmt, scale=1.0):
             return format(m[key] * scale, fmt) if key in m else "-"
+        what, value, delta = _quality(r)
+        quality = f"{what} {value}" if value != "-" else "-"
         lines.append(f"{r.get('job_num', ''):>3}  {r['cell']:<42} {r['status']:<11} {f('size_ratio', '.3f'):>7} "
-                     f"{f('accuracy', '.2f', 100):>7} {f('accuracy_delta_pp', '+.2f'):>7} "
-                     f"{f('top1_agreement', '.2f', 100):>8} "
+                     f"{r.get('task', '-'):<15} {quality:<22} {delta:>8} {f('cosine_mean', '.6f'):>8} "
                      + (f"{'simulated':>10} {'-':>8}" if m.get("simulated") else  # fake_quant: never timed
                         f"{f('latency_p50_ms_b1', '.4f'):>10} {f('speedup_b1', '.2f'):>8}"))
         if r["status"] not in ("ok", "skipped") and r.get("reason"):

@@ -103,7 +103,10 @@ LATER_INERT = {"device.core_pinning": None, "device.expected_isa": [], "data.res
                "backend.xnnpack_latest_features": False,
                # ORT dynamic transformers before 2026-12-04 were quantized unfused, and PyTorch static
                # kept torch.ao's unclipped ranges before ReLU6
-               "backend.transformer_optimizer": False, "backend.fold_relu6": False}
+               "backend.transformer_optimizer": False, "backend.fold_relu6": False,
+               # added with the tasks (2026-12-06): data=random's vocab_size, model=onnx's tokenizer,
+               # model=torch's inputs
+               "data.vocab_size": None, "model.tokenizer": None, "model.inputs": None}
 
 
 def _family(c: Dict[str, Any]) -> str:
@@ -117,8 +120,8 @@ def drop_inert(c: Dict[str, Any]) -> Dict[str, Any]:
     """Leave out keys that do nothing in this cell and were added to a schema after runs had been
     stored: quant.analyze / quant.eval_samples on a static cell with analyze off, quant.analyze on
     an auto cell (auto always analyzes), backend.transformer_optimizer outside a transformer's
-    dynamic cell, backend.fold_relu6 outside an FX static or auto cell, and LATER_INERT's keys at
-    their inert values. Params,
+    dynamic cell, backend.fold_relu6 outside an FX static or auto cell, the task group at task=auto,
+    and LATER_INERT's keys at their inert values. Params,
     config.json and config_hash then agree between older and newer runs of the same configuration
     (resume finds them; the report groups them together)."""
     q = c.get("quant") or {}
@@ -133,6 +136,9 @@ def drop_inert(c: Dict[str, Any]) -> Dict[str, Any]:
     if "fold_relu6" in b and not (q.get("scheme") in ("static", "auto") and _family(c) not in ("transformer",
                                                                                                "recurrent")):
         b.pop("fold_relu6")  # it changes only PyTorch's FX static builds
+    t = c.get("task")
+    if isinstance(t, dict) and t.get("name") == "auto" and t.get("output") is None:
+        del c["task"]  # added later; auto reads a built-in classifier as every earlier run did
     for dotted, inert in LATER_INERT.items():
         section, key = dotted.split(".")
         d = c.get(section)

@@ -244,13 +244,17 @@ def _get_fp32_model(cfg, ds, cache_dir: str) -> Fp32Model:
     torch.manual_seed(cfg.seed)
     module = build_model(cfg.model, ds.input_shape, ds.num_classes)
     if isinstance(module, Fp32Model):  # a user's whole model file (ONNX, TorchScript, ...): nothing to train
-        if module.module is not None:
-            check_outputs(module.module, ds, cfg.model)
-        return module
+        return module  # its outputs are checked by the task's probe (bsb_hydra/steps.py)
     path = Path(cfg.model.checkpoint).expanduser() if cfg.model.checkpoint else None
     if path is not None and not path.is_file():
         raise InputError(f"model.checkpoint={cfg.model.checkpoint!r}: no such file")
-    check_outputs(module, ds, cfg.model)
+    if path is None:
+        from bsb_hydra.feeds import Feeds
+
+        if isinstance(ds.x_train, Feeds):
+            raise InputError(f"model={model_label(cfg.model)} takes {len(ds.x_train.names)} inputs, and training "
+                             "here feeds one: give its trained weights (model.checkpoint=...)")
+        check_outputs(module, ds, cfg.model)  # training needs one score per class
     if path is not None:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)

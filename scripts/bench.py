@@ -574,7 +574,7 @@ STAGES = ("data", "fp32", "peak", "convert", "quantize", "measure", "profile", "
 
 
 def stage_table(runs) -> str:
-    """Where each cell's time went (issue 23): the stage_<name>_seconds of bsb_hydra.pipeline.Stages,
+    """Where each cell's time went (issue 23): the stage_<name>_seconds of bsb_hydra.steps.Stages,
     in seconds, beside the cell's total (cell_seconds; the rest is the run's setup and its final
     metrics). Runs from before the stages were logged show '-'."""
     rows = ["| cell | status | " + " | ".join(STAGES) + " | total |", "|---|---|" + "---:|" * (len(STAGES) + 1)]

@@ -37,10 +37,13 @@ def bsb_command(args, tmp: Path, sweep: str = "sweep", env_extra=None):
     return cmd, env
 
 
-def run_bsb(args, tmp: Path, timeout=900, check=True, sweep: str = "sweep", env_extra=None):
-    """python -m bsb_hydra ARGS into a private MLflow store, model cache and sweep dir."""
+def run_bsb(args, tmp: Path, timeout=900, check=True, sweep: str = "sweep", env_extra=None, cwd=None):
+    """python -m bsb_hydra ARGS into a private MLflow store, model cache and sweep dir (started from
+    ``cwd``, the repository by default)."""
     cmd, env = bsb_command(args, tmp, sweep, env_extra)
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if cwd is not None:  # bsb_hydra imported from the repository, wherever the sweep starts
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    proc = subprocess.run(cmd, cwd=cwd or ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc

@@ -108,7 +108,7 @@ def test_hit_copies_the_artifact_and_its_companions_and_a_bad_entry_is_converted
 
 
 def test_switched_off_or_without_weights_every_cell_converts(compose_cfg, tmp_path):
-    from bsb_hydra.pipeline import fp32_artifact
+    from bsb_hydra.steps import fp32_artifact
 
     class Log:
         def __init__(self):

@@ -283,8 +283,18 @@ def test_class_count_and_import_path_mismatches_are_named(files, monkeypatch):
     from bsb_hydra.models.torch import resolve
     from bsb_hydra.train import check_outputs
 
-    with pytest.raises(InputError, match=r"^model.path='.*tiny.onnx' outputs 3 classes; the data has 10"):
-        build_onnx(SimpleNamespace(path=str(files / "tiny.onnx"), input_shape=[3, 16, 16]), (3, 16, 16), 10)
+    from bsb_hydra.models.onnx import run_file
+    from bsb_hydra.tasks import resolve as resolve_task
+    from bsb_hydra.tasks.base import OutputInfo, Probe
+
+    build_onnx(SimpleNamespace(path=str(files / "tiny.onnx"), input_shape=[3, 16, 16]), (3, 16, 16), 10)  # a file
+    names, values = run_file(str(files / "tiny.onnx"), np.zeros((2, 3, 16, 16), np.float32))
+    probe = Probe([OutputInfo(n, v.shape[1:], str(v.dtype)) for n, v in zip(names, values)], values, (3, 16, 16))
+    ten = SimpleNamespace(y_test=np.zeros(4, np.int64), num_classes=10, labelled=True, x_test=np.zeros((4, 3, 16, 16)))
+    onnx_model = SimpleNamespace(name="onnx", path=str(files / "tiny.onnx"), needs_training=lambda labelled: False)
+    with pytest.raises(InputError, match=r"^output 'scores' float32\[N, 3\] holds 3 class scores; the data has 10 "
+                                         r"classes \(labels 0\.\.9\)"):
+        resolve_task(SimpleNamespace(name="auto", output=None), onnx_model, probe, ten)
     x = np.zeros((2, 3, 16, 16), np.float32)
     ds = Dataset("npz", x, np.zeros(2, np.int64), x, np.zeros(2, np.int64), 10)
     monkeypatch.syspath_prepend(str(files / "pkg"))
@@ -315,7 +325,7 @@ def test_bad_config_values_are_refused_before_any_work(compose_cfg):
     refused(["model=onnx", "model.path=x.onnx", "model.checkpoint=y.pt"], "does not apply to model=onnx")
     refused(["data=fashion_mnist", "data.channels=2"], r"data.channels=2 is not allowed: use 1, 3 or null")
     refused(["data=fashion_mnist", "data.mean=[0.5]"], r"give both or neither")
-    refused(["data=random", "data.dtype=int8"], r"data.dtype='int8' is not allowed: use float32 or int64")
+    refused(["data=random", "data.dtype=int8"], r"data.dtype='int8' is not allowed: use one of float32, float16, int64, int32, bool")
 
 
 def test_unlabelled_data_refuses_what_needs_labels(files, tmp_path):

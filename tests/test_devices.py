@@ -10,7 +10,7 @@ import pytest
 from bsb_hydra.backends.base import Unsupported
 from bsb_hydra.concurrency import JobSlot
 from bsb_hydra.config import ConfigError, DeviceConfig
-from bsb_hydra.pipeline import device_mismatch
+from bsb_hydra.cell import device_mismatch
 from tests.conftest import SMOKE, run_bsb, runs_of
 
 EPYC = {"arch": "x86_64", "cpu": "AMD EPYC", "isa": "avx2"}
@@ -56,7 +56,7 @@ def test_pinning_and_isa_keys_at_their_defaults_leave_config_hash_and_params_as_
     neither config_hash (resume still finds the older runs) nor the params; set, they do."""
     from omegaconf import open_dict
 
-    from bsb_hydra.pipeline import config_hash
+    from bsb_hydra.cell import config_hash
     from bsb_hydra.tracking import drop_inert_params, resolved_params
 
     cfg = compose_cfg([])
@@ -123,7 +123,7 @@ def test_report_flags_cells_timed_beside_other_jobs():
         return Cell("r", 0, {"model": "mlp", "quant": "fp32", "backend": "pytorch", "threads": "1",
                              "concurrent_jobs": str(n)}, {}, {"size_bytes": 1024.0, "latency_p50_ms_b1": 0.1})
 
-    g = SimpleNamespace(cells=[cell(1), cell(2), cell(3)], batch_sizes=[1], emulated=True)
+    g = SimpleNamespace(cells=[cell(1), cell(2), cell(3)], batch_sizes=[1], emulated=True, classifier=True)
     _, rows = table(g)
     assert [r[0] for r in rows] == ["fp32 / pytorch", "fp32 / pytorch [timed beside 1 other job]",
                                     "fp32 / pytorch [timed beside 2 other jobs]"]

@@ -189,7 +189,7 @@ def test_static_hash_ignores_the_inert_analysis_keys(compose_cfg):
     off they leave config_hash as it was (resume keeps skipping those runs); analyze=true is a new cell."""
     from omegaconf import open_dict
 
-    from bsb_hydra.pipeline import config_hash
+    from bsb_hydra.cell import config_hash
 
     cfg = compose_cfg(["quant=static"])
     cfg.paths.root = "/tmp/project"

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from bsb_hydra.bench import peak
-from bsb_hydra.pipeline import limit_metrics
+from bsb_hydra.scoring import limit_metrics
 from tests.conftest import PYTHON, ROOT, SMOKE, run_bsb, runs_of
 
 
@@ -46,7 +46,10 @@ def test_summary_skips_a_runtime_that_could_not_measure():
 
 
 def _cfg(scheme, backend="pytorch"):
-    return SimpleNamespace(quant=SimpleNamespace(scheme=SimpleNamespace(value=scheme)),
+    from bsb_hydra.config.store import schemas
+
+    int8 = schemas("quant")[scheme].int8  # the scheme's own property
+    return SimpleNamespace(quant=SimpleNamespace(scheme=SimpleNamespace(value=scheme), int8=int8),
                            backend=SimpleNamespace(name=backend))
 
 
@@ -134,7 +137,7 @@ def test_best_fp32_is_found_when_a_tag_holds_a_quote(tmp_path, monkeypatch):
 
     import mlflow
 
-    from bsb_hydra.pipeline import SAME_INPUT_TAGS, best_fp32_metrics
+    from bsb_hydra.scoring import SAME_INPUT_TAGS, best_fp32_metrics
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")  # not set_tracking_uri: that sticks
     exp = mlflow.MlflowClient().create_experiment("quotes")

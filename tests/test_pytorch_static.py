@@ -84,7 +84,7 @@ def test_fold_brings_mobilenet_closer_to_fp32(compose_cfg, tmp_path):
 def test_fold_relu6_key_changes_only_pytorch_fx_static_hashes(compose_cfg):
     """backend.fold_relu6 changes only PyTorch's FX static and auto builds: the other PyTorch cells
     keep their config_hash and params; static cells measured before it read as fold_relu6=false."""
-    from bsb_hydra.pipeline import config_hash
+    from bsb_hydra.cell import config_hash
     from bsb_hydra.tracking import resolved_params
     from tests.conftest import with_and_without
 

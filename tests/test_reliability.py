@@ -353,12 +353,14 @@ def test_random_overrides_are_accepted_or_refused_with_a_clear_error(compose_cfg
         assert leaf in msg or _fmt(value) in msg, msg
 
 
-def test_calibration_larger_than_the_training_split_is_refused_before_training(tmp_path):
-    run_bsb(["model=mlp", "quant=static", "quant.samples=5000", "backend=onnxruntime", *DIGITS], tmp_path)
+def test_calibration_larger_than_the_training_split_uses_all_of_it_and_says_so(tmp_path):
+    proc = run_bsb(["model=mlp", "quant=static", "quant.samples=5000", "backend=onnxruntime", *DIGITS], tmp_path)
     _, runs = runs_of(tmp_path)
-    tags = runs[0].data.tags
-    assert tags["status"] == "failed" and "quant.samples=5000" in tags["reason"] and "training split" in tags["reason"]
-    assert "fp32_source" not in tags and not (tmp_path / "cache" / "models").exists()
+    tags, m = runs[0].data.tags, runs[0].data.metrics
+    assert tags["status"] == "ok", tags.get("reason")
+    used = int(m["calibration_samples_used"])
+    assert used < 5000 and f"quant.samples=5000 is more than the {used} training samples" in tags["calibration_note"]
+    assert f"calibrating on all {used}" in proc.stdout
 
 
 def test_report_refuses_to_clean_a_foreign_folder(tmp_path):

@@ -77,7 +77,7 @@ def test_remote_sweep_over_ssh_merges_into_the_local_store_once(tmp_path, sshd):
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "remote_sweep.sh"), host, *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert (remote_dir / "bsb_hydra" / "pipeline.py").is_file() and not (remote_dir / ".venv").exists()
+    assert (remote_dir / "bsb_hydra" / "cell.py").is_file() and not (remote_dir / ".venv").exists()
     assert "merged 2 run(s)" in proc.stdout
     from mlflow import MlflowClient
 

@@ -289,8 +289,10 @@ def test_repeats_time_the_cell_and_its_fp32_reference_in_fresh_processes_in_alte
                                                                         ["fp32_reference", "dynamic"]]
     first = results[0]["items"]
     assert "peak_rss_mb" in first[0] and "peak_rss_mb" not in first[1]
-    assert sorted(p.name for p in bench.glob("*_logits.npy")) == ["r0_dynamic_logits.npy",
-                                                                   "r0_fp32_reference_logits.npy"]
+    # process 0 wrote both artifacts' outputs over the test split (scored, then their chunks removed)
+    assert sorted(p.parent.name for p in bench.glob("*_outputs/manifest.json")) == ["r0_dynamic_outputs",
+                                                                                   "r0_fp32_reference_outputs"]
+    assert not list(bench.glob("*_outputs/*.npz"))
     assert m["peak_rss_mb"] == first[0]["peak_rss_mb"]
 
 

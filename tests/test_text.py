@@ -275,7 +275,7 @@ def test_transformer_optimizer_key_changes_only_transformer_dynamic_hashes(compo
     """backend.transformer_optimizer changes only a transformer's ORT dynamic build: every other ORT
     cell keeps its config_hash and params (resume finds its older runs); the transformer's dynamic
     cells measured unfused before it existed read as transformer_optimizer=false, and are re-measured."""
-    from bsb_hydra.pipeline import config_hash
+    from bsb_hydra.cell import config_hash
     from bsb_hydra.tracking import resolved_params
     from tests.conftest import with_and_without
 

@@ -216,11 +216,11 @@ def test_an_xnnpack_refusal_says_how_to_measure_the_model_anyway():
             raise RuntimeError(self.message)
 
     runner = RUNNER.__new__(RUNNER)
-    runner.inp, runner.outp = {"index": 0}, {"index": 1}
+    runner.inps, runner.outps = [{"index": 0}], [{"index": 1}]
     runner.interpreter = Interpreter("Node number 906 (TfLiteXNNPackDelegate) failed to prepare.")
     with pytest.raises(RuntimeError, match=r"failed to prepare\. XNNPACK could not run this model; "
                                            r"backend\.xnnpack=false measures it"):
-        runner.run(np.zeros(1))
+        runner.run([np.zeros(1)])
     runner.interpreter = Interpreter("tensor shape mismatch")
     with pytest.raises(RuntimeError, match=r"^tensor shape mismatch$"):
-        runner.run(np.zeros(1))
+        runner.run([np.zeros(1)])

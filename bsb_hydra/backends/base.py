@@ -117,6 +117,11 @@ class Backend:
             return f"model={cfg.model.name}, quant={scheme} on {self.name}: {reasons[scheme]}"
         return None
 
+    def task_reason(self, cfg, task) -> Optional[str]:
+        """Why this backend cannot measure the model for its task (None = it can). Checked after the
+        fp32 probe, before any build: the task and the model's outputs are known then."""
+        return None
+
     def runner_settings(self, cfg, engine: str) -> Dict[str, Any]:
         """What the worker's Runner needs beyond the artifact (engine, optimisation level)."""
         return {}
@@ -124,7 +129,7 @@ class Backend:
     def build(self, scheme: str, ctx: BuildContext, out: Path) -> Artifact:
         return getattr(self, f"build_{scheme}")(ctx, out)
 
-    # quant=auto is built by bsb_hydra/mixed.py (pipeline.build_artifact dispatches it) for a backend
+    # quant=auto is built by bsb_hydra/mixed.py (steps.build_artifact dispatches it) for a backend
     # that can keep chosen layers in float while the rest is static int8: it defines
     # mixed_layers(ctx) -> {name: (float weight, output-channel axis)} and
     # build_mixed(ctx, out, float_layers) -> Artifact.
@@ -142,14 +147,24 @@ class Runner:
     def enter_process(cls) -> None:
         """Called once by the benchmark worker after importing the runtime, before any artifact."""
 
-    def prepare(self, x: np.ndarray) -> Any:
+    def prepare(self, x) -> Any:
+        """``x``: one array, or a bsb_hydra.feeds.Feeds of named inputs (a model with several)."""
         raise NotImplementedError
 
     def run(self, prepared: Any) -> Any:
         raise NotImplementedError
 
-    def to_numpy(self, out: Any) -> np.ndarray:
+    def outputs(self, out: Any) -> List[np.ndarray]:
+        """Every output tensor of one call, in the model's output order, as numpy arrays (batch first)."""
         raise NotImplementedError
+
+    def output_names(self) -> List[str]:
+        """The outputs' names, in the order of outputs(): the artifact's own where it names them."""
+        raise NotImplementedError
+
+    def to_numpy(self, out: Any) -> np.ndarray:
+        """The first output as float32: a classifier's logits (quant=auto's search, the demo)."""
+        return np.asarray(self.outputs(out)[0], dtype=np.float32)
 
     def profile(self, prepared: Any, runs: int) -> Dict[str, Any]:
         """``runs`` calls under the runtime's own profiler, summarized by bsb_hydra/bench/profile.py."""

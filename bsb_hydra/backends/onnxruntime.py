@@ -18,7 +18,7 @@ import warnings
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -27,37 +27,52 @@ from bsb_hydra.backends.base import Artifact, Backend, BuildContext, Runner, Uns
 
 INPUT_NAME = "input"
 CALIBRATION_BATCH = 32
+# onnxruntime's type strings of the input dtypes a model may declare
+ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+             "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(uint8)": "uint8", "tensor(int8)": "int8",
+             "tensor(bool)": "bool"}
 
 
-def export_onnx(model, example: np.ndarray, out: Path, opset: int) -> None:
-    """Export with a dynamic batch axis; weights inside the .onnx file so its size is the artifact's."""
+def export_onnx(model, example, out: Path, opset: int) -> None:
+    """Export with a dynamic batch axis; weights inside the .onnx file so its size is the artifact's.
+    ``example``: one array, or a Feeds of several named inputs (exported under their names). One
+    output is named logits (as every earlier export), several output_0, output_1, ... in order."""
     import torch
 
+    from bsb_hydra.feeds import Feeds, torch_outputs, to_torch_args
+
+    names = list(example.names) if isinstance(example, Feeds) else [INPUT_NAME]
+    n_out = len(torch_outputs(model.eval(), example))
+    outputs = ["logits"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model.eval(), (torch.from_numpy(example),), str(out), input_names=[INPUT_NAME], output_names=["logits"],
-            opset_version=opset, dynamo=False, dynamic_axes={INPUT_NAME: {0: "batch"}, "logits": {0: "batch"}},
+            model.eval(), to_torch_args(example), str(out), input_names=names, output_names=outputs,
+            opset_version=opset, dynamo=False, dynamic_axes={n: {0: "batch"} for n in names + outputs},
         )
 
 
-def fixed_dims_copy(src: Path, per_sample: tuple, out: Path) -> None:
-    """A user's ONNX model with its input's batch dimension dynamic ("batch") and the others fixed to
-    ``per_sample``; inferred intermediate shapes are dropped (ORT infers them again). Weights are
-    written inside the file, so its size is the artifact's."""
+def fixed_dims_copy(src: Path, example, out: Path) -> None:
+    """A user's ONNX model with each input's batch dimension dynamic ("batch") and the others fixed to
+    the example's (one array, or a Feeds by input name); inferred intermediate shapes are dropped
+    (ORT infers them again). Weights are written inside the file, so its size is the artifact's."""
     import onnx
+
+    from bsb_hydra.feeds import Feeds
 
     model = onnx.load(str(src))
     g = model.graph
     inits = {i.name for i in g.initializer}
-    inp = next(i for i in g.input if i.name not in inits)
-    dims = inp.type.tensor_type.shape.dim
-    for i, d in enumerate(dims):
-        d.Clear()
-        if i == 0:
-            d.dim_param = "batch"
-        else:
-            d.dim_value = int(per_sample[i - 1])
+    for k, inp in enumerate(i for i in g.input if i.name not in inits):
+        a = example.arrays.get(inp.name) if isinstance(example, Feeds) else (example if k == 0 else None)
+        if a is None:
+            continue
+        for i, d in enumerate(inp.type.tensor_type.shape.dim):
+            d.Clear()
+            if i == 0:
+                d.dim_param = "batch"
+            else:
+                d.dim_value = int(a.shape[i])
     for o in g.output:
         if o.type.tensor_type.shape.dim:
             first = o.type.tensor_type.shape.dim[0]
@@ -92,28 +107,126 @@ def _quiet_root_logger(disable: int = 0):
         logging.disable(was)
 
 
-def input_name(path: Path) -> str:
-    """The graph's one fed input (a user's ONNX file names its own)."""
+def input_names(path: Path) -> list:
+    """The graph's fed inputs, in order (a user's ONNX file names its own)."""
     import onnx
 
     g = onnx.load(str(path), load_external_data=False).graph
     inits = {i.name for i in g.initializer}
-    return next(i.name for i in g.input if i.name not in inits)
+    return [i.name for i in g.input if i.name not in inits]
+
+
+def input_name(path: Path) -> str:
+    """The graph's first fed input."""
+    return input_names(path)[0]
+
+
+# Input elements per calibration batch: 32 samples of small inputs, fewer of large ones (13 images at
+# 224x224x3), so that the intermediate outputs ORT keeps of one batch stay small.
+CALIBRATION_ELEMENTS = 2 ** 21
+
+
+def calibration_batch(samples, largest: int = CALIBRATION_BATCH) -> int:
+    """Samples per calibration batch: at most ``largest`` (benchmark.eval_batch_size: a model that
+    takes batch 1 only, such as a detector whose post-processing loops over the images, says so there)."""
+    from bsb_hydra.feeds import specs_of
+
+    per_sample = sum(int(np.prod(s.shape)) for s in specs_of(samples)) or 1
+    return max(1, min(CALIBRATION_BATCH, largest, CALIBRATION_ELEMENTS // per_sample))
 
 
 class TrainingSamplesReader:
-    """CalibrationDataReader over real training samples, in batches, fed to the input ``name``."""
+    """CalibrationDataReader over real training samples, in batches, fed to the inputs ``names``
+    (one array to the first, or a Feeds to each input by its name). ``len`` and ``set_range`` (in
+    batches) are what ORT's strided calibration (extra option CalibStridedMinMax) reads: it computes
+    and merges the ranges stride by stride instead of holding every batch's intermediate outputs
+    (a 224-px segmentation model: 5.2 GB for 256 samples at once)."""
 
-    def __init__(self, samples: np.ndarray, name: str = INPUT_NAME) -> None:
-        self.name = name
-        self.batches = iter([samples[i:i + CALIBRATION_BATCH] for i in range(0, len(samples), CALIBRATION_BATCH)])
+    def __init__(self, samples, names=(INPUT_NAME,), largest: int = CALIBRATION_BATCH) -> None:
+        from bsb_hydra.feeds import Feeds
+
+        self.names = [names] if isinstance(names, str) else list(names)
+        b = calibration_batch(samples, largest)
+        self.all = [samples[i:i + b] for i in range(0, len(samples), b)]
+        self.batches = iter(self.all)
+        self.feeds = isinstance(samples, Feeds)
+
+    def __len__(self) -> int:
+        return len(self.all)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.batches = iter(self.all[start_index:end_index])
 
     def get_next(self):
         b = next(self.batches, None)
-        return None if b is None else {self.name: np.ascontiguousarray(b)}  # float32 images, int64 ids
+        if b is None:
+            return None
+        if self.feeds:
+            return {n: np.ascontiguousarray(b.arrays[n]) for n in self.names}
+        return {self.names[0]: np.ascontiguousarray(b)}  # float32 images, int64 ids
 
     def __iter__(self):  # what ORT's CalibrationDataReader adds (qdq_loss_debug iterates a reader)
         return iter(self.get_next, None)
+
+
+@contextmanager
+def in_folder(folder: Path):
+    """Run with ``folder`` as the working directory: ORT's symbolic shape inference writes
+    sym_shape_infer_temp.onnx and *.data files into the current folder (and leaves them when it
+    fails); they belong in the cell's own folder, not where the sweep was started."""
+    import os
+
+    before = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def pre_process(src: Path, out: Path, info: Dict[str, str], **kw) -> None:
+    """onnxruntime's quant_pre_process (shape inference + graph optimisation), in ``out``'s folder.
+    Its symbolic shape inference fails on some real graphs (a bare AssertionError on a Concat with
+    axis != 0, "Incomplete symbolic shape inference" on PaddleOCR's exports): it is then run again
+    without it (skip_symbolic_shape=True, ORT's own switch), and info['preprocess'] names what failed."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with in_folder(out.parent), _quiet_root_logger():  # its symbolic shape inference logs at INFO too
+        try:
+            quant_pre_process(str(src), str(out), skip_symbolic_shape=False, **kw)
+            info.setdefault("preprocess", "quant_pre_process (symbolic shape inference, optimisation)")
+            return
+        except Exception as e:
+            failed = type(e).__name__ + (f": {str(e).strip().splitlines()[0][:200]}" if str(e).strip() else "")
+            where = _failing_node(e)
+        try:
+            quant_pre_process(str(src), str(out), skip_symbolic_shape=True, **kw)
+        except Exception as e2:
+            raise RuntimeError(f"onnxruntime's quant_pre_process failed on {src.name}: with symbolic shape inference "
+                               f"{failed}{where}; without it {type(e2).__name__}: "
+                               f"{str(e2).strip().splitlines()[0][:200] if str(e2).strip() else 'no message'}") from None
+    info["preprocess"] = (f"quant_pre_process without symbolic shape inference (skip_symbolic_shape=True): with it, "
+                          f"{failed}{where}")
+    print(f"  NOTE: ORT's symbolic shape inference failed ({failed}{where}); pre-processed without it", flush=True)
+
+
+def _failing_node(e: BaseException) -> str:
+    """The node a symbolic-shape-inference failure was at, from its traceback's frames."""
+    tb = e.__traceback__
+    node = None
+    while tb is not None:
+        n = tb.tb_frame.f_locals.get("node")
+        if n is not None and hasattr(n, "op_type"):
+            node = n
+        tb = tb.tb_next
+    return f" (at {node.op_type} node {node.name!r})" if node is not None else ""
+
+
+def opset_of(path: Path) -> int:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 # Static QDQ on a transformer quantizes only the weight-carrying ops. Kept float, measured on the
@@ -130,6 +243,19 @@ def transformer_static_scope(path: Path) -> Dict[str, Any]:
     weights = {i.name for i in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
     activation_matmuls = [n.name for n in g.node if n.op_type == "MatMul" and not weights & set(n.input)]
     return {"op_types_to_quantize": TRANSFORMER_STATIC_OP_TYPES, "nodes_to_exclude": activation_matmuls}
+
+
+def has_attention(path: Path) -> bool:
+    """Whether a graph (a user's ONNX file) has attention: a Softmax and a MatMul of two activations.
+    Its static QDQ then takes the transformer scope: calibrating the additive attention mask
+    (about -3.4e38 on padding) gave its Add/Where tensors an infinite scale (probed on a 3-input BERT
+    export, onnxruntime 1.31.1)."""
+    import onnx
+
+    g = onnx.load(str(path), load_external_data=False).graph
+    weights = {i.name for i in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
+    ops = {n.op_type for n in g.node}
+    return "Softmax" in ops and any(n.op_type == "MatMul" and not weights & set(n.input) for n in g.node)
 
 
 def float_compute_ops(path: Path) -> str:
@@ -281,20 +407,48 @@ class OnnxruntimeBackend(Backend):
         path = ctx.workdir / "fp32_export.onnx"
         if not path.exists():
             if ctx.source_onnx is not None:  # model=onnx: the user's graph, its per-sample dims fixed
-                fixed_dims_copy(ctx.source_onnx, tuple(ctx.example.shape[1:]), path)
+                fixed_dims_copy(ctx.source_onnx, ctx.example, path)
             else:
                 export_onnx(ctx.model, ctx.example, path, ctx.cfg.backend.opset)
         return path
 
+    QDQ_OPSET = 13  # per-channel DequantizeLinear (its axis attribute) needs opset 13
+
     def _preprocessed(self, ctx: BuildContext) -> Path:
-        """ORT's recommended pre-quantization step: shape inference + graph optimisation (folds bn)."""
-        from onnxruntime.quantization.shape_inference import quant_pre_process
+        """ORT's recommended pre-quantization step: shape inference + graph optimisation (folds bn),
+        falling back to no symbolic shape inference where it fails (pre_process); a graph below
+        opset 13 is first converted to 13 (onnx.version_converter): ORT's quantizers write
+        per-channel DequantizeLinear nodes (an axis attribute, opset 13) into any graph, and ORT then
+        refuses to load an older one ("Unrecognized attribute: axis"). What happened is kept in
+        fp32_preprocessed.json (the build's tags)."""
+        import json
 
         path = ctx.workdir / "fp32_preprocessed.onnx"
         if not path.exists():
-            with _quiet_root_logger():  # its symbolic shape inference logs at INFO too
-                quant_pre_process(str(self._fp32(ctx)), str(path), skip_symbolic_shape=False)
+            info: Dict[str, str] = {}
+            src = self._fp32(ctx)
+            opset = opset_of(src)
+            if 0 < opset < self.QDQ_OPSET:
+                import onnx
+                from onnx import version_converter
+
+                try:
+                    up = version_converter.convert_version(onnx.load(str(src)), self.QDQ_OPSET)
+                    src = ctx.workdir / f"fp32_opset{self.QDQ_OPSET}.onnx"
+                    onnx.save(up, str(src))
+                    info["opset"] = f"{opset} -> {self.QDQ_OPSET} (onnx.version_converter, before quantizing)"
+                except Exception as e:
+                    info["opset"] = (f"{opset}; converting to {self.QDQ_OPSET} failed ({type(e).__name__}: "
+                                     f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})")
+            pre_process(src, path, info)
+            path.with_suffix(".json").write_text(json.dumps(info))
         return path
+
+    def _pre_info(self, ctx: BuildContext) -> Dict[str, str]:
+        import json
+
+        p = ctx.workdir / "fp32_preprocessed.json"
+        return json.loads(p.read_text()) if p.is_file() else {}
 
     def _transformer_optimized(self, ctx: BuildContext):
         """The fp32 export through onnxruntime.transformers.optimizer (model_type bert, the encoder's
@@ -312,15 +466,13 @@ class OnnxruntimeBackend(Backend):
             kind = getattr(config, "model_type", None) or "no transformers config"
             return self._preprocessed(ctx), {"transformer_fusion": f"none ({kind}: the optimizer runs on BERT "
                                                                    "encoders here)"}
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-
         fused, path = ctx.workdir / "fp32_transformer_fused.onnx", ctx.workdir / "fp32_transformer_optimized.onnx"
         with _quiet_root_logger(logging.INFO):  # its fusion loggers report every pattern at INFO
             opt = optimize_model(str(self._fp32(ctx)), model_type="bert", num_heads=int(config.num_attention_heads),
                                  hidden_size=int(config.hidden_size), opt_level=0)
             opt.save_model_to_file(str(fused))
-            # symbolic shape inference knows the fused contrib ops: the quantizer learns their output types
-            quant_pre_process(str(fused), str(path), skip_optimization=True, skip_symbolic_shape=False)
+        # symbolic shape inference knows the fused contrib ops: the quantizer learns their output types
+        pre_process(fused, path, {}, skip_optimization=True)
         stats = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
         if not stats.get("Attention"):
             return self._preprocessed(ctx), {"transformer_fusion": "none (the optimizer fused no Attention: "
@@ -363,11 +515,21 @@ class OnnxruntimeBackend(Backend):
             quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8,
                              per_channel=ctx.cfg.quant.granularity.value == "per_channel", op_types_to_quantize=ops)
         info = op_counts(out)
-        info.update({"convolutions": str(conv).lower(), "quantized_op_types": ",".join(ops), **fused})
+        info.update({"convolutions": str(conv).lower(), "quantized_op_types": ",".join(ops), **fused,
+                     **self._pre_info(ctx)})
         if not conv:
             info["note"] = ("dynamic int8 covers MatMul/Gemm, LSTM, Attention and Gather; convolutions stay fp32 "
                             "(quant.convolutions=true makes them ConvInteger, slower than fp32 Conv on x86)")
-        info["float_weight_ops"] = float_weight_ops(onnx.load(str(out)))  # what still reads fp32 weights
+        result = onnx.load(str(out))
+        info["float_weight_ops"] = float_weight_ops(result)  # what still reads fp32 weights
+        integer = {"MatMulInteger", "ConvInteger", "DynamicQuantizeLSTM", "QAttention", "DynamicQuantizeMatMul",
+                   "QEmbedLayerNormalization", "GatherBlockQuantized"}
+        if not integer & {n.op_type for n in result.graph.node} and not any(
+                i.data_type in (2, 3) for i in result.graph.initializer):  # no int8 op, no int8 weight
+            raise Unsupported(f"quant=dynamic on onnxruntime quantized nothing: the model's weights are all in ops "
+                              f"dynamic int8 leaves float here ({info['float_weight_ops']})"
+                              + ("; its convolutions stay fp32 unless quant.convolutions=true (ConvInteger, slower "
+                                 "than fp32 Conv on x86)" if not conv else ""))
         return Artifact(out, ctx.input_dtype, info)
 
     def build_static(self, ctx: BuildContext, out: Path) -> Artifact:
@@ -382,6 +544,8 @@ class OnnxruntimeBackend(Backend):
         method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                   "percentile": CalibrationMethod.Percentile}[q.method.value]
         extra = {"CalibPercentile": q.percentile} if q.method.value == "percentile" else {}
+        if q.method.value == "minmax":  # ranges computed batch by batch and merged: the same min and max
+            extra["CalibStridedMinMax"] = 1
         # x86 without VNNI: ORT's u8s8 int8 kernels (AVX2 vpmaddubsw) saturate 16-bit sums, which ORT's
         # docs answer with 7-bit weights (reduce_range). Measured on an AVX2-only EPYC: a QDQ cnn scored
         # 91.14% run unfused but 90.00% with the fused kernels; with reduce_range, 91.18% at the same
@@ -393,14 +557,16 @@ class OnnxruntimeBackend(Backend):
         activation = QuantType.QUInt8 if x86 else QuantType.QInt8
         src = self._preprocessed(ctx)
         scope: Dict[str, Any] = {}
-        if ctx.cfg.model.family == "transformer":
+        attention = ctx.cfg.model.family != "transformer" and has_attention(src)
+        if ctx.cfg.model.family == "transformer" or attention:
             scope = transformer_static_scope(src)
         if float_layers:
             scope["nodes_to_exclude"] = [*scope.get("nodes_to_exclude", []), *float_layers]
         cache = ctx.workdir / f"calibration_{q.method.value}_{q.samples}_{q.percentile}.json"
         with _quiet_root_logger():
             quantize_static(
-                str(src), str(out), TrainingSamplesReader(ctx.calibration, input_name(src)),
+                str(src), str(out), TrainingSamplesReader(ctx.calibration, input_names(src),
+                                                          ctx.cfg.benchmark.eval_batch_size),
                 quant_format=QuantFormat.QDQ, activation_type=activation, weight_type=QuantType.QInt8,
                 per_channel=q.granularity.value == "per_channel", reduce_range=reduce_range, calibrate_method=method,
                 extra_options=extra, calibration_cache_path=str(cache), **scope,
@@ -411,6 +577,10 @@ class OnnxruntimeBackend(Backend):
                 info["quantized_op_types"] = ",".join(scope["op_types_to_quantize"])
             info["excluded_nodes"] = ",".join(scope["nodes_to_exclude"])
             info["float_op_types"] = float_compute_ops(out)
+        info.update(self._pre_info(ctx))
+        if attention:
+            info["attention_scope"] = ("the graph has attention (Softmax, activation x activation MatMul): the "
+                                       "transformer scope (MatMul/Gemm/Gather weights int8; masks, softmax, norms float)")
         info.update({"reduce_range": str(reduce_range).lower(),
                      "activation_dtype": "uint8" if activation == QuantType.QUInt8 else "int8", "weight_dtype": "int8"})
         return Artifact(out, ctx.input_dtype, info)
@@ -506,7 +676,7 @@ class OnnxruntimeBackend(Backend):
             for key, path in (("float", src), ("qdq", int8_path)):
                 aug = work / f"{key}_augmented.onnx"
                 dbg.modify_model_output_intermediate_tensors(str(path), str(aug))
-                acts[key] = dbg.collect_activations(str(aug), TrainingSamplesReader(x, input_name(path)))
+                acts[key] = dbg.collect_activations(str(aug), TrainingSamplesReader(x, input_names(path)))
         matched = dbg.create_activation_matching(acts["qdq"], acts["float"])
         qdq = onnx.load(str(int8_path)).graph
         inits = {i.name: numpy_helper.to_array(i) for i in qdq.initializer}
@@ -565,7 +735,8 @@ class OnnxruntimeRunner(Runner):
         import onnxruntime as ort
 
         self.session = ort.InferenceSession(path, self._options(), providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
+        self.inputs = [(i.name, np.dtype(ORT_TYPES.get(i.type, input_dtype))) for i in self.session.get_inputs()]
+        self.input_name = self.inputs[0][0]
         self.dtype = np.dtype(input_dtype)
 
     def _options(self):
@@ -585,14 +756,22 @@ class OnnxruntimeRunner(Runner):
         }[level]
         return so
 
-    def prepare(self, x: np.ndarray) -> Any:
+    def prepare(self, x) -> Any:
+        """Each input by its name, in the dtype the graph declares (int64 ids, float32 images)."""
+        from bsb_hydra.feeds import Feeds
+
+        if isinstance(x, Feeds):
+            return {name: np.ascontiguousarray(x.arrays[name], dtype=dtype) for name, dtype in self.inputs}
         return {self.input_name: np.ascontiguousarray(x, dtype=self.dtype)}
 
     def run(self, prepared: Any) -> Any:
         return self.session.run(None, prepared)
 
-    def to_numpy(self, out: Any) -> np.ndarray:
-        return np.asarray(out[0], dtype=np.float32)
+    def outputs(self, out: Any) -> List[np.ndarray]:
+        return [np.asarray(o) for o in out]
+
+    def output_names(self) -> List[str]:
+        return [o.name for o in self.session.get_outputs()]
 
     def profile(self, prepared: Any, runs: int) -> Dict[str, Any]:
         """A second session of the same file and options with ORT's profiler on (after one call

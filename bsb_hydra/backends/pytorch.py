@@ -13,7 +13,7 @@ import copy
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -23,12 +23,28 @@ from bsb_hydra.backends.base import Artifact, Backend, BuildContext, Runner, Uns
 CALIBRATION_BATCH = 32
 
 
+def _args(example) -> tuple:
+    """The forward's positional arguments for an example: one array or tensor, a tuple of tensors,
+    or a Feeds of several named inputs (bsb_hydra/feeds.py)."""
+    import torch
+
+    from bsb_hydra.feeds import to_torch_args
+
+    if isinstance(example, torch.Tensor):
+        return (example,)
+    if isinstance(example, tuple):
+        return example
+    return to_torch_args(example)
+
+
 def _save_script(module, example, out: Path) -> None:
     import torch
 
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(module, example, check_trace=False)
+        # strict=False: a module that returns a dict (torchvision's segmentation models: {"out": ...})
+        # keeps it; its structure does not depend on the input
+        traced = torch.jit.trace(module, _args(example), check_trace=False, strict=False)
         traced = torch.jit.freeze(traced)  # weights become constants; the same for every scheme
         torch.jit.save(traced, str(out))
 
@@ -67,7 +83,7 @@ def _channels_last(module, example):
     import torch
     from torch import nn
 
-    if example.ndim != 4 or not any(isinstance(m, nn.Conv2d) for m in module.modules()):
+    if getattr(example, "ndim", 0) != 4 or not any(isinstance(m, nn.Conv2d) for m in module.modules()):
         return module, "contiguous"
 
     class ChannelsLast(nn.Module):
@@ -91,11 +107,22 @@ def _save_float(module, example, out: Path, ctx: BuildContext, allow_aoti: bool 
     if b.channels_last:
         module, fmt = _channels_last(module, example)
     info = {"memory_format": fmt, "export": b.export if allow_aoti else "torchscript"}
-    x = torch.from_numpy(example) if isinstance(example, np.ndarray) else example
+    x = _args(example)
     if b.export == "aoti" and allow_aoti:
-        return Artifact(_save_aoti(module, x, out, ctx.cfg.device.threads), ctx.input_dtype, info)
+        if len(x) != 1:
+            raise Unsupported("backend.export=aoti builds a one-input package here; this model takes "
+                              f"{len(x)} inputs (use backend.export=torchscript)")
+        return Artifact(_save_aoti(module, x[0], out, ctx.cfg.device.threads), ctx.input_dtype, info)
     _save_script(module, x, out)
     return Artifact(out, ctx.input_dtype, info)
+
+
+def _compiled(model) -> bool:
+    """A TorchScript module or an ExportedProgram's graph: compiled code, not Python modules."""
+    import torch
+
+    return isinstance(model, torch.jit.ScriptModule) or type(model).__name__ == "GraphModule" and \
+        not any(type(m).__module__.startswith("torch.nn.modules") for m in model.modules())
 
 
 def _bn_folded(model):
@@ -249,6 +276,19 @@ class PytorchBackend(Backend):
         if q.scheme.value in ("static", "auto") and q.method.value in ("entropy", "percentile"):
             return (f"quant.method={q.method.value}: torch.ao has no {q.method.value} calibration observer; "
                     "use minmax or histogram (HistogramObserver) on pytorch, or entropy/percentile on onnxruntime")
+        kind = getattr(cfg.model, "file_kind", lambda: None)()
+        if kind and q.scheme.value in ("static", "qat", "auto", "fake_quant"):
+            what = "a TorchScript file" if kind == "torchscript" else "an ExportedProgram file"
+            return (f"quant={q.scheme.value} on pytorch: torch.ao's FX graph mode traces a Python nn.Module to fuse "
+                    f"and insert observers, and model.checkpoint is {what} (compiled code, no modules to trace); "
+                    "run it on onnxruntime (from the file's ONNX export), or give the module's code as "
+                    "model.target with a state_dict")
+        return None
+
+    def task_reason(self, cfg, task) -> Optional[str]:
+        specs = cfg.model.input_specs()
+        if specs and len(specs) > 1 and cfg.quant.scheme.value in ("qat", "fake_quant"):
+            return f"quant={cfg.quant.scheme.value} on pytorch fine-tunes one-input models here; this one takes {len(specs)}"
         return None
 
     def runner_settings(self, cfg, engine: str) -> Dict[str, Any]:
@@ -269,9 +309,9 @@ class PytorchBackend(Backend):
         import torch
 
         half = _bn_folded(ctx.model).half()
-        example = torch.from_numpy(ctx.example)
-        floating = example.is_floating_point()  # token ids stay int64
-        art = _save_float(half, example.half() if floating else example, out, ctx)
+        args = _args(ctx.example)
+        floating = args[0].is_floating_point()  # token ids stay int64
+        art = _save_float(half, tuple(a.half() if a.is_floating_point() else a for a in args), out, ctx)
         art.input_dtype = "float16" if floating else ctx.input_dtype
         art.info["note"] = "fp16 weights and compute on the CPU"
         return art
@@ -292,6 +332,12 @@ class PytorchBackend(Backend):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             q = quantize_dynamic(_bn_folded(ctx.model), spec, dtype=torch.qint8)
+        quantized = [type(m).__name__ for m in q.modules() if type(m).__module__.startswith("torch.ao.nn.quantized")]
+        if not quantized:  # nothing swapped: the artifact would be the fp32 model at 1.00x, called int8
+            raise Unsupported(f"quant=dynamic on pytorch quantized nothing: model={ctx.cfg.model.name} has no "
+                              "nn.Linear, nn.LSTM or nn.Embedding module torch.ao's quantize_dynamic can swap"
+                              + (" (a TorchScript or exported file holds compiled code, not modules: run dynamic on "
+                                 "onnxruntime)" if _compiled(ctx.model) else ""))
         art = _save_float(q, ctx.example, out, ctx, allow_aoti=False)
         art.info.update(_layer_counts(q))
         art.info["note"] = "dynamic int8 covers Linear, LSTM and Embedding layers; convolutions stay fp32"
@@ -328,8 +374,8 @@ class PytorchBackend(Backend):
 
         torch.backends.quantized.engine = ctx.engine
         qconfig, reduce_range = self._static_qconfig(ctx)
-        example = torch.from_numpy(ctx.example)
-        calibrate = lambda m: [m(torch.from_numpy(ctx.calibration[i:i + CALIBRATION_BATCH]))  # noqa: E731
+        example = _args(ctx.example)
+        calibrate = lambda m: [m(*_args(ctx.calibration[i:i + CALIBRATION_BATCH]))  # noqa: E731
                                for i in range(0, len(ctx.calibration), CALIBRATION_BATCH)]
         folded = None
         with warnings.catch_warnings(), torch.inference_mode():
@@ -344,7 +390,13 @@ class PytorchBackend(Backend):
                 mapping = QConfigMapping().set_global(qconfig)
                 for name in float_layers:
                     mapping.set_module_name(name, None)
-                prepared = prepare_fx(copy.deepcopy(ctx.model).eval(), mapping, (example,))
+                try:
+                    prepared = prepare_fx(copy.deepcopy(ctx.model).eval(), mapping, example)
+                except Exception as e:  # symbolic tracing of control flow (a detector's post-processing)
+                    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+                    raise Unsupported(f"quant={ctx.cfg.quant.scheme.value} on pytorch: torch.ao's FX graph mode cannot "
+                                      f"trace model={ctx.cfg.model.name} ({type(e).__name__}: {first}); run static int8 "
+                                      "on onnxruntime (from its ONNX export) or tflite") from None
                 calibrate(prepared)
                 folded = _fold_clip_ranges(prepared) if ctx.cfg.backend.fold_relu6 else None
                 quantized, note = convert_fx(prepared), "FX graph mode: conv+bn(+relu) fused, int8 between layers"
@@ -388,7 +440,7 @@ class PytorchBackend(Backend):
                 warnings.simplefilter("ignore")
                 quantized = convert_fx(copy.deepcopy(qat.model))
             method = "torch.ao FX prepare_qat_fx -> convert_fx"
-        _save_script(quantized, torch.from_numpy(ctx.example), out)
+        _save_script(quantized, ctx.example, out)
         info = _layer_counts(quantized)
         info.update({"reduce_range": str(qat.reduce_range).lower(), "engine": ctx.engine,
                      "qat_method": method,
@@ -407,7 +459,7 @@ class PytorchBackend(Backend):
         if facts["int4_linears"] == "0":
             raise Unsupported(f"quant=int4_weight_only on pytorch: model={ctx.cfg.model.name} has no nn.Linear "
                               "for the 4-bit kernel")
-        _save_script(model, torch.from_numpy(ctx.example), out)
+        _save_script(model, ctx.example, out)
         info = {**_layer_counts(model), **facts, "weight_bits": "4", "block_size": str(q.block_size),
                 "symmetric": str(q.symmetric).lower(),
                 "kernel": "aten._weight_int4pack_mm_for_cpu (torch's CPU int4 matmul, tinygemm layout)",
@@ -424,7 +476,7 @@ class PytorchBackend(Backend):
         q = ctx.cfg.quant
         sim = simulate(_bn_folded(ctx.model), q.bits, q.granularity.value == "per_channel", q.activations,
                        ctx.calibration, q if q.qat else None, ctx.data, ctx.cfg.seed)
-        _save_script(sim.model, torch.from_numpy(ctx.example), out)
+        _save_script(sim.model, ctx.example, out)
         info = {"simulated": "true", "weight_bits": str(q.bits), "fake_quant_layers": str(len(sim.layers)),
                 "activation_quantizers": str(sim.activation_quantizers),
                 "note": (f"SIMULATED: Conv/Linear/Embedding weights rounded to {q.bits} bits (symmetric, "
@@ -468,17 +520,33 @@ class PytorchRunner(Runner):
         cls._mode.__enter__()
         cls._process_inference = True
 
-    def prepare(self, x: np.ndarray) -> Any:
-        return self.torch.from_numpy(np.ascontiguousarray(x)).to(self.dtype)
+    def prepare(self, x) -> Any:
+        """The forward's positional arguments: one tensor, or one per input of a Feeds, in order."""
+        from bsb_hydra.feeds import Feeds
+
+        if isinstance(x, Feeds):
+            return tuple(self.torch.from_numpy(np.ascontiguousarray(v)) for v in x.values())
+        return (self.torch.from_numpy(np.ascontiguousarray(x)).to(self.dtype),)
 
     def run(self, prepared: Any) -> Any:
         if self._process_inference:
-            return self.model(prepared)
+            return self.model(*prepared)
         with self.torch.inference_mode():
-            return self.model(prepared)
+            return self.model(*prepared)
 
-    def to_numpy(self, out: Any) -> np.ndarray:
-        return out.float().numpy()
+    def outputs(self, out: Any) -> List[np.ndarray]:
+        from bsb_hydra.feeds import flatten_outputs
+
+        arrays = [t.float().numpy() if t.is_floating_point() else t.numpy() for t in flatten_outputs(out)]
+        self._n_outputs = len(arrays)
+        return arrays
+
+    _n_outputs = 1
+
+    def output_names(self) -> List[str]:
+        """A TorchScript or AOTInductor file keeps no output names: output_0, output_1, ... in order
+        (the ONNX export of the same module names them the same way)."""
+        return [f"output_{i}" for i in range(self._n_outputs)]
 
     def profile(self, prepared: Any, runs: int) -> Dict[str, Any]:
         from torch.profiler import ProfilerActivity, profile

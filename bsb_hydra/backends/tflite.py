@@ -89,6 +89,15 @@ class TfliteBackend(Backend):
         from bsb_hydra.backends.keras_twins import TWINS
 
         q = cfg.quant
+        specs = cfg.model.input_specs()
+        if specs and len(specs) > 1:
+            return (f"model={cfg.model.name} takes {len(specs)} inputs ({', '.join(s.name for s in specs)}); the TFLite "
+                    "path here (litert-torch, one example tensor per batch size) converts one-input models: run it "
+                    "on onnxruntime or pytorch")
+        if litert and getattr(cfg.model, "file_kind", lambda: None)() == "torchscript":
+            return ("model.checkpoint is a TorchScript file: litert-torch converts through torch.export, which takes "
+                    "a Python nn.Module, not TorchScript's compiled code; run it on onnxruntime or pytorch, or give "
+                    "the module's code as model.target with a state_dict")
         if not litert and cfg.model.name not in TWINS:
             return (f"backend.converter=keras_twin: model={cfg.model.name} has no Keras twin "
                     f"(twins exist for {', '.join(sorted(TWINS))}); backend.converter=auto uses litert-torch")
@@ -345,8 +354,8 @@ class TfliteRunner(Runner):
 
     def _use(self, interpreter) -> None:
         self.interpreter = interpreter
-        self.inp = self.interpreter.get_input_details()[0]
-        self.outp = self.interpreter.get_output_details()[0]
+        self.inps, self.outps, self.out_names = _ordered_io(interpreter)
+        self.inp, self.outp = self.inps[0], self.outps[0]
         self.batch = int(self.inp["shape"][0])
         # NCHW inputs reach a model that takes NHWC (a twin) transposed; a litert-torch model takes NCHW
         self.channels_last = len(self.inp["shape"]) == 4 and int(self.inp["shape"][-1]) in (1, 3) \
@@ -358,44 +367,49 @@ class TfliteRunner(Runner):
                 self._use(self._interpreters.get(batch) or self._open(self.files[batch], batch))
             return
         if batch != self.batch:
-            shape = [batch] + [int(d) for d in self.inp["shape"][1:]]
-            self.interpreter.resize_tensor_input(self.inp["index"], shape)
+            for d in self.inps:
+                self.interpreter.resize_tensor_input(d["index"], [batch] + [int(v) for v in d["shape"][1:]])
             self.interpreter.allocate_tensors()
-            self.inp = self.interpreter.get_input_details()[0]
-            self.outp = self.interpreter.get_output_details()[0]
-            self.batch = batch
+            self._use(self.interpreter)
 
-    def prepare(self, x: np.ndarray) -> Any:
-        if self.files is not None and x.shape[0] not in self.files:  # evaluation: chunks of the largest batch
+    def prepare(self, x) -> Any:
+        from bsb_hydra.feeds import Feeds
+
+        parts = list(x.values()) if isinstance(x, Feeds) else [x]
+        if len(parts) != len(self.inps):
+            raise ValueError(f"the .tflite model takes {len(self.inps)} inputs, {len(parts)} were given")
+        n = len(parts[0])
+        if self.files is not None and n not in self.files:  # evaluation: chunks of the largest batch
             b = max(self.files)
             self._resize(b)
             chunks = _Chunks()
-            for i in range(0, len(x), b):
-                part = x[i:i + b]
-                pad = b - len(part)
-                chunks.append(self._prepare(np.concatenate([part, np.zeros((pad, *part.shape[1:]), part.dtype)])
-                                            if pad else part))
-            chunks.keep = len(x)
+            for i in range(0, n, b):
+                pad = b - min(b, n - i)
+                chunks.append([self._prepare(d, np.concatenate([p[i:i + b], np.zeros((pad, *p.shape[1:]), p.dtype)])
+                                             if pad else p[i:i + b]) for d, p in zip(self.inps, parts)])
+            chunks.keep = n
             return chunks
-        self._resize(x.shape[0])
-        return self._prepare(x)
+        self._resize(n)
+        return [self._prepare(d, p) for d, p in zip(self.inps, parts)]
 
-    def _prepare(self, x: np.ndarray) -> Any:
+    def _prepare(self, detail, x: np.ndarray) -> Any:
         if np.issubdtype(x.dtype, np.integer):  # token ids: the model's own index dtype (int32)
-            return np.ascontiguousarray(x, dtype=self.inp["dtype"])
+            return np.ascontiguousarray(x, dtype=detail["dtype"])
         if x.ndim == 4 and self.channels_last:
             x = x.transpose(0, 2, 3, 1)
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if np.dtype(self.inp["dtype"]) != np.float32:
-            scale, zero = self.inp["quantization"]
-            info = np.iinfo(self.inp["dtype"])
-            x = np.clip(np.round(x / scale) + zero, info.min, info.max).astype(self.inp["dtype"])
+        if np.dtype(detail["dtype"]) != np.float32:
+            scale, zero = detail["quantization"]
+            info = np.iinfo(detail["dtype"])
+            x = np.clip(np.round(x / scale) + zero, info.min, info.max).astype(detail["dtype"])
         return x
 
     def run(self, prepared: Any) -> Any:
         if type(prepared) is _Chunks:
-            return np.concatenate([self.run(part) for part in prepared])[:prepared.keep]
-        self.interpreter.set_tensor(self.inp["index"], prepared)
+            runs = [self.run(part) for part in prepared]
+            return [np.concatenate([r[k] for r in runs])[:prepared.keep] for k in range(len(runs[0]))]
+        for d, a in zip(self.inps, prepared):
+            self.interpreter.set_tensor(d["index"], a)
         try:
             self.interpreter.invoke()
         except RuntimeError as e:
@@ -404,7 +418,7 @@ class TfliteRunner(Runner):
             # e.g. the unrolled full-integer LSTM at seq_len 64: the delegate refuses to prepare it
             raise RuntimeError(f"{str(e).strip().rstrip('.')}. XNNPACK could not run this model; backend.xnnpack=false "
                                "measures it, and its fp32 reference, with TFLite's builtin kernels") from e
-        return self.interpreter.get_tensor(self.outp["index"])
+        return [self.interpreter.get_tensor(d["index"]) for d in self.outps]
 
     def profile(self, prepared: Any, runs: int) -> Dict[str, Any]:
         """Which nodes XNNPACK took (no per-op timer in TFLite's Python API: counts, not times)."""
@@ -412,11 +426,50 @@ class TfliteRunner(Runner):
 
         return tflite_summary(self.interpreter._get_ops_details())
 
-    def to_numpy(self, out: Any) -> np.ndarray:
-        if np.dtype(self.outp["dtype"]) != np.float32:
-            scale, zero = self.outp["quantization"]
-            return (out.astype(np.float32) - zero) * scale
-        return np.asarray(out, dtype=np.float32)
+    def outputs(self, out: Any) -> List[np.ndarray]:
+        """Each output, int8 ones dequantized with their scale; a twin's NHWC image output as NCHW."""
+        arrays = []
+        for d, a in zip(self.outps, out):
+            if np.dtype(d["dtype"]) in (np.int8, np.uint8, np.int16) and d["quantization"][0]:
+                scale, zero = d["quantization"]
+                a = (a.astype(np.float32) - zero) * scale
+            if a.ndim == 4 and self.channels_last:
+                a = a.transpose(0, 3, 1, 2)
+            arrays.append(np.asarray(a))
+        return arrays
+
+    def output_names(self) -> List[str]:
+        return list(self.out_names)
+
+
+def _ordered_io(interpreter):
+    """Input and output details in the model's own order: a signature's argument and output names
+    (args_0, args_1 / output_0, output_1, numbered in the order of the source's forward), else the
+    interpreter's order. Returns (inputs, outputs, output names)."""
+    import re
+
+    ins, outs = interpreter.get_input_details(), interpreter.get_output_details()
+    try:
+        sigs = interpreter._get_full_signature_list() or {}
+    except Exception:
+        sigs = {}
+    sig = next(iter(sigs.values()), None) if len(sigs) == 1 else None
+    names = {d["index"]: d["name"] for d in outs}
+
+    def natural(name: str):
+        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+    if sig:
+        by_index_in = {d["index"]: d for d in ins}
+        by_index_out = {d["index"]: d for d in outs}
+        sig_in = sorted(sig.get("inputs", {}).items(), key=lambda kv: natural(kv[0]))
+        sig_out = sorted(sig.get("outputs", {}).items(), key=lambda kv: natural(kv[0]))
+        if len(sig_in) == len(ins) and all(i in by_index_in for _, i in sig_in):
+            ins = [by_index_in[i] for _, i in sig_in]
+        if len(sig_out) == len(outs) and all(i in by_index_out for _, i in sig_out):
+            outs = [by_index_out[i] for _, i in sig_out]
+            names = {i: n for n, i in sig_out}
+    return ins, outs, [names[d["index"]] for d in outs]
 
 
 RUNTIME_MODULE = "ai_edge_litert.interpreter"  # what the benchmark worker imports before its baseline

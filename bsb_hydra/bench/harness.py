@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import numpy as np
+from bsb_hydra.bench.outputs import OutputReader
+
 
 class WorkerError(RuntimeError):
     pass
@@ -33,7 +34,7 @@ class Item:
 @dataclass
 class WorkerResult:
     data: dict  # the item's measurements; plus the process's rss_after_import_mb, cpus, heavy_modules
-    logits: Optional[np.ndarray]
+    outputs: Optional[OutputReader]  # every output over the evaluation inputs (evaluated items only)
 
 
 def _wait_while_moving(proc: subprocess.Popen, heartbeat: Path, timeout_s: float, poll_s: float = 1.0) -> None:
@@ -48,17 +49,25 @@ def _wait_while_moving(proc: subprocess.Popen, heartbeat: Path, timeout_s: float
                 raise
 
 
-def run_worker(*, backend: str, items: List[Item], threads: int, settings: Dict, latency_input: Path,
-               latency: Optional[dict], eval_input: Optional[Path], eval_batch_size: int, workdir: Path, tag: str,
+def _spec(x):
+    """An input spec (bsb_hydra.feeds.save_inputs), or a path of one .npy array."""
+    if x is None or isinstance(x, dict):
+        return x
+    return {"kind": "array", "file": str(x)}
+
+
+def run_worker(*, backend: str, items: List[Item], threads: int, settings: Dict, latency_input: Dict,
+               latency: Optional[dict], eval_input: Optional[Dict], eval_batch_size: int, workdir: Path, tag: str,
                timeout_s: float, inject_fault: Optional[str] = None,
                cpus: Optional[List[int]] = None, profile_runs: int = 20) -> Dict[str, WorkerResult]:
-    """Measures `items` in ONE fresh process, in order; returns each item's result by its tag."""
+    """Measures `items` in ONE fresh process, in order; returns each item's result by its tag.
+    ``latency_input`` and ``eval_input`` are input specs (bsb_hydra.feeds.save_inputs)."""
     workdir.mkdir(parents=True, exist_ok=True)
     req = {
-        "backend": backend, "threads": threads, "settings": settings, "latency_input": str(latency_input),
-        "latency": latency, "eval_input": str(eval_input) if eval_input else None, "eval_batch_size": eval_batch_size,
+        "backend": backend, "threads": threads, "settings": settings, "latency_input": _spec(latency_input),
+        "latency": latency, "eval_input": _spec(eval_input), "eval_batch_size": eval_batch_size,
         "items": [{"tag": it.tag, "artifact": str(it.artifact), "input_dtype": it.input_dtype, "latency": it.latency,
-                   "evaluate": it.evaluate, "profile": it.profile, "logits_out": str(workdir / f"{tag}_{it.tag}_logits.npy")}
+                   "evaluate": it.evaluate, "profile": it.profile, "outputs_dir": str(workdir / f"{tag}_{it.tag}_outputs")}
                   for it in items],
         "result": str(workdir / f"{tag}_result.json"), "inject_fault": inject_fault, "cpus": cpus,
         "heartbeat": str(workdir / f"{tag}_heartbeat"), "profile_runs": profile_runs,
@@ -94,5 +103,5 @@ def run_worker(*, backend: str, items: List[Item], threads: int, settings: Dict,
                           f"log tail:\n{tail}")
     data = json.loads(Path(req["result"]).read_text())
     shared = {k: data[k] for k in ("rss_after_import_mb", "cpus", "heavy_modules")}
-    return {d["tag"]: WorkerResult({**shared, **d}, np.load(it["logits_out"]) if it["evaluate"] else None)
+    return {d["tag"]: WorkerResult({**shared, **d}, OutputReader(it["outputs_dir"]) if it["evaluate"] else None)
             for d, it in zip(data["items"], req["items"])}

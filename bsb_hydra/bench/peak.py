@@ -16,7 +16,7 @@ and Runner classes as every cell (bsb_hydra/bench/worker.py; per runtime one fre
 ``int8_peak_ratio`` = the best int8 GOP/s over the best fp32 GFLOP/s, across the runtimes: how much
 faster int8 arithmetic can be than fp32 on this CPU. A sweep measures it once per host (cached in
 ``peak.cache_dir`` under a key of CPU, ISA, threads, size and runtime versions) and every run carries
-it (bsb_hydra/pipeline.py: limit_metrics)."""
+it (bsb_hydra/scoring.py: limit_metrics)."""
 from __future__ import annotations
 
 import argparse

@@ -5,7 +5,8 @@ import runtime -> baseline RSS -> then for each artifact of the request, in orde
 paired fp32 reference share a process): load (timed) -> first inference (timed) -> per batch size:
 inputs prepared, warm-up, timed runs until BOTH min_runs and min_duration_s (or max_duration_s)
 -> peak RSS (first artifact only) -> predictions on the evaluation inputs. Only ``runner.run`` is
-inside the clock. Between those steps (after each evaluation batch, and every 10 s of timed runs)
+inside the clock. Inputs are one array or several named ones (bsb_hydra/feeds.py); every output
+tensor of every evaluation batch goes to disk (bsb_hydra/bench/outputs.py). Between those steps (after each evaluation batch, and every 10 s of timed runs)
 it touches the request's heartbeat file: the parent kills a worker only when that stops moving
 (harness.run_worker)."""
 from __future__ import annotations
@@ -17,6 +18,9 @@ import sys
 import time
 
 import numpy as np
+
+from bsb_hydra.bench.outputs import OutputWriter
+from bsb_hydra.feeds import load_inputs, materialize, resize
 
 HEAVY = ("torch", "onnxruntime", "tensorflow", "ai_edge_litert", "mlflow", "hydra", "transformers", "onnx")
 
@@ -88,7 +92,7 @@ def measure(runner_cls, item: dict, req: dict, clean_memory: bool) -> dict:
     out["load_ms"] = (time.perf_counter() - t0) * 1000.0
     beat(req)
 
-    latency_x = np.load(req["latency_input"])
+    latency_x = materialize(load_inputs(req["latency_input"]))
     lat = req.get("latency") if item.get("latency", True) else None
     if lat:
         first = runner.prepare(latency_x[:1])
@@ -97,7 +101,7 @@ def measure(runner_cls, item: dict, req: dict, clean_memory: bool) -> dict:
         out["first_inference_ms"] = (time.perf_counter() - t0) * 1000.0
         out["samples_ms"] = {}
         for b in lat["batch_sizes"]:
-            x = np.resize(latency_x, (b,) + latency_x.shape[1:])  # repeats real samples if b > available
+            x = resize(latency_x, b)  # repeats real samples if b > available
             out["samples_ms"][str(b)] = time_batch(runner, x, lat["warmup_runs"], lat["min_runs"],
                                                    lat["min_duration_s"], lat["max_duration_s"], lambda: beat(req))
             beat(req)
@@ -112,14 +116,14 @@ def measure(runner_cls, item: dict, req: dict, clean_memory: bool) -> dict:
             out["profile"] = {"error": f"{type(e).__name__}: {e}"[:500]}
         beat(req)
 
-    if item.get("evaluate"):
-        x = np.load(req["eval_input"], mmap_mode="r")
+    if item.get("evaluate"):  # every output of every batch, to disk: the parent reduces them batch by batch
+        x = load_inputs(req["eval_input"], mmap=True)
         bs = req["eval_batch_size"]
-        logits = []
+        writer = OutputWriter(item["outputs_dir"])
         for i in range(0, len(x), bs):
-            logits.append(runner.to_numpy(runner.run(runner.prepare(np.asarray(x[i:i + bs])))))
+            writer.write(runner.outputs(runner.run(runner.prepare(materialize(x[i:i + bs])))))
             beat(req)
-        np.save(item["logits_out"], np.concatenate(logits).astype(np.float32))
+        writer.close(runner.output_names())
     return out
 
 

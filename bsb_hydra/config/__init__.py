@@ -24,5 +24,6 @@ from bsb_hydra.config.run import (BenchmarkConfig, Config, DebugConfig, FaultSta
 from bsb_hydra.config.runtime import (ISA_FEATURES, BackendConfig, DeviceConfig, OnnxruntimeBackendConfig,
                                       PytorchBackendConfig, TfliteBackendConfig)
 from bsb_hydra.config.store import register_configs, schemas
+from bsb_hydra.config.task import TaskConfig
 
 __all__ = [n for n in dir() if not n.startswith("_")]

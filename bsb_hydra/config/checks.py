@@ -38,6 +38,17 @@ def _check_model_reads_data(cfg: DictConfig) -> None:
 
 def _cross_check(c: Config) -> None:
     """Checks across groups, on the validated config: a model and the tokenizer it needs."""
+    tokenizer = getattr(c.model, "tokenizer", None)  # model=onnx model.tokenizer=DIR: the export's own
+    if tokenizer:
+        if not hasattr(c.data, "tokenizer"):
+            raise ConfigError(f"model.tokenizer={tokenizer!r} tokenizes texts, and data={c.data.name} is not text data: "
+                              "use a text set (rt_snippets, imdb, sst2, text_csv) or leave model.tokenizer unset")
+        c.data.tokenizer, c.data.tokenizer_path = "hf", tokenizer
+    elif (type(c.model).source_kind in ("onnx", "torch") and getattr(c.data, "tokenizer", None) == "word"
+          and not c.model.needs_training(True)):
+        raise ConfigError(f"model={c.model.name} is a trained file, and data.tokenizer=word builds a vocabulary from "
+                          "this data's training texts, whose ids mean nothing to it: give the tokenizer it was "
+                          "trained with (model.tokenizer=DIR for a Hugging Face folder, or data.tokenizer=minilm)")
     needs = getattr(c.model, "needs_tokenizer", None)
     if needs and c.data.tokenizer != needs:
         raise ConfigError(f"model={c.model.name} needs data.tokenizer={needs} (its pretrained vocabulary), "

@@ -23,6 +23,9 @@ class ModelConfig:
     source_kind: ClassVar[str] = "builtin"
     # False for a model that is not a torch module (model=onnx): only backends that take its file run it.
     torch_module: ClassVar[bool] = True
+    # What its outputs are (bsb_hydra/tasks): the built-in models are classifiers; None = inferred
+    # from the outputs and the data by task=auto (a user's file).
+    task: ClassVar[Optional[str]] = "classification"
 
     @classmethod
     def label_of(cls, cfg) -> str:
@@ -33,6 +36,11 @@ class ModelConfig:
     def fixed_input_shape(self) -> Optional[Tuple[int, ...]]:
         """The per-sample input shape the model takes, when it is fixed (model=torchvision: (3, 224, 224));
         None = whatever the data gives (the built-in models are built for it)."""
+        return None
+
+    def input_specs(self):
+        """The model's inputs (bsb_hydra.feeds.InputSpec: name, per-sample shape, dtype) when it
+        declares them; None = one input, whose shape and dtype the data gives."""
         return None
 
     def needs_training(self, labelled: bool) -> bool:

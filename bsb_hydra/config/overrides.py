@@ -8,7 +8,7 @@ from bsb_hydra.config.base import ConfigError
 from bsb_hydra.config.store import schemas
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-GROUP_NAMES = ("model", "data", "quant", "backend", "device", "train", "experiment")
+GROUP_NAMES = ("model", "data", "quant", "backend", "device", "train", "task", "experiment")
 
 
 def group_options(group: str) -> List[str]:

@@ -38,9 +38,28 @@ class CalibrationMethod(Enum):
     histogram = "histogram"
 
 
+CLASSIFIER_ONLY = "task=classification (it {what}); this cell's task is {task}"
+
+
 @dataclass
 class QuantConfig:
+    """What a scheme is, for the steps that depend on it (instead of comparing scheme names): int8
+    arithmetic (speedup_vs_peak applies), whether it reads real training samples (calibration), and
+    what it needs of the data (labels) and of the task (a classifier's accuracy or loss)."""
     scheme: Scheme = MISSING
+    int8: ClassVar[bool] = False
+
+    def calibrates(self) -> bool:
+        return False
+
+    def label_reason(self) -> str:
+        """Why this scheme cannot run on unlabelled inputs ('' = it can)."""
+        return ""
+
+    def task_reason(self, task: str) -> str:
+        """Why this scheme cannot serve ``task`` ('' = it can): QAT fine-tunes with a classifier's
+        loss, quant=auto and the sensitivity analysis rank layers by accuracy."""
+        return ""
 
 
 @dataclass
@@ -57,6 +76,7 @@ class Fp16Config(QuantConfig):
 class DynamicQuantConfig(QuantConfig):
     """int8 weights; activations quantized at run time from their observed range."""
     scheme: Scheme = Scheme.dynamic
+    int8: ClassVar[bool] = True
     granularity: Granularity = Granularity.per_tensor
     # Quantize the convolutions' weights too. null = each backend's fast choice: off on onnxruntime
     # (its dynamic conv, DynamicQuantizeLinear + ConvInteger + Cast/Mul, runs an unblocked im2col and
@@ -86,11 +106,24 @@ class StaticQuantConfig(QuantConfig):
     analyze: bool = False
     eval_samples: int = 1000
 
+    int8: ClassVar[bool] = True
+
     def __post_init__(self) -> None:
         _positive("quant.samples", self.samples)
         _positive("quant.eval_samples", self.eval_samples)
         if not 90.0 <= self.percentile <= 100.0:
             raise ConfigError(f"quant.percentile={self.percentile} is not allowed: use 90 <= p <= 100")
+
+    def calibrates(self) -> bool:
+        return True
+
+    def label_reason(self) -> str:
+        return "quant.analyze=true ranks layers by the accuracy they cost" if self.analyze else ""
+
+    def task_reason(self, task: str) -> str:
+        if self.analyze and task != "classification":
+            return "quant.analyze=true needs " + CLASSIFIER_ONLY.format(what="ranks layers by accuracy", task=task)
+        return ""
 
 
 @dataclass
@@ -109,12 +142,26 @@ class QatQuantConfig(QuantConfig):
     # As for static: 7-bit ranges where int8 kernels can saturate (x86 without VNNI). null = auto.
     reduce_range: Optional[bool] = None
 
+    int8: ClassVar[bool] = True
+
     def __post_init__(self) -> None:
         _positive("quant.epochs", self.epochs)
         _positive("quant.lr", self.lr)
         _positive("quant.batch_size", self.batch_size)
         _positive("quant.limit_samples", self.limit_samples, allow_none=True)
         _positive("quant.samples", self.samples)
+
+    def calibrates(self) -> bool:
+        return True
+
+    def label_reason(self) -> str:
+        return "quant=qat fine-tunes on labelled training samples"
+
+    def task_reason(self, task: str) -> str:
+        if task != "classification":
+            return "quant=qat needs " + CLASSIFIER_ONLY.format(what="fine-tunes with a classifier's cross-entropy loss",
+                                                               task=task)
+        return ""
 
 
 @dataclass
@@ -167,6 +214,18 @@ class FakeQuantConfig(QuantConfig):
 
     BITS: ClassVar[tuple] = (2, 3, 4, 5, 6, 7, 8)
 
+    def calibrates(self) -> bool:
+        return self.activations
+
+    def label_reason(self) -> str:
+        return "quant=fake_quant quant.qat=true fine-tunes on labelled training samples" if self.qat else ""
+
+    def task_reason(self, task: str) -> str:
+        if self.qat and task != "classification":
+            return "quant=fake_quant quant.qat=true needs " + CLASSIFIER_ONLY.format(
+                what="fine-tunes with a classifier's cross-entropy loss", task=task)
+        return ""
+
     def __post_init__(self) -> None:
         if self.bits not in self.BITS:
             raise ConfigError(f"quant.bits={self.bits} is not allowed for fake_quant: valid values are 2..8")
@@ -200,6 +259,15 @@ class AutoQuantConfig(StaticQuantConfig):
         if self.budget_rel is not None and not 0.0 <= self.budget_rel < 1.0:
             raise ConfigError(f"quant.budget_rel={self.budget_rel} is not allowed: use a fraction 0 <= r < 1, e.g. 0.01")
         _positive("quant.max_trials", self.max_trials)
+
+    def label_reason(self) -> str:
+        return "quant=auto ranks layers by the accuracy they cost"
+
+    def task_reason(self, task: str) -> str:
+        if task != "classification":
+            return "quant=auto needs " + CLASSIFIER_ONLY.format(what="keeps layers float until an accuracy budget holds",
+                                                                task=task)
+        return ""
 
     def budget_for(self, fp32_accuracy: float) -> float:
         """The allowed drop as a fraction (0.01 = 1 pp)."""

@@ -152,6 +152,7 @@ class Config:
     backend: Any = MISSING
     device: Any = MISSING
     train: Any = MISSING
+    task: Any = MISSING
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)

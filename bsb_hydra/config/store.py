@@ -32,6 +32,10 @@ def schemas(group: str) -> Dict[str, Any]:
         from bsb_hydra.models import MODELS
 
         return MODELS.schemas()
+    if group == "task":
+        from bsb_hydra.tasks import TASKS
+
+        return TASKS.schemas()
     if group == "data":
         from bsb_hydra.data import DATASETS
 
@@ -51,6 +55,6 @@ def register_configs() -> None:
 
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
-    for group in ("model", "data", *_FIXED):
+    for group in ("model", "data", "task", *_FIXED):
         for name, node in schemas(group).items():
             cs.store(group=f"schema/{group}", name=name, node=node)

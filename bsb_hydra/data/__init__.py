@@ -41,6 +41,7 @@ class Dataset:
 
     @property
     def input_shape(self) -> Tuple[int, ...]:
+        """One sample's shape (of the first input, for a model with several: bsb_hydra/feeds.py)."""
         return tuple(self.x_train.shape[1:])
 
     @property
@@ -59,21 +60,22 @@ def _subset_idx(n: int, limit, rng: np.random.Generator) -> Optional[np.ndarray]
 _LAST: dict = {}
 
 
-def load_dataset(cfg, seed: int, model_shape: Optional[Tuple[int, ...]] = None) -> Dataset:
+def load_dataset(cfg, seed: int, model_shape: Optional[Tuple[int, ...]] = None, specs=None) -> Dataset:
     """Load ``cfg.name`` and apply the seeded ``limit_train`` / ``limit_test`` subsets. A repeat
     request for the same data config and seed in the same process returns the arrays loaded before
     (in a fresh Dataset object). ``model_shape``: the model's fixed per-sample input, for sets that
-    take their shape from it (data=random)."""
+    take their shape from it (data=random); ``specs``: the model's inputs (bsb_hydra.feeds.InputSpec:
+    name, shape, dtype) when it declares them, for sets that feed several (data=random, text)."""
     try:
         from omegaconf import OmegaConf
 
         plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg) else vars(cfg)
-        key = json.dumps([plain, seed, model_shape], sort_keys=True, default=str)
+        key = json.dumps([plain, seed, model_shape, [vars(s) for s in specs or []]], sort_keys=True, default=str)
     except (TypeError, ValueError):
         key = None
     if key is not None and _LAST.get("key") == key:
         return dataclasses.replace(_LAST["ds"])
-    ds = _load_dataset(cfg, seed, model_shape)
+    ds = _load_dataset(cfg, seed, model_shape, specs)
     if key is not None:
         _LAST.clear()
         _LAST.update(key=key, ds=ds)
@@ -81,11 +83,17 @@ def load_dataset(cfg, seed: int, model_shape: Optional[Tuple[int, ...]] = None) 
     return ds
 
 
-def _load_dataset(cfg, seed: int, model_shape) -> Dataset:
+def _load_dataset(cfg, seed: int, model_shape, specs=None) -> Dataset:
     from bsb_hydra.data.transforms import take
+    from bsb_hydra.feeds import Feeds
 
     loader = DATASETS.get(cfg.name)
-    ds: Dataset = loader(cfg, seed, model_shape) if getattr(loader, "takes_model_shape", False) else loader(cfg, seed)
+    if getattr(loader, "takes_specs", False):
+        ds: Dataset = loader(cfg, seed, model_shape, specs)
+    elif getattr(loader, "takes_model_shape", False):
+        ds = loader(cfg, seed, model_shape)
+    else:
+        ds = loader(cfg, seed)
     rng = np.random.default_rng(seed)
     idx = _subset_idx(len(ds.x_train), cfg.limit_train, rng)
     if idx is not None:
@@ -102,10 +110,13 @@ def _load_dataset(cfg, seed: int, model_shape) -> Dataset:
         dtype = np.int64 if np.issubdtype(ds.x_train.dtype, np.integer) else np.float32  # token ids stay ints
         ds.x_train = np.ascontiguousarray(ds.x_train, dtype=dtype)
         ds.x_test = np.ascontiguousarray(ds.x_test, dtype=dtype)
-    if ds.y_train is not None:
-        ds.y_train = ds.y_train.astype(np.int64)
-    if ds.y_test is not None:
-        ds.y_test = ds.y_test.astype(np.int64)
+    elif isinstance(ds.x_train, Feeds):  # several inputs: each keeps the dtype its loader gave it
+        ds.x_train = Feeds({k: np.ascontiguousarray(v) for k, v in ds.x_train.items()})
+        ds.x_test = Feeds({k: np.ascontiguousarray(v) for k, v in ds.x_test.items()})
+    for split in ("y_train", "y_test"):  # class ids and masks as int64; float targets stay float
+        y = getattr(ds, split)
+        if y is not None and np.issubdtype(y.dtype, np.integer):
+            setattr(ds, split, y.astype(np.int64))
     return ds
 
 
@@ -117,14 +128,13 @@ def stratified_split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: i
 
 
 def calibration_indices(ds: Dataset, n: int, seed: int) -> np.ndarray:
-    """Indices into the TRAINING split of ``n`` calibration samples, chosen with the seed."""
-    if n > len(ds.x_train):
+    """Indices into the TRAINING split of ``n`` calibration samples, chosen with the seed; every
+    sample when the split has fewer than ``n`` (the caller logs how many were used)."""
+    if len(ds.x_train) == 0:
         from bsb_hydra.config.base import InputError
 
-        raise InputError(
-            f"quant.samples={n} is larger than the training split ({len(ds.x_train)} samples); "
-            f"use at most {len(ds.x_train)}"
-        )
+        raise InputError(f"data={ds.name} has no training samples to calibrate on")
+    n = min(n, len(ds.x_train))
     return np.sort(np.random.default_rng(seed + 1).choice(len(ds.x_train), size=n, replace=False))
 
 

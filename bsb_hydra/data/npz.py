@@ -1,12 +1,17 @@
 """A user's arrays in one ``.npz`` file (``data=npz data.path=FILE.npz``): ``x_train, y_train, x_test,
-y_test`` (labelled), or just ``x`` (unlabelled: size, latency, memory and agreement with fp32, no
+y_test`` (labelled), or just ``x`` (unlabelled: size, latency, memory and fidelity to fp32, no
 accuracy; calibration draws from ``x`` too).
 
 ``x`` may be images (N, C, H, W), (N, H, W, C) (read as channels-last when the last axis is 1 or 3 and
 axis 1 is not) or (N, H, W) (one channel); uint8 images are scaled to [0, 1], float ones taken as
-they are; integer (N, L) arrays are token ids; float (N, F) arrays are feature rows. Labels are
-integers 0..K-1 (K = ``len(data.class_names)`` when given, else the largest label + 1). The image
-transforms (resize, channels, mean/std) apply as for every image set."""
+they are; integer (N, L) arrays are token ids; float (N, F) arrays are feature rows. The image
+transforms (resize, channels, mean/std) apply to ``x`` as for every image set, never to ``y``.
+
+``y`` is what the task reads (bsb_hydra/tasks), one entry per sample of any shape:
+class ids 0..K-1 (N,) for classification (K = ``len(data.class_names)`` when given, else the largest
+label + 1); integer masks (N, H, W) for segmentation; float images (N, C, H, W) or float targets
+(N, ...) for image_to_image and regression; boxes (N, M, 5) float (x1, y1, x2, y2, class; class -1
+pads) for detection."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -64,14 +69,28 @@ def load(cfg, seed: int) -> Dataset:
         arrays = {k: f[k] for k in LABELLED}
         for split in ("train", "test"):
             x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-            if len(x) != len(y) or y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-                raise InputError(f"data.path={str(cfg.path)!r}: y_{split} must be integer labels, one per sample of "
-                                 f"x_{split} ({len(x)}); it has shape {y.shape} and dtype {y.dtype}")
+            if y.ndim == 0 or len(x) != len(y) or y.dtype == object or not (
+                    np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
+                raise InputError(f"data.path={str(cfg.path)!r}: y_{split} must hold one label per sample of x_{split} "
+                                 f"({len(x)}), integer (classes, masks) or float (targets, images, boxes); it has "
+                                 f"shape {y.shape} and dtype {y.dtype}")
         xtr, xte = as_inputs(arrays["x_train"], "x_train", path), as_inputs(arrays["x_test"], "x_test", path)
         if xtr.shape[1:] != xte.shape[1:]:
             raise InputError(f"data.path={str(cfg.path)!r}: x_train samples have shape {xtr.shape[1:]}, x_test "
                              f"samples {xte.shape[1:]}")
-        ytr, yte = arrays["y_train"].astype(np.int64), arrays["y_test"].astype(np.int64)
+        ytr, yte = arrays["y_train"], arrays["y_test"]
+        if ytr.shape[1:] != yte.shape[1:] or np.issubdtype(ytr.dtype, np.integer) != np.issubdtype(yte.dtype, np.integer):
+            raise InputError(f"data.path={str(cfg.path)!r}: y_train is {ytr.dtype}{list(ytr.shape[1:])} per sample, "
+                             f"y_test {yte.dtype}{list(yte.shape[1:])}: they must match")
+        if ytr.ndim > 1 or not np.issubdtype(ytr.dtype, np.integer):  # masks, targets, boxes: the task reads them
+            ytr = ytr.astype(np.int64) if np.issubdtype(ytr.dtype, np.integer) else ytr.astype(np.float32)
+            yte = yte.astype(np.int64) if np.issubdtype(yte.dtype, np.integer) else yte.astype(np.float32)
+            k = int(max(ytr.max(initial=0), yte.max(initial=0))) + 1 if np.issubdtype(ytr.dtype, np.integer) else None
+            names = list(cfg.class_names) if cfg.class_names else ([str(i) for i in range(k)] if k else [])
+            kind = (f"integer {list(ytr.shape[1:])}" if k else f"float {list(ytr.shape[1:])}")
+            return Dataset("npz", xtr, ytr, xte, yte, len(names) if names else k, names, source=source,
+                           test_split=f"x_test/y_test of {path.name} (labels: {kind} per sample)")
+        ytr, yte = ytr.astype(np.int64), yte.astype(np.int64)
         k = len(cfg.class_names) if cfg.class_names else int(max(ytr.max(), yte.max())) + 1
         low, high = min(ytr.min(), yte.min()), max(ytr.max(), yte.max())
         if low < 0 or high >= k:

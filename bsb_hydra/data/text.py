@@ -158,3 +158,40 @@ def to_dataset(s: TextSplits, cfg) -> Dataset:
                    np.asarray(s.y_test) if labelled else None, len(s.class_names) if labelled else None,
                    list(s.class_names), vocab=vocab, texts_test=list(s.texts_test),
                    source=s.source, test_split=s.test_split)
+
+
+def as_model_inputs(ds: Dataset, specs) -> Dataset:
+    """Token ids fed to a model with several inputs (a BERT export: input_ids, attention_mask,
+    token_type_ids), each input as its tokenizer gives it for one sentence: the ids, a mask of 1 on
+    the real tokens (ids other than the tokenizer's pad id), token types of 0 (one segment), position
+    ids 0..L-1. Inputs in the model's order; each in the dtype it declares."""
+    from bsb_hydra.config.base import InputError
+    from bsb_hydra.feeds import Feeds
+
+    pad = int(getattr(ds.vocab, "pad_id", PAD))
+
+    def feeds(ids: np.ndarray) -> Feeds:
+        out = {}
+        for s in specs:
+            name = s.name.lower()
+            fixed = [d for d in s.shape if d is not None]
+            if len(s.shape) != 1 or (fixed and fixed[0] != ids.shape[1]):
+                raise InputError(f"the model's input {s.describe()} does not take token ids of data.seq_len="
+                                 f"{ids.shape[1]} per text: set data.seq_len to its length")
+            if "mask" in name:
+                a = ids != pad
+            elif "type" in name or "segment" in name:
+                a = np.zeros_like(ids)
+            elif "position" in name:
+                a = np.broadcast_to(np.arange(ids.shape[1]), ids.shape)
+            elif "id" in name or "input" in name or "token" in name:
+                a = ids
+            else:
+                raise InputError(f"the model's input {s.describe()}: text data gives token ids, an attention mask, "
+                                 "token type ids and position ids; nothing says which of these it takes")
+            out[s.name] = np.ascontiguousarray(a, dtype=s.dtype)
+        return Feeds(out)
+
+    import dataclasses
+
+    return dataclasses.replace(ds, x_train=feeds(ds.x_train), x_test=feeds(ds.x_test))

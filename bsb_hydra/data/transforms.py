@@ -196,7 +196,12 @@ def transform_for(have: Tuple[int, ...], want: Optional[Tuple[int, ...]], data_c
 
 
 def fit_to_model(ds, want: Optional[Sequence[int]], data_cfg, model_name: str):
-    """ds with its images fitted to the model's input (a new Dataset; the arrays are lazy)."""
+    """ds with its images fitted to the model's input (a new Dataset; the arrays are lazy). Several
+    named inputs (bsb_hydra/feeds.py) are fed as they are."""
+    from bsb_hydra.feeds import Feeds
+
+    if isinstance(ds.x_test, Feeds):
+        return ds
     want = tuple(want) if want is not None else None
     t = transform_for(tuple(ds.x_test.shape[1:]), want, data_cfg, model_name, ds.name)
     if isinstance(ds.x_test, ImageFiles):  # files are always decoded through a transform, to one size

@@ -13,8 +13,14 @@ shape, e.g. [3, 224, 224]; the data is fitted to it. The weights:
 - no checkpoint: trained on the data like the built-in models (train group; cached under a key that
   includes the target's source file, so editing the code retrains).
 
+A model with several inputs lists them in ``model.inputs`` (name, shape, dtype, in the forward's
+order); text data feeds them by name (input_ids, attention_mask, token_type_ids), data=random by
+dtype. What the outputs mean is the task's business (bsb_hydra/tasks): a model trained here is a
+classifier; a checkpoint's outputs are read by task=auto or the task given.
+
 FX graph-mode quantization (pytorch static, qat, auto) needs a traceable ``nn.Module``: a TorchScript
-file runs fp32, fp16 and dynamic there; every scheme runs on onnxruntime from its ONNX export."""
+or ExportedProgram file ends unsupported there (and dynamic too when it swaps no module: compiled
+code has none), with the reason; every scheme runs on onnxruntime from its ONNX export."""
 from __future__ import annotations
 
 import inspect
@@ -22,8 +28,6 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional
-
-from omegaconf import MISSING
 
 from bsb_hydra.config.base import ConfigError, InputError, positive
 from bsb_hydra.config.model import ModelConfig
@@ -37,19 +41,69 @@ class TorchModelConfig(ModelConfig):
     target: Optional[str] = None
     kwargs: Any = None  # a dict: model.kwargs={width:16,depth:2} (untyped, so one override sets it whole)
     # One sample's input shape (without the batch), e.g. [3, 224, 224]; [64] for 64 token ids.
-    input_shape: List[int] = MISSING
+    input_shape: Optional[List[int]] = None
+    # A model with several inputs: [{name: input_ids, shape: [128], dtype: int64}, ...] in the order of
+    # its forward's arguments (replaces input_shape). dtype: float32 (default), float16, int64, int32, bool.
+    inputs: Any = None
     # A checkpoint that is a pickled module (torch.save(model)) runs code from the file when loaded.
     allow_pickle: bool = False
     source_kind: ClassVar[str] = "torch"
+    task: ClassVar[Optional[str]] = None  # inferred from its outputs (task=auto) unless trained here
+
+    INPUT_DTYPES: ClassVar[tuple] = ("float32", "float16", "int64", "int32", "bool")
 
     def __post_init__(self) -> None:
         if not self.target and not self.checkpoint:
             raise ConfigError("model=torch needs model.target=package.module.Builder (an nn.Module class or a "
                               "function returning one) or model.checkpoint=FILE holding a whole model")
+        if self.inputs is not None:
+            if self.input_shape is not None:
+                raise ConfigError("model.inputs and model.input_shape both given: model.inputs lists every input "
+                                  "with its shape; leave model.input_shape unset")
+            self._check_inputs()
+            return
         if not self.input_shape:
-            raise ConfigError("model.input_shape=[] is not allowed: give one sample's shape, e.g. [3, 224, 224]")
+            raise ConfigError("model=torch needs model.input_shape=[...] (one sample's shape, e.g. [3, 224, 224]) or "
+                              "model.inputs=[{name: ..., shape: [...], dtype: ...}, ...] for several inputs")
         for i, d in enumerate(self.input_shape):
             positive(f"model.input_shape[{i}]", d)
+
+    def _check_inputs(self) -> None:
+        items = list(self.inputs) if isinstance(self.inputs, (list, tuple)) else None
+        if not items:
+            raise ConfigError(f"model.inputs={self.inputs!r} is not allowed: give a list of "
+                              "{name: ..., shape: [...], dtype: ...}, one per input of the forward, in order")
+        names = []
+        for i, item in enumerate(items):
+            item = dict(item) if hasattr(item, "keys") else None
+            if not item or set(item) - {"name", "shape", "dtype"} or "name" not in item or "shape" not in item:
+                raise ConfigError(f"model.inputs[{i}] must be {{name: ..., shape: [...], dtype: ...}} (dtype optional, "
+                                  "float32 by default)")
+            if item.get("dtype", "float32") not in self.INPUT_DTYPES:
+                raise ConfigError(f"model.inputs[{i}].dtype={item['dtype']!r} is not allowed: use one of "
+                                  f"{', '.join(self.INPUT_DTYPES)}")
+            for j, d in enumerate(list(item["shape"])):
+                positive(f"model.inputs[{i}].shape[{j}]", d)
+            names.append(str(item["name"]))
+        if len(set(names)) != len(names):
+            raise ConfigError(f"model.inputs names {names} repeat a name: each input needs its own")
+
+    def input_specs(self):
+        """model.inputs as specs (None for a one-input model: its shape is input_shape, its dtype the data's)."""
+        if self.inputs is None:
+            return None
+        from bsb_hydra.feeds import InputSpec
+
+        return [InputSpec(str(i["name"]), tuple(int(d) for d in i["shape"]), str(i.get("dtype", "float32")))
+                for i in self.inputs]
+
+    def file_kind(self) -> Optional[str]:
+        """torchscript | exported_program when model.checkpoint is a whole compiled model, else None."""
+        if not self.checkpoint:
+            return None
+        path = Path(str(self.checkpoint)).expanduser()
+        kind = file_kind(path) if path.is_file() else "torch_save"
+        return kind if kind != "torch_save" else None
 
     @classmethod
     def label_of(cls, cfg) -> str:
@@ -59,6 +113,8 @@ class TorchModelConfig(ModelConfig):
         return Path(str(cfg.checkpoint)).stem
 
     def fixed_input_shape(self):
+        if self.inputs is not None:
+            return None
         return tuple(int(d) for d in self.input_shape)
 
     def source_ref(self) -> str:

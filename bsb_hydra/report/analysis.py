@@ -70,6 +70,23 @@ class Group:
         return any(c.labelled for c in self.cells)
 
     @property
+    def task(self) -> str:
+        return self.key[7] if len(self.key) > 7 else "classification"
+
+    @property
+    def classifier(self) -> bool:
+        return self.task == "classification"
+
+    @property
+    def quality_key(self) -> str:
+        """The group's quality metric (every cell of a group has the same task and labels)."""
+        return max(self.cells, key=lambda c: c.start_time).quality_key
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.cells[0].higher_is_better
+
+    @property
     def sized(self) -> str:
         """The input shape, for models whose input is not simply the data's (real-size and users' models)."""
         return self.input_shape if self.cells[0].tag("model_source") not in ("", "builtin") else ""
@@ -77,7 +94,8 @@ class Group:
     @property
     def title(self) -> str:
         at = f" at {self.sized}" if self.sized else ""
-        return (f"{self.model} on {self.data}{at}: {self.arch}, {self.cpu}, "
+        task = "" if self.classifier else f" ({self.task})"
+        return (f"{self.model} on {self.data}{at}{task}: {self.arch}, {self.cpu}, "
                 f"{'EMULATED' if self.emulated else 'native'}")
 
     @property
@@ -134,7 +152,7 @@ def limit_ratios(cell: Cell, best: Dict[Tuple[str, int], Tuple[float, Cell]], ba
     """Per batch size: ``vs_best_fp32_bN`` (the fastest fp32 cell of the group, any backend, same
     threads, over this cell's p50: how much faster than the best fp32 one could ship here, the
     figure the report leads with; the backend it came from in ``best_fp32_backend_bN``), and the
-    job's own ``speedup_vs_peak_bN`` and ``overhead_bound_bN`` (bsb_hydra/pipeline.py: limit_metrics)."""
+    job's own ``speedup_vs_peak_bN`` and ``overhead_bound_bN`` (bsb_hydra/scoring.py: limit_metrics)."""
     d: Dict[str, object] = {}
     for b in batch_sizes:
         p50 = cell.metric(f"latency_p50_ms_b{b}")
@@ -161,6 +179,8 @@ def compare(cell: Cell, base: Optional[Cell], batch_sizes: List[int], latency_ok
     d["delta_pp"] = 100.0 * (acc - bacc) if acc is not None and bacc is not None else None
     p = cell.metric("accuracy_delta_p_value")  # the job's McNemar test; runs older than it: None
     d["delta_significant"] = None if cell.quant == "fp32" or p is None or d["delta_pp"] is None else p < ALPHA
+    q, bq = cell.metric("quality"), base.metric("quality") if base else None
+    d["quality_delta"] = q - bq if q is not None and bq is not None else None  # any task, its own metric
     for b in batch_sizes:
         p50 = cell.metric(f"latency_p50_ms_b{b}")
         paired = cell.metric(f"speedup_b{b}") if latency_ok else None
@@ -190,6 +210,8 @@ def _pick(name: str, cands: List[Cell], key, empty: str) -> Pick:
 
 
 def picks(group: Group, budget_pp: float) -> List[Pick]:
+    if not group.classifier:
+        return task_picks(group)
     cells = group.cells
     acc = lambda c: c.metric("accuracy")  # noqa: E731
     lat = lambda c: c.metric("latency_p50_ms_b1")  # noqa: E731
@@ -217,6 +239,30 @@ def picks(group: Group, budget_pp: float) -> List[Pick]:
     return out
 
 
+def task_picks(group: Group) -> List[Pick]:
+    """A group of another task than classification: smallest, best by the task's own quality metric
+    (its sense: higher or lower is better), fastest. The accuracy budget applies to classifiers only."""
+    cells, key = group.cells, group.quality_key
+    sign = -1.0 if group.higher_is_better else 1.0
+    q = lambda c: c.metric("quality")  # noqa: E731
+    lat = lambda c: c.metric("latency_p50_ms_b1")  # noqa: E731
+    size = lambda c: c.metric("size_bytes")  # noqa: E731
+    out = [_pick("smallest", [c for c in cells if size(c) is not None], lambda c: (size(c), sign * (q(c) or 0)),
+                 "no cell has a size"),
+           _pick(f"best {key}", [c for c in cells if q(c) is not None],
+                 lambda c: (sign * q(c), lat(c) or float("inf"), size(c) or 0), f"no cell has a {key}")]
+    if group.emulated:
+        out.append(Pick("fastest", None, "not reported: timings under emulation mean nothing"))
+        return out
+    timed = [c for c in cells if lat(c) is not None]
+    p = _pick("fastest", timed, lambda c: (lat(c), sign * (q(c) or 0)), "no cell has a batch-1 latency")
+    if p.cell is not None:
+        alike = _faster_alike(p.cell, timed)
+        if alike:
+            p.note = "not significantly faster than " + ", ".join(c.label for c in alike)
+    return out + [p]
+
+
 def analyze(cells: List[Cell], budget_pp: float) -> List[Group]:
     by_group: Dict[tuple, List[Cell]] = {}
     for c in cells:
@@ -226,15 +272,20 @@ def analyze(cells: List[Cell], budget_pp: float) -> List[Group]:
         members = sorted(by_group[key], key=_order)
         batch_sizes = sorted({b for c in members for b in c.batch_sizes()})
         emulated = key[4]
-        objectives = ["size_bytes", "accuracy"] if emulated else ["size_bytes", "latency_p50_ms_b1", "accuracy"]
-        if not any(c.labelled for c in members):  # unlabelled inputs: no accuracy axis, not a missing one
+        g = Group(key, members, batch_sizes, [])
+        # a classifier's quality axis is accuracy (none without labels: agreement is not a trade-off
+        # axis there); any other task's is its own metric, against labels or against fp32
+        quality = "accuracy" if g.classifier else "quality"
+        objectives = ["size_bytes", quality] if emulated else ["size_bytes", "latency_p50_ms_b1", quality]
+        if g.classifier and not any(c.labelled for c in members):  # no accuracy axis, not a missing one
             objectives.remove("accuracy")
-        g = Group(key, members, batch_sizes, objectives)
+        g.objectives = objectives
         best = {} if emulated else best_fp32(members, batch_sizes)
         for c in members:
             c.derived = compare(c, baseline_of(c, members), batch_sizes, latency_ok=not emulated)
             c.derived.update(limit_ratios(c, best, batch_sizes))
-        senses = [pareto.MAX if o == "accuracy" else pareto.MIN for o in objectives]
+        senses = [pareto.MAX if o == "accuracy" or (o == "quality" and g.higher_is_better) else pareto.MIN
+                  for o in objectives]
         flags = pareto.frontier([[c.metric(o) for o in objectives] for c in members], senses)
         for c, f in zip(members, flags):
             c.derived["pareto"] = f

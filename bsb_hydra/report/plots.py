@@ -32,8 +32,10 @@ def tradeoff(g: Group, path: Path) -> None:
     plt = _plt()
     xkey, xlabel = (("size_bytes", "artifact size (KiB)") if g.emulated
                     else ("latency_p50_ms_b1", "p50 latency at batch 1 (ms, log scale)"))
-    pts = [(c, c.metric(xkey), c.metric("accuracy")) for c in g.cells]
-    pts = [(c, x / 1024 if xkey == "size_bytes" else x, 100 * a) for c, x, a in pts if x is not None and a is not None]
+    ykey, scale = ("accuracy", 100.0) if g.classifier else ("quality", 1.0)
+    up = g.classifier or g.higher_is_better
+    pts = [(c, c.metric(xkey), c.metric(ykey)) for c in g.cells]
+    pts = [(c, x / 1024 if xkey == "size_bytes" else x, scale * a) for c, x, a in pts if x is not None and a is not None]
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for c, x, a in pts:
         on = c.derived.get("pareto") is True
@@ -43,9 +45,9 @@ def tradeoff(g: Group, path: Path) -> None:
     front = sorted(((x, a) for c, x, a in pts if c.derived.get("pareto") is True))
     if front:
         # the frontier as a staircase: for each latency, the best accuracy reachable at it or faster
-        xs, ys, best = [], [], -1.0
+        xs, ys, best = [], [], None
         for x, a in front:
-            if a > best:
+            if best is None or (a > best if up else a < best):
                 xs.append(x)
                 ys.append(a)
                 best = a
@@ -59,8 +61,9 @@ def tradeoff(g: Group, path: Path) -> None:
         ax.xaxis.set_minor_formatter(plain)
         ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(g.title + ("\n(timings under emulation not used: accuracy vs size)" if g.emulated else ""), fontsize=9)
+    ax.set_ylabel("test accuracy (%)" if g.classifier else
+                  f"{g.quality_key} ({'higher' if g.higher_is_better else 'lower'} is better)")
+    ax.set_title(g.title + ("\n(timings under emulation not used: quality vs size)" if g.emulated else ""), fontsize=9)
     handles = [plt.Line2D([], [], marker=m, linestyle="", color="gray", label=b) for b, m in MARKERS.items()
                if any(c.backend == b for c in g.cells)]
     handles += [plt.Line2D([], [], marker="o", linestyle="", color=_color(s), label=s) for s in SCHEME_ORDER
@@ -209,7 +212,8 @@ def draw_all(groups: List[Group], out: Path, simulated: List[SimulatedGroup] = (
         slug = f"g{n}_{g.slug}"
         items = []
         tradeoff(g, out / f"{slug}_tradeoff.png")
-        items.append(("accuracy vs size" if g.emulated else "accuracy vs p50 latency at batch 1, frontier drawn",
+        what = "accuracy" if g.classifier else g.quality_key
+        items.append((f"{what} vs size" if g.emulated else f"{what} vs p50 latency at batch 1, frontier drawn",
                       f"{slug}_tradeoff.png"))
         sizes(g, out / f"{slug}_size.png")
         items.append(("size per cell", f"{slug}_size.png"))

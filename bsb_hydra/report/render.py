@@ -79,7 +79,11 @@ def table(g: Group) -> Tuple[List[str], List[List[str]]]:
     if not g.emulated:
         head += [f"vs best fp32 b{b}" for b in g.batch_sizes]
         head += [f"speedup b{b}" for b in g.batch_sizes] + ["vs fp32 cell b1", "vs peak b1", "overhead-bound"]
-    head += ["accuracy %", "delta pp", "agreement %", "peak MB", "runs", "pareto"]
+    if g.classifier:
+        head += ["accuracy %", "delta pp", "agreement %"]
+    else:  # the task's own metric (against labels, or against fp32's outputs without them)
+        head += [g.quality_key, "delta", "cosine to fp32"]
+    head += ["peak MB", "runs", "pareto"]
     rows = []
     for c in g.cells:
         size = c.metric("size_bytes")
@@ -93,12 +97,16 @@ def table(g: Group) -> Tuple[List[str], List[List[str]]]:
             r += [speedup_text(c, b) for b in g.batch_sizes] + [speedup_text(c, 1, "cell_"),
                                                                  _f(c.derived.get("vs_peak_b1"), ".2f"),
                                                                  overhead_text(c, g.batch_sizes)]
-        acc = c.metric("accuracy")
-        agree = c.metric("top1_agreement")
-        r += [_f(100 * acc if acc is not None else None, ".2f") if c.labelled else "no labels",
-              delta_text(c) if c.labelled else "no labels",
-              _f(100 * agree if agree is not None else None, ".2f"), _f(c.metric("peak_rss_mb"), ".0f"),
-              str(c.duplicates), pareto_text(c)]
+        if g.classifier:
+            acc = c.metric("accuracy")
+            agree = c.metric("top1_agreement")
+            r += [_f(100 * acc if acc is not None else None, ".2f") if c.labelled else "no labels",
+                  delta_text(c) if c.labelled else "no labels",
+                  _f(100 * agree if agree is not None else None, ".2f")]
+        else:
+            d = c.derived.get("quality_delta")
+            r += [_f(c.metric("quality"), ".4g"), NA if d is None else f"{d:+.4g}", _f(c.metric("cosine_mean"), ".6f")]
+        r += [_f(c.metric("peak_rss_mb"), ".0f"), str(c.duplicates), pareto_text(c)]
         rows.append(r)
     return head, rows
 
@@ -137,7 +145,11 @@ def model_line(g: Group) -> str:
     params, macs = c.metric("model_params"), c.metric("model_macs")
     cost = ", ".join(x for x in (f"{params / 1e6:.2f} M parameters" if params else "",
                                  f"{macs / 1e9:.3g} GMACs per sample" if macs else "") if x)
-    labels = "" if g.labelled else " NO LABELS: agreement with fp32 only, no accuracy."
+    labels = ("" if g.labelled else " NO LABELS: agreement with fp32 only, no accuracy." if g.classifier
+              else f" NO LABELS: scored against fp32's outputs ({g.quality_key}).")
+    if not g.classifier:
+        labels += f" Task {g.task}: {c.tag('task_reads')}" + (f" (inferred: {c.tag('task_inferred')})"
+                                                             if c.tag("task_inferred") else "") + "."
     return (f"Model: {c.tag('model_source')} {c.tag('model_ref')}; {cost}; input {c.tag('input_shape')}. "
             f"Data: {c.tag('data_source')}; scored on {c.tag('test_split')}.{labels}")
 
@@ -150,11 +162,17 @@ def pick_lines(g: Group) -> List[str]:
             continue
         c = p.cell
         acc = c.metric("accuracy")
+        q = c.metric("quality")
         bits = [f"{c.metric('size_bytes') / 1024:,.1f} KiB" if c.metric("size_bytes") is not None else None,
                 f"p50 b1 {ms(c.metric('latency_p50_ms_b1'))} ms" if not g.emulated and
-                c.metric("latency_p50_ms_b1") is not None else None,
-                f"accuracy {100 * acc:.2f}%" if acc is not None else None,
-                f"{c.derived['delta_pp']:+.2f} pp vs fp32" if c.derived.get("delta_pp") is not None else None]
+                c.metric("latency_p50_ms_b1") is not None else None]
+        if g.classifier:
+            bits += [f"accuracy {100 * acc:.2f}%" if acc is not None else None,
+                     f"{c.derived['delta_pp']:+.2f} pp vs fp32" if c.derived.get("delta_pp") is not None else None]
+        else:
+            bits += [f"{g.quality_key} {q:.4g}" if q is not None else None,
+                     f"{c.derived['quality_delta']:+.4g} vs fp32" if c.derived.get("quality_delta") is not None
+                     else None]
         out.append(f"{p.name}: {c.label} ({', '.join(b for b in bits if b)})" + (f"; {p.note}" if p.note else ""))
     return out
 
@@ -181,7 +199,10 @@ NOTES = [
     "overhead-bound: the batch sizes whose p50 is within 2x of the backend's empty-call floor (a trivial model's "
     "b1 latency): there the speedup says more about the call than about quantization.",
     "pareto: on the frontier over (size, p50 at batch 1, accuracy) within the group; 'n/a': a metric is missing. "
-    "Emulated groups: over (size, accuracy) only, and their timings are not used.",
+    "Emulated groups: over (size, accuracy) only, and their timings are not used. A group of another task "
+    "(segmentation, detection, embedding, image_to_image, regression, raw) uses its own quality metric instead "
+    "of accuracy (mIoU, mAP, cosine, PSNR, MAE; against labels, or against fp32's outputs without them), in "
+    "its sense (lower MAE is better), and 'delta' is that metric minus the fp32 cell's.",
     "runs: ok runs of this exact config on this machine in the store; the newest is shown.",
     "'timed beside N other jobs': other bsb_hydra jobs ran on the machine while this cell was timed (a parallel "
     "launcher, or two sweeps at once; tag concurrent_jobs). They shared cores and caches: its latencies and "
@@ -389,7 +410,8 @@ def write_csv(groups: List[Group], path: Path) -> None:
             "started", "runs", "baseline_run_id", "size_bytes", "size_ratio", "accuracy", "accuracy_ci_low",
             "accuracy_ci_high", "delta_pp", "paired_delta_pp", "delta_ci_low_pp", "delta_ci_high_pp",
             "delta_p_value", "delta_significant", "top1_agreement", "peak_rss_mb", "concurrent_jobs",
-            "pareto", "input_shape", "model_source", "model_ref", "model_params", "model_macs", "labelled"]
+            "pareto", "input_shape", "model_source", "model_ref", "model_params", "model_macs", "labelled",
+            "task", "quality_metric", "quality", "quality_delta", "cosine_mean", "sqnr_db"]
     for b in batch_sizes:
         cols += [f"p50_ms_b{b}", f"p50_ci_low_ms_b{b}", f"p50_ci_high_ms_b{b}", f"speedup_b{b}",
                  f"speedup_significant_b{b}", f"cell_speedup_b{b}", f"cell_speedup_significant_b{b}",
@@ -417,7 +439,9 @@ def write_csv(groups: List[Group], path: Path) -> None:
                        "delta_significant": c.derived.get("delta_significant"),
                        "top1_agreement": c.metric("top1_agreement"),
                        "peak_rss_mb": c.metric("peak_rss_mb"), "concurrent_jobs": c.concurrent_jobs,
-                       "pareto": pareto_text(c) or "no"}
+                       "pareto": pareto_text(c) or "no", "task": g.task, "quality_metric": c.quality_key,
+                       "quality": c.metric("quality"), "quality_delta": c.derived.get("quality_delta"),
+                       "cosine_mean": c.metric("cosine_mean"), "sqnr_db": c.metric("sqnr_db")}
                 for b in batch_sizes:
                     row.update({f"p50_ms_b{b}": c.metric(f"latency_p50_ms_b{b}"),
                                 f"p50_ci_low_ms_b{b}": c.metric(f"latency_p50_ci_low_ms_b{b}"),

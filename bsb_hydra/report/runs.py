@@ -77,13 +77,29 @@ class Cell:
         return self.tag("simulated") == "true"
 
     @property
-    def group_key(self) -> Tuple[str, str, str, str, bool, str, str]:
-        """(model, data, arch, cpu, emulated, input shape, model ref): the rows a frontier is computed
-        over. The CPU is part of it: latencies of two machines of the same arch are not one trade-off
-        curve; so are the input shape (resnet18 at 224 and at 160) and what exactly the model is (two
-        ONNX files of one name, by sha256). Runs before those tags: ''."""
+    def group_key(self) -> Tuple[str, str, str, str, bool, str, str, str, str]:
+        """(model, data, arch, cpu, emulated, input shape, model ref, task, data source): the rows a
+        frontier is computed over. The CPU is part of it: latencies of two machines of the same arch
+        are not one trade-off curve; so are the input shape (resnet18 at 224 and at 160), what exactly
+        the model is (two ONNX files of one name, by sha256), the task its outputs were scored as and
+        where the data came from (two npz files, one labelled). Runs before those tags: ''
+        (task: classification)."""
         return (self.model, self.tag("data"), self.tag("arch"), self.tag("cpu"), self.emulated,
-                self.tag("input_shape"), self.tag("model_ref"))
+                self.tag("input_shape"), self.tag("model_ref"), self.task, self.tag("data_source"))
+
+    @property
+    def task(self) -> str:
+        """What the outputs were scored as (bsb_hydra/tasks); runs before tasks were classifiers."""
+        return self.tag("task") or "classification"
+
+    @property
+    def quality_key(self) -> str:
+        """The task's headline metric (tag quality_metric): accuracy, top1_agreement, miou, map, psnr, ..."""
+        return self.tag("quality_metric") or ("accuracy" if self.labelled else "top1_agreement")
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.tag("quality_higher_is_better") != "false"
 
     @property
     def labelled(self) -> bool:
@@ -100,6 +116,8 @@ class Cell:
         return (config, self.tag("arch"), self.tag("cpu"), self.emulated)
 
     def metric(self, key: str) -> Optional[float]:
+        if key == "quality" and key not in self.metrics:  # runs before the tasks: their task's metric
+            key = self.quality_key
         v = self.metrics.get(key)
         return None if v is None or math.isnan(v) else float(v)
 

@@ -1,0 +1,237 @@
+"""One cell's lifecycle: its identity (cell_id, config_hash), the skip of an earlier ok run (resume),
+its MLflow run, the checks before any work (config, device, support), the measurement
+(bsb_hydra/steps.py), its status and reason, result.json and the printed summary line. A cell
+never raises out of a sweep: it ends ok, unsupported (with the reason) or failed (with the
+traceback logged)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from bsb_hydra import tracking
+from bsb_hydra.backends.base import Unsupported
+from bsb_hydra.concurrency import JobSlot
+from bsb_hydra.config import validate
+from bsb_hydra.models import model_label
+from bsb_hydra.sysinfo import git_sha, system_info
+
+
+class InjectedFault(RuntimeError):
+    pass
+
+
+def _name(v) -> str:
+    return v.value if hasattr(v, "value") else str(v)
+
+
+def cell_id(cfg) -> str:
+    q = cfg.quant
+    scheme = _name(q.scheme)
+    if scheme == "fake_quant":  # a sweep over bits: tell its cells apart (fake_quant_w4a4_qat)
+        scheme += f"_w{q.bits}" + (f"a{q.bits}" if q.activations else "") + ("_qat" if q.qat else "")
+    return f"{model_label(cfg.model)}-{cfg.data.name}-{scheme}-{cfg.backend.name}"
+
+
+def config_hash(dict_cfg: DictConfig) -> str:
+    c = OmegaConf.to_container(dict_cfg, resolve=True, enum_to_str=True)
+    for k in ("hydra", "mlflow", "paths", "debug", "force", "peak"):  # where and how, not what
+        c.pop(k, None)
+    tracking.drop_inert(c)  # keys added later, inert here: earlier runs keep their hash
+    return hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def maybe_fault(cfg, stage: str) -> None:
+    d = cfg.debug
+    if d.fail_stage.value == stage and d.fail_cell in cell_id(cfg):
+        raise InjectedFault(f"debug.fail_stage={stage}: injected failure in cell {cell_id(cfg)}")
+
+
+def worker_fault(cfg) -> Optional[str]:
+    d = cfg.debug
+    if d.fail_cell in cell_id(cfg):
+        return {"worker_crash": "crash", "worker_oom": "oom", "worker_hang": "hang"}.get(d.fail_stage.value)
+    return None
+
+
+def _job_info() -> Dict[str, str]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        return {"output_dir": hc.runtime.output_dir, "sweep_dir": hc.sweep.dir if hc.mode.name == "MULTIRUN" else "",
+                "job_num": str(hc.job.num) if hc.mode.name == "MULTIRUN" else "0"}
+    except Exception:
+        return {"output_dir": tempfile.mkdtemp(prefix="bsb_hydra_"), "sweep_dir": "", "job_num": "0"}
+
+
+def device_mismatch(device, info: Dict[str, str]) -> None:
+    """A named device that this machine is not: Unsupported, with what differs."""
+    if device.expected_arch and device.expected_arch != info["arch"]:
+        raise Unsupported(f"device={device.name} expects arch {device.expected_arch}, this machine is {info['arch']}")
+    missing = sorted(set(device.expected_isa) - set(info["isa"].split(",")))
+    if missing:
+        raise Unsupported(f"device={device.name} has {', '.join(missing)}, which this CPU ({info['cpu']}; isa "
+                          f"{info['isa']}) lacks: this machine is not a {device.name}")
+    if device.core_pinning is not None:
+        have = os.sched_getaffinity(0)
+        if not set(device.core_pinning) <= have:
+            raise Unsupported(f"device.core_pinning={list(device.core_pinning)} names CPUs this process cannot "
+                              f"use; available: {sorted(have)}")
+
+
+class RunLog:
+    """Thin wrapper over the active MLflow run, so measure() reads as a list of steps."""
+
+    def __init__(self, mlflow) -> None:
+        self.mlflow = mlflow
+        self.logged_tags: Dict[str, str] = {}  # what this cell tagged (the summary line reads its task)
+
+    def tags(self, d: Dict[str, Any]) -> None:
+        """A tag that does not apply to this cell (cpus_pinned unpinned, seq_len on images, the
+        reason of an ok cell) is left out, not logged as ''."""
+        d = {k: str(v) for k, v in d.items() if v is not None and str(v) != ""}
+        self.logged_tags.update(d)
+        if d:
+            self.mlflow.set_tags(d)
+
+    def metrics(self, d: Dict[str, float]) -> None:
+        """Finite values only: an infinite SQNR (outputs identical to fp32's) or PSNR would be stored
+        by MLflow as 1.8e308; left out, the cell's other fidelity figures say it (max_abs_error 0)."""
+        self.mlflow.log_metrics({k: float(v) for k, v in d.items() if math.isfinite(float(v))})
+
+    def metric(self, key: str, value: float, step: int) -> None:
+        self.mlflow.log_metric(key, float(value), step=step)
+
+    def json(self, obj: Any, name: str) -> None:
+        self.mlflow.log_dict(obj, name)
+
+    def artifact(self, path: Path, folder: str) -> None:
+        self.mlflow.log_artifact(str(path), folder)
+
+
+def run_cell(dict_cfg: DictConfig) -> Dict[str, Any]:
+    """One cell, start to end: its MLflow run (or the earlier ok run it skips for), its status and
+    reason, result.json in the job's folder and the printed summary line. Never raises for the cell."""
+    import mlflow
+
+    job = _job_info()
+    out_dir = Path(job["output_dir"])
+    cid = cell_id(dict_cfg)
+    result: Dict[str, Any] = {"cell": cid, "status": "failed", "reason": "", "metrics": {},
+                              "job_num": job["job_num"]}
+    t_start = time.perf_counter()
+    try:
+        experiment_id = tracking.setup(dict_cfg)
+    except Exception as e:
+        result["reason"] = tracking.mask_text(f"MLflow store {dict_cfg.mlflow.tracking_uri} unusable: {e}")
+        print(f"[failed] {cid}: {result['reason']}", flush=True)
+        _write_result(out_dir, result)
+        return result
+    info = system_info()
+    chash = config_hash(dict_cfg)
+    me = tracking.process_identity()
+    client = mlflow.MlflowClient()
+    closed = tracking.close_dead_runs(client, experiment_id, me)
+    if closed:
+        print(f"[resume] marked {len(closed)} run(s) of dead processes KILLED: {', '.join(closed)}", flush=True)
+    prior = None if dict_cfg.get("force", False) else tracking.finished_run(client, experiment_id, chash, info)
+    if prior is None:
+        with mlflow.start_run(experiment_id=experiment_id, run_name=cid) as run:
+            result["run_id"] = run.info.run_id
+            log = RunLog(mlflow)
+            log.tags({"status": "running", "cell": cid, "config_hash": chash, "git_sha": git_sha(),
+                      "sweep_dir": job["sweep_dir"], "job_num": job["job_num"], **me, **info})
+            _run_logged(dict_cfg, info, out_dir, log, result)
+            result["seconds"] = time.perf_counter() - t_start
+            log.tags({"status": result["status"], "reason": result["reason"][:5000]})
+            log.metrics({"cell_seconds": result["seconds"]})
+            if result["status"] == "failed":
+                mlflow.end_run(status="FAILED")
+    else:
+        result.update(status="skipped", run_id=prior.info.run_id, seconds=time.perf_counter() - t_start,
+                      reason=f"run {prior.info.run_id} already measured config_hash {chash} on this machine "
+                             f"(status ok); force=true measures it again")
+        result["metrics"] = dict(prior.data.metrics)
+        result.update({k: prior.data.tags[k] for k in ("task", "quality_metric") if k in prior.data.tags})
+    print(summary_line(result), flush=True)
+    _write_result(out_dir, result)
+    return result
+
+
+def _run_logged(dict_cfg: DictConfig, info: Dict[str, str], out_dir: Path, log, result: Dict[str, Any]) -> None:
+    """Inside the cell's open run: what it is (tags, params, config), the checks before any work
+    (config, device, support), then the measurement; sets result's status, reason and metrics."""
+    import mlflow
+
+    from bsb_hydra.backends import get_backend
+    from bsb_hydra.scoring import best_fp32_metrics
+    from bsb_hydra.steps import measure
+
+    try:
+        log.tags({"model": model_label(dict_cfg.model), "data": dict_cfg.data.name, "quant": _name(dict_cfg.quant.scheme),
+                  "backend": dict_cfg.backend.name, "device": dict_cfg.device.name,
+                  "threads": dict_cfg.device.threads, "seq_len": dict_cfg.data.get("seq_len") or ""})
+        mlflow.log_params(tracking.resolved_params(dict_cfg))
+        log.json(tracking.resolved_config(dict_cfg), "config.json")
+        cfg = validate(dict_cfg)
+        log.tags({"model_source": type(cfg.model).source_kind, "model_ref": cfg.model.source_ref()})
+        device_mismatch(cfg.device, info)
+        reason = get_backend(cfg.backend.name).unsupported_reason(cfg)
+        if reason:
+            raise Unsupported(reason)
+        with JobSlot() as slot:
+            result["metrics"] = measure(cfg, dict_cfg, out_dir / "artifacts", log, slot)
+        result["metrics"].update(best_fp32_metrics(cfg, result["metrics"], log))
+        result.update({k: log.logged_tags[k] for k in ("task", "quality_metric") if k in log.logged_tags})
+        log.metrics(result["metrics"])
+        result["status"] = "ok"
+    except Unsupported as e:
+        result["status"], result["reason"] = "unsupported", str(e)
+    except Exception as e:  # one failing cell never stops the sweep
+        result["status"], result["reason"] = "failed", f"{type(e).__name__}: {e}"
+        tb = traceback.format_exc()
+        (out_dir / "traceback.txt").parent.mkdir(parents=True, exist_ok=True)
+        (out_dir / "traceback.txt").write_text(tb)
+        try:
+            mlflow.log_text(tb, "traceback.txt")
+        except Exception:
+            pass
+
+
+def summary_line(r: Dict[str, Any]) -> str:
+    m = r.get("metrics") or {}
+    if r["status"] == "skipped":
+        return f"[skipped] {r['cell']}: {r['reason']}"
+    if r["status"] != "ok":
+        return f"[{r['status']}] {r['cell']}: {r['reason'].splitlines()[0] if r['reason'] else ''}"
+    simulated = bool(m.get("simulated"))
+    theoretical = " theoretical" if simulated else ""
+    parts = [f"size {m['size_bytes'] / 1024:.0f} KiB{theoretical} ({m['size_ratio']:.2f}x fp32)"]
+    if "top1_agreement" in m:  # a classifier
+        parts += [f"acc {100 * m['accuracy']:.2f}% ({m['accuracy_delta_pp']:+.2f} pp)" if "accuracy" in m else "no labels",
+                  f"agree {100 * m['top1_agreement']:.2f}%"]
+    else:
+        q, name = m.get("quality"), r.get("quality_metric") or "quality"
+        delta = f" ({m['quality_delta']:+.4g} vs fp32)" if "quality_delta" in m else ""
+        parts += [f"{r.get('task', 'task')} {name} {q:.4g}{delta}" if q is not None else f"{r.get('task', 'task')}",
+                  f"cosine {m['cosine_mean']:.6f}" if "cosine_mean" in m else ""]
+        parts = [p for p in parts if p]
+    if "latency_p50_ms_b1" in m:
+        best = f", {m['speedup_vs_best_fp32_b1']:.2f}x vs best fp32" if "speedup_vs_best_fp32_b1" in m else ""
+        parts.append(f"p50@b1 {m['latency_p50_ms_b1']:.3f} ms (speedup {m.get('speedup_b1', float('nan')):.2f}x{best})")
+    parts.append("SIMULATED: not deployable, not timed" if simulated else f"peak {m['peak_rss_mb']:.0f} MB")
+    return f"[ok] {r['cell']}: " + ", ".join(parts)
+
+
+def _write_result(out_dir: Path, result: Dict[str, Any]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "result.json").write_text(json.dumps(result, indent=1, default=str))
