@@ -41,12 +41,34 @@ def cell_id(cfg) -> str:
     return f"{model_label(cfg.model)}-{cfg.data.name}-{scheme}-{cfg.backend.name}"
 
 
+# Config keys that name a user's file: what the file holds is part of what a cell measures.
+CONTENT_KEYS = ("model.path", "model.checkpoint", "data.path", "data.annotations")
+
+
 def config_hash(dict_cfg: DictConfig) -> str:
+    """What a cell measures, as a hash: its resolved config (less where and how it is logged), plus the
+    SHA-256 of every file it names (CONTENT_KEYS): a checkpoint or an npz rewritten at the same path is
+    another measurement, never one resume skips. Configs that name no file keep their earlier hash."""
     c = OmegaConf.to_container(dict_cfg, resolve=True, enum_to_str=True)
     for k in ("hydra", "mlflow", "paths", "debug", "force", "peak"):  # where and how, not what
         c.pop(k, None)
     tracking.drop_inert(c)  # keys added later, inert here: earlier runs keep their hash
+    files = content_hashes(c)
+    if files:
+        c["files_sha256"] = files
     return hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def content_hashes(c: Dict[str, Any]) -> Dict[str, str]:
+    from bsb_hydra.train import sha256_file
+
+    out = {}
+    for dotted in CONTENT_KEYS:
+        section, key = dotted.split(".")
+        value = (c.get(section) or {}).get(key)
+        if isinstance(value, str) and value and os.path.isfile(os.path.expanduser(value)):
+            out[dotted] = sha256_file(os.path.expanduser(value))
+    return out
 
 
 def maybe_fault(cfg, stage: str) -> None:

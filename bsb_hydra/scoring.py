@@ -101,6 +101,9 @@ def log_score(s: CellScore, workdir: Path, log) -> None:
 
 
 # ---------------------------------------------------------------- the same weights on PyTorch
+TORCH_BATCH = 16
+
+
 def agreement_with_pytorch(cfg, task, fp32, ds, timed) -> Dict[str, float]:
     """The same weights on another runtime: how close is its fp32 artifact to the PyTorch model?
     A classifier: top-1 agreement and the largest logit difference (the PyTorch logits cached per
@@ -120,7 +123,9 @@ def agreement_with_pytorch(cfg, task, fp32, ds, timed) -> Dict[str, float]:
     start = 0
     for b in reader:
         n = len(b[0])
-        fid.update(torch_outputs(fp32.module, materialize(ds.x_test[start:start + n])), b)
+        for i in range(0, n, TORCH_BATCH):  # the PyTorch model's activations: a few samples at a time
+            j = min(n, i + TORCH_BATCH)
+            fid.update(torch_outputs(fp32.module, materialize(ds.x_test[start + i:start + j])), [a[i:j] for a in b])
         start += n
     m = {f"fp32_vs_pytorch/{k.split('/', 1)[1]}": v for k, v in fid.metrics().items()}
     primary = fid.names[task.index]

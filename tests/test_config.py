@@ -22,7 +22,8 @@ def _resolvable(cfg):
 REQUIRED = {("model", "onnx"): ["model.path=net.onnx"], ("model", "hf"): ["model.path=/tmp/hf_folder"],
             ("data", "hf_default"): ["model=hf", "model.path=/tmp/hf_folder"],
             ("model", "torch"): ["model.target=pkg.nets.Net", "model.input_shape=[3,32,32]"],
-            ("data", "npz"): ["data.path=arrays.npz"], ("data", "text_csv"): ["data.path=texts.csv"]}
+            ("data", "npz"): ["data.path=arrays.npz"], ("data", "text_csv"): ["data.path=texts.csv"],
+            ("data", "coco"): ["data.annotations=instances.json"]}
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])

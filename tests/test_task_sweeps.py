@@ -389,3 +389,46 @@ def test_a_model_whose_outputs_the_task_cannot_read_fails_before_any_quantizatio
     assert t["status"] == "failed" and t["reason"].startswith("TaskError: task=detection: the model's outputs are "
                                                               "'logits' float32[N, 4, 16, 16]")
     assert "\n" not in t["reason"] and "stage_quantize_seconds" not in m and "quantize_seconds" not in m
+
+
+def test_label_masks_and_coco_boxes_beside_image_files(tmp_path):
+    """data=image_folder with a masks/ twin folder (segmentation labels) and data=coco (a COCO-style JSON
+    of boxes): the labels follow the images to the model's 16x16 input, and the tasks score against them."""
+    import json as js
+
+    from PIL import Image
+
+    made = _made(tmp_path, "seg")
+    _made(tmp_path, "det")
+    f = np.load(made / "seg.npz")
+    for split, xs, ys in (("train", f["x_train"][:24], f["y_train"][:24]), ("test", f["x_test"][:12], f["y_test"][:12])):
+        for i, (x, y) in enumerate(zip(xs, ys)):
+            for sub, arr in (("images", (x.transpose(1, 2, 0) * 255).astype(np.uint8)), ("masks", y)):
+                (tmp_path / "seg" / split / sub).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.kron(arr, np.ones((2, 2) + (1,) * (arr.ndim - 2), np.uint8))).save(
+                    tmp_path / "seg" / split / sub / f"{i}.png")  # stored at 32x32: fitted back to 16x16
+    d = np.load(made / "det.npz")
+    (tmp_path / "coco").mkdir()
+    images, anns = [], []
+    for i, (x, boxes) in enumerate(zip(d["x_test"][:12], d["y_test"][:12])):
+        Image.fromarray((x.transpose(1, 2, 0) * 255).astype(np.uint8)).save(tmp_path / "coco" / f"{i}.png")
+        images.append({"id": i, "file_name": f"{i}.png", "width": 16, "height": 16})
+        anns += [{"image_id": i, "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
+                  "category_id": int(b[4])} for b in boxes if b[4] >= 0]
+    (tmp_path / "ann.json").write_text(js.dumps({"images": images, "annotations": anns, "categories": []}))
+    common = ["model=torch", "model.input_shape=[3,16,16]", "quant=fp32,static", "backend=onnxruntime", *QUICK]
+    run_bsb(["-m", *common, "model.target=tasknets.nets.Seg", f"model.checkpoint={made}/seg.pt", "data=image_folder",
+             f"data.root={tmp_path}/seg"], tmp_path, env_extra=_env(made))
+    run_bsb(["-m", *common, "model.target=tasknets.nets.Det", f"model.checkpoint={made}/det.pt", "data=coco",
+             f"data.root={tmp_path}/coco", f"data.annotations={tmp_path}/ann.json"], tmp_path, env_extra=_env(made),
+            sweep="coco")
+    _, runs = runs_of(tmp_path)
+    by = {(r.data.tags["data"], r.data.tags["quant"]): r for r in runs}
+    for key, r in by.items():
+        assert r.data.tags["status"] == "ok", (key, r.data.tags.get("reason"))
+    seg = by[("image_folder", "static")]
+    assert seg.data.tags["task"] == "segmentation" and "miou" in seg.data.metrics and seg.data.metrics["test_samples"] == 12
+    assert "resize 16x16" in seg.data.tags["data_transform"]
+    det = by[("coco", "fp32")]
+    assert det.data.tags["task"] == "detection" and det.data.metrics["map"] == det.data.metrics["fp32_map"]
+    assert "boxes [M, 5]" in det.data.tags["task_inferred"] and "COCO-style" in det.data.tags["data_source"]

@@ -364,7 +364,7 @@ def test_npz_labels_of_any_shape_for_the_task_and_calibration_uses_what_there_is
     np.savez(tmp_path / "seg.npz", x_train=x, y_train=np.ones((10, 8, 8), np.uint8), x_test=x[:4],
              y_test=np.ones((4, 8, 8), np.uint8))
     ds = load_dataset(cfg(tmp_path / "seg.npz"), 0)
-    assert ds.y_test.dtype == np.int64 and ds.y_test.shape == (4, 8, 8) and ds.labelled
+    assert ds.y_test.dtype == np.uint8 and ds.y_test.shape == (4, 8, 8) and ds.labelled  # masks stay compact
     np.savez(tmp_path / "sr.npz", x_train=x, y_train=np.zeros((10, 3, 16, 16), np.float64), x_test=x[:4],
              y_test=np.zeros((4, 3, 16, 16), np.float64))
     assert load_dataset(cfg(tmp_path / "sr.npz"), 0).y_test.dtype == np.float32
@@ -403,3 +403,100 @@ def test_scheme_properties_live_on_the_quant_configs():
     assert q["qat"].label_reason() and q["auto"].label_reason() and not q["static"].label_reason()
     assert "task=classification" in q["qat"].task_reason("segmentation") and not q["static"].task_reason("detection")
     assert not q["auto"].task_reason("classification")
+
+
+def test_a_file_rewritten_at_the_same_path_is_another_measurement(compose_cfg, tmp_path):
+    """config_hash holds the SHA-256 of the files a config names (a checkpoint, an npz): resume never
+    skips a cell whose weights or data changed under the same path; a config naming no file keeps
+    its hash."""
+    from bsb_hydra.cell import config_hash
+
+    ckpt = tmp_path / "w.pt"
+    ckpt.write_bytes(b"one")
+    cfg = compose_cfg(["model=torch", "model.target=x.Net", "model.input_shape=[3,8,8]", f"model.checkpoint={ckpt}"])
+    cfg.paths.root = "/tmp/project"
+    first = config_hash(cfg)
+    assert config_hash(cfg) == first
+    ckpt.write_bytes(b"two")
+    assert config_hash(cfg) != first
+    plain = compose_cfg([])
+    plain.paths.root = "/tmp/project"
+    from omegaconf import OmegaConf
+
+    from bsb_hydra import tracking
+
+    c = OmegaConf.to_container(plain, resolve=True, enum_to_str=True)
+    for k in ("hydra", "mlflow", "paths", "debug", "force", "peak"):
+        c.pop(k, None)
+    tracking.drop_inert(c)
+    import hashlib
+
+    assert config_hash(plain) == hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------- labels beside image files
+def _png(path, array):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def test_image_folder_masks_twin_folder_is_resized_with_the_images(tmp_path):
+    from omegaconf import OmegaConf
+
+    from bsb_hydra.config.store import schemas
+    from bsb_hydra.data import load_dataset
+    from bsb_hydra.data.transforms import fit_to_model
+
+    rng = np.random.default_rng(8)
+    for i in range(6):
+        img = (rng.random((20, 24, 3)) * 255).astype(np.uint8)
+        mask = np.zeros((20, 24), np.uint8)
+        mask[4:12, 6:18] = 1 + i % 2
+        _png(tmp_path / "seg" / "images" / f"im{i}.png", img)
+        _png(tmp_path / "seg" / "masks" / f"im{i}.png", mask)
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schemas("data")["image_folder"]),
+                                              {"root": str(tmp_path / "seg"), "resize": 16, "test_fraction": 0.34}))
+    ds = fit_to_model(load_dataset(cfg, 0), (3, 16, 16), cfg, "m")
+    assert ds.y_test.shape == (2, 16, 16) and ds.y_train.shape == (4, 16, 16) and ds.y_test.dtype == np.int32
+    assert set(np.unique(np.concatenate([ds.y_train.ravel(), ds.y_test.ravel()]))) == {0, 1, 2}  # never blended
+    assert ds.num_classes == 3 and ds.x_test[:2].shape == (2, 3, 16, 16) and "with masks" in ds.source
+    (tmp_path / "seg" / "masks" / "im0.png").unlink()
+    from bsb_hydra.config import InputError
+
+    with pytest.raises(InputError, match=r"1 image\(s\) of .*images have no mask of the same name .* \(e.g. im0.png\)"):
+        load_dataset(cfg, 1)
+
+
+def test_coco_boxes_follow_their_images_to_the_models_size(tmp_path):
+    from omegaconf import OmegaConf
+
+    from bsb_hydra.config import InputError
+    from bsb_hydra.config.store import schemas
+    from bsb_hydra.data import load_dataset
+    from bsb_hydra.data.transforms import fit_to_model
+
+    for i, (w, h) in enumerate(((32, 16), (16, 16), (64, 32))):
+        _png(tmp_path / "img" / f"{i}.png", np.zeros((h, w, 3), np.uint8))
+    doc = {"images": [{"id": 10 + i, "file_name": f"{i}.png", "width": w, "height": h}
+                      for i, (w, h) in enumerate(((32, 16), (16, 16), (64, 32)))],
+           "annotations": [{"image_id": 10, "bbox": [8, 4, 8, 8], "category_id": 3},
+                           {"image_id": 12, "bbox": [0, 0, 32, 16], "category_id": 1},
+                           {"image_id": 12, "bbox": [1, 1, 2, 2], "category_id": 2, "iscrowd": 1}],
+           "categories": [{"id": 1, "name": "cat"}, {"id": 3, "name": "dog"}]}
+    (tmp_path / "ann.json").write_text(json.dumps(doc))
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schemas("data")["coco"]),
+                                              {"root": str(tmp_path / "img"), "annotations": str(tmp_path / "ann.json"),
+                                               "resize": 16}))
+    ds = fit_to_model(load_dataset(cfg, 0), (3, 16, 16), cfg, "m")
+    y = ds.y_test
+    assert y.shape == (3, 1, 5) and ds.labelled and ds.class_names == ["0", "cat", "2", "dog"]
+    assert y[0, 0].tolist() == [4.0, 4.0, 8.0, 12.0, 3.0]  # x halved (32 -> 16 wide), y as it was
+    assert y[1, 0, 4] == -1 and y[2, 0].tolist() == [0.0, 0.0, 8.0, 8.0, 1.0]  # no box; the crowd box skipped
+    doc["annotations"].append({"image_id": 99, "bbox": [0, 0, 1, 1], "category_id": 1})
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    with pytest.raises(InputError, match=r"annotations\[3\] needs image_id \(of a listed image\)"):
+        load_dataset(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schemas("data")["coco"]),
+                                                         {"root": str(tmp_path / "img"),
+                                                          "annotations": str(tmp_path / "bad.json")})), 0)

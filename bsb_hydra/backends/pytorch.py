@@ -114,7 +114,38 @@ def _save_float(module, example, out: Path, ctx: BuildContext, allow_aoti: bool 
                               f"{len(x)} inputs (use backend.export=torchscript)")
         return Artifact(_save_aoti(module, x[0], out, ctx.cfg.device.threads), ctx.input_dtype, info)
     _save_script(module, x, out)
+    _check_trace(out, x, ctx)
     return Artifact(out, ctx.input_dtype, info)
+
+
+TRACE_CHECKS = 8  # test samples the traced file runs on before it is timed
+
+
+def _check_trace(path: Path, example: tuple, ctx: BuildContext) -> None:
+    """The traced file once more on other test samples: tracing records the control flow and sizes of
+    the one input it saw, and a model whose code depends on the data (a detector's score threshold and
+    NMS) then fails on the next input, inside the timing. Unsupported here, before any timing."""
+    import torch
+
+    x_test = getattr(ctx.data, "x_test", None)
+    if x_test is None or len(x_test) < 2:
+        return
+    from bsb_hydra.feeds import materialize
+
+    try:
+        traced = torch.jit.load(str(path), map_location="cpu")
+        for i in range(1, min(len(x_test), TRACE_CHECKS + 1)):  # one at a time: as the trace was made
+            other = tuple(o.to(e.dtype) for o, e in zip(_args(materialize(x_test[i:i + 1])), example))
+            with torch.inference_mode(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                traced(*other)
+    except Exception as e:
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+        raise Unsupported(f"quant={ctx.cfg.quant.scheme.value} on pytorch: the TorchScript trace of model="
+                          f"{ctx.cfg.model.name} fails on another input ({type(e).__name__}: "
+                          f"{(lines[-1] if lines else '')[:200]}): tracing records the control flow and sizes of the "
+                          "input it saw, and this model's depend on the data (a detector's NMS); run it on "
+                          "onnxruntime") from None
 
 
 def _compiled(model) -> bool:
@@ -134,7 +165,10 @@ def _bn_folded(model):
 
     if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return copy.deepcopy(model).eval()
-    return fuse(copy.deepcopy(model).eval())
+    try:
+        return fuse(copy.deepcopy(model).eval())
+    except Exception:  # torch.fx cannot trace it (a detector's post-processing): TorchScript's freeze folds bn
+        return copy.deepcopy(model).eval()
 
 
 def _clip_bounds(gm, node):
@@ -503,7 +537,16 @@ class PytorchRunner(Runner):
         else:
             with warnings.catch_warnings():  # torch's deprecation notice for TorchScript, on every load
                 warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*", category=FutureWarning)
-                self.model = torch.jit.load(path, map_location="cpu").eval()
+                try:
+                    self.model = torch.jit.load(path, map_location="cpu").eval()
+                except RuntimeError as e:
+                    if "torchvision::" not in str(e):
+                        raise
+                    # the model calls torchvision's operators (a detector's nms, roi_align): a deployment
+                    # loads their library with it; only such a model's worker imports torchvision
+                    import torchvision  # noqa: F401
+
+                    self.model = torch.jit.load(path, map_location="cpu").eval()
         self.dtype = getattr(torch, input_dtype)
 
     _process_inference = False

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from bsb_hydra.backends import BACKENDS
-from bsb_hydra.backends.base import FAKE_QUANT_ELSEWHERE, Artifact, Backend, BuildContext, Runner
+from bsb_hydra.backends.base import FAKE_QUANT_ELSEWHERE, Artifact, Backend, BuildContext, Runner, Unsupported
 
 REQUIRED = {"tensorflow": "tensorflow", "tf_keras": "tf-keras", "tensorflow_model_optimization":
             "tensorflow-model-optimization", "ai_edge_litert": "ai-edge-litert"}
@@ -235,7 +235,14 @@ class TfliteBackend(Backend):
             for b in sorted({1, *cfg.benchmark.batch_sizes}):
                 x = torch.from_numpy(np.ascontiguousarray(np.repeat(ctx.example[:1], b, axis=0)))
                 path = work / f"exported_b{b}.pt2"
-                torch.export.save(torch.export.export(model, (x,)), str(path))
+                try:
+                    program = torch.export.export(model, (x,))
+                except Exception as e:  # data-dependent control flow (a detector's NMS), untraceable code
+                    first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+                    raise Unsupported(f"quant={cfg.quant.scheme.value} on tflite: litert-torch converts through "
+                                      f"torch.export, which cannot export model={cfg.model.name} at batch {b} "
+                                      f"({type(e).__name__}: {first}); run it on onnxruntime") from None
+                torch.export.save(program, str(path))
                 exported[str(b)] = str(path)
         jobs = [{**j, "out": str(j["out"]), "info_out": str(work / f"{j['scheme']}{i}_info.json")}
                 for i, j in enumerate(jobs)]

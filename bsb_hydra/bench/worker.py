@@ -22,7 +22,7 @@ import numpy as np
 from bsb_hydra.bench.outputs import OutputWriter
 from bsb_hydra.feeds import load_inputs, materialize, resize
 
-HEAVY = ("torch", "onnxruntime", "tensorflow", "ai_edge_litert", "mlflow", "hydra", "transformers", "onnx")
+HEAVY = ("torch", "torchvision", "onnxruntime", "tensorflow", "ai_edge_litert", "mlflow", "hydra", "transformers", "onnx")
 
 
 def _status_mb(field: str) -> float:

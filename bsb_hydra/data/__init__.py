@@ -113,9 +113,9 @@ def _load_dataset(cfg, seed: int, model_shape, specs=None) -> Dataset:
     elif isinstance(ds.x_train, Feeds):  # several inputs: each keeps the dtype its loader gave it
         ds.x_train = Feeds({k: np.ascontiguousarray(v) for k, v in ds.x_train.items()})
         ds.x_test = Feeds({k: np.ascontiguousarray(v) for k, v in ds.x_test.items()})
-    for split in ("y_train", "y_test"):  # class ids and masks as int64; float targets stay float
+    for split in ("y_train", "y_test"):  # class ids as int64; masks keep their own (small) integer type
         y = getattr(ds, split)
-        if y is not None and np.issubdtype(y.dtype, np.integer):
+        if y is not None and np.issubdtype(y.dtype, np.integer) and len(getattr(y, "shape", ())) <= 1:
             setattr(ds, split, y.astype(np.int64))
     return ds
 

@@ -4,6 +4,12 @@
 found and files listed by torchvision's own ``find_classes`` / ``make_dataset`` (its image extensions);
 class ids are the sorted folder names of the training split.
 
+Segmentation: ``DIR/images/*`` with a ``DIR/masks/*`` twin folder (or ``DIR/train/images``,
+``DIR/train/masks`` and ``DIR/test/...``): each image's mask is the file of the same name stem in
+``masks/``, one class id per pixel (8-bit grayscale or palette PNG), resized with the image to the
+model's input (nearest neighbour; bsb_hydra/data/labels.py). Without a test folder the split is a
+seeded random one (``data.test_fraction``).
+
 The files are decoded on access (PIL), never all at once, and fitted to the model like every image
 set: resized to ``data.resize`` or the model's input size, channels repeated, ``mean``/``std``
 applied (bsb_hydra/data/transforms.py). Images of mixed sizes need one of those sizes."""
@@ -49,6 +55,45 @@ def _listing(folder: Path, classes=None):
     return list(names), list(paths), np.asarray(labels, dtype=np.int64)
 
 
+def _pairs(folder: Path):
+    """(image paths, mask paths) of a segmentation folder: images/ and its masks/ twin, by name stem."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    images = sorted(p for p in (folder / "images").iterdir() if p.suffix.lower() in IMG_EXTENSIONS)
+    if not images:
+        raise InputError(f"data.root: no images ({', '.join(IMG_EXTENSIONS)}) in {folder / 'images'}")
+    masks = {p.stem: p for p in (folder / "masks").iterdir() if p.suffix.lower() in IMG_EXTENSIONS}
+    missing = [p.name for p in images if p.stem not in masks]
+    if missing:
+        raise InputError(f"data.root: {len(missing)} image(s) of {folder / 'images'} have no mask of the same name in "
+                         f"{folder / 'masks'} (e.g. {missing[0]})")
+    return [str(p) for p in images], [str(masks[p.stem]) for p in images]
+
+
+def _segmentation(cfg, root: Path, seed: int) -> Dataset:
+    from bsb_hydra.data.labels import MaskFiles
+
+    test_dir = next((root / d for d in ("test", "val") if (root / d / "images").is_dir()), None)
+    if (root / "train" / "images").is_dir() and test_dir is not None:
+        ptr, mtr = _pairs(root / "train")
+        pte, mte = _pairs(test_dir)
+        split = f"{test_dir.name}/images of {root}"
+    else:
+        paths, masks = _pairs(root)
+        if len(paths) < 2:
+            raise InputError(f"data.root: {root / 'images'} has {len(paths)} image(s); a split needs at least 2")
+        idx = np.random.default_rng(seed).permutation(len(paths))
+        k = max(1, int(round(len(paths) * cfg.test_fraction)))
+        te, tr = np.sort(idx[:k]), np.sort(idx[k:])
+        ptr, mtr = [paths[i] for i in tr], [masks[i] for i in tr]
+        pte, mte = [paths[i] for i in te], [masks[i] for i in te]
+        split = f"a seeded {cfg.test_fraction:g} split of {root}/images, seed {seed}"
+    mode, sizes = _headers(ptr + pte)
+    return Dataset("image_folder", ImageFiles(ptr, mode, sizes), MaskFiles(mtr), ImageFiles(pte, mode, sizes),
+                   MaskFiles(mte), None, [], source=f"image folder {root} with masks ({len(ptr) + len(pte)} pairs)",
+                   test_split=split)
+
+
 def _headers(paths):
     """Every file's (mode, size), from its header only."""
     from PIL import Image, UnidentifiedImageError
@@ -72,6 +117,8 @@ def load(cfg, seed: int) -> Dataset:
     root = Path(str(cfg.root)).expanduser()
     if not root.is_dir():
         raise InputError(f"data.root={str(cfg.root)!r}: no such folder")
+    if any((r / "images").is_dir() and (r / "masks").is_dir() for r in (root, root / "train")):
+        return _segmentation(cfg, root, seed)
     test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
     if (root / "train").is_dir() and test_dir is not None:
         classes, ptr, ytr = _listing(root / "train")

@@ -83,8 +83,9 @@ def load(cfg, seed: int) -> Dataset:
             raise InputError(f"data.path={str(cfg.path)!r}: y_train is {ytr.dtype}{list(ytr.shape[1:])} per sample, "
                              f"y_test {yte.dtype}{list(yte.shape[1:])}: they must match")
         if ytr.ndim > 1 or not np.issubdtype(ytr.dtype, np.integer):  # masks, targets, boxes: the task reads them
-            ytr = ytr.astype(np.int64) if np.issubdtype(ytr.dtype, np.integer) else ytr.astype(np.float32)
-            yte = yte.astype(np.int64) if np.issubdtype(yte.dtype, np.integer) else yte.astype(np.float32)
+            # masks keep their integer type (uint8 masks of 1200 224-px images: 60 MB, not 480 as int64)
+            ytr = ytr if np.issubdtype(ytr.dtype, np.integer) else ytr.astype(np.float32)
+            yte = yte if np.issubdtype(yte.dtype, np.integer) else yte.astype(np.float32)
             k = int(max(ytr.max(initial=0), yte.max(initial=0))) + 1 if np.issubdtype(ytr.dtype, np.integer) else None
             names = list(cfg.class_names) if cfg.class_names else ([str(i) for i in range(k)] if k else [])
             kind = (f"integer {list(ytr.shape[1:])}" if k else f"float {list(ytr.shape[1:])}")

@@ -212,9 +212,24 @@ def fit_to_model(ds, want: Optional[Sequence[int]], data_cfg, model_name: str):
                                  "or use a model with a fixed input size")
         t = t or ImageTransform(tuple(ds.x_test.shape[2:]), ds.x_test.shape[1])
     if t is None:
+        return _fit_labels(ds, tuple(ds.x_test.shape[2:]))
+    return _fit_labels(dataclasses.replace(ds, x_train=FittedImages(ds.x_train, t), x_test=FittedImages(ds.x_test, t),
+                                           transform=t.describe()), t.size)
+
+
+def _fit_labels(ds, size):
+    """Masks and boxes that live beside image files, fitted to the images' size (bsb_hydra/data/labels.py):
+    masks resized (nearest), boxes scaled; a segmentation set's class count from its masks."""
+    from bsb_hydra.data.labels import FILE_LABELS, MaskFiles, fitted
+
+    if not isinstance(ds.y_test, FILE_LABELS):
         return ds
-    return dataclasses.replace(ds, x_train=FittedImages(ds.x_train, t), x_test=FittedImages(ds.x_test, t),
-                               transform=t.describe())
+    masks = isinstance(ds.y_test, MaskFiles)
+    ytr = fitted(ds.y_train, size)
+    yte = ytr if ds.y_test is ds.y_train else fitted(ds.y_test, size)
+    k = int(max(ytr.max(initial=0), yte.max(initial=0))) + 1 if masks else ds.num_classes
+    return dataclasses.replace(ds, y_train=ytr, y_test=yte, num_classes=k,
+                               class_names=ds.class_names or ([str(i) for i in range(k)] if masks else []))
 
 
 def _shape(s) -> str:

@@ -29,8 +29,15 @@ class ImageToImageTaskConfig(TaskConfig):
         positive("task.data_range", self.data_range, allow_none=True)
 
 
+SSIM_BATCH = 8  # samples per SSIM call: its Gaussian-filtered maps are several times the images' size
+
+
 def image_scores(pred: np.ndarray, target: np.ndarray, data_range: float) -> Dict[str, np.ndarray]:
     """Per sample: psnr, ssim, mse, mae."""
+    if len(pred) > SSIM_BATCH:
+        parts = [image_scores(pred[i:i + SSIM_BATCH], target[i:i + SSIM_BATCH], data_range)
+                 for i in range(0, len(pred), SSIM_BATCH)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     import torch
     from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
