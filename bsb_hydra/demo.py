@@ -98,6 +98,7 @@ def run(argv) -> int:
     from bsb_hydra.backends.base import BuildContext, Unsupported
     from bsb_hydra.config import validate
     from bsb_hydra.data import calibration_indices, load_dataset
+    from bsb_hydra.feeds import materialize
     from bsb_hydra.sysinfo import system_info, torch_engine
     from bsb_hydra.train import get_fp32_model
 
@@ -128,6 +129,14 @@ def run(argv) -> int:
     if is_text:
         x = ds.vocab.encode(text, cfg.data.seq_len)[None, :]
         shown = f"text: {text!r} ({int((x != 0).sum())} tokens, seq_len {cfg.data.seq_len})"
+        specs = cfg.model.input_specs()
+        if specs and len(specs) > 1:  # every input the tokenizer gives (model=hf model.feed=tokenizer)
+            import dataclasses
+
+            from bsb_hydra.data.text import as_model_inputs
+
+            x = as_model_inputs(dataclasses.replace(ds, x_train=x, x_test=x), specs).x_test
+            ds = as_model_inputs(ds, specs)
     else:
         if not 0 <= index < len(ds.y_test):
             raise DemoError(f"index={index} is out of range: the test split of {ds.name} has {len(ds.y_test)} "
@@ -138,7 +147,7 @@ def run(argv) -> int:
     info = system_info()
     idx = calibration_indices(ds, cfg.quant.samples, cfg.seed) if scheme in ("static", "qat") else None
     work = Path(tempfile.mkdtemp(prefix="bsb_demo_"))
-    ctx = BuildContext(fp32.module, ds.x_train[:1].copy(), ds.x_train[idx] if idx is not None else None, cfg,
+    ctx = BuildContext(fp32.module, materialize(ds.x_train[:1]), ds.x_train[idx] if idx is not None else None, cfg,
                        torch_engine(cfg.device.torch_engine, info["arch"]), info["arch"], info["isa"], work,
                        data=ds, calibration_indices=idx)
     arts = {"fp32": backend.build("fp32", ctx, work / f"fp32{backend.suffix}")}

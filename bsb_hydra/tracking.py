@@ -106,7 +106,9 @@ LATER_INERT = {"device.core_pinning": None, "device.expected_isa": [], "data.res
                "backend.transformer_optimizer": False, "backend.fold_relu6": False,
                # added with the tasks (2026-12-06): data=random's vocab_size, model=onnx's tokenizer,
                # model=torch's inputs
-               "data.vocab_size": None, "model.tokenizer": None, "model.inputs": None}
+               "data.vocab_size": None, "model.tokenizer": None, "model.inputs": None,
+               # model=hf fed token ids alone before 2026-12-06 (its default is now the tokenizer's inputs)
+               "model.feed": "ids"}
 
 
 def _family(c: Dict[str, Any]) -> str:

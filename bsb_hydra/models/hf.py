@@ -6,9 +6,14 @@ path taken from ``model.path``).
 A folder whose classification head already has the data's class count (a fine-tuned model) is
 measured as it is. Any other folder (an encoder such as all-MiniLM-L6-v2, or a head of another size)
 gets a new head for the data's classes and is fine-tuned on the training split like ``model=transformer``
-(``train=hf_default``). Like the transformer, the model takes one int64 input, the token ids: the
-attention mask is computed inside from the tokenizer's pad id, so every backend exports and measures
-the same graph. Attention runs in transformers' "eager" implementation (plain MatMul/Softmax ops)."""
+(``train=hf_default``).
+
+``model.feed=tokenizer`` (the default) feeds the model every input its tokenizer returns
+(``tokenizer.model_input_names``: input_ids, token_type_ids, attention_mask for a BERT), by name, as a
+deployment calls it; every backend exports and measures that graph (bsb_hydra/feeds.py).
+``model.feed=ids`` feeds the token ids alone and computes the attention mask inside from the
+tokenizer's pad id (the form measured before 2026-12-06). Attention runs in transformers' "eager"
+implementation (plain MatMul/Softmax ops)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,14 +36,29 @@ class HfModelConfig(ModelConfig):
     name: str = "hf"
     path: str = MISSING
     default_data: str = "rt_snippets"
+    # tokenizer: every input the folder's tokenizer returns, by name; ids: token ids only, the mask
+    # computed inside from the pad id (one input)
+    feed: str = "tokenizer"
     family: ClassVar[str] = "transformer"
     needs_tokenizer: ClassVar[str] = "hf"
     source_kind: ClassVar[str] = "hf"
+    FEEDS: ClassVar[tuple] = ("tokenizer", "ids")
 
     def __post_init__(self) -> None:
         if self.checkpoint:
             raise ConfigError(f"model.checkpoint={self.checkpoint!r} does not apply to model=hf: the folder at "
                               "model.path holds the weights")
+        if self.feed not in self.FEEDS:
+            raise ConfigError(f"model.feed={self.feed!r} is not allowed: use tokenizer (every input the tokenizer "
+                              "returns) or ids (token ids only, the mask computed inside)")
+
+    def input_specs(self):
+        """feed=tokenizer: the tokenizer's inputs (int64, one per token; the data's seq_len fixes the length)."""
+        if self.feed != "tokenizer":
+            return None
+        from bsb_hydra.feeds import InputSpec
+
+        return [InputSpec(name, (None,), "int64") for name in tokenizer_inputs(str(existing(self.path)))]
 
     @classmethod
     def label_of(cls, cfg) -> str:
@@ -71,6 +91,30 @@ def _config(folder: Path) -> dict:
         return json.loads((folder / "config.json").read_text())
     except ValueError as e:
         raise InputError(f"model.path={str(folder)!r}: config.json is not JSON ({e})") from None
+
+
+_INPUTS: dict = {}
+
+
+def tokenizer_inputs(folder: str):
+    """The names of the inputs the folder's tokenizer returns, in its order (model_input_names)."""
+    if folder not in _INPUTS:
+        from bsb_hydra.data.text import HfTokenizer
+
+        _INPUTS[folder] = list(HfTokenizer(folder).tok.model_input_names)
+    return _INPUTS[folder]
+
+
+class HfTokenizerInputs(nn.Module):
+    """The folder's model called with the tokenizer's inputs, positionally in ``names``' order -> logits."""
+    trims_trailing_padding = True  # right-padded ids into a masked model (bsb_hydra/train.py)
+
+    def __init__(self, model: nn.Module, names) -> None:
+        super().__init__()
+        self.model, self.names = model, list(names)
+
+    def forward(self, *inputs):
+        return self.model(**dict(zip(self.names, inputs))).logits
 
 
 class HfClassifier(nn.Module):
@@ -119,7 +163,10 @@ def build(cfg, input_shape, num_classes):
     if input_shape[0] > getattr(model.config, "max_position_embeddings", 10 ** 9):
         raise InputError(f"data.seq_len={input_shape[0]} is longer than the model's "
                          f"{model.config.max_position_embeddings} positions")
-    module = HfClassifier(model, HfTokenizer(str(folder)).pad_id).eval()
+    if cfg.feed == "tokenizer":
+        module = HfTokenizerInputs(model, tokenizer_inputs(str(folder))).eval()
+    else:
+        module = HfClassifier(model, HfTokenizer(str(folder)).pad_id).eval()
     if fits and is_classifier:  # a fine-tuned classifier for these classes: measured as it is
         from bsb_hydra.train import Fp32Model, sha256_file
 
