@@ -29,6 +29,10 @@ class InjectedFault(RuntimeError):
     pass
 
 
+class ArtifactStoreError(OSError):
+    pass
+
+
 def _name(v) -> str:
     return v.value if hasattr(v, "value") else str(v)
 
@@ -134,10 +138,29 @@ class RunLog:
         self.mlflow.log_metric(key, float(value), step=step)
 
     def json(self, obj: Any, name: str) -> None:
-        self.mlflow.log_dict(obj, name)
+        try:
+            self.mlflow.log_dict(obj, name)
+        except OSError as e:
+            raise self._store_error(name, "", e) from None
 
     def artifact(self, path: Path, folder: str) -> None:
-        self.mlflow.log_artifact(str(path), folder)
+        try:
+            self.mlflow.log_artifact(str(path), folder)
+        except OSError as e:
+            raise self._store_error(Path(path).name, folder, e) from None
+
+    def _store_error(self, name: str, folder: str, e: OSError) -> "ArtifactStoreError":
+        """The artifact store refused a file (a full disk, no permission): the error names where it went
+        and the errno. The cell's metrics are already logged (steps.measure logs them first)."""
+        import errno as errno_mod
+
+        try:
+            where = self.mlflow.get_artifact_uri(f"{folder}/{name}" if folder else name)
+        except Exception:
+            where = name
+        code = errno_mod.errorcode.get(e.errno, str(e.errno)) if e.errno else "?"
+        return ArtifactStoreError(f"cannot store the artifact {where}: {e.strerror or e} ({code}); the cell's "
+                                  "measurements are logged on its run, its files are not")
 
 
 def run_cell(dict_cfg: DictConfig) -> Dict[str, Any]:
@@ -162,23 +185,30 @@ def run_cell(dict_cfg: DictConfig) -> Dict[str, Any]:
     chash = config_hash(dict_cfg)
     me = tracking.process_identity()
     client = mlflow.MlflowClient()
-    closed = tracking.close_dead_runs(client, experiment_id, me)
+    closed = tracking.close_dead_runs(client, experiment_id, me, dict_cfg.mlflow.stale_after_s)
     if closed:
         print(f"[resume] marked {len(closed)} run(s) of dead processes KILLED: {', '.join(closed)}", flush=True)
-    prior = None if dict_cfg.get("force", False) else tracking.finished_run(client, experiment_id, chash, info)
+    force = bool(dict_cfg.get("force", False))
+    prior = None if force else tracking.finished_run(client, experiment_id, chash, info)
     if prior is None:
-        with mlflow.start_run(experiment_id=experiment_id, run_name=cid) as run:
+        tags = {"status": "running", "claim": "pending", "heartbeat": f"{time.time():.0f}", "cell": cid,
+                "config_hash": chash, "git_sha": git_sha(), "sweep_dir": job["sweep_dir"], "job_num": job["job_num"],
+                **me, **info}
+        run = client.create_run(experiment_id, run_name=cid, tags={k: str(v) for k, v in tags.items() if str(v) != ""})
+        prior = tracking.claim(client, experiment_id, run, chash, info, me, dict_cfg.mlflow.stale_after_s, force)
+        if prior is not None:  # another sweep measures (or just measured) this cell: its run is the one
+            client.delete_run(run.info.run_id)
+        else:
             result["run_id"] = run.info.run_id
-            log = RunLog(mlflow)
-            log.tags({"status": "running", "cell": cid, "config_hash": chash, "git_sha": git_sha(),
-                      "sweep_dir": job["sweep_dir"], "job_num": job["job_num"], **me, **info})
-            _run_logged(dict_cfg, info, out_dir, log, result)
-            result["seconds"] = time.perf_counter() - t_start
-            log.tags({"status": result["status"], "reason": result["reason"][:5000]})
-            log.metrics({"cell_seconds": result["seconds"]})
-            if result["status"] == "failed":
-                mlflow.end_run(status="FAILED")
-    else:
+            _measure_in_run(dict_cfg, run.info.run_id, client, info, out_dir, result, t_start)
+    if prior is not None and prior.info.status == "RUNNING":
+        t = prior.data.tags
+        result.update(status="skipped", run_id=prior.info.run_id, seconds=time.perf_counter() - t_start,
+                      claimed_by=prior.info.run_id,
+                      reason=f"being measured by run {prior.info.run_id} of another sweep (process {t.get('pid', '?')} "
+                             f"on {t.get('host', '?')}, sweep {t.get('sweep_dir') or '?'}): measured once, not twice; "
+                             "its numbers are in the store when it ends")
+    elif prior is not None:
         result.update(status="skipped", run_id=prior.info.run_id, seconds=time.perf_counter() - t_start,
                       reason=f"run {prior.info.run_id} already measured config_hash {chash} on this machine "
                              f"(status ok); force=true measures it again")
@@ -187,6 +217,38 @@ def run_cell(dict_cfg: DictConfig) -> Dict[str, Any]:
     print(summary_line(result), flush=True)
     _write_result(out_dir, result)
     return result
+
+
+def _measure_in_run(dict_cfg: DictConfig, run_id: str, client, info, out_dir: Path, result: Dict[str, Any],
+                    t_start: float) -> None:
+    """The cell's measurement inside its claimed run, the run's heartbeat renewed meanwhile. Ctrl-C or
+    SIGTERM close the run KILLED with the reason (status killed), then end the sweep."""
+    import mlflow
+
+    from bsb_hydra.local_state import Interrupted
+
+    with mlflow.start_run(run_id=run_id):
+        log = RunLog(mlflow)
+        try:
+            with tracking.Heartbeat(client, run_id, dict_cfg.mlflow.heartbeat_s):
+                _run_logged(dict_cfg, info, out_dir, log, result)
+        except (KeyboardInterrupt, Interrupted) as e:
+            sig = e.signame if isinstance(e, Interrupted) else "SIGINT (Ctrl-C)"
+            result.update(status="killed", seconds=time.perf_counter() - t_start,
+                          reason=f"interrupted by {sig} after {time.perf_counter() - t_start:.0f} s, before the cell "
+                                 "was measured to the end; the same command measures it again")
+            log.tags({"status": "killed", "reason": result["reason"]})
+            mlflow.end_run(status="KILLED")
+            print(summary_line(result), flush=True)
+            _write_result(out_dir, result)
+            raise
+        result["seconds"] = time.perf_counter() - t_start
+        log.tags({"status": result["status"], "reason": result["reason"][:5000]})
+        if not result["reason"] and "reason" in client.get_run(run_id).data.tags:
+            client.delete_tag(run_id, "reason")  # a wrong "killed" mark while it ran (tracking.Heartbeat)
+        log.metrics({"cell_seconds": result["seconds"]})
+        if result["status"] == "failed":
+            mlflow.end_run(status="FAILED")
 
 
 def _run_logged(dict_cfg: DictConfig, info: Dict[str, str], out_dir: Path, log, result: Dict[str, Any]) -> None:
@@ -212,9 +274,10 @@ def _run_logged(dict_cfg: DictConfig, info: Dict[str, str], out_dir: Path, log, 
             raise Unsupported(reason)
         with JobSlot() as slot:
             result["metrics"] = measure(cfg, dict_cfg, out_dir / "artifacts", log, slot)
-        result["metrics"].update(best_fp32_metrics(cfg, result["metrics"], log))
+        best = best_fp32_metrics(cfg, result["metrics"], log)  # measure() logged the rest as it measured them
+        result["metrics"].update(best)
         result.update({k: log.logged_tags[k] for k in ("task", "quality_metric") if k in log.logged_tags})
-        log.metrics(result["metrics"])
+        log.metrics(best)
         result["status"] = "ok"
     except Unsupported as e:
         result["status"], result["reason"] = "unsupported", str(e)

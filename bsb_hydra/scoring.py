@@ -90,7 +90,7 @@ def score_cell(cfg, task, ds, fp32, art, fp32_art, timed, facts: Dict[str, float
 
 
 def log_score(s: CellScore, workdir: Path, log) -> None:
-    log.metrics(s.metrics)
+    """The score's tags and files (its metrics are logged by the caller as soon as they exist)."""
     log.tags(s.tags)
     for name, obj in s.json.items():
         log.json(obj, name)

@@ -87,10 +87,11 @@ def measure(cfg, dict_cfg, workdir: Path, log, slot: Optional[JobSlot] = None) -
                   f"cores and caches, so its latencies are distorted (tag concurrent_jobs={slot.peak})", flush=True)
         with stage("score"):
             score = score_cell(cfg, task, ds, fp32, art, fp32_art, timed, facts, peak)
+        m.update(score.metrics)
+        log.metrics(m)  # as soon as measured: an artifact that cannot be stored next never loses them
         with stage("log"):
             log_score(score, workdir, log)
             log_measurement(cfg, ds, art, engine, timed, slot, log)
-        m.update(score.metrics)
     finally:
         log.metrics(stage.metrics())
     return m

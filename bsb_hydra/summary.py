@@ -38,9 +38,14 @@ def format_table(results) -> str:
                      f"{r.get('task', '-'):<15} {quality:<22} {delta:>8} {f('cosine_mean', '.6f'):>8} "
                      + (f"{'simulated':>10} {'-':>8}" if m.get("simulated") else  # fake_quant: never timed
                         f"{f('latency_p50_ms_b1', '.4f'):>10} {f('speedup_b1', '.2f'):>8}"))
-        if r["status"] not in ("ok", "skipped") and r.get("reason"):
+        if (r["status"] not in ("ok", "skipped") or r.get("claimed_by")) and r.get("reason"):
             lines.append(f"{'':>5}reason: {r['reason'].splitlines()[0][:150]}")
     return "\n".join(lines)
+
+
+# Failed cells seen by this process (a single run's, or a sweep's count after its table): the exit
+# status of python -m bsb_hydra is 1 when any (bsb_hydra/__main__.py).
+FAILED: list = []
 
 
 class SweepSummary(Callback):
@@ -53,3 +58,6 @@ class SweepSummary(Callback):
         counts = {s: sum(r["status"] == s for r in results) for s in ("ok", "skipped", "unsupported", "failed")}
         print(f"\nSweep {sweep}: {len(results)} cells, " + ", ".join(f"{v} {k}" for k, v in counts.items()))
         print(format_table(results), flush=True)
+        FAILED.extend(r["cell"] for r in results if r["status"] in ("failed", "killed"))
+        if counts["failed"]:
+            print(f"{counts['failed']} cell(s) failed: exit status 1", flush=True)

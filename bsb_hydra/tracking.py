@@ -10,6 +10,8 @@ from typing import Any, Dict
 
 from omegaconf import OmegaConf
 
+from bsb_hydra.local_state import _pid_start, alive as _alive, pid_namespace
+
 
 def flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, str]:
     out = {}
@@ -189,53 +191,143 @@ def _quote(v: str) -> str:
 
 
 def process_identity() -> Dict[str, str]:
-    """Who holds a run open: host, pid and the pid's start time (so a reused pid is not mistaken
-    for the process that opened the run)."""
+    """Who holds a run open: host, pid, the pid's start time (so a reused pid is not mistaken for the
+    process that opened the run) and the PID namespace (a container sharing the host name has pids
+    of its own: a pid is checked only from the namespace it belongs to)."""
     import os
     import socket
 
-    return {"host": socket.gethostname(), "pid": str(os.getpid()), "pid_start": _pid_start(os.getpid())}
+    return {"host": socket.gethostname(), "pid": str(os.getpid()), "pid_start": _pid_start(os.getpid()),
+            "pid_namespace": pid_namespace()}
 
 
-def _pid_start(pid: int) -> str:
-    try:  # field 22 of /proc/PID/stat, after the parenthesised command name
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
+def run_is_dead(tags: Dict[str, str], me: Dict[str, str], stale_after_s: float, now: float) -> str:
+    """Why an open (RUNNING) run's process is gone, or "" if it may be alive. A run of this host and
+    PID namespace is checked by its pid at once. Any other (another host, a container sharing the
+    host name) is dead when its heartbeat (renewed every mlflow.heartbeat_s by bsb_hydra.tracking.
+    Heartbeat) is older than stale_after_s. A run from before the heartbeat (no heartbeat tag) keeps
+    the earlier rule: checked by pid on its own host, left alone elsewhere."""
+    beat = t_float(tags.get("heartbeat"))
+    same_space = (tags.get("host") == me["host"] and tags.get("pid") and
+                  (tags.get("pid_namespace") == me.get("pid_namespace") if beat is not None else True))
+    if same_space:
+        if _alive(tags["pid"], tags.get("pid_start", "")):
+            return ""
+        return f"process {tags['pid']} on {tags['host']} ended while this run was open (SIGKILL, crash or reboot)"
+    if beat is not None and now - beat > stale_after_s:
+        return (f"no heartbeat from process {tags.get('pid', '?')} on {tags.get('host', '?')} for {now - beat:.0f} s "
+                f"(mlflow.stale_after_s={stale_after_s:g}): it ended while this run was open")
+    return ""
 
 
-def _alive(pid: str, start: str) -> bool:
+def t_float(v) -> "float | None":
     try:
-        now = _pid_start(int(pid))
-    except ValueError:
-        return False
-    return bool(now) and (not start or now == start)
+        return float(v)
+    except (TypeError, ValueError):
+        return None
 
 
-def close_dead_runs(client, experiment_id: str, me: Dict[str, str]) -> list:
-    """Mark KILLED every run of the experiment left RUNNING by a process of this host that no longer
-    exists (a sweep killed with SIGKILL, a reboot). Runs opened on other hosts are left alone: this
-    host cannot tell whether they are still being written. Returns the run ids closed."""
+def close_dead_runs(client, experiment_id: str, me: Dict[str, str], stale_after_s: float = 600.0) -> list:
+    """Mark KILLED every run of the experiment left RUNNING by a process that is gone (run_is_dead: a
+    sweep killed with SIGKILL, a reboot, a host lost). Returns the run ids closed."""
+    import time
+
     closed = []
+    now = time.time()
     for run in search_all(client, experiment_id, "attributes.status = 'RUNNING'"):
-        t = run.data.tags
-        if t.get("host") != me["host"] or not t.get("pid") or _alive(t["pid"], t.get("pid_start", "")):
+        why = run_is_dead(run.data.tags, me, stale_after_s, now)
+        if not why:
             continue
-        reason = (f"killed: process {t['pid']} on {t['host']} ended while this run was open (SIGKILL, crash "
-                  f"or reboot); closed by process {me['pid']}")
         client.set_tag(run.info.run_id, "status", "killed")
-        client.set_tag(run.info.run_id, "reason", reason)
+        client.set_tag(run.info.run_id, "reason", f"killed: {why}; closed by process {me['pid']} on {me['host']}")
         client.set_terminated(run.info.run_id, status="KILLED")
         closed.append(run.info.run_id)
     return closed
 
 
+class Heartbeat:
+    """``with Heartbeat(client, run_id, interval_s):`` renews the run's ``heartbeat`` tag (unix seconds)
+    from a background thread while the cell runs, so that a sweep on another host or in another PID
+    namespace can tell a live run from a dead one. A run that another sweep wrongly closed as KILLED
+    while this one lived (a clock far off, a store unreachable for longer than stale_after_s) is put
+    back to RUNNING, its killed status and reason taken away. A failing renewal is retried at the
+    next beat; it never fails the cell."""
+
+    def __init__(self, client, run_id: str, interval_s: float) -> None:
+        import threading
+
+        self.client, self.run_id, self.interval_s = client, run_id, interval_s
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="bsb-heartbeat", daemon=True)
+
+    def beat(self) -> None:
+        import time
+
+        self.client.set_tag(self.run_id, "heartbeat", f"{time.time():.0f}")
+        run = self.client.get_run(self.run_id)
+        if run.info.status == "KILLED" or run.data.tags.get("status") == "killed":
+            self.client.update_run(self.run_id, status="RUNNING")
+            self.client.set_tag(self.run_id, "status", "running")
+            if run.data.tags.get("reason", "").startswith("killed:"):
+                self.client.delete_tag(self.run_id, "reason")
+
+    def _loop(self) -> None:
+        while not self.stop.wait(self.interval_s):
+            try:
+                self.beat()
+            except Exception:
+                pass
+
+    def __enter__(self) -> "Heartbeat":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(timeout=60)
+
+
+def _machine_filter(info: Dict[str, str]) -> str:
+    return (f"tags.arch = {_quote(info['arch'])} and tags.cpu = {_quote(info['cpu'])} "
+            f"and tags.emulated = {_quote(info['emulated'])}")
+
+
+def claim(client, experiment_id: str, run, chash: str, info: Dict[str, str], me: Dict[str, str],
+          stale_after_s: float, force: bool = False):
+    """Exactly once across sweeps that share a store: after this cell's run was created (tag
+    claim=pending), is another live run of the same config on this kind of machine measuring it, or
+    has one just finished ok? Returns that run (the caller deletes its own run and skips), or None:
+    then this run is the claim (tag claim=committed) and measures.
+
+    Works on any store, without a lock: every sweep creates its run first, then looks. A committed
+    claim always wins; between two pending ones, the earlier (start time, then run id) does. Two
+    sweeps that start together both see both pending runs and agree on one; a sweep that comes later
+    sees the first one committed. The finished-ok check is made again after the look, so a cell that
+    another sweep finished between this sweep's first check and its run's creation is not measured
+    twice (unless ``force``: measuring again is what was asked)."""
+    import time
+
+    mine = run.info.run_id
+    f = f"tags.config_hash = {_quote(chash)} and attributes.status = 'RUNNING' and " + _machine_filter(info)
+    now = time.time()
+    key = (run.info.start_time, mine)
+    rivals = [r for r in search_all(client, experiment_id, f)
+              if r.info.run_id != mine and not run_is_dead(r.data.tags, me, stale_after_s, now)]
+    for r in rivals:
+        if r.data.tags.get("claim") != "pending" or (r.info.start_time, r.info.run_id) < key:
+            return r
+    done = None if force else finished_run(client, experiment_id, chash, info)
+    if done is not None:
+        return done
+    client.set_tag(mine, "claim", "committed")
+    return None
+
+
 def finished_run(client, experiment_id: str, chash: str, info: Dict[str, str]):
     """The newest run of this config on this kind of machine (arch, cpu, emulation) with status ok,
     or None. The same config on another machine is another measurement, never a duplicate."""
-    f = (f"tags.config_hash = {_quote(chash)} and tags.status = 'ok' and attributes.status = 'FINISHED' "
-         f"and tags.arch = {_quote(info['arch'])} and tags.cpu = {_quote(info['cpu'])} "
-         f"and tags.emulated = {_quote(info['emulated'])}")
+    f = (f"tags.config_hash = {_quote(chash)} and tags.status = 'ok' and attributes.status = 'FINISHED' and "
+         + _machine_filter(info))
     runs = client.search_runs([experiment_id], filter_string=f, max_results=1, order_by=["attributes.start_time DESC"])
     return runs[0] if runs else None
 

@@ -90,6 +90,13 @@ def test_unknown_key_is_refused(compose_cfg):
     ("device.threads=0", "device.threads"),
     ("data.limit_test=0", "data.limit_test"),
     ("device.torch_engine=cuda", "device.torch_engine"),
+    # NaN passed every "value <= 0" check (issue 31): a NaN timeout hung the sweep on a hung worker
+    ("benchmark.timeout_s=nan", "benchmark.timeout_s"),
+    ("train.lr=nan", "train.lr"),
+    ("benchmark.min_duration_s=inf", "benchmark.min_duration_s"),
+    ("benchmark.max_duration_s=-inf", "benchmark.max_duration_s"),
+    ("mlflow.heartbeat_s=nan", "mlflow.heartbeat_s"),
+    ("mlflow.stale_after_s=10", "mlflow.stale_after_s"),
 ])
 def test_out_of_range_values_fail_validation_naming_the_key(compose_cfg, override, key):
     cfg = _resolvable(compose_cfg([override]))

@@ -115,6 +115,42 @@ def test_job_slots_count_live_jobs_and_prune_dead_ones(tmp_path):
     assert not (registry / str(os.getpid())).exists()
 
 
+def test_job_registry_is_private_and_planted_links_are_not_followed(tmp_path, monkeypatch):
+    """Issue 31, 2: the registry was /tmp/bsb_hydra_jobs (mode 1777), written through symlinks: a
+    local user could plant <registry>/<pid> -> any file, and a sweep run as root overwrote it. Now
+    it lives in the user's runtime folder (0700), refused when that name is another user's or a
+    symlink, and entries are written and read without following links."""
+    from bsb_hydra import local_state
+
+    monkeypatch.delenv("BSB_JOBS_DIR", raising=False)
+    monkeypatch.delenv("BSB_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    base = tmp_path / f"bsb_hydra-{os.getuid()}"
+    base.symlink_to(tmp_path / "elsewhere")  # planted before the first sweep
+    with pytest.raises(local_state.PrivateDirError, match="symlink"):
+        local_state.runtime_dir()
+    base.unlink()
+    if os.getuid() == 0:  # a folder of that name made by another user
+        base.mkdir()
+        os.chown(base, 65534, 65534)
+        with pytest.raises(local_state.PrivateDirError, match="belongs to uid 65534"):
+            local_state.runtime_dir()
+        base.rmdir()
+    with JobSlot() as slot:
+        registry = slot.registry
+        assert registry == base / "jobs" and (base.stat().st_mode & 0o777) == 0o700
+        assert (registry.stat().st_mode & 0o777) == 0o700
+    (registry / str(os.getpid())).symlink_to(victim)  # a link planted at the next entry's name
+    with JobSlot() as slot:
+        assert slot.sample() == 1
+    assert victim.read_text() == "precious"
+    (registry / "1").symlink_to(f"/proc/{os.getpid()}/stat")  # a link posing as a live job: not counted
+    with JobSlot() as slot:
+        assert slot.sample() == 1
+
+
 def test_report_flags_cells_timed_beside_other_jobs():
     from bsb_hydra.report.render import table
     from bsb_hydra.report.runs import Cell

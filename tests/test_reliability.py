@@ -90,26 +90,139 @@ def test_resume_matches_the_machine_and_closes_only_dead_local_runs(tmp_path):
     assert client.get_run(alive).info.status == "RUNNING" and client.get_run(remote).info.status == "RUNNING"
 
 
+def test_a_run_alive_in_another_pid_namespace_is_not_closed_and_a_silent_one_is(tmp_path):
+    """Issue 31, 5: a run of a container sharing the host name (its pid means nothing here) was marked
+    KILLED while it ran. Liveness across PID namespaces and hosts is the run's heartbeat; a run
+    wrongly closed puts itself back (its killed status and reason removed) at its next beat."""
+    from mlflow import MlflowClient
+
+    from bsb_hydra import tracking
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    exp = client.create_experiment("e", artifact_location=(tmp_path / "a").as_uri())
+    me = tracking.process_identity()
+    assert me["pid_namespace"]
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    now = time.time()
+
+    def running(**tags):
+        return client.create_run(exp, tags={"host": me["host"], "pid": str(dead.pid), "pid_start": "1",
+                                            **tags}).info.run_id
+
+    container = running(pid_namespace="boot:4026530000", heartbeat=f"{now:.0f}")  # alive over there
+    silent = running(pid_namespace="boot:4026530000", heartbeat=f"{now - 700:.0f}")
+    remote_alive = running(host="graviton-7", heartbeat=f"{now - 20:.0f}")
+    remote_silent = running(host="graviton-7", heartbeat=f"{now - 601:.0f}")
+    local_dead = running(pid_namespace=me["pid_namespace"], heartbeat=f"{now:.0f}")  # checked by pid at once
+    closed = tracking.close_dead_runs(client, exp, me, stale_after_s=600)
+    assert sorted(closed) == sorted([silent, remote_silent, local_dead])
+    assert "no heartbeat from process" in client.get_run(silent).data.tags["reason"]
+    assert client.get_run(container).info.status == "RUNNING"
+    assert client.get_run(remote_alive).info.status == "RUNNING"
+    # a live run closed by mistake (its heartbeat late): the next beat reopens it, reason gone
+    beat = tracking.Heartbeat(client, silent, 30)
+    beat.beat()
+    run = client.get_run(silent)
+    assert run.info.status == "RUNNING" and run.data.tags["status"] == "running" and "reason" not in run.data.tags
+    assert float(run.data.tags["heartbeat"]) >= now
+
+
+def test_claims_let_exactly_one_of_two_sweeps_measure_a_cell(tmp_path):
+    """Issue 31, 4 (the rule; the sweeps themselves: test_two_sweeps_started_together_...): a
+    committed claim wins; of two pending ones the earlier; a dead claim is ignored; an ok run that
+    finished meanwhile is found (force=true measures anyway)."""
+    from mlflow import MlflowClient
+
+    from bsb_hydra import tracking
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    exp = client.create_experiment("e", artifact_location=(tmp_path / "a").as_uri())
+    me = tracking.process_identity()
+    info = {"arch": "x86_64", "cpu": "AMD EPYC", "emulated": "false"}
+    base = {"config_hash": "h", **info, **me, "heartbeat": f"{time.time():.0f}"}
+
+    def create(**tags):
+        return client.create_run(exp, tags={**base, "claim": "pending", **tags})
+
+    a, b = create(), create()  # two sweeps, started together: both see both, agree on one
+    first, second = sorted([a, b], key=lambda r: (r.info.start_time, r.info.run_id))
+    assert tracking.claim(client, exp, second, "h", info, me, 600).info.run_id == first.info.run_id
+    assert tracking.claim(client, exp, first, "h", info, me, 600) is None
+    assert client.get_run(first.info.run_id).data.tags["claim"] == "committed"
+    client.delete_run(second.info.run_id)
+    late = create()  # later, and with a clock behind: the committed claim still wins
+    assert tracking.claim(client, exp, late, "h", info, me, 600).info.run_id == first.info.run_id
+    client.delete_run(late.info.run_id)
+    other_machine = create(cpu="Neoverse-V1")  # another machine's measurement, never a rival
+    assert tracking.claim(client, exp, other_machine, "h", {**info, "cpu": "Neoverse-V1"}, me, 600) is None
+    client.set_terminated(first.info.run_id, "FINISHED")
+    client.set_tag(first.info.run_id, "status", "ok")
+    again = create()  # the first one finished ok meanwhile
+    assert tracking.claim(client, exp, again, "h", info, me, 600).info.run_id == first.info.run_id
+    assert tracking.claim(client, exp, again, "h", info, me, 600, force=True) is None
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    client.set_terminated(again.info.run_id, "FINISHED")
+    stale = create(pid=str(gone.pid), claim="committed")  # a claim whose process died: ignored
+    fresh = create()
+    assert tracking.claim(client, exp, fresh, "h", info, me, 600, force=True) is None
+    assert client.get_run(stale.info.run_id).info.status == "RUNNING"  # closing it is close_dead_runs' job
+
+
+def _workers(under: Path) -> list:
+    """The pids of benchmark workers whose request lies under ``under``."""
+    out = []
+    for p in Path("/proc").iterdir():
+        try:
+            cmd = (p / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"bsb_hydra.bench.worker" in cmd and any(str(under).encode() in c for c in cmd):
+            out.append(int(p.name))
+    return out
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def test_sigkill_mid_cell_then_the_same_command_resumes(tmp_path):
-    """SIGKILL the whole sweep while the second cell's benchmark worker runs; the same command again
-    keeps the first cell, closes the half-written run as KILLED, and runs the rest."""
+    """SIGKILL the sweep process while the second cell's benchmark worker runs: the worker dies with it
+    (issue 31, 9: it kept timing beside the resumed sweep); the same command again keeps the first
+    cell, closes the half-written run as KILLED, runs the rest and removes the killed sweep's
+    temporary folder (conf/ snapshot included)."""
     args = ["-m", "model=mlp", "quant=fp32,dynamic,static", "backend=onnxruntime", *DIGITS]
-    cmd, env = bsb_command(args, tmp_path, "killed")
+    rt = tmp_path / "rt"
+    cmd, env = bsb_command(args, tmp_path, "killed", {"BSB_RUNTIME_DIR": str(rt)})
     log = open(tmp_path / "killed.log", "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_for(lambda: list((tmp_path / "killed" / "1" / "artifacts" / "bench").glob("*_request.json"))
-                  or proc.poll() is not None, "the second cell's benchmark worker")
+        _wait_for(lambda: _workers(tmp_path / "killed" / "1") or proc.poll() is not None,
+                  "the second cell's benchmark worker")
         assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        workers = _workers(tmp_path / "killed" / "1")
+        os.kill(proc.pid, signal.SIGKILL)  # the sweep alone, not its process group
         proc.wait()
+        _wait_for(lambda: all(_gone(w) for w in workers), "the worker to die with its sweep", timeout=10)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    left = [p for p in (rt / "tmp").iterdir() if f"-{proc.pid}-" in p.name]
+    assert len(left) == 1  # SIGKILL cannot clean up: the conf/ snapshot and the libraries' files are there
+    assert any(p.name.startswith("bsb_hydra_conf_") for p in left[0].iterdir()), list(left[0].iterdir())
     client, runs = runs_of(tmp_path)
     assert sorted((r.data.tags["quant"], r.info.status) for r in runs) == [("dynamic", "RUNNING"),
                                                                           ("fp32", "FINISHED")]
     half = next(r.info.run_id for r in runs if r.info.status == "RUNNING")
 
-    again = run_bsb(args, tmp_path, sweep="resumed")
+    again = run_bsb(args, tmp_path, sweep="resumed", env_extra={"BSB_RUNTIME_DIR": str(rt)})
+    assert not left[0].exists() and list((rt / "tmp").iterdir()) == []  # the next sweep removed it
     client, runs = runs_of(tmp_path)
     assert [r["status"] for r in _results(tmp_path, "resumed")] == ["skipped", "ok", "ok"]
     killed = client.get_run(half)
@@ -129,21 +242,62 @@ def test_sigkill_mid_cell_then_the_same_command_resumes(tmp_path):
     assert not [p for p in cache.iterdir() if ".tmp" in p.name]
 
 
-def test_two_jobs_asking_for_one_model_train_it_once(tmp_path):
-    """Two sweeps started together on one model cache and one sqlite store: the model is trained by
-    one, loaded from the cache by the other, and both runs are in the store."""
+def test_ctrl_c_and_sigterm_close_the_run_with_a_reason_and_leave_nothing_behind(tmp_path):
+    """Issue 31, 9: Ctrl-C left the run FAILED with tag status=running and no reason; SIGTERM leaked
+    the conf/ snapshot and converter logs. Now the open run ends KILLED, status killed, with the
+    signal in its reason; the worker is gone; the sweep exits 128 + the signal; its temporary folder
+    is removed."""
+    rt = tmp_path / "rt"
+    for sig, code, group in ((signal.SIGTERM, 143, False), (signal.SIGINT, 130, True)):
+        name = sig.name.lower()
+        cmd, env = bsb_command(["-m", "model=mlp", "quant=dynamic", "backend=onnxruntime", *DIGITS], tmp_path,
+                               name, {"BSB_RUNTIME_DIR": str(rt)})
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+        try:
+            _wait_for(lambda: _workers(tmp_path / name) or proc.poll() is not None, "the benchmark worker")
+            workers = _workers(tmp_path / name)
+            (os.killpg if group else os.kill)(proc.pid, sig)  # Ctrl-C reaches the whole foreground group
+            out = proc.communicate(timeout=60)[0]
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        assert proc.returncode == code, out[-3000:]
+        assert f"Interrupted by {sig.name}" in out
+        assert all(_gone(w) for w in workers)
+        assert list((rt / "tmp").iterdir()) == []
+    client, runs = runs_of(tmp_path)
+    assert sorted((r.info.status, r.data.tags["status"]) for r in runs) == [("KILLED", "killed")] * 2
+    reasons = sorted(r.data.tags["reason"] for r in runs)
+    assert "interrupted by SIGINT (Ctrl-C)" in reasons[0] and "interrupted by SIGTERM" in reasons[1]
+    assert [r["status"] for r in _results(tmp_path, "sigterm")] == ["killed"]
+
+
+def test_two_sweeps_started_together_measure_each_cell_once_and_train_once(tmp_path):
+    """Two sweeps of the same two cells started together on one model cache and one sqlite store
+    (issue 31, 4: each cell was measured twice, each timing distorted by the other sweep). Each cell
+    is measured once: the other sweep skips it, naming the run that measures it (or measured it).
+    The model is trained by one job, loaded from the cache by the other."""
     procs = []
-    for quant in ("fp32", "dynamic"):
-        cmd, env = bsb_command(["model=mlp", f"quant={quant}", "backend=onnxruntime", *DIGITS,
-                                f"hydra.run.dir={tmp_path}/run_{quant}"], tmp_path)
+    for name in ("a", "b"):
+        cmd, env = bsb_command(["-m", "model=mlp", "quant=fp32,dynamic", "backend=onnxruntime", *DIGITS], tmp_path,
+                               sweep=name)
         procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       text=True))
     outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
+    assert all(p.returncode == 0 for p in procs), [o[-3000:] for o in outs]
     _, runs = runs_of(tmp_path)
-    assert sorted(r.data.tags["status"] for r in runs) == ["ok", "ok"], [o[-2000:] for o in outs]
-    assert sorted(r.data.tags["fp32_source"] for r in runs) == ["cache", "trained"]
+    assert sorted(r.data.tags["quant"] for r in runs) == ["dynamic", "fp32"], [o[-2000:] for o in outs]
+    assert all(r.data.tags["status"] == "ok" and r.data.tags["claim"] == "committed" for r in runs)
+    assert sorted(r.data.tags["fp32_source"] for r in runs).count("trained") == 1
     assert len({r.data.tags["fp32_weights_sha256"] for r in runs}) == 1
+    results = _results(tmp_path, "a") + _results(tmp_path, "b")
+    for quant in ("fp32", "dynamic"):
+        mine = sorted((r["status"], r.get("run_id")) for r in results if f"-{quant}-" in r["cell"])
+        assert [s for s, _ in mine] == ["ok", "skipped"], results
+        assert mine[0][1] == mine[1][1]  # the skip names the run that measured it
+    skipped = [r["reason"] for r in results if r["status"] == "skipped"]
+    assert all("being measured by run" in t or "already measured" in t for t in skipped), skipped
 
 
 def test_joblib_launcher_with_two_workers_loses_no_run(tmp_path):
@@ -166,7 +320,8 @@ def test_joblib_launcher_with_two_workers_loses_no_run(tmp_path):
 def test_worker_killed_or_hung_fails_the_cell_and_the_sweep_goes_on(tmp_path):
     proc = run_bsb(["-m", "model=mlp", "quant=dynamic", "backend=onnxruntime", "debug.fail_cell=dynamic",
                     "debug.fail_stage=worker_oom,worker_hang,none", "benchmark.timeout_s=15", "force=true",
-                    *DIGITS], tmp_path)
+                    *DIGITS], tmp_path, check=False)
+    assert proc.returncode == 1, proc.stdout[-3000:]  # after its table (issue 31, 6: it exited 0)
     _, runs = runs_of(tmp_path)
     by = {r.data.params["debug.fail_stage"]: r for r in runs}
     assert by["worker_oom"].data.tags["status"] == "failed" and "SIGKILL" in by["worker_oom"].data.tags["reason"]
@@ -175,6 +330,16 @@ def test_worker_killed_or_hung_fails_the_cell_and_the_sweep_goes_on(tmp_path):
     assert by["none"].data.tags["status"] == "ok"
     assert all(by[k].info.status == "FAILED" for k in ("worker_oom", "worker_hang"))
     assert "1 ok, 0 skipped, 0 unsupported, 2 failed" in proc.stdout
+
+
+def test_a_failed_single_run_exits_1_and_an_unsupported_one_0(tmp_path):
+    """Issue 31, 6: a run whose cell failed exited 0, so CI jobs and scripts could not notice."""
+    failed = run_bsb(["model=mlp", "quant=dynamic", "backend=onnxruntime", "debug.fail_stage=train", *DIGITS],
+                     tmp_path, check=False)
+    assert failed.returncode == 1 and "[failed]" in failed.stdout, failed.stdout[-2000:]
+    unsupported = run_bsb(["model=mlp", "quant=dynamic", "backend=onnxruntime", "device=graviton3", *DIGITS],
+                          tmp_path, check=False)
+    assert unsupported.returncode == 0 and "[unsupported]" in unsupported.stdout, unsupported.stdout[-2000:]
 
 
 def test_the_worker_timeout_is_a_stall_timeout(tmp_path):
@@ -351,6 +516,8 @@ def test_random_overrides_are_accepted_or_refused_with_a_clear_error(compose_cfg
         msg = str(e) + str(e.__cause__ or "")
         leaf = key.split(".")[-1]
         assert leaf in msg or _fmt(value) in msg, msg
+    else:  # accepted: never a NaN or an infinity (issue 31, 7: NaN passed every "<= 0" check)
+        assert not (isinstance(value, float) and not np.isfinite(value)), f"{override} was accepted"
 
 
 def test_calibration_larger_than_the_training_split_uses_all_of_it_and_says_so(tmp_path):
@@ -433,10 +600,14 @@ def tiny_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def test_full_disk_fails_cells_clearly_keeps_the_store_and_resumes(tmp_path, tiny_disk):
-    """Artifacts on a full disk: the cells fail naming the cause, the store stays readable and
-    consistent, and after space is freed the same command measures them."""
-    (tiny_disk / "bsb-hydra").mkdir()  # the experiment's artifact folder exists; its disk is full
+def test_full_disk_keeps_the_measurement_names_the_path_and_resumes(tmp_path, tiny_disk):
+    """The artifact disk fills up while a cell runs (issue 31, 3: the measured numbers were lost, the
+    message named no path): the cell fails naming the artifact's path and ENOSPC, its run keeps every
+    metric it measured, the store stays consistent, the sweep exits 1 after its table, and after
+    space is freed the same command measures the cell again."""
+    (tiny_disk / "bsb-hydra").mkdir()  # the experiment's artifact folder exists
+    spacer = tiny_disk / "spacer"
+    spacer.write_bytes(b"\0" * 8192)  # freed below: room for config.json, not for the measurement's files
     filler = tiny_disk / "filler"
     with open(filler, "wb") as f:  # fill the disk to the last byte
         try:
@@ -445,18 +616,22 @@ def test_full_disk_fails_cells_clearly_keeps_the_store_and_resumes(tmp_path, tin
                 f.flush()
         except OSError:
             pass
+    spacer.unlink()
     args = ["-m", "model=mlp", "quant=dynamic", "backend=onnxruntime", f"mlflow.artifact_root={tiny_disk}", *DIGITS]
-    proc = run_bsb(args, tmp_path, sweep="full")
-    assert "No space left on device" in proc.stdout, proc.stdout[-3000:]
+    proc = run_bsb(args, tmp_path, sweep="full", check=False)
+    assert proc.returncode == 1 and "1 failed" in proc.stdout, proc.stdout[-3000:]
     client, runs = runs_of(tmp_path)
     assert len(runs) == 1 and all(r.data.tags["status"] == "failed" and r.info.status == "FAILED" for r in runs)
-    assert all("No space left on device" in r.data.tags["reason"] for r in runs)
+    reason = runs[0].data.tags["reason"]
+    assert "No space left on device (ENOSPC)" in reason and f"file://{tiny_disk}/bsb-hydra/" in reason, reason
+    m = runs[0].data.metrics  # measured before the disk refused the files: kept
+    assert {"latency_p50_ms_b1", "accuracy", "size_ratio", "top1_agreement"} <= set(m), sorted(m)
     import sqlite3
 
     assert sqlite3.connect(tmp_path / "mlflow.db").execute("PRAGMA integrity_check").fetchone() == ("ok",)
     filler.unlink()
-    run_bsb(args, tmp_path, sweep="freed")
-    assert [r["status"] for r in _results(tmp_path, "freed")] == ["ok"]
+    proc = run_bsb(args, tmp_path, sweep="freed")
+    assert [r["status"] for r in _results(tmp_path, "freed")] == ["ok"] and proc.returncode == 0
 
 
 # ------------------------------------------------------------------------------ missing data

@@ -79,6 +79,7 @@ def run_worker(*, backend: str, items: List[Item], threads: int, settings: Dict,
         env[var] = str(threads)
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2])] +
                                         ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env["BSB_PARENT_PID"] = str(os.getpid())  # the worker dies with this process (local_state.die_with_parent)
     log_path = workdir / f"{tag}_worker.log"
     heartbeat = Path(req["heartbeat"])
     heartbeat.touch()
@@ -93,6 +94,10 @@ def run_worker(*, backend: str, items: List[Item], threads: int, settings: Dict,
             raise WorkerError(f"benchmark worker ({tag}) hung: no progress for benchmark.timeout_s={timeout_s}s "
                               f"(it reports progress after loading, each batch size timed and each evaluation "
                               f"batch); log: {log_path}") from None
+        except BaseException:  # Ctrl-C, SIGTERM: the worker goes with the sweep
+            proc.kill()
+            proc.wait()
+            raise
     if proc.returncode != 0:
         tail = log_path.read_text()[-2000:]
         if proc.returncode < 0:

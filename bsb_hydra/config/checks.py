@@ -6,7 +6,7 @@ import copy
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from bsb_hydra.config.base import ConfigError
+from bsb_hydra.config.base import ConfigError, check_finite
 from bsb_hydra.config.run import Config
 from bsb_hydra.config.store import model_schema
 
@@ -18,6 +18,7 @@ def validate(cfg: DictConfig) -> Config:
         with open_dict(cfg):
             cfg.pop("hydra")
     _check_model_reads_data(cfg)  # before resolving: a text model interpolates data.vocab_size
+    check_finite(OmegaConf.to_container(cfg, resolve=True))
     obj = OmegaConf.to_object(cfg)
     assert isinstance(obj, Config)
     _cross_check(obj)

@@ -110,6 +110,18 @@ class MlflowConfig:
     experiment: str = "bsb-hydra"
     # Where a new experiment's artifacts go when the store is local (sqlite/file).
     artifact_root: str = MISSING
+    # An open run's heartbeat tag is renewed every heartbeat_s; a RUNNING run whose heartbeat is older
+    # than stale_after_s, and whose process cannot be checked from here (another host, another PID
+    # namespace), is taken as dead: closed KILLED, its cell claimable again (bsb_hydra/tracking.py).
+    heartbeat_s: float = 30.0
+    stale_after_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        _positive("mlflow.heartbeat_s", self.heartbeat_s)
+        _positive("mlflow.stale_after_s", self.stale_after_s)
+        if self.stale_after_s < 3 * self.heartbeat_s:
+            raise ConfigError(f"mlflow.stale_after_s={self.stale_after_s} must be at least 3 x mlflow.heartbeat_s="
+                              f"{self.heartbeat_s}: a live run would otherwise be taken for dead between two beats")
 
 
 @dataclass

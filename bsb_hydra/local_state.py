@@ -1,0 +1,195 @@
+"""This user's own folder for the state of running jobs, and the life of the processes a sweep starts.
+
+Everything a running sweep keeps on the local disk outside its sweep folder and its caches (the job
+registry of bsb_hydra/concurrency.py, the snapshot of conf/, converter logs, the temporary files of
+every library it calls: ONNX Runtime's shape inference, TensorFlow's converter) lives in one folder
+the user owns, created 0700: ``$BSB_RUNTIME_DIR``, else ``$TMPDIR/bsb_hydra-<uid>``. Another user
+cannot plant files or symlinks there, and a folder of that name that is not the user's own (a
+symlink, another owner) is refused with its name instead of being written through.
+
+Each sweep process gets its own temporary folder inside it (``tmp/<pid>-<start>``), set as TMPDIR
+for itself and every process it starts, and removed when it exits: normally, by an exception, by
+SIGINT (Ctrl-C) or by SIGTERM. SIGKILL cannot be caught: the next sweep on the machine removes the
+folders of processes that are gone. Worker processes die with the process that started them
+(``die_with_parent``: Linux's parent-death signal), so a killed sweep leaves no worker timing beside
+the one that resumes it."""
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import signal
+import stat
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+
+class PrivateDirError(RuntimeError):
+    pass
+
+
+class Interrupted(BaseException):
+    """A sweep ended by a signal (SIGTERM; SIGINT arrives as KeyboardInterrupt): a BaseException, so
+    that no ``except Exception`` of a cell swallows it, while every ``finally`` still runs."""
+
+    def __init__(self, signame: str) -> None:
+        super().__init__(signame)
+        self.signame = signame
+
+
+def _pid_start(pid: int) -> str:
+    try:  # field 22 of /proc/PID/stat, after the parenthesised command name
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def pid_namespace() -> str:
+    """Which PID space a pid belongs to: this boot and this PID namespace (a container sharing the host
+    name has its own). A pid says whether its process lives only when read in the same one."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        ns = os.readlink("/proc/self/ns/pid").split("[")[-1].rstrip("]")
+    except OSError:
+        return ""
+    return f"{boot}:{ns}"
+
+
+def alive(pid: str, start: str) -> bool:
+    """Is process ``pid`` (started at ``start``, /proc's clock ticks) running in this PID namespace?"""
+    try:
+        now = _pid_start(int(pid))
+    except ValueError:
+        return False
+    return bool(now) and (not start or now == start)
+
+
+def _owned_private(path: Path, fix_mode: bool = True) -> Path:
+    """``path`` as a folder of this user's, mode 0700: created so, or checked without following a
+    symlink. Raises PrivateDirError naming what is wrong."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise PrivateDirError(f"cannot create the private folder {path}: {e.strerror} (errno {e.errno}); set "
+                              "BSB_RUNTIME_DIR to a folder of your own") from None
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise PrivateDirError(f"{path} is not a folder but a {'symlink' if stat.S_ISLNK(st.st_mode) else 'file'}: "
+                              "refusing to write through it; remove it, or set BSB_RUNTIME_DIR to a folder of your own")
+    if st.st_uid != os.getuid():
+        raise PrivateDirError(f"{path} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}): refusing to use it; "
+                              "set BSB_RUNTIME_DIR to a folder of your own")
+    if st.st_mode & 0o077:
+        if not fix_mode:
+            if st.st_mode & 0o022:
+                raise PrivateDirError(f"{path} is writable by other users (mode {stat.S_IMODE(st.st_mode):o}): "
+                                      "refusing to keep job state there; chmod go-w it, or choose another folder")
+            return path
+        os.chmod(path, 0o700)
+    return path
+
+
+def runtime_dir() -> Path:
+    """This user's folder for the state of running jobs (see the module's docstring)."""
+    given = os.environ.get("BSB_RUNTIME_DIR")
+    if given:
+        base = Path(given)
+        base.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return _owned_private(base, fix_mode=False)  # the user's own choice: checked, never chmod-ed
+    return _owned_private(Path(tempfile.gettempdir()) / f"bsb_hydra-{os.getuid()}")
+
+
+def private_subdir(name: str) -> Path:
+    return _owned_private(runtime_dir() / name)
+
+
+_MINE: Optional[Path] = None
+
+
+def process_tmp() -> Path:
+    """This process's temporary folder (``<runtime>/tmp/<pid>-<start>``), made TMPDIR for it and every
+    process it starts; removed at exit, on SIGTERM and SIGINT, and by the next sweep after a SIGKILL."""
+    global _MINE
+    if _MINE is not None and _MINE.is_dir():
+        return _MINE
+    pid = os.getpid()
+    root = private_subdir("tmp")
+    remove_stale(root)
+    mine = root / f"{_ns_tag()}-{pid}-{_pid_start(pid) or 0}"
+    mine.mkdir(mode=0o700, exist_ok=True)
+    # children (Hydra's joblib workers, benchmark workers) share this runtime dir and write into this tmp
+    os.environ.setdefault("BSB_RUNTIME_DIR", str(root.parent))
+    os.environ["TMPDIR"] = str(mine)
+    tempfile.tempdir = str(mine)
+    atexit.register(shutil.rmtree, mine, ignore_errors=True)
+    _MINE = mine
+    return mine
+
+
+def _ns_tag() -> str:
+    return pid_namespace().rsplit(":", 1)[-1] or "0"
+
+
+def remove_stale(root: Path) -> list:
+    """The temporary folders of processes that are gone (a sweep SIGKILLed), removed. Only folders of
+    this PID namespace: a pid of another (a container sharing /tmp) cannot be checked from here."""
+    gone = []
+    for p in root.iterdir() if root.is_dir() else []:
+        ns, _, rest = p.name.partition("-")
+        pid, _, start = rest.partition("-")
+        if ns == _ns_tag() and pid.isdigit() and not alive(pid, "" if start == "0" else start):
+            shutil.rmtree(p, ignore_errors=True)
+            gone.append(p)
+    return gone
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` (created 0600), never through a symlink planted at that name."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def read_private(path: Path) -> str:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd) as f:
+        return f.read()
+
+
+def _raise_interrupted(signum, frame) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def handle_termination() -> None:
+    """SIGTERM (a scheduler's cancel, ``kill``) and SIGHUP unwind the sweep like Ctrl-C: the cell's run
+    is closed with a reason, workers are killed and temporary files removed (``finally`` and atexit
+    run). Only from the main thread (signal handlers live there)."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupted)
+
+
+def exit_code_of(exc: BaseException) -> int:
+    """The shell's convention for a process ended by a signal: 128 + its number."""
+    name = exc.signame if isinstance(exc, Interrupted) else "SIGINT"
+    return 128 + int(signal.Signals[name])
+
+
+def die_with_parent(parent_pid: Optional[int] = None) -> None:
+    """In a worker: SIGKILL as soon as the process that started it ends (Linux's PR_SET_PDEATHSIG), so
+    a sweep killed by any signal, SIGKILL included, leaves no worker running. If the parent is already
+    gone when this runs, exit at once. Elsewhere than Linux, nothing."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)
