@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import platform
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,12 +201,34 @@ def recalibrate_bn(module, x, n: int, batch_size: int, seed: int) -> None:
     print(f"  batch-norm statistics recomputed over {len(idx)} training samples", flush=True)
 
 
-def _load_error(e: Exception) -> str:
-    """torch.load's message without its advice to retry with weights_only=False (which would run
-    whatever code the file holds): the WeightsUnpickler's own reason when it gives one."""
-    text = str(e)
-    m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, re.S)
-    return (m.group(1) if m else text.strip().splitlines()[0] if text.strip() else type(e).__name__).strip()[:300]
+def read_state_dict(path: Path, model_cfg):
+    """A checkpoint's state_dict, read with ``torch.load(weights_only=True)``; unpickled only for
+    model=torch with ``model.allow_pickle=true`` (a file the user trusts, bsb_hydra/untrusted.py).
+    A refusal leads with why: the callables the pickle names, never torch's advice to retry with
+    ``weights_only=False``."""
+    import torch
+
+    from bsb_hydra.config.base import InputError
+    from bsb_hydra.untrusted import OPT_IN, pickle_refusal, torch_reason
+
+    trusted = bool(getattr(model_cfg, "allow_pickle", False))
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trusted)
+    except Exception as e:
+        if trusted:
+            raise InputError(f"model.checkpoint={str(path)!r} does not unpickle (model.allow_pickle=true): "
+                             f"{type(e).__name__}: {str(e).strip()[:300]}") from None
+        refused = pickle_refusal(path, e)
+        if refused is None:
+            raise InputError(f"model.checkpoint={str(path)!r} cannot be read as a weights-only state_dict "
+                             f"(torch.load(weights_only=True)): {type(e).__name__}: {torch_reason(e).rstrip('.')}. "
+                             f"Save the model's weights with torch.save(model.state_dict(), PATH)") from None
+    if hasattr(model_cfg, "allow_pickle"):
+        opt_in = f"{OPT_IN}, or save the weights alone with torch.save(model.state_dict(), PATH)"
+    else:  # a built-in model takes plain weights only
+        opt_in = ("save the weights alone with torch.save(model.state_dict(), PATH) (model=torch model.target=... "
+                  "with model.allow_pickle=true unpickles a file you trust)")
+    raise InputError(f"model.checkpoint={str(path)!r} is not plain weights: {refused}; {opt_in}")
 
 
 def check_outputs(module, ds, model_cfg) -> None:
@@ -267,12 +288,7 @@ def _get_fp32_model(cfg, ds, cache_dir: str) -> Fp32Model:
     if path is None:
         check_outputs(module, ds, cfg.model)  # training needs one score per class
     if path is not None:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise InputError(f"model.checkpoint={str(path)!r} cannot be read as a weights-only state_dict "
-                             f"(torch.load(weights_only=True)): {type(e).__name__}: {_load_error(e)}. Save "
-                             f"the model's weights with torch.save(model.state_dict(), PATH)") from None
+        state = read_state_dict(path, cfg.model)
         if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             what = (f"a dict with keys {', '.join(map(str, list(state)[:6]))}" if isinstance(state, Mapping)
                     else f"a {type(state).__name__}")

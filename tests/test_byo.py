@@ -139,11 +139,12 @@ def test_user_onnx_and_torch_models_run_where_they_can(user_model_sweep):
 
 
 def test_whole_model_checkpoints_need_no_target(files, tmp_path):
-    """A TorchScript file and a pickled module (with model.allow_pickle=true) are whole models; a
-    state_dict goes into model.target's module."""
+    """A TorchScript file and a pickled module (both with model.allow_pickle=true: loading either
+    runs code from the file) are whole models; a state_dict goes into model.target's module."""
     args = ["model=torch", "model.input_shape=[3,16,16]", "data=npz", f"data.path={files}/labelled.npz",
             "quant=fp32", "backend=onnxruntime", *QUICK]
-    run_bsb([*args, f"model.checkpoint={files}/tiny_script.pt"], tmp_path, env_extra=_env(files))
+    run_bsb([*args, f"model.checkpoint={files}/tiny_script.pt", "model.allow_pickle=true"], tmp_path,
+            env_extra=_env(files))
     run_bsb([*args, f"model.checkpoint={files}/tiny_pickled.pt", "model.allow_pickle=true"], tmp_path,
             env_extra=_env(files))
     run_bsb([*args, f"model.checkpoint={files}/tiny_pickled.pt"], tmp_path, env_extra=_env(files))
@@ -154,7 +155,8 @@ def test_whole_model_checkpoints_need_no_target(files, tmp_path):
     assert statuses == [("build_tiny-npz-fp32-onnxruntime", "ok"), ("tiny_pickled-npz-fp32-onnxruntime", "failed"),
                         ("tiny_pickled-npz-fp32-onnxruntime", "ok"), ("tiny_script-npz-fp32-onnxruntime", "ok")]
     refused = next(r for r in runs if r.data.tags["status"] == "failed").data.tags["reason"]
-    assert "holds a pickled object" in refused and "model.allow_pickle=true" in refused
+    assert "is not plain weights: its pickle names" in refused and "usernets.nets.TinyNet" in refused
+    assert "model.allow_pickle=true" in refused
     accs = {r.data.metrics["accuracy"] for r in runs if r.data.tags["status"] == "ok"}
     assert len(accs) == 1, "the same weights, three ways: the same accuracy"
 

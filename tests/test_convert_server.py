@@ -23,6 +23,10 @@ FAKE = textwrap.dedent('''
             raise SystemExit("tflite_convert: unknown scheme 'int3'")
         if req["what"] == "crash":
             os._exit(7)
+        if req["what"] == "sigkill":  # as the OOM killer ends it, after TensorFlow's last log line
+            os.write(2, b"I0000 00:00:1733 cpu_feature_guard.cc:210] This TensorFlow binary is optimized\\n")
+            import signal
+            os.kill(os.getpid(), signal.SIGKILL)
         if req["what"] == "hang":
             import time
             time.sleep(60)
@@ -110,3 +114,31 @@ def test_switched_off_it_runs_one_process_per_request(tmp_path, fake, monkeypatc
         pids.add((work / "out.txt").read_text())
         assert "converting ok" in (work / "convert.log").read_text()
     assert len(pids) == 2
+
+
+def test_a_sweep_path_with_a_newline_reaches_the_server_whole(tmp_path, fake):
+    """The request's path crosses the pipe as one JSON line: a newline (or a trailing space) in a
+    sweep folder's name used to split it into two requests, neither of them a file."""
+    work = tmp_path / "sweep\nline two "
+    work.mkdir()
+    (work / "request.json").write_text(json.dumps({"what": "ok", "out": str(work / "out.txt")}))
+    assert convert_server.run_request("fake_converter", work / "request.json", fake, 1, 60) == (0, False)
+    assert (work / "out.txt").is_file() and "converting ok" in (work / "convert.log").read_text()
+    again = _request(tmp_path, "after", "ok")  # and the same server goes on to the next request
+    assert convert_server.run_request("fake_converter", again / "request.json", fake, 1, 60) == (0, True)
+
+
+def test_a_converter_killed_by_a_signal_is_reported_with_the_signal_and_its_log(tmp_path, fake):
+    """A SIGKILLed converter (the OOM killer) fails the cell with the signal and the log's path, not
+    with the last line it logged before (TensorFlow's start-up chatter)."""
+    from bsb_hydra.backends.tflite import TfliteBackend
+
+    work = _request(tmp_path, "killed", "sigkill")
+    jobs = [{"scheme": "static", "out": str(work / "out.tflite")}]
+    with pytest.raises(RuntimeError) as e:
+        TfliteBackend._run_converter("fake_converter", work / "request.json", work, jobs, fake)
+    first = str(e.value).splitlines()[0]
+    assert first == f"TFLite conversion (static): the converter was killed by SIGKILL; log: {work / 'convert.log'}"
+    assert "fake_converter server killed by SIGKILL" in (work / "convert.log").read_text()
+    after = _request(tmp_path, "after", "ok")  # the next request gets a fresh converter
+    assert convert_server.run_request("fake_converter", after / "request.json", fake, 1, 60) == (0, False)

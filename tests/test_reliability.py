@@ -565,6 +565,188 @@ def test_pickled_data_file_cannot_run_code(tmp_path):
     assert load_pickle(good)[b"data"].shape == (2, 3072)
 
 
+class _Opener:
+    """A pickled object whose unpickling creates ``path`` (the payload, harmless but visible)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _rezip(src: Path, dst: Path, suffix: str, data: bytes) -> Path:
+    """``src`` copied to ``dst`` with the entry ending in ``suffix`` replaced by ``data``."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        hits = [i for i in zin.infolist() if i.filename.endswith(suffix)]
+        assert len(hits) == 1, (suffix, zin.namelist())
+        for i in zin.infolist():
+            zout.writestr(i, data if i is hits[0] else zin.read(i.filename))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def tiny_exported(tmp_path_factory):
+    """A real ExportedProgram archive (torch.export.save) of a tiny module, and the module."""
+    import torch
+
+    folder = tmp_path_factory.mktemp("pt2")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
+    torch.export.save(torch.export.export(net, (torch.zeros(2, 4),)), str(folder / "tiny.pt2"))
+    return folder / "tiny.pt2", net
+
+
+@pytest.mark.parametrize("payload", ["pickled sample inputs", "guard code"])
+def test_an_exported_program_runs_nothing_from_the_file_without_allow_pickle(tmp_path, tiny_exported, payload):
+    """torch.export.load unpickles the archive's sample inputs (falling back to weights_only=False)
+    and .module() runs the program's guards_code as Python: either would run the planted code. The
+    file is refused before torch opens it, in one line naming the file and the flag."""
+    import json
+    import zipfile
+
+    import torch
+
+    from bsb_hydra.config.base import InputError
+    from bsb_hydra.models.torch import load_whole
+
+    src, _ = tiny_exported
+    marker = tmp_path / "pwned"
+    if payload == "pickled sample inputs":
+        blob = tmp_path / "inputs.pt"
+        torch.save((_Opener(marker),), blob)
+        evil = _rezip(src, tmp_path / "evil.pt2", "/data/sample_inputs/model.pt", blob.read_bytes())
+    else:  # no pickle at all: the guards are Python source in models/model.json
+        with zipfile.ZipFile(src) as z:
+            name = next(n for n in z.namelist() if n.endswith("/models/model.json"))
+            program = json.loads(z.read(name))
+        program["guards_code"] = [f"open({str(marker)!r}, 'w') is not None"]
+        evil = _rezip(src, tmp_path / "evil.pt2", "/models/model.json", json.dumps(program).encode())
+    with pytest.raises(InputError) as e:
+        model = load_whole(evil, allow_pickle=False)
+        model(torch.zeros(2, 4))  # the guards run on the first call
+    assert not marker.exists()
+    message = str(e.value)
+    assert "\n" not in message and message.startswith(f"model.checkpoint={str(evil)!r} is an ExportedProgram")
+    assert "set model.allow_pickle=true if you trust the file" in message
+    try:  # the payload is live: trusted, the same file runs it (the pickled one then fails to load)
+        load_whole(evil, allow_pickle=True)(torch.zeros(2, 4))
+    except InputError:
+        pass
+    assert marker.exists()
+
+
+def test_a_trusted_exported_program_or_torchscript_file_loads_and_runs(tmp_path, tiny_exported):
+    """model.allow_pickle=true is the way in for a file the user trusts: the same outputs as the module."""
+    import torch
+
+    from bsb_hydra.models.torch import load_whole
+
+    path, net = tiny_exported
+    script = tmp_path / "tiny_script.pt"
+    torch.jit.save(torch.jit.trace(net, torch.zeros(1, 4)), str(script))
+    x = torch.randn(2, 4)  # the batch it was exported at
+    for f in (path, script):
+        with torch.inference_mode():
+            torch.testing.assert_close(load_whole(f, allow_pickle=True)(x), net(x))
+
+
+TORCHSCRIPT_WRITER = """
+import torch
+from typing import Tuple
+
+
+class Writer(torch.nn.Module):
+    def __init__(self, target: str):
+        super().__init__()
+        self.w = torch.ones(2)
+        self.target = target
+
+    def forward(self, x):
+        return x * self.w
+
+    @torch.jit.export
+    def __getstate__(self) -> Tuple[torch.Tensor, str, bool]:
+        return (self.w, self.target, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: Tuple[torch.Tensor, str, bool]) -> None:
+        # runs inside torch.jit.load: maps the target writable (creating it) and overwrites it
+        page = torch.from_file(state[1], True, 16, dtype=torch.uint8)
+        page.fill_(35)
+        self.w = state[0] + page[:2].float() * 0
+        self.target = state[1]
+        self.training = state[2]
+"""
+
+
+def test_a_torchscript_file_runs_nothing_from_the_file_without_allow_pickle(tmp_path):
+    """TorchScript is no Python pickle, but torch.jit.load runs the file's own __setstate__, and
+    TorchScript can create and overwrite files (torch.from_file with shared=True): a planted file
+    that writes one on load is refused before torch.jit.load opens it."""
+    import importlib.util
+
+    import torch
+
+    from bsb_hydra.config.base import InputError
+    from bsb_hydra.models.torch import load_whole
+
+    (tmp_path / "ts_writer.py").write_text(TORCHSCRIPT_WRITER)  # torch.jit.script reads the class's source
+    spec = importlib.util.spec_from_file_location("ts_writer", tmp_path / "ts_writer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil_script.pt"
+    torch.jit.save(torch.jit.script(module.Writer(str(marker))), str(evil))
+    assert not marker.exists()
+    with pytest.raises(InputError) as e:
+        load_whole(evil, allow_pickle=False)
+    assert not marker.exists()
+    message = str(e.value)
+    assert message.startswith(f"model.checkpoint={str(evil)!r} is a TorchScript file")
+    assert "set model.allow_pickle=true if you trust the file" in message
+    load_whole(evil, allow_pickle=True)  # the payload is live: trusted, loading the file writes the marker
+    assert marker.read_bytes() == b"#" * 16
+
+
+def test_a_refused_checkpoint_names_the_callable_not_torchs_advice(tmp_path):
+    """A checkpoint whose pickle calls os.system: refused by weights-only loading, with the callable
+    it names and the flag, never torch's advice to retry with weights_only=False (which runs it)."""
+    import types
+
+    import torch
+
+    from bsb_hydra.config.base import InputError
+    from bsb_hydra.models.torch import load_whole
+    from bsb_hydra.train import read_state_dict
+
+    marker = tmp_path / "pwned"
+
+    class Shell:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "weights.pt"
+    torch.save({"fc.weight": torch.ones(3, 4), "extra": Shell()}, evil)
+    head = (f"model.checkpoint={str(evil)!r} is not plain weights: its pickle names posix.system, which "
+            "unpickling would call")
+    with pytest.raises(InputError) as as_torch:  # model=torch: the flag is model.allow_pickle
+        load_whole(evil, allow_pickle=False)
+    assert str(as_torch.value).startswith(head), str(as_torch.value)
+    assert "set model.allow_pickle=true if you trust the file" in str(as_torch.value)
+    with pytest.raises(InputError) as as_builtin:  # a built-in model (model=cnn): plain weights only
+        read_state_dict(evil, types.SimpleNamespace(name="cnn"))
+    assert "torch.save(model.state_dict(), PATH)" in str(as_builtin.value)
+    for message in (str(as_torch.value), str(as_builtin.value)):
+        assert message.startswith(head) and "\n" not in message
+        assert "weights_only` set to `False`" not in message and "weights_only=False" not in message
+    assert not marker.exists()
+    read_state_dict(evil, types.SimpleNamespace(name="torch", allow_pickle=True))  # trusted: the payload runs
+    assert marker.exists()
+
+
 def test_credentials_never_reach_params_artifacts_or_messages(compose_cfg):
     from bsb_hydra import tracking
 

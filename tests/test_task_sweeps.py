@@ -328,9 +328,9 @@ def test_a_torchscript_file_runs_every_scheme_it_can_and_names_why_not_the_rest(
     net = _nets(tmp_path).Det().eval()
     net.load_state_dict(torch.load(made / "det.pt"))
     torch.jit.save(torch.jit.trace(net, torch.zeros(1, 3, 16, 16)), tmp_path / "det_script.pt")
-    run_bsb(["-m", "model=torch", f"model.checkpoint={tmp_path}/det_script.pt", "model.input_shape=[3,16,16]",
-             "data=npz", f"data.path={made}/det.npz", "quant=fp32,dynamic,static", "backend=pytorch,onnxruntime,tflite",
-             *QUICK], tmp_path)
+    run_bsb(["-m", "model=torch", f"model.checkpoint={tmp_path}/det_script.pt", "model.allow_pickle=true",
+             "model.input_shape=[3,16,16]", "data=npz", f"data.path={made}/det.npz", "quant=fp32,dynamic,static",
+             "backend=pytorch,onnxruntime,tflite", *QUICK], tmp_path)
     _, runs = runs_of(tmp_path)
     by = {(r.data.tags["quant"], r.data.tags["backend"]): r.data.tags for r in runs}
     assert by[("dynamic", "pytorch")]["status"] == "unsupported"

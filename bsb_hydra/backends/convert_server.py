@@ -7,18 +7,22 @@ their requests to one long-lived converter process per (module, thread count) in
 
     python -m bsb_hydra.backends.tflite_convert --serve
 
-reads one request path per line on stdin, runs the module's ``main(path)`` with its file
-descriptors 1 and 2 sent to ``convert.log`` beside the request (TensorFlow's C++ logging included),
-and answers ``DONE <exit code>`` on its own stdout. A request that raises answers a non-zero code
-with the traceback in that log. The process dies with its parent (stdin closed), and a server that
-died or hung is replaced by a fresh one for the next request. ``BSB_CONVERTER_SERVER=0`` runs one
-process per conversion, as before.
+reads one request per line on stdin, a JSON string holding the request's path (JSON escapes a
+newline, so any path a sweep folder can have arrives whole), runs the module's ``main(path)`` with its
+file descriptors 1 and 2 sent to ``convert.log`` beside the request (TensorFlow's C++ logging
+included), and answers ``DONE <exit code>`` on its own stdout. A request that raises answers a
+non-zero code with the traceback in that log. The process dies with its parent (stdin closed), and a
+server that died or hung is replaced by a fresh one for the next request; one killed by a signal
+reports the signal (``exit_description``). ``BSB_CONVERTER_SERVER=0`` runs one process per
+conversion, as before.
 """
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import selectors
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,9 +39,9 @@ def serve(main: Callable[[str], None], before_each: Optional[Callable[[], None]]
     answer = os.fdopen(os.dup(1), "w", buffering=1)
     saved = os.dup(1), os.dup(2)
     for line in sys.stdin:
-        path = line.strip()
-        if not path:
+        if not line.strip():
             continue
+        path = json.loads(line)
         code = 0
         log = os.open(Path(path).parent / "convert.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         sys.stdout.flush()
@@ -66,6 +70,18 @@ def serve(main: Callable[[str], None], before_each: Optional[Callable[[], None]]
         answer.write(f"{DONE}{code}\n")
 
 
+def exit_description(code: int) -> str:
+    """``exited N``, or ``killed by SIGKILL`` for a process a signal ended (a negative code): the
+    OOM killer's SIGKILL leaves no line of its own in the log, whose last line is whatever the
+    converter printed before."""
+    if code >= 0:
+        return f"exited {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
+
+
 def enabled() -> bool:
     return os.environ.get("BSB_CONVERTER_SERVER", "1") != "0"
 
@@ -88,7 +104,7 @@ class _Server:
     def run(self, req_path: Path, timeout: float) -> int:
         """The request's exit code; raises TimeoutError (and kills the server) past ``timeout``."""
         self.requests += 1
-        self.proc.stdin.write(f"{req_path}\n")
+        self.proc.stdin.write(json.dumps(str(req_path)) + "\n")
         self.proc.stdin.flush()
         sel = selectors.DefaultSelector()
         sel.register(self.proc.stdout, selectors.EVENT_READ)
@@ -100,12 +116,11 @@ class _Server:
                     self.stop()
                     raise TimeoutError(f"{self.module} gave no answer in {timeout:.0f} s")
                 line = self.proc.stdout.readline()
-                if not line:  # the server died (a crash in native code, or it never started)
+                if not line:  # the server died (a crash in native code, a signal, or it never started)
                     code = self.proc.wait()
                     tail = self.log.read_text(errors="replace").strip().splitlines()[-15:]
-                    if tail:
-                        with open(Path(req_path).parent / "convert.log", "a") as log:
-                            log.write("\n".join([f"[{self.module} server exited {code}]"] + tail) + "\n")
+                    with open(Path(req_path).parent / "convert.log", "a") as log:
+                        log.write("\n".join([f"[{self.module} server {exit_description(code)}]"] + tail) + "\n")
                     return code if code else 1
                 if line.startswith(DONE):
                     return int(line[len(DONE):])

@@ -182,7 +182,8 @@ class TfliteBackend(Backend):
     def _run_converter(module: str, req_path: Path, work: Path, jobs, env) -> None:
         """The conversion, by the sweep process's long-lived converter process for this module and
         thread count (bsb_hydra/backends/convert_server.py); its failure raises with the converter's
-        own last lines as the reason. Its output is in ``work/convert.log``."""
+        own last lines as the reason, or with the signal that killed it. Its output is in
+        ``work/convert.log``."""
         from bsb_hydra.backends import convert_server
 
         env = {**env, "CUDA_VISIBLE_DEVICES": "-1", "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
@@ -195,6 +196,11 @@ class TfliteBackend(Backend):
         lines = [line for line in text.splitlines() if line.startswith(("  qat", "  litert"))]  # its progress lines
         if lines:
             print("\n".join(lines), flush=True)
+        if code < 0:  # a signal (the OOM killer's SIGKILL): the log's last line is only what ran before it
+            tail = text.strip().splitlines()[-15:]
+            raise RuntimeError(f"TFLite conversion ({', '.join(j['scheme'] for j in jobs)}): the converter was "
+                               f"{convert_server.exit_description(code)}; log: {work / 'convert.log'}\n"
+                               + "\n".join(tail))
         if code != 0 or not all(Path(j["out"]).is_file() for j in jobs):
             tail = text.strip().splitlines()[-15:]
             last = next((line for line in reversed(tail) if line.strip() and not line.startswith(" ")), "") or \

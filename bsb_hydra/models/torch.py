@@ -9,7 +9,8 @@ shape, e.g. [3, 224, 224]; the data is fitted to it. The weights:
   module with ``weights_only=True``;
 - ``model.checkpoint`` a whole model file, with no ``model.target`` needed: TorchScript
   (``torch.jit.save``), an ExportedProgram (``torch.export.save``), or a pickled module
-  (``torch.save(model)``), which loading runs code from, so only with ``model.allow_pickle=true``;
+  (``torch.save(model)``). Loading any of them runs code from the file (bsb_hydra/untrusted.py), so
+  each loads only with ``model.allow_pickle=true``, as does a state_dict whose pickle names callables;
 - no checkpoint: trained on the data like the built-in models (train group; cached under a key that
   includes the target's source file, so editing the code retrains).
 
@@ -27,7 +28,7 @@ import inspect
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Dict, List, Optional
+from typing import Any, ClassVar, Dict, List, Mapping, Optional
 
 from bsb_hydra.config.base import ConfigError, InputError, positive
 from bsb_hydra.config.model import ModelConfig
@@ -45,7 +46,8 @@ class TorchModelConfig(ModelConfig):
     # A model with several inputs: [{name: input_ids, shape: [128], dtype: int64}, ...] in the order of
     # its forward's arguments (replaces input_shape). dtype: float32 (default), float16, int64, int32, bool.
     inputs: Any = None
-    # A checkpoint that is a pickled module (torch.save(model)) runs code from the file when loaded.
+    # Trust model.checkpoint to run code while it loads: a pickled module (torch.save(model)) or any
+    # pickle naming callables, a TorchScript file, an ExportedProgram (bsb_hydra/untrusted.py).
     allow_pickle: bool = False
     source_kind: ClassVar[str] = "torch"
     task: ClassVar[Optional[str]] = None  # inferred from its outputs (task=auto) unless trained here
@@ -170,11 +172,21 @@ def file_kind(path: Path) -> str:
     return "torch_save"
 
 
+# What a refusal offers besides model.allow_pickle=true: forms that load without running the file.
+INSTEAD = "save model.state_dict() and give model.target, or export it to ONNX for model=onnx"
+
+
 def load_whole(path: Path, allow_pickle: bool):
-    """A whole model from a file, or None when the file is a state_dict (weights for model.target)."""
+    """A whole model from a file, or None when the file is weights for model.target. Every form that
+    runs code from the file while loading (a TorchScript file, an ExportedProgram, a pickle naming
+    callables: bsb_hydra/untrusted.py) is refused unless ``allow_pickle``, before it is opened."""
     import torch
 
+    from bsb_hydra.untrusted import OPT_IN, RUNS_CODE, pickle_refusal, torch_reason
+
     kind = file_kind(path)
+    if kind in RUNS_CODE and not allow_pickle:
+        raise InputError(f"model.checkpoint={str(path)!r} {RUNS_CODE[kind]}: {OPT_IN}, or {INSTEAD}")
     try:
         if kind == "torchscript":
             return torch.jit.load(str(path), map_location="cpu").eval()
@@ -187,14 +199,19 @@ def load_whole(path: Path, allow_pickle: bool):
         torch.load(path, map_location="cpu", weights_only=True)
         return None  # plain data: a state_dict for model.target (checked when it is loaded)
     except Exception as e:
-        if "weights_only" not in str(e).lower() and "unsupported global" not in str(e).lower():
+        refused = pickle_refusal(path, e)
+        if refused is None:
             raise InputError(f"model.checkpoint={str(path)!r} is not a PyTorch file torch.load can read "
-                             f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})") from None
+                             f"({type(e).__name__}: {torch_reason(e)})") from None
     if not allow_pickle:
-        raise InputError(f"model.checkpoint={str(path)!r} holds a pickled object (torch.save(model)), and loading it "
-                         "runs code from the file: set model.allow_pickle=true if you trust it, or save "
-                         "model.state_dict() and give model.target")
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+        raise InputError(f"model.checkpoint={str(path)!r} is not plain weights: {refused}; {OPT_IN}, or {INSTEAD}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise InputError(f"model.checkpoint={str(path)!r} does not unpickle ({type(e).__name__}: {first})") from None
+    if isinstance(obj, Mapping):  # weights for model.target, read again with the same trust (train.read_state_dict)
+        return None
     if not isinstance(obj, torch.nn.Module):
         raise InputError(f"model.checkpoint={str(path)!r} holds a {type(obj).__name__}, not an nn.Module")
     return obj.eval()
