@@ -1,5 +1,6 @@
 """An exclusive lock on a file, for the few things concurrent jobs on one machine must do one at a
-time: training a model for the cache, creating a fresh sqlite MLflow store."""
+time: creating a fresh sqlite MLflow store. (The caches lock their entries through
+bsb_hydra/cache_files.py, which also copes with a cache it may only read.)"""
 from __future__ import annotations
 
 import fcntl

@@ -19,6 +19,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from bsb_hydra.bench import stats
+from bsb_hydra.cache_files import CacheWriteError, Note, Notes, cache_lock, check_entry, printed, write_entry
 from bsb_hydra.tasks.base import Fidelity, Score
 
 
@@ -76,7 +77,10 @@ def score_cell(cfg, task, ds, fp32, art, fp32_art, timed, facts: Dict[str, float
     """Every metric of the cell (the timing's and the task's) in one result."""
     out = CellScore()
     out.add(task_score(task, ds, timed))
-    out.metrics.update(agreement_with_pytorch(cfg, task, fp32, ds, timed))
+    notes = Notes()
+    out.metrics.update(agreement_with_pytorch(cfg, task, fp32, ds, timed, notes))
+    if notes:
+        out.tags["pytorch_logits_cache_note"] = notes.text()
     if task.name == "classification" and cfg.quant.scheme.value == "auto" and "accuracy_delta_pp" in out.metrics:
         # the search chose on training samples: did its budget hold on the test split?
         budget_pp = 100.0 * cfg.quant.budget_for(out.metrics["fp32_accuracy"])
@@ -104,7 +108,7 @@ def log_score(s: CellScore, workdir: Path, log) -> None:
 TORCH_BATCH = 16
 
 
-def agreement_with_pytorch(cfg, task, fp32, ds, timed) -> Dict[str, float]:
+def agreement_with_pytorch(cfg, task, fp32, ds, timed, note: Note = printed) -> Dict[str, float]:
     """The same weights on another runtime: how close is its fp32 artifact to the PyTorch model?
     A classifier: top-1 agreement and the largest logit difference (the PyTorch logits cached per
     weights and test set). Any other task: every output's fidelity (SQNR, cosine, max |error|),
@@ -113,7 +117,7 @@ def agreement_with_pytorch(cfg, task, fp32, ds, timed) -> Dict[str, float]:
         return {}
     if task.name == "classification":
         ref = timed.ref.outputs.first_output()
-        torch_logits = pytorch_test_logits(fp32, ds, cfg.benchmark.eval_batch_size, cfg.paths.cache_dir)
+        torch_logits = pytorch_test_logits(fp32, ds, cfg.benchmark.eval_batch_size, cfg.paths.cache_dir, note)
         return {"fp32_vs_pytorch_agreement": float(np.mean(ref.argmax(1) == torch_logits.argmax(1))),
                 "fp32_vs_pytorch_max_abs_logit_diff": float(np.max(np.abs(ref - torch_logits)))}
     from bsb_hydra.feeds import materialize, torch_outputs
@@ -149,26 +153,40 @@ def test_set_digest(ds) -> str:
     return h.hexdigest()[:16]
 
 
-def pytorch_test_logits(fp32, ds, batch: int, cache_dir: str) -> np.ndarray:
+def pytorch_test_logits(fp32, ds, batch: int, cache_dir: str, note: Note = printed) -> np.ndarray:
     """The PyTorch fp32 model's logits on the test split, computed once per (weights, test set,
-    eval batch, torch version, thread count) and cached under CACHE/logits with their SHA-256: every
-    ORT and TFLite cell of a model compares its fp32 reference with them (a 2000-image 224-px
-    split took 48 s per cell)."""
+    eval batch, torch version, thread count) and cached under CACHE/logits (KEY.npy, and KEY.json
+    with its SHA-256, shape and dtype): every ORT and TFLite cell of a model compares its fp32
+    reference with them (a 2000-image 224-px split took 48 s per cell). An entry that does not
+    match its record is computed again and said so (``note``): read as it was, an altered file
+    scored fp32_vs_pytorch_agreement=0.0 in a cell with status ok."""
     import torch
 
     key = hashlib.sha256(f"{fp32.weights_sha256}|{test_set_digest(ds)}|{batch}|{torch.__version__}|"
                          f"{torch.get_num_threads()}".encode()).hexdigest()[:20]
-    path = Path(cache_dir) / "logits" / f"{key}.npy"
-    if path.is_file():
-        try:
-            return np.load(path)
-        except (OSError, ValueError):  # a torn file: computed again below
-            pass
-    logits = _torch_logits(fp32.module, ds.x_test, batch)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-    np.save(tmp, logits)
-    os.replace(tmp, path)
+    folder = Path(cache_dir) / "logits"
+    path = folder / f"{key}.npy"
+    meta_path = path.with_suffix(".json")
+    with cache_lock(folder / f".{key}.lock", note) as writable:  # concurrent cells of one model compute once
+        meta, why = check_entry(path, meta_path)
+        if meta is not None:
+            try:
+                logits = np.load(path, allow_pickle=False)
+                if [list(logits.shape), str(logits.dtype)] != [meta.get("shape"), meta.get("dtype")]:
+                    raise ValueError(f"holds {logits.dtype} {tuple(logits.shape)}, not the {meta.get('dtype')} "
+                                     f"{tuple(meta.get('shape') or ())} recorded in {meta_path.name}")
+                return logits
+            except (OSError, ValueError) as e:
+                why = f"{type(e).__name__}: {e}"
+        if why:
+            note(f"cached PyTorch logits {path} are unusable ({why}): computing them again")
+        logits = _torch_logits(fp32.module, ds.x_test, batch)
+        if writable:
+            try:
+                write_entry(path, meta_path, lambda f: np.save(f, logits, allow_pickle=False),
+                            {"shape": list(logits.shape), "dtype": str(logits.dtype)})
+            except CacheWriteError as e:
+                note(f"NOTE: {e}: the logits are used from memory, not cached")
     return logits
 
 

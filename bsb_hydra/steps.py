@@ -147,7 +147,9 @@ def calibration_for(cfg, ds, log) -> Optional[np.ndarray]:
 
 # ------------------------------------------------------------------------------- fp32 model
 def load_fp32(cfg, ds, log):
-    """The fp32 model (trained once and cached, or a checkpoint), with its training curve."""
+    """The fp32 model (trained once and cached, or a checkpoint), with its training curve. What the
+    model cache said (an entry rebuilt, weights kept in memory only) is tagged fp32_cache_note."""
+    from bsb_hydra.cache_files import Notes
     from bsb_hydra.cell import maybe_fault
     from bsb_hydra.train import get_fp32_model
 
@@ -157,8 +159,10 @@ def load_fp32(cfg, ds, log):
         raise InputError(f"task={task}: model={model_label(cfg.model)} has no trained weights, and training here is "
                          "for classifiers (cross-entropy on class labels): give its weights (model.checkpoint=..., "
                          "or a model file: model=onnx, model=torch with a whole-model checkpoint)")
-    fp32 = get_fp32_model(cfg, ds, cfg.paths.cache_dir)
-    log.tags({"fp32_source": fp32.source, "fp32_key": fp32.key, "fp32_weights_sha256": fp32.weights_sha256})
+    notes = Notes()
+    fp32 = get_fp32_model(cfg, ds, cfg.paths.cache_dir, notes)
+    log.tags({"fp32_source": fp32.source, "fp32_key": fp32.key, "fp32_weights_sha256": fp32.weights_sha256,
+              "fp32_cache_note": notes.text()})
     for step, loss in enumerate(fp32.loss_curve):
         log.metric("train_loss", loss, step)
     if fp32.train_seconds:
@@ -218,8 +222,10 @@ def probe_task(cfg, fp32, ds, log):
 def machine_limit(cfg, log) -> Optional[Dict[str, Any]]:
     """This host's measured limit at the cell's thread count (bsb_hydra/bench/peak.py; measured by
     the first cell of a host, cached for the others), logged as metrics; None when peak.enabled=false.
-    A measurement that fails is tagged peak_error and the cell goes on without the ratios."""
+    A measurement that fails is tagged peak_error and the cell goes on without the ratios; what the
+    peak cache said (a corrupt entry measured again) is tagged peak_cache_note."""
     from bsb_hydra.bench import peak as peak_mod
+    from bsb_hydra.cache_files import Notes
 
     p = cfg.peak
     if not p.enabled:
@@ -227,12 +233,14 @@ def machine_limit(cfg, log) -> Optional[Dict[str, Any]]:
     if system_info()["emulated"] == "true":  # timings under QEMU say nothing about a CPU's limit
         log.tags({"peak_error": "not measured under emulation: its timings mean nothing"})
         return None
+    notes = Notes()
     try:
         cache = p.cache_dir or os.environ.get("BSB_PEAK_DIR") or str(Path(cfg.paths.cache_dir) / "peak")
-        peak = peak_mod.machine_peak(Path(cache), cfg.device.threads, p.size, p.min_duration_s)
+        peak = peak_mod.machine_peak(Path(cache), cfg.device.threads, p.size, p.min_duration_s, note=notes)
     except Exception as e:
-        log.tags({"peak_error": f"{type(e).__name__}: {e}"[:500]})
+        log.tags({"peak_error": f"{type(e).__name__}: {e}"[:500], "peak_cache_note": notes.text()})
         return None
+    log.tags({"peak_cache_note": notes.text()})
     errors = {rt: r["error"] for rt, r in peak["runtimes"].items() if "error" in r}
     log.tags({"peak_measured_at": peak["measured_at"], "peak_gemm_size": peak["size"],
               "peak_errors": "; ".join(f"{k}: {v}" for k, v in errors.items())[:500],
@@ -301,15 +309,18 @@ def build_artifacts(cfg, backend, ctx: BuildContext, workdir: Path, log, stage: 
 def fp32_artifact(cfg, backend, ctx: BuildContext, out: Path, log):
     """The backend's fp32 artifact: converted by this cell, or copied from the artifact cache where an
     earlier cell converted the same weights the same way (bsb_hydra/artifact_cache.py). Tagged
-    fp32_artifact_cache = hit | stored | off."""
+    fp32_artifact_cache = hit | stored | not_stored (a full disk, a read-only cache) | off, and what
+    the cache said in fp32_artifact_cache_note."""
     build = lambda: build_artifact(backend, "fp32", ctx, out)  # noqa: E731
     if not (cfg.paths.reuse_fp32_artifacts and ctx.weights_sha256):
         log.tags({"fp32_artifact_cache": "off"})
         return build()
     from bsb_hydra import artifact_cache
+    from bsb_hydra.cache_files import Notes
 
-    art, how, key = artifact_cache.fp32_artifact(backend, ctx, build, cfg.paths.cache_dir)
-    log.tags({"fp32_artifact_cache": how, "fp32_artifact_key": key})
+    notes = Notes()
+    art, how, key = artifact_cache.fp32_artifact(backend, ctx, build, cfg.paths.cache_dir, log=notes)
+    log.tags({"fp32_artifact_cache": how, "fp32_artifact_key": key, "fp32_artifact_cache_note": notes.text()})
     return art
 
 

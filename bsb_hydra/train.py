@@ -14,7 +14,7 @@ from typing import List, Mapping, Optional
 
 import numpy as np
 
-from bsb_hydra.locks import file_lock
+from bsb_hydra.cache_files import CacheWriteError, Note, cache_lock, check_entry, printed, sha256_file, write_entry
 
 
 @dataclass
@@ -74,14 +74,6 @@ def cache_key(model_cfg, data_cfg, train_cfg, seed: int, input_shape, num_classe
         key["code"] = code
     blob = json.dumps(key, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def training_subset(ds, limit: Optional[int], seed: int):
@@ -255,17 +247,39 @@ def check_outputs(module, ds, model_cfg) -> None:
                          f"{ds.num_classes} classes, so (1, {ds.num_classes}) was expected")
 
 
-def get_fp32_model(cfg, ds, cache_dir: str) -> Fp32Model:
+def get_fp32_model(cfg, ds, cache_dir: str, note: Note = printed) -> Fp32Model:
     """The trained fp32 model, every parameter trainable again: a frozen pretrained backbone is a
-    choice of the fp32 training (model.freeze_backbone), not of QAT's fine-tuning that starts from it."""
-    fp32 = _get_fp32_model(cfg, ds, cache_dir)
+    choice of the fp32 training (model.freeze_backbone), not of QAT's fine-tuning that starts from it.
+    ``note`` hears what the model cache has to say (an entry rebuilt, a write that failed)."""
+    fp32 = _get_fp32_model(cfg, ds, cache_dir, note)
     if fp32.module is not None:
         for p in fp32.module.parameters():
             p.requires_grad_(True)
     return fp32
 
 
-def _get_fp32_model(cfg, ds, cache_dir: str) -> Fp32Model:
+def state_dict_sha256(module) -> str:
+    """The SHA-256 of the weights as the cache would file them, for weights that could not be filed:
+    it keys the artifact and logits caches. Hashed as torch.save writes, without holding a copy."""
+    import torch
+
+    class Sink:
+        def __init__(self):
+            self.h = hashlib.sha256()
+
+        def write(self, b) -> int:
+            self.h.update(b)
+            return len(b)
+
+        def flush(self) -> None:
+            pass
+
+    sink = Sink()
+    torch.save(module.state_dict(), sink)
+    return sink.h.hexdigest()
+
+
+def _get_fp32_model(cfg, ds, cache_dir: str, note: Note) -> Fp32Model:
     import torch
 
     from bsb_hydra.config.base import InputError
@@ -308,23 +322,22 @@ def _get_fp32_model(cfg, ds, cache_dir: str) -> Fp32Model:
     folder = Path(cache_dir) / "models"
     weights = folder / f"{model_label(cfg.model)}-{key}.pt"
     meta_path = weights.with_suffix(".json")
-    with file_lock(folder / f".{key}.lock"):
-        for stale in folder.glob(f"{weights.stem}.*tmp*"):  # left by a job killed mid-write
-            stale.unlink(missing_ok=True)
-        if weights.is_file() and meta_path.is_file():
+    with cache_lock(folder / f".{key}.lock", note) as writable:
+        if writable:
+            for stale in folder.glob(f"{weights.stem}.*tmp*"):  # left by a job killed mid-write
+                stale.unlink(missing_ok=True)
+        meta, why = check_entry(weights, meta_path)
+        if meta is not None:
             try:
-                meta = json.loads(meta_path.read_text())
-                digest = sha256_file(weights)
-                if digest != meta.get("sha256"):
-                    raise ValueError(f"sha256 {digest[:16]}... is not the {str(meta.get('sha256'))[:16]}... "
-                                     f"recorded in {meta_path.name}")
                 module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-            except Exception as e:  # a corrupt cache entry is never used: say which file, then retrain
-                print(f"  cached model {weights} is unusable ({type(e).__name__}: {e}): retraining", flush=True)
+            except Exception as e:
+                why = f"{type(e).__name__}: {_load_error(e)}"
             else:
                 module.eval()
-                return Fp32Model(module, "cache", key, str(weights), digest, meta.get("train_seconds", 0.0),
+                return Fp32Model(module, "cache", key, str(weights), meta["sha256"], meta.get("train_seconds", 0.0),
                                  meta.get("loss_curve", []))
+        if why:  # a corrupt cache entry is never used: say which file, then retrain
+            note(f"cached model {weights} is unusable ({why}): retraining")
         if key_torch_version() != local_torch_version():  # never file this torch's weights under another's key
             raise RuntimeError(f"{TRAIN_TORCH_ENV}={key_torch_version()}: the fp32 weights trained by torch "
                                f"{key_torch_version()} ({weights.name}) are not in the cache {folder}, and this "
@@ -334,13 +347,15 @@ def _get_fp32_model(cfg, ds, cache_dir: str) -> Fp32Model:
         t0 = time.perf_counter()
         curve = train_model(module, ds, cfg.train, cfg.seed)
         seconds = time.perf_counter() - t0
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = weights.with_suffix(f".pt.tmp{os.getpid()}")
-        torch.save(module.state_dict(), tmp)
-        digest = sha256_file(tmp)
-        os.replace(tmp, weights)  # atomic: a reader never sees half a file
-        tmp_meta = meta_path.with_suffix(f".json.tmp{os.getpid()}")
-        tmp_meta.write_text(json.dumps({"sha256": digest, "train_seconds": seconds, "loss_curve": curve,
-                                        "torch": local_torch_version(), "machine": platform.machine()}))
-        os.replace(tmp_meta, meta_path)
+        meta = {"train_seconds": seconds, "loss_curve": curve, "torch": local_torch_version(),
+                "machine": platform.machine()}
+        unstored = "" if writable else f"the cache {folder} is read-only"
+        if writable:
+            try:
+                digest = write_entry(weights, meta_path, lambda f: torch.save(module.state_dict(), f), meta)
+            except CacheWriteError as e:
+                unstored = str(e)
+        if unstored:  # a cache only saves time: the cell goes on with the weights in memory
+            note(f"NOTE: {unstored}: the trained model is used from memory, not cached")
+            return Fp32Model(module, "trained", key, "", state_dict_sha256(module), seconds, curve)
     return Fp32Model(module, "trained", key, str(weights), digest, seconds, curve)

@@ -20,7 +20,6 @@ it (bsb_hydra/scoring.py: limit_metrics)."""
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hashlib
 import json
 import logging
@@ -31,7 +30,6 @@ import sys
 import tempfile
 import time
 import warnings
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
@@ -39,6 +37,7 @@ from typing import Any, Callable, Dict, Optional
 import numpy as np
 
 from bsb_hydra.bench.harness import Item, run_worker
+from bsb_hydra.cache_files import CacheWriteError, cache_lock, check_entry, printed, write_entry
 from bsb_hydra.sysinfo import system_info
 
 RUNTIMES = ("pytorch", "onnxruntime", "tflite")
@@ -254,33 +253,51 @@ def measure_peak(threads: int, size: int = 1024, min_duration_s: float = 1.0,
     return result
 
 
-@contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # parallel jobs of one host: one measures, the others wait and read
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+# Figures this process measured but could not file (a read-only cache, a full disk), by cache file:
+# the sweep's later cells read them here instead of measuring again.
+_UNFILED: Dict[str, Dict[str, Any]] = {}
 
 
 def machine_peak(cache_dir: Path, threads: int, size: int = 1024, min_duration_s: float = 1.0,
-                 refresh: bool = False, log: Callable[[str], None] = print) -> Dict[str, Any]:
-    """The cached figures of this host at this thread count, measured first if there are none."""
+                 refresh: bool = False, log: Callable[[str], None] = print,
+                 note: Callable[[str], None] = printed) -> Dict[str, Any]:
+    """The cached figures of this host at this thread count, measured first if there are none.
+    ``peak_KEY.json`` holds them and ``peak_KEY.meta.json`` their SHA-256: a file that does not
+    match (or cannot be read) is named through ``note`` and measured again. Before, a corrupt
+    file made every cell's peak metrics fail (tag peak_error) until someone deleted it."""
     info = system_info()
     path = Path(cache_dir) / f"peak_{cache_key(info, threads, size)}.json"
-    with _locked(path.with_suffix(".lock")):
-        if path.is_file() and not refresh:
-            return {**json.loads(path.read_text()), "cache_file": str(path)}
+    meta_path = path.with_suffix(".meta.json")
+    # parallel jobs of one host: one measures, the others wait and read
+    with cache_lock(path.with_suffix(".lock"), note) as writable:
+        if not refresh:
+            meta, why = check_entry(path, meta_path)
+            if meta is not None:
+                try:
+                    return {**json.loads(path.read_text()), "cache_file": str(path)}
+                except (OSError, ValueError) as e:
+                    why = f"{type(e).__name__}: {e}"
+            if str(path) in _UNFILED:
+                return dict(_UNFILED[str(path)])
+            if why:
+                note(f"cached peak figures {path} are unusable ({why}): measuring them again")
         log(f"  measuring this machine's limit (fp32/int8 GEMM {size}^3, call floors, memory bandwidth; "
             f"{threads} thread(s)), once per host: python -m bsb_hydra.bench.peak")
         t0 = time.perf_counter()
         result = measure_peak(threads, size, min_duration_s)
         result["seconds"] = time.perf_counter() - t0
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        os.replace(tmp, path)
+        text = json.dumps(result, indent=1)
+        unfiled = "" if writable else f"the cache {path.parent} is read-only"
+        if writable:
+            try:
+                write_entry(path, meta_path, lambda f: f.write(text.encode()), {"file": path.name})
+            except CacheWriteError as e:
+                unfiled = str(e)
+        if unfiled:
+            note(f"NOTE: {unfiled}: the figures just measured are used from memory (for every later cell "
+                 f"of this process), not cached")
+            _UNFILED[str(path)] = {**result, "cache_file": ""}
+            return dict(_UNFILED[str(path)])
     return {**result, "cache_file": str(path)}
 
 
