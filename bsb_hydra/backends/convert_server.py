@@ -145,6 +145,7 @@ def run_request(module: str, req_path: Path, env: Dict[str, str], threads: int, 
     """Run one conversion request; (exit code, whether a running server took it). Without the
     server (BSB_CONVERTER_SERVER=0) a fresh ``python -m module REQUEST`` with its output in
     convert.log, as the server writes it."""
+    env = {**env, "BSB_PARENT_PID": str(os.getpid())}  # a converter dies with its sweep (local_state.die_with_parent)
     if not enabled():
         with open(Path(req_path).parent / "convert.log", "w") as log:
             proc = subprocess.run([sys.executable, "-m", module, str(req_path)], env=env, stdout=log,

@@ -15,6 +15,7 @@ file is calibrated on the same training samples (its tensor names differ, so ran
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -180,6 +181,9 @@ def main(request_path: str) -> None:
 
 
 if __name__ == "__main__":
+    from bsb_hydra.local_state import die_with_parent
+
+    die_with_parent(int(os.environ["BSB_PARENT_PID"]) if os.environ.get("BSB_PARENT_PID") else None)
     if sys.argv[1] == "--serve":  # bsb_hydra/backends/convert_server.py
         from bsb_hydra.backends.convert_server import serve
 

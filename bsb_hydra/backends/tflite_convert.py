@@ -229,6 +229,9 @@ def _fresh_keras() -> None:
 
 
 if __name__ == "__main__":
+    from bsb_hydra.local_state import die_with_parent
+
+    die_with_parent(int(os.environ["BSB_PARENT_PID"]) if os.environ.get("BSB_PARENT_PID") else None)
     if sys.argv[1] == "--serve":  # bsb_hydra/backends/convert_server.py
         from bsb_hydra.backends.convert_server import serve
 
