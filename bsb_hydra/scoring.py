@@ -72,9 +72,16 @@ def task_score(task, ds, timed) -> Score:
     return scorer.result()
 
 
+def timing_metrics(cfg, art, fp32_art, timed) -> Dict[str, float]:
+    """What the worker processes measured, before any scoring: size and latency (steps.measure logs
+    them at once, so a scoring or storage failure after them never loses them)."""
+    return {**size_metrics(art, fp32_art), **latency_metrics(cfg, art, timed)}
+
+
 def score_cell(cfg, task, ds, fp32, art, fp32_art, timed, facts: Dict[str, float],
-               peak: Optional[Dict[str, Any]]) -> CellScore:
-    """Every metric of the cell (the timing's and the task's) in one result."""
+               peak: Optional[Dict[str, Any]], timing: Optional[Dict[str, float]] = None) -> CellScore:
+    """Every metric of the cell (the timing's, ``timing`` when already computed, and the task's) in
+    one result."""
     out = CellScore()
     out.add(task_score(task, ds, timed))
     notes = Notes()
@@ -85,8 +92,7 @@ def score_cell(cfg, task, ds, fp32, art, fp32_art, timed, facts: Dict[str, float
         # the search chose on training samples: did its budget hold on the test split?
         budget_pp = 100.0 * cfg.quant.budget_for(out.metrics["fp32_accuracy"])
         out.metrics["auto_budget_met_test"] = float(out.metrics["accuracy_delta_pp"] >= -budget_pp - 1e-9)
-    out.metrics.update(size_metrics(art, fp32_art))
-    out.metrics.update(latency_metrics(cfg, art, timed))
+    out.metrics.update(timing if timing is not None else timing_metrics(cfg, art, fp32_art, timed))
     out.metrics.update(facts)
     out.metrics.update(limit_metrics(cfg, out.metrics, peak))
     out.metrics.update(task.quality_values(out.metrics))

@@ -57,7 +57,7 @@ def measure(cfg, dict_cfg, workdir: Path, log, slot: Optional[JobSlot] = None) -
     artifacts through ``log``. ``slot`` counts the bsb_hydra jobs on this machine while the workers time."""
     from bsb_hydra.backends import get_backend
     from bsb_hydra.cell import worker_fault
-    from bsb_hydra.scoring import log_score, score_cell
+    from bsb_hydra.scoring import log_score, score_cell, timing_metrics
     from bsb_hydra.workers import run_workers
 
     info = system_info()
@@ -81,14 +81,16 @@ def measure(cfg, dict_cfg, workdir: Path, log, slot: Optional[JobSlot] = None) -
         fp32_art, art = build_artifacts(cfg, backend, ctx, workdir, log, stage)
         slot = slot or JobSlot()
         timed = run_workers(cfg, backend, engine, ds, fp32_art, art, workdir, slot, stage, peak, worker_fault(cfg))
-        m: Dict[str, float] = {"concurrent_jobs": slot.peak}
+        timing = timing_metrics(cfg, art, fp32_art, timed)
+        m: Dict[str, float] = {"concurrent_jobs": slot.peak, **timing}
+        log.metrics(m)  # as soon as measured: a scoring or storage failure after this never loses them
         if slot.peak > 1:
             print(f"  WARNING: {slot.peak} bsb_hydra jobs ran on this machine while this cell was timed: they share "
                   f"cores and caches, so its latencies are distorted (tag concurrent_jobs={slot.peak})", flush=True)
         with stage("score"):
-            score = score_cell(cfg, task, ds, fp32, art, fp32_art, timed, facts, peak)
+            score = score_cell(cfg, task, ds, fp32, art, fp32_art, timed, facts, peak, timing)
+        log.metrics({k: v for k, v in score.metrics.items() if k not in m})  # before any artifact is stored
         m.update(score.metrics)
-        log.metrics(m)  # as soon as measured: an artifact that cannot be stored next never loses them
         with stage("log"):
             log_score(score, workdir, log)
             log_measurement(cfg, ds, art, engine, timed, slot, log)
