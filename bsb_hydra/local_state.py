@@ -7,7 +7,7 @@ the user owns, created 0700: ``$BSB_RUNTIME_DIR``, else ``$TMPDIR/bsb_hydra-<uid
 cannot plant files or symlinks there, and a folder of that name that is not the user's own (a
 symlink, another owner) is refused with its name instead of being written through.
 
-Each sweep process gets its own temporary folder inside it (``tmp/<pid>-<start>``), set as TMPDIR
+Each sweep process gets its own temporary folder inside it (``tmp/<pid>``), set as TMPDIR
 for itself and every process it starts, and removed when it exits: normally, by an exception, by
 SIGINT (Ctrl-C) or by SIGTERM. SIGKILL cannot be caught: the next sweep on the machine removes the
 folders of processes that are gone. Worker processes die with the process that started them
@@ -110,16 +110,21 @@ _MINE: Optional[Path] = None
 
 
 def process_tmp() -> Path:
-    """This process's temporary folder (``<runtime>/tmp/<pid>-<start>``), made TMPDIR for it and every
-    process it starts; removed at exit, on SIGTERM and SIGINT, and by the next sweep after a SIGKILL."""
+    """This process's temporary folder (``<runtime>/tmp/<pid>``), made TMPDIR for it and every process
+    it starts; removed at exit, on SIGTERM and SIGINT, and by the next sweep after a SIGKILL. The name
+    is short on purpose: Ray puts AF_UNIX sockets under TMPDIR, and their paths may not pass 107 bytes.
+    Whose it is (PID namespace and start time) is in the folder's ``.owner`` file."""
     global _MINE
     if _MINE is not None and _MINE.is_dir():
         return _MINE
     pid = os.getpid()
     root = private_subdir("tmp")
     remove_stale(root)
-    mine = root / f"{_ns_tag()}-{pid}-{_pid_start(pid) or 0}"
-    mine.mkdir(mode=0o700, exist_ok=True)
+    mine = root / str(pid)
+    if mine.exists():  # a folder left by an earlier process with this pid (remove_stale spares a young one)
+        shutil.rmtree(mine, ignore_errors=True)
+    mine.mkdir(mode=0o700)
+    write_private(mine / ".owner", f"{_ns_tag()} {_pid_start(pid) or 0}")
     # children (Hydra's joblib workers, benchmark workers) share this runtime dir and write into this tmp
     os.environ.setdefault("BSB_RUNTIME_DIR", str(root.parent))
     os.environ["TMPDIR"] = str(mine)
@@ -133,14 +138,25 @@ def _ns_tag() -> str:
     return pid_namespace().rsplit(":", 1)[-1] or "0"
 
 
-def remove_stale(root: Path) -> list:
+def remove_stale(root: Path, young_s: float = 600.0) -> list:
     """The temporary folders of processes that are gone (a sweep SIGKILLed), removed. Only folders of
-    this PID namespace: a pid of another (a container sharing /tmp) cannot be checked from here."""
+    this PID namespace: a pid of another (a container sharing /tmp) cannot be checked from here. A
+    folder without its ``.owner`` (being created, or of an older version) is left alone while young."""
+    import time
+
     gone = []
     for p in root.iterdir() if root.is_dir() else []:
-        ns, _, rest = p.name.partition("-")
-        pid, _, start = rest.partition("-")
-        if ns == _ns_tag() and pid.isdigit() and not alive(pid, "" if start == "0" else start):
+        if not p.name.isdigit():
+            continue
+        try:
+            ns, start = read_private(p / ".owner").split()
+        except (OSError, ValueError):
+            try:
+                old = time.time() - p.stat().st_mtime > young_s
+            except OSError:
+                continue
+            ns, start = (_ns_tag(), "") if old else ("", "")
+        if ns == _ns_tag() and not alive(p.name, "" if start == "0" else start):
             shutil.rmtree(p, ignore_errors=True)
             gone.append(p)
     return gone

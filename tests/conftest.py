@@ -37,15 +37,18 @@ def bsb_command(args, tmp: Path, sweep: str = "sweep", env_extra=None):
     return cmd, env
 
 
-def run_bsb(args, tmp: Path, timeout=900, check=True, sweep: str = "sweep", env_extra=None, cwd=None):
+def run_bsb(args, tmp: Path, timeout=900, check=True, sweep: str = "sweep", env_extra=None, cwd=None,
+            failed: bool = False):
     """python -m bsb_hydra ARGS into a private MLflow store, model cache and sweep dir (started from
-    ``cwd``, the repository by default)."""
+    ``cwd``, the repository by default). ``check``: it must exit 0, or with ``failed`` (a cell is
+    meant to fail) 1, the exit status of a sweep with a failed cell."""
     cmd, env = bsb_command(args, tmp, sweep, env_extra)
     if cwd is not None:  # bsb_hydra imported from the repository, wherever the sweep starts
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     proc = subprocess.run(cmd, cwd=cwd or ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    if check and proc.returncode != (1 if failed else 0):
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}, not {1 if failed else 0}\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
 
 

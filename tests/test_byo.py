@@ -147,7 +147,7 @@ def test_whole_model_checkpoints_need_no_target(files, tmp_path):
             env_extra=_env(files))
     run_bsb([*args, f"model.checkpoint={files}/tiny_pickled.pt", "model.allow_pickle=true"], tmp_path,
             env_extra=_env(files))
-    run_bsb([*args, f"model.checkpoint={files}/tiny_pickled.pt"], tmp_path, env_extra=_env(files))
+    run_bsb([*args, f"model.checkpoint={files}/tiny_pickled.pt"], tmp_path, env_extra=_env(files), failed=True)
     run_bsb([*args, f"model.checkpoint={files}/tiny_state.pt", "model.target=usernets.nets.build_tiny",
              "model.kwargs={width:8}"], tmp_path, env_extra=_env(files))
     _, runs = runs_of(tmp_path)
@@ -211,7 +211,7 @@ def test_torchvision_and_efficientnet_lite0(tmp_path):
 def test_a_bad_cell_fails_with_one_line_and_the_sweep_goes_on(files, tmp_path):
     proc = run_bsb(["-m", "model=onnx", f"model.path={files}/tiny.onnx,{files}/missing.onnx,{files}/garbage.onnx",
                     "model.input_shape=[3,16,16]", "data=npz", f"data.path={files}/labelled.npz", "quant=fp32",
-                    "backend=onnxruntime", *QUICK], tmp_path)
+                    "backend=onnxruntime", *QUICK], tmp_path, failed=True)
     _, runs = runs_of(tmp_path)
     status = {r.data.tags["model"]: (r.data.tags["status"], r.data.tags.get("reason", "")) for r in runs}
     assert status["tiny"][0] == "ok"
@@ -332,7 +332,7 @@ def test_bad_config_values_are_refused_before_any_work(compose_cfg):
 
 def test_unlabelled_data_refuses_what_needs_labels(files, tmp_path):
     run_bsb(["-m", "model=cnn,onnx", f"model.path={files}/tiny.onnx", "model.input_shape=[3,16,16]", "data=npz",
-             f"data.path={files}/unlabelled.npz", "quant=qat", "backend=onnxruntime", *QUICK], tmp_path)
+             f"data.path={files}/unlabelled.npz", "quant=qat", "backend=onnxruntime", *QUICK], tmp_path, failed=True)
     _, runs = runs_of(tmp_path)
     reasons = {r.data.tags["model"]: (r.data.tags["status"], r.data.tags.get("reason", "")) for r in runs}
     assert reasons["tiny"][0] == "unsupported" and "QAT fine-tunes a PyTorch model" in reasons["tiny"][1]

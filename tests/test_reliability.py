@@ -213,7 +213,7 @@ def test_sigkill_mid_cell_then_the_same_command_resumes(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    left = [p for p in (rt / "tmp").iterdir() if f"-{proc.pid}-" in p.name]
+    left = [p for p in (rt / "tmp").iterdir() if p.name == str(proc.pid)]
     assert len(left) == 1  # SIGKILL cannot clean up: the conf/ snapshot and the libraries' files are there
     assert any(p.name.startswith("bsb_hydra_conf_") for p in left[0].iterdir()), list(left[0].iterdir())
     client, runs = runs_of(tmp_path)
@@ -413,7 +413,7 @@ def test_corrupt_cache_is_named_and_retrained_corrupt_checkpoint_refused(tmp_pat
 
     bad = tmp_path / "garbage.pt"
     bad.write_bytes(b"this is not a state_dict" * 10)
-    run_bsb([*args, f"model.checkpoint={bad}"], tmp_path)
+    run_bsb([*args, f"model.checkpoint={bad}"], tmp_path, failed=True)
     _, runs = runs_of(tmp_path)
     newest = max(runs, key=lambda r: r.info.start_time)
     assert newest.data.tags["status"] == "failed"
@@ -438,7 +438,7 @@ def test_mlflow_server_going_away_fails_loudly_and_the_next_run_resumes(tmp_path
         out = proc.communicate(timeout=900)[0]
     finally:
         server.stop()
-    assert proc.returncode == 0, out[-3000:]
+    assert proc.returncode == 1, out[-3000:]  # a cell failed
     lost = _results(tmp_path, "lost")
     assert lost[0]["status"] == "ok"
     assert "[failed]" in out and f"MLflow store {base} unusable" in out
@@ -467,7 +467,7 @@ def test_a_tracking_server_that_is_not_there_fails_the_cell_at_once(tmp_path):
         port = sock.getsockname()[1]
     uri = f"http://127.0.0.1:{port}"
     proc = run_bsb(["model=mlp", "quant=fp32", "backend=onnxruntime", *DIGITS], tmp_path, timeout=120,
-                   env_extra={"MLFLOW_TRACKING_URI": uri})
+                   env_extra={"MLFLOW_TRACKING_URI": uri}, failed=True)
     assert f"[failed] mlp-digits-fp32-onnxruntime: MLflow store {uri} unusable" in proc.stdout
     assert "does not answer" in proc.stdout and not (tmp_path / "cache" / "models").exists()
 

@@ -262,7 +262,7 @@ def test_merge_refuses_missing_inputs(tmp_path):
 def test_merge_metric_history_and_failed_runs(tmp_path):
     """A store from a sweep with a failed cell: histories (train_loss per epoch) and statuses survive."""
     run_bsb(["-m", "model=mlp", "data=digits", "quant=fp32,static", "backend=pytorch", "debug.fail_stage=quantize",
-             "debug.fail_cell=static", *SMOKE], tmp_path)
+             "debug.fail_cell=static", *SMOKE], tmp_path, failed=True)
     from bsb_hydra.merge import merge
 
     counts = merge(str(tmp_path / "mlflow.db"), f"sqlite:///{tmp_path}/copy.db", tmp_path / "artifacts",

@@ -147,7 +147,7 @@ def test_benchmark_worker_imports_only_its_runtime(sweep):
 def test_one_failing_cell_leaves_the_others_intact(tmp_path):
     proc = run_bsb(["-m", "model=mlp", "data=digits", "quant=fp32,static", "backend=pytorch",
                     "debug.fail_stage=quantize,worker_crash", "debug.fail_cell=static", "force=true", *SMOKE],
-                   tmp_path)  # force: the two fp32 cells differ only in debug settings, not in config_hash
+                   tmp_path, failed=True)  # force: the two fp32 cells differ only in debug settings, not in config_hash
     _, runs = runs_of(tmp_path)
     assert len(runs) == 4
     status = sorted((r.data.tags["quant"], r.data.params["debug.fail_stage"], r.data.tags["status"]) for r in runs)
@@ -181,7 +181,7 @@ def test_checkpoint_with_wrong_shapes_fails_naming_the_file(tmp_path):
 
     bad = tmp_path / "bad.pt"
     torch.save({"0.weight": torch.zeros(3, 3)}, bad)
-    run_bsb(["model=mlp", "data=digits", f"model.checkpoint={bad}", *SMOKE], tmp_path)
+    run_bsb(["model=mlp", "data=digits", f"model.checkpoint={bad}", *SMOKE], tmp_path, failed=True)
     _, runs = runs_of(tmp_path)
     tags = runs[0].data.tags
     assert tags["status"] == "failed" and str(bad) in tags["reason"]
@@ -192,7 +192,7 @@ def test_checkpoint_that_is_not_a_state_dict_says_what_it_holds(tmp_path):
 
     saved = tmp_path / "training_state.pt"
     torch.save({"epoch": 3, "model": {"0.weight": torch.zeros(2)}}, saved)
-    run_bsb(["model=mlp", "data=digits", f"model.checkpoint={saved}", *SMOKE], tmp_path)
+    run_bsb(["model=mlp", "data=digits", f"model.checkpoint={saved}", *SMOKE], tmp_path, failed=True)
     _, runs = runs_of(tmp_path)
     reason = runs[0].data.tags["reason"]
     assert runs[0].data.tags["status"] == "failed" and str(saved) in reason

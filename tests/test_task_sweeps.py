@@ -383,7 +383,7 @@ def test_a_model_whose_outputs_the_task_cannot_read_fails_before_any_quantizatio
     made = _made(tmp_path, "seg")
     run_bsb(["model=torch", "model.target=tasknets.nets.Seg", f"model.checkpoint={made}/seg.pt",
              "model.input_shape=[3,16,16]", "data=npz", f"data.path={made}/seg.npz", "task=detection", "quant=static",
-             "backend=onnxruntime", *QUICK], tmp_path, env_extra=_env(made))
+             "backend=onnxruntime", *QUICK], tmp_path, env_extra=_env(made), failed=True)
     _, runs = runs_of(tmp_path)
     t, m = runs[0].data.tags, runs[0].data.metrics
     assert t["status"] == "failed" and t["reason"].startswith("TaskError: task=detection: the model's outputs are "
