@@ -125,7 +125,7 @@ def test_a_run_alive_in_another_pid_namespace_is_not_closed_and_a_silent_one_is(
     beat.beat()
     run = client.get_run(silent)
     assert run.info.status == "RUNNING" and run.data.tags["status"] == "running" and "reason" not in run.data.tags
-    assert float(run.data.tags["heartbeat"]) >= now
+    assert float(run.data.tags["heartbeat"]) >= now - 1  # whole seconds
 
 
 def test_claims_let_exactly_one_of_two_sweeps_measure_a_cell(tmp_path):
