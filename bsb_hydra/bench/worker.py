@@ -83,6 +83,22 @@ def time_batch(runner, x: np.ndarray, warmup: int, min_runs: int, min_s: float, 
     return samples
 
 
+# Input elements per evaluation batch. benchmark.eval_batch_size (256) samples of 224x224 images made
+# the worker hold 3.7 GB (a 21-class segmentation model: 1 GB of outputs per batch, plus the runtime's
+# activations); capped, 27 such images at a time: the outputs are the same, the memory is not.
+EVAL_ELEMENTS = 2 ** 22
+
+
+def eval_batch(x, largest: int) -> int:
+    """Samples per evaluation batch: at most ``largest`` (benchmark.eval_batch_size) and EVAL_ELEMENTS
+    input elements (every input of a sample counted)."""
+    from bsb_hydra.feeds import Feeds
+
+    arrays = list(x.arrays.values()) if isinstance(x, Feeds) else [x]
+    per_sample = sum(int(np.prod(a.shape[1:])) for a in arrays) or 1
+    return max(1, min(largest, EVAL_ELEMENTS // per_sample))
+
+
 def measure(runner_cls, item: dict, req: dict, clean_memory: bool) -> dict:
     """One artifact: load (timed), first inference (timed), latency per batch size, peak RSS (only
     when it is the first artifact of the process: later ones share the high-water mark), logits."""
@@ -118,7 +134,7 @@ def measure(runner_cls, item: dict, req: dict, clean_memory: bool) -> dict:
 
     if item.get("evaluate"):  # every output of every batch, to disk: the parent reduces them batch by batch
         x = load_inputs(req["eval_input"], mmap=True)
-        bs = req["eval_batch_size"]
+        bs = eval_batch(x, req["eval_batch_size"])
         writer = OutputWriter(item["outputs_dir"])
         for i in range(0, len(x), bs):
             writer.write(runner.outputs(runner.run(runner.prepare(materialize(x[i:i + bs])))))
