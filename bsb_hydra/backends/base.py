@@ -77,6 +77,9 @@ class Backend:
     # Whether this backend measures a user's ONNX file (model=onnx) as it is; the others need a torch module.
     takes_onnx_file: bool = False
     no_onnx_reason: str = "it needs a PyTorch model to run or convert (nothing here converts ONNX back to torch)"
+    # model=keras (bsb_hydra/models/keras.py): onnxruntime measures its tf2onnx export, tflite converts it
+    takes_keras_file: bool = False
+    no_keras_reason: str = "runs PyTorch models, and a Keras model has no torch module"
 
     # The fp32 artifact cache (bsb_hydra/artifact_cache.py): backend config keys the fp32 artifact
     # does not depend on (only the runner, or only other schemes, read them), and the packages
@@ -97,7 +100,11 @@ class Backend:
     def unsupported_reason(self, cfg) -> Optional[str]:
         """Why this backend cannot run cfg's scheme (None = it can). Checked before any work."""
         scheme = cfg.quant.scheme.value
-        if not getattr(cfg.model, "torch_module", True) and not self.takes_onnx_file:
+        keras = getattr(type(cfg.model), "source_kind", "") == "keras"
+        if keras and not self.takes_keras_file:
+            return (f"model={cfg.model.name} is a Keras model: backend={self.name} {self.no_keras_reason}; run it on "
+                    "backend=onnxruntime or backend=tflite")
+        if not keras and not getattr(cfg.model, "torch_module", True) and not self.takes_onnx_file:
             return (f"model={cfg.model.name} is an ONNX file: backend={self.name} {self.no_onnx_reason}; run it on "
                     "backend=onnxruntime")
         if scheme != "auto" and not hasattr(self, f"build_{scheme}"):

@@ -41,6 +41,11 @@ LITERT_NO = {"qat": "QAT on TFLite runs through tensorflow-model-optimization on
                      "twin; the litert-torch path has no per-layer choice wired yet"}
 
 
+def is_keras(cfg) -> bool:
+    """model=keras: TensorFlow's converter on the user's Keras model (no twin, no litert-torch)."""
+    return getattr(type(cfg.model), "source_kind", "") == "keras"
+
+
 def uses_litert(cfg) -> bool:
     """Whether this cell's .tflite comes from litert-torch (else from a Keras twin)."""
     from bsb_hydra.backends.keras_twins import TWINS
@@ -73,10 +78,15 @@ class TfliteBackend(Backend):
                               "vision models here"},
     }
 
+    takes_keras_file = True  # TensorFlow's own converter, from the Keras model (bsb_hydra/backends/keras_convert.py)
+    KERAS_SCHEMES = ("fp32", "fp16", "dynamic", "static")
+
     def unsupported_reason(self, cfg) -> Optional[str]:
         reason = super().unsupported_reason(cfg)
         if reason:
             return reason
+        if is_keras(cfg):
+            return self._keras_reason(cfg)
         litert = uses_litert(cfg)
         needed = LITERT_REQUIRED if litert else REQUIRED
         missing = [pip for mod, pip in needed.items() if importlib.util.find_spec(mod) is None]
@@ -118,6 +128,45 @@ class TfliteBackend(Backend):
                     f"quant={q.scheme.value}")
         return None
 
+    def _keras_reason(self, cfg) -> Optional[str]:
+        q = cfg.quant
+        missing = [pip for mod, pip in REQUIRED.items() if importlib.util.find_spec(mod) is None]
+        if missing:
+            return (f"backend=tflite needs {', '.join(missing)}: install the extra with "
+                    "`pip install -c requirements/lock.txt -e '.[tflite]'` (make setup does)")
+        if q.scheme.value not in self.KERAS_SCHEMES:
+            return (f"quant={q.scheme.value} on tflite for model=keras: its TFLiteConverter path here converts "
+                    f"{', '.join(self.KERAS_SCHEMES)} (QAT through tensorflow-model-optimization and quant=auto "
+                    "are not wired for a user's Keras file yet)")
+        specs = cfg.model.input_specs()
+        if specs and len(specs) > 1:
+            return (f"model={cfg.model.name} takes {len(specs)} inputs; the TFLite conversion here feeds one: run it on "
+                    "onnxruntime")
+        if q.scheme.value == "static" and q.method.value != "minmax":
+            return (f"quant.method={q.method.value}: the TFLite converter calibrates with min/max over the "
+                    "representative dataset only; use quant.method=minmax on tflite")
+        if cfg.backend.int8_io and q.scheme.value != "static":
+            return f"backend.int8_io=true needs a full-integer scheme (static), not quant={q.scheme.value}"
+        return None
+
+    def _keras(self, ctx: BuildContext, scheme: str, out: Path) -> Artifact:
+        """TensorFlow's TFLiteConverter on the user's Keras model, in the Keras converter process."""
+        from bsb_hydra.models.keras import keras_source, run_converter
+
+        cfg = ctx.cfg
+        work = ctx.workdir / "keras_convert"
+        work.mkdir(parents=True, exist_ok=True)
+        kind, _ = keras_source(cfg.model.path)
+        req: Dict[str, Any] = {"op": "tflite", "scheme": scheme, "path": str(Path(str(cfg.model.path)).expanduser()),
+                               "kind": kind, "allow_unsafe": bool(cfg.model.allow_unsafe), "out": str(out),
+                               "input_shape": list(cfg.model.input_shape or []) or None,
+                               "int8_io": bool(cfg.backend.int8_io), "threads": cfg.device.threads}
+        if scheme == "static":
+            np.save(work / "calibration.npy", ctx.calibration)
+            req["calibration"] = str(work / "calibration.npy")
+        result = run_converter(req, work, f"TFLite conversion ({scheme})")
+        return self._artifact_of(ctx, out, result)
+
     def runner_settings(self, cfg, engine: str) -> Dict[str, Any]:
         return {"xnnpack": cfg.backend.xnnpack, "xnnpack_latest_features": cfg.backend.xnnpack_latest_features}
 
@@ -126,7 +175,9 @@ class TfliteBackend(Backend):
 
     def fp32_cache_parts(self, cfg) -> Dict[str, Any]:
         parts = super().fp32_cache_parts(cfg)
-        if uses_litert(cfg):  # one file per batch size
+        if is_keras(cfg):
+            parts["converter"] = "keras"
+        elif uses_litert(cfg):  # one file per batch size
             parts.update(converter="litert_torch", batches=sorted({1, *cfg.benchmark.batch_sizes}))
         else:
             parts["converter"] = "keras_twin"
@@ -214,6 +265,8 @@ class TfliteBackend(Backend):
                         result.get("info", {}), curves=result.get("curves", {}))
 
     def _artifact(self, ctx: BuildContext, scheme: str, out: Path) -> Artifact:
+        if is_keras(ctx.cfg):
+            return self._keras(ctx, scheme, out)
         if scheme not in self._built:
             wanted = ctx.cfg.quant.scheme.value
             schemes = [scheme]

@@ -1,0 +1,180 @@
+"""A user's Keras model in its own process: ``python -m bsb_hydra.backends.keras_convert REQUEST.json``
+(or one request per line under ``--serve``: bsb_hydra/backends/convert_server.py).
+
+Keras 3 (TF_USE_LEGACY_KERAS unset). Requests:
+- ``op=onnx``: the model as ONNX through tf2onnx, image inputs NCHW (``inputs_as_nchw``: the
+  transpose is inside the graph), the batch dimension dynamic.
+- ``op=tflite``: TensorFlow's TFLiteConverter from the Keras model (a SavedModel folder: from the
+  folder), for ``scheme`` fp32, fp16 (float16 weights), dynamic (dynamic-range int8 weights) or
+  static (full integer, calibrated on the request's real training samples; int8 model I/O with
+  ``int8_io``).
+Each writes ``info_out``: what was done, or ``{"error": one line}``."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections import Counter
+
+import numpy as np
+
+
+def _load(req):
+    """The Keras model (safe mode unless allow_unsafe), or for a SavedModel folder its serving function."""
+    import keras
+    import tensorflow as tf
+
+    if req["kind"] == "saved_model":
+        loaded = tf.saved_model.load(req["path"])
+        sigs = getattr(loaded, "signatures", {})
+        if "serving_default" not in sigs:
+            raise ValueError(f"the SavedModel has no serving_default signature (it has: {', '.join(sigs) or 'none'})")
+        return loaded, sigs["serving_default"]
+    return keras.models.load_model(req["path"], compile=False, safe_mode=not req.get("allow_unsafe")), None
+
+
+def _specs(model, fn, input_shape):
+    """(name, per-sample shape, dtype) of every input."""
+    if fn is not None:
+        specs = [(name, tuple(s.shape[1:]), s.dtype.name) for name, s in sorted(fn.structured_input_signature[1].items())]
+    else:
+        specs = [(t.name.split(":")[0] if hasattr(t, "name") else f"input_{i}", tuple(t.shape[1:]),
+                  str(getattr(t.dtype, "name", t.dtype))) for i, t in enumerate(model.inputs)]
+    if input_shape:
+        if len(specs) != 1 or len(input_shape) != len(specs[0][1]):
+            raise ValueError(f"model.input_shape={input_shape} does not fit the model's inputs "
+                             f"{[list(s[1]) for s in specs]}")
+        specs = [(specs[0][0], tuple(input_shape), specs[0][2])]
+    for name, shape, _ in specs:
+        if any(d is None for d in shape):
+            raise ValueError(f"input {name!r} has dynamic dims {list(shape)} besides the batch: give "
+                             "model.input_shape=[...] per sample, as the model takes it (e.g. [224, 224, 3])")
+    return specs
+
+
+def to_onnx(req) -> dict:
+    import tensorflow as tf
+    import tf2onnx
+
+    model, fn = _load(req)
+    specs = _specs(model, fn, req.get("input_shape"))
+    sig = tuple(tf.TensorSpec((None, *shape), tf.as_dtype(dtype), name=name) for name, shape, dtype in specs)
+    nchw = [name for name, shape, _ in specs if len(shape) == 3]  # images: (H, W, C) -> NCHW outside
+    if fn is not None:  # a SavedModel's serving signature takes keywords and returns a dict: wrapped
+        names = [name for name, _, _ in specs]
+
+        @tf.function(input_signature=sig)
+        def serve(*args):
+            out = fn(**dict(zip(names, args)))
+            return [out[k] for k in sorted(out)]
+
+        tf2onnx.convert.from_function(serve, input_signature=sig, opset=17, inputs_as_nchw=nchw,
+                                      output_path=req["out"] + ".tmp")
+    else:
+        tf2onnx.convert.from_keras(model, input_signature=sig, opset=17, inputs_as_nchw=nchw,
+                                   output_path=req["out"] + ".tmp")
+    diff = export_error(model, fn, specs, nchw, req["out"] + ".tmp")
+    if not diff <= EXPORT_TOLERANCE:
+        raise ValueError(f"tf2onnx's export does not reproduce the model: its outputs differ from Keras' by up to "
+                         f"{diff:.3g} (relative to the largest output) on random inputs; tolerance {EXPORT_TOLERANCE}")
+    os.replace(req["out"] + ".tmp", req["out"])
+    return {"inputs": [[n, list(s), d] for n, s, d in specs], "nchw": nchw, "export_max_rel_diff": diff}
+
+
+# The ONNX export stands for the Keras model on onnxruntime (and as the sweep's fp32 reference): it
+# must compute the same outputs, up to float rounding (a small CNN: 3e-8).
+EXPORT_TOLERANCE = 1e-4
+
+
+def export_error(model, fn, specs, nchw, onnx_path) -> float:
+    """The largest difference between the export's and the model's outputs on 4 random samples,
+    relative to the largest output magnitude."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    xs = {name: (rng.integers(0, 2, (4, *shape)) if "int" in dtype else rng.random((4, *shape))).astype(dtype)
+          for name, shape, dtype in specs}
+    if fn is not None:
+        out = fn(**xs)
+        ref = [np.asarray(out[k]) for k in sorted(out)]
+    else:
+        out = model([xs[n] for n, _, _ in specs] if len(specs) > 1 else xs[specs[0][0]], training=False)
+        ref = [np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])]
+    session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    feed = {n: (x.transpose(0, 3, 1, 2) if n in nchw else x) for n, x in xs.items()}
+    got = session.run(None, {i.name: feed[i.name] for i in session.get_inputs()})
+    scale = max(float(np.max(np.abs(r))) for r in ref) or 1.0
+    return max(float(np.max(np.abs(np.asarray(g, dtype=np.float64) - r))) for g, r in zip(got, ref)) / scale
+
+
+def to_tflite(req) -> dict:
+    import tensorflow as tf
+
+    model, fn = _load(req)
+    specs = _specs(model, fn, req.get("input_shape"))
+    if len(specs) != 1:
+        raise ValueError(f"the model takes {len(specs)} inputs; TFLite conversion here feeds one")
+    conv = (tf.lite.TFLiteConverter.from_saved_model(req["path"]) if fn is not None
+            else tf.lite.TFLiteConverter.from_keras_model(model))
+    scheme = req["scheme"]
+    if scheme == "fp16":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_types = [tf.float16]
+    elif scheme == "dynamic":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif scheme == "static":
+        x = np.load(req["calibration"])
+        if x.ndim == 4 and len(specs[0][1]) == 3 and x.shape[1] != specs[0][1][0]:
+            x = x.transpose(0, 2, 3, 1)  # the data is NCHW; the model takes (H, W, C)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = lambda: ([x[i:i + 1]] for i in range(len(x)))
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if req.get("int8_io"):
+            conv.inference_input_type = tf.int8
+            conv.inference_output_type = tf.int8
+    elif scheme != "fp32":
+        raise ValueError(f"quant={scheme} is not converted here")
+    blob = conv.convert()
+    with open(req["out"] + ".tmp", "wb") as f:
+        f.write(blob)
+    os.replace(req["out"] + ".tmp", req["out"])
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=blob)
+    ops = Counter(op["op_name"] for op in it._get_ops_details())
+    dtype = np.dtype(it.get_input_details()[0]["dtype"]).name
+    return {"input_dtype": "int8" if dtype == "int8" else "float32",
+            "info": {"converter": "keras (TFLiteConverter)", "ops": ",".join(f"{k}:{v}" for k, v in sorted(ops.items())),
+                     "calibration_samples": str(len(np.load(req["calibration"]))) if scheme == "static" else ""}}
+
+
+def main(req_path: str) -> None:
+    with open(req_path) as f:
+        req = json.load(f)
+    try:
+        out = to_onnx(req) if req["op"] == "onnx" else to_tflite(req)
+    except Exception as e:  # one line for the cell; the traceback stays in convert.log
+        import traceback
+
+        traceback.print_exc()
+        text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split())  # Keras colours its messages
+        if "Lambda" in text and "arbitrary code" in text:
+            text = ("it holds a Lambda layer, whose Python code Keras runs when it loads the file; refused in safe "
+                    "mode: set model.allow_unsafe=true if you trust the file")
+        out = {"error": f"{type(e).__name__}: {text[:400]}" if not text.startswith("it holds") else text}
+    with open(req["info_out"], "w") as f:
+        json.dump(out, f)
+
+
+if __name__ == "__main__":
+    from bsb_hydra.local_state import die_with_parent
+
+    die_with_parent(int(os.environ["BSB_PARENT_PID"]) if os.environ.get("BSB_PARENT_PID") else None)
+    if sys.argv[1] == "--serve":
+        from bsb_hydra.backends.convert_server import serve
+
+        serve(main)
+    else:
+        main(sys.argv[1])
