@@ -37,6 +37,17 @@ def bsb_command(args, tmp: Path, sweep: str = "sweep", env_extra=None):
     return cmd, env
 
 
+def fill_disk(path: Path) -> None:
+    """Write zeros to ``path`` until its filesystem is full (a small tmpfs in the tests)."""
+    with open(path, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+
+
 def run_bsb(args, tmp: Path, timeout=900, check=True, sweep: str = "sweep", env_extra=None, cwd=None,
             failed: bool = False):
     """python -m bsb_hydra ARGS into a private MLflow store, model cache and sweep dir (started from

@@ -21,7 +21,7 @@ from bsb_hydra import artifact_cache
 from bsb_hydra.bench import peak
 from bsb_hydra.scoring import agreement_with_pytorch, pytorch_test_logits
 from bsb_hydra.train import get_fp32_model
-from tests.conftest import CONF
+from tests.conftest import CONF, fill_disk
 
 BATCH = 64  # the eval batch of the logits' key
 
@@ -102,13 +102,7 @@ class Disk:
     def fill(self) -> None:
         if not self.mounted:
             return self._simulate(errno.ENOSPC)
-        with open(self.filler, "wb") as f:
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
-            except OSError:
-                pass
+        fill_disk(self.filler)
 
     def free(self) -> None:
         if self.mounted:

@@ -64,10 +64,15 @@ def test_keras_savedmodel_and_h5_on_onnxruntime_and_tflite(kfiles, tmp_path):
              "backend=onnxruntime,tflite", *(a for a in QUICK if not a.startswith("quant."))], tmp_path, sweep="others")
     run_bsb(["model=keras", f"model.path={kfiles}/cnn.h5", *data, "quant=static", "backend=tflite",
              "backend.int8_io=true", *QUICK], tmp_path)
+    run_bsb(["-m", "model=keras", f"model.path={kfiles}/cnn.keras", *data, "quant=auto", "backend=onnxruntime,tflite",
+             *QUICK], tmp_path, sweep="auto")  # auto: the export's mixed-precision search on onnxruntime only
     _, runs = runs_of(tmp_path)
+    auto = {r.data.tags["backend"]: r.data.tags for r in runs if r.data.tags["quant"] == "auto"}
+    assert auto["onnxruntime"]["status"] == "ok", auto["onnxruntime"].get("reason")
+    assert auto["tflite"]["status"] == "unsupported" and "quant=auto" in auto["tflite"]["reason"]
     int8_io = [r for r in runs if r.data.params.get("backend.int8_io") == "True"]
     assert len(int8_io) == 1 and int8_io[0].data.tags["input_dtype"] == "int8"
-    runs = [r for r in runs if r not in int8_io]
+    runs = [r for r in runs if r not in int8_io and r.data.tags["quant"] != "auto"]
     by = {(r.data.params["model.path"].rsplit("/", 1)[-1], r.data.tags["quant"], r.data.tags["backend"]): r
           for r in runs}
     assert len(by) == 12 + 4

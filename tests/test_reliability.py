@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import ROOT, SMOKE, MlflowServer, bsb_command, run_bsb, runs_of
+from tests.conftest import ROOT, SMOKE, MlflowServer, bsb_command, fill_disk, run_bsb, runs_of
 
 # Smoke settings on scikit-learn's digits, batch size 1 only: these tests check what survives, not figures.
 DIGITS = ["data=digits", *(o if not o.startswith("benchmark.batch_sizes=") else "benchmark.batch_sizes=[1]"
@@ -791,13 +791,7 @@ def test_full_disk_keeps_the_measurement_names_the_path_and_resumes(tmp_path, ti
     spacer = tiny_disk / "spacer"
     spacer.write_bytes(b"\0" * 8192)  # freed below: room for config.json, not for the measurement's files
     filler = tiny_disk / "filler"
-    with open(filler, "wb") as f:  # fill the disk to the last byte
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
+    fill_disk(filler)  # to the last byte
     spacer.unlink()
     args = ["-m", "model=mlp", "quant=dynamic", "backend=onnxruntime", f"mlflow.artifact_root={tiny_disk}", *DIGITS]
     proc = run_bsb(args, tmp_path, sweep="full", check=False)

@@ -373,9 +373,7 @@ class OnnxruntimeBackend(Backend):
     takes_keras_file = True  # its tf2onnx export (bsb_hydra/models/keras.py), measured as model=onnx's
     family_unsupported = {
         "keras_file": {"qat": "QAT fine-tunes with fake quantization in the model's own framework; a Keras model's "
-                               "(tensorflow-model-optimization) is not wired for model=keras yet",
-                       "auto": "quant=auto's search runs on the ONNX export of model=onnx files only; model=keras "
-                               "is not wired for it yet"},
+                               "(tensorflow-model-optimization) is not wired for model=keras yet"},
         "onnx_file": {"qat": "QAT fine-tunes a PyTorch model with fake quantization; model=onnx is an ONNX file "
                              "(give the torch module as model=torch for QAT)"},
         "recurrent": {

@@ -3,8 +3,9 @@ the weights it holds (nothing is trained).
 
 TensorFlow never enters the sweep process: one converter process (bsb_hydra/backends/keras_convert.py,
 Keras 3, run by the convert server) loads the file and writes what each backend needs:
-- on onnxruntime, an ONNX export by tf2onnx (cached under ``<cache_dir>/keras/`` by the file's
-  SHA-256). Its image input is NCHW (tf2onnx's ``inputs_as_nchw``: the transpose is inside the
+- on onnxruntime, an ONNX export by tf2onnx (cached under ``$BSB_CACHE_DIR/keras/``, else
+  ``./.cache/bsb_hydra/keras/``: paths.cache_dir's default, which the model's config cannot read, by
+  the file's SHA-256). Its image input is NCHW (tf2onnx's ``inputs_as_nchw``: the transpose is inside the
   graph), like every other model's, so the data, the fp32 probe, the task and ONNX Runtime's schemes
   (fp32, fp16, dynamic, static) are model=onnx's. That export is the model's fp32 reference here.
 - on tflite, TensorFlow's own TFLiteConverter from the Keras model: fp32, fp16, dynamic range, and
