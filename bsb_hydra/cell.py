@@ -300,7 +300,8 @@ def summary_line(r: Dict[str, Any]) -> str:
         return f"[{r['status']}] {r['cell']}: {r['reason'].splitlines()[0] if r['reason'] else ''}"
     simulated = bool(m.get("simulated"))
     theoretical = " theoretical" if simulated else ""
-    parts = [f"size {m['size_bytes'] / 1024:.0f} KiB{theoretical} ({m['size_ratio']:.2f}x fp32)"]
+    ratio = f" ({m['size_ratio']:.2f}x fp32)" if "size_ratio" in m else " (no fp32 reference)"
+    parts = [f"size {m['size_bytes'] / 1024:.0f} KiB{theoretical}{ratio}"]
     if "top1_agreement" in m:  # a classifier
         parts += [f"acc {100 * m['accuracy']:.2f}% ({m['accuracy_delta_pp']:+.2f} pp)" if "accuracy" in m else "no labels",
                   f"agree {100 * m['top1_agreement']:.2f}%"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -84,6 +85,10 @@ def score_cell(cfg, task, ds, fp32, art, fp32_art, timed, facts: Dict[str, float
     one result."""
     out = CellScore()
     out.add(task_score(task, ds, timed))
+    if fp32_art is None:  # the cell was its own reference: only what does not compare with fp32 stays
+        out.metrics = {k: v for k, v in out.metrics.items() if not compares_with_fp32(k)}
+        out.json = {k: v for k, v in out.json.items() if not compares_with_fp32(k)}
+        out.arrays = {k: v for k, v in out.arrays.items() if not compares_with_fp32(k)}
     notes = Notes()
     out.metrics.update(agreement_with_pytorch(cfg, task, fp32, ds, timed, notes))
     if notes:
@@ -97,6 +102,19 @@ def score_cell(cfg, task, ds, fp32, art, fp32_art, timed, facts: Dict[str, float
     out.metrics.update(limit_metrics(cfg, out.metrics, peak))
     out.metrics.update(task.quality_values(out.metrics))
     return out
+
+
+# What a task's scorer computes against the fp32 reference's outputs (tasks/*.py: every key that
+# pairs the cell with fp32), dropped when there is no reference: those numbers would compare the cell
+# with itself. tests/test_tflite_file.py checks that a cell without a reference keeps none of them, and
+# tests/test_tasks.py that every task scorer's comparison keys match.
+FP32_COMPARISONS = re.compile(
+    r"^fp32_|^reference_|^fidelity/|agreement|_vs_fp32|confidence_drift|^kl_|max_abs|sqnr|cosine|mcnemar|^speedup|^size_ratio|"
+    r"^(?!rss_)[a-z0-9]+_delta")
+
+
+def compares_with_fp32(key: str) -> bool:
+    return FP32_COMPARISONS.search(key) is not None
 
 
 def log_score(s: CellScore, workdir: Path, log) -> None:
@@ -208,6 +226,8 @@ def size_metrics(art, fp32_art) -> Dict[str, float]:
     if art.simulated:  # bits x parameters + scales, against 32 bits x parameters (bsb_hydra/fake_quant.py)
         size, fp32_size = art.theoretical_size
         return {"size_bytes": size, "fp32_size_bytes": fp32_size, "size_ratio": size / fp32_size, "simulated": 1.0}
+    if fp32_art is None:  # a quantized file given alone
+        return {"size_bytes": float(os.path.getsize(art.path))}
     size, fp32_size = os.path.getsize(art.path), os.path.getsize(fp32_art.path)
     return {"size_bytes": size, "fp32_size_bytes": fp32_size, "size_ratio": size / fp32_size}
 

@@ -289,8 +289,14 @@ def build_artifacts(cfg, backend, ctx: BuildContext, workdir: Path, log, stage: 
     stage = stage or Stages()
     maybe_fault(cfg, "quantize")
     t0 = time.perf_counter()
-    with stage("convert"):
-        fp32_art = fp32_artifact(cfg, backend, ctx, workdir / f"fp32{backend.suffix}", log)
+    fp32_art = None  # a quantized file given alone (model=tflite without model.reference) has none
+    if cfg.model.has_fp32_reference():
+        with stage("convert"):
+            fp32_art = fp32_artifact(cfg, backend, ctx, workdir / f"fp32{backend.suffix}", log)
+    else:
+        log.tags({"fp32_reference": "none"})
+        print("  NOTE: no fp32 reference (a quantized file given without model.reference): size, latency, memory and "
+              "the quality against the labels only; no ratio, speedup or fidelity", flush=True)
     with stage("quantize"):
         art = fp32_art if scheme == "fp32" else build_artifact(backend, scheme, ctx, workdir / f"{scheme}{backend.suffix}")
     log.metrics({"quantize_seconds": time.perf_counter() - t0})

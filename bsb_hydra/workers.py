@@ -51,14 +51,15 @@ def run_workers(cfg, backend, engine: str, ds, fp32_art, art, workdir: Path, slo
                   latency=lat, eval_batch_size=b.eval_batch_size, workdir=workdir / "bench", timeout_s=b.timeout_s)
     slot.sample()
     simulated = art.simulated
-    ref_latency = scheme != "fp32" and b.paired_baseline and not simulated
+    paired = scheme != "fp32" and fp32_art is not None  # None: a quantized file given without a reference
+    ref_latency = paired and b.paired_baseline and not simulated
     timed = Timed(None, None)
     stage = stage or Stages()
     try:
         with stage("measure"):
             for i in range(1 if simulated else b.repeats):
                 items = [Item(scheme, art.path, art.input_dtype, latency=not simulated, evaluate=i == 0)]
-                if scheme != "fp32" and (i == 0 or ref_latency):
+                if paired and (i == 0 or ref_latency):
                     ref_item = Item("fp32_reference", fp32_art.path, fp32_art.input_dtype, latency=ref_latency,
                                     evaluate=i == 0)
                     items = items + [ref_item] if i % 2 == 0 else [ref_item] + items
@@ -106,8 +107,8 @@ def profile_cell(cfg, art, fp32_art, timed: Timed, common: Dict[str, Any],
     if mode == "below_peak" and not (slower or short is not None):
         return None
     items = [Item(scheme, art.path, art.input_dtype, latency=False, profile=True)]
-    if scheme != "fp32":
+    if scheme != "fp32" and fp32_art is not None:
         items.append(Item("fp32_reference", fp32_art.path, fp32_art.input_dtype, latency=False, profile=True))
     out = run_worker(items=items, tag="profile", **{**common, "latency": None}, profile_runs=cfg.benchmark.profile_runs)
     return {"cell": out[scheme].data["profile"], "slower": slower, "short_of_peak": short,
-            "ref": out["fp32_reference"].data["profile"] if scheme != "fp32" else None}
+            "ref": out["fp32_reference"].data["profile"] if "fp32_reference" in out else None}

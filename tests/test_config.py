@@ -20,7 +20,7 @@ def _resolvable(cfg):
 
 # Options whose keys have no default (a user's file): the values they need to compose.
 REQUIRED = {("model", "onnx"): ["model.path=net.onnx"], ("model", "hf"): ["model.path=/tmp/hf_folder"],
-            ("model", "keras"): ["model.path=net.keras"],
+            ("model", "keras"): ["model.path=net.keras"], ("model", "tflite"): ["model.path=net.tflite"],
             ("data", "hf_default"): ["model=hf", "model.path=/tmp/hf_folder"],
             ("model", "torch"): ["model.target=pkg.nets.Net", "model.input_shape=[3,32,32]"],
             ("data", "npz"): ["data.path=arrays.npz"], ("data", "text_csv"): ["data.path=texts.csv"],

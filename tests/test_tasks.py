@@ -500,3 +500,51 @@ def test_coco_boxes_follow_their_images_to_the_models_size(tmp_path):
         load_dataset(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schemas("data")["coco"]),
                                                          {"root": str(tmp_path / "img"),
                                                           "annotations": str(tmp_path / "bad.json")})), 0)
+
+
+def test_every_key_a_scorer_computes_against_fp32_is_one_a_cell_without_a_reference_drops():
+    """scoring.FP32_COMPARISONS is what a cell without a fp32 reference (a quantized .tflite given alone)
+    drops: every metric whose value changes when only the reference's outputs change must match it, and
+    the task's own quality against the labels must not."""
+    from bsb_hydra.scoring import compares_with_fp32
+
+    rng = np.random.default_rng(9)
+    boxes, scores, classes = _boxes()
+    y_det = np.concatenate([boxes, classes[..., None].astype(np.float32)], -1)
+    logits = rng.standard_normal((12, 4)).astype(np.float32)
+    seg = rng.standard_normal((6, 3, 8, 8)).astype(np.float32)
+    img = rng.random((6, 1, 16, 16)).astype(np.float32)
+    emb = rng.standard_normal((12, 16)).astype(np.float32)
+    value = rng.standard_normal((12, 1)).astype(np.float32)
+    cases = [
+        ("classification", _probe(("logits", logits)), _ds(np.zeros((12, 3, 8, 8), np.float32),
+                                                           rng.integers(0, 4, 12), num_classes=4), [logits],
+         rng.integers(0, 4, 12)),
+        ("segmentation", _probe(("out", seg)), _ds(np.zeros((6, 3, 8, 8), np.float32)), [seg],
+         rng.integers(0, 3, (6, 8, 8))),
+        ("image_to_image", _probe(("sr", img), input_shape=(1, 8, 8)), _ds(np.zeros((6, 1, 8, 8), np.float32)), [img],
+         np.clip(img + 0.05, 0, 1)),
+        ("embedding", _probe(("e", emb)), _ds(np.zeros((12, 8), np.int64)), [emb], None),
+        ("regression", _probe(("v", value)), _ds(np.zeros((12, 4), np.float32)), [value], value + 0.1),
+        ("detection", _probe(("boxes", boxes), ("scores", scores), ("labels", classes)),
+         _ds(np.zeros((6, 3, 16, 16), np.float32)), [boxes, scores, classes], y_det),
+        ("raw", _probe(("o", value)), _ds(np.zeros((12, 4), np.float32)), [value], None),
+    ]
+    for name, probe, ds, outs, labels in cases:
+        if labels is not None:
+            ds.y_test, ds.labelled = labels, True
+        task = _task(name, probe, ds, **({"neighbours": 3} if name == "embedding" else {}))
+        noisy = [(o + 0.3 * rng.standard_normal(o.shape)).astype(o.dtype) if o.dtype.kind == "f" else o for o in outs]
+        if name == "detection":
+            noisy = [outs[0] + 3.0, outs[1], outs[2]]
+        a = _score(task, noisy, outs, labels, batch=4).metrics
+        b = _score(task, noisy, [(o + 0.7 * rng.standard_normal(o.shape)).astype(o.dtype) if o.dtype.kind == "f" else o
+                                 for o in (outs if name != "detection" else [outs[0] - 2.0, outs[1], outs[2]])],
+                   labels, batch=4).metrics
+        changed = {k for k in set(a) | set(b) if k not in a or k not in b or
+                   not (a[k] == b[k] or (np.isnan(a[k]) and np.isnan(b[k])))}
+        assert changed and all(compares_with_fp32(k) for k in changed), (name, sorted(k for k in changed
+                                                                                      if not compares_with_fp32(k)))
+        quality = task.quality_metric()
+        if quality and labels is not None:
+            assert quality in a and not compares_with_fp32(quality), (name, quality)

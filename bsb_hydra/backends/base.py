@@ -77,9 +77,10 @@ class Backend:
     # Whether this backend measures a user's ONNX file (model=onnx) as it is; the others need a torch module.
     takes_onnx_file: bool = False
     no_onnx_reason: str = "it needs a PyTorch model to run or convert (nothing here converts ONNX back to torch)"
-    # model=keras (bsb_hydra/models/keras.py): onnxruntime measures its tf2onnx export, tflite converts it
+    # model=keras and model=tflite (bsb_hydra/models/keras.py, tflite.py): onnxruntime measures their
+    # tf2onnx conversion, tflite converts the Keras model or measures the .tflite file
     takes_keras_file: bool = False
-    no_keras_reason: str = "runs PyTorch models, and a Keras model has no torch module"
+    no_keras_reason: str = "runs PyTorch models, and a TensorFlow model has no torch module"
 
     # The fp32 artifact cache (bsb_hydra/artifact_cache.py): backend config keys the fp32 artifact
     # does not depend on (only the runner, or only other schemes, read them), and the packages
@@ -100,13 +101,17 @@ class Backend:
     def unsupported_reason(self, cfg) -> Optional[str]:
         """Why this backend cannot run cfg's scheme (None = it can). Checked before any work."""
         scheme = cfg.quant.scheme.value
-        keras = getattr(type(cfg.model), "source_kind", "") == "keras"
+        kind = getattr(type(cfg.model), "source_kind", "")
+        keras = kind in ("keras", "tflite")
         if keras and not self.takes_keras_file:
-            return (f"model={cfg.model.name} is a Keras model: backend={self.name} {self.no_keras_reason}; run it on "
-                    "backend=onnxruntime or backend=tflite")
+            return (f"model={cfg.model.name} is a {'Keras model' if kind == 'keras' else '.tflite file'}: "
+                    f"backend={self.name} {self.no_keras_reason}; run it on backend=onnxruntime or backend=tflite")
         if not keras and not getattr(cfg.model, "torch_module", True) and not self.takes_onnx_file:
             return (f"model={cfg.model.name} is an ONNX file: backend={self.name} {self.no_onnx_reason}; run it on "
                     "backend=onnxruntime")
+        given = cfg.model.scheme_reason(self.name, scheme)
+        if given:
+            return given
         if scheme != "auto" and not hasattr(self, f"build_{scheme}"):
             return f"quant={scheme} on {self.name}: {self.no_scheme_reasons.get(scheme, 'no such scheme here')}"
         reasons = self.family_unsupported.get(cfg.model.family, {})
@@ -134,7 +139,20 @@ class Backend:
         return {}
 
     def build(self, scheme: str, ctx: BuildContext, out: Path) -> Artifact:
+        """The scheme's build, or the model's own file where it already is this cell's artifact
+        (ModelConfig.given_artifact: a quantized .tflite measured as it is), copied to ``out``."""
+        given = ctx.cfg.model.given_artifact(self.name, scheme)
+        if given is not None:
+            import shutil
+
+            path, info = given
+            shutil.copyfile(path, out)
+            return Artifact(Path(out), self.given_input_dtype(Path(out)), dict(info))
         return getattr(self, f"build_{scheme}")(ctx, out)
+
+    def given_input_dtype(self, path: Path) -> str:
+        """What a given file takes (int8 model I/O for some .tflite files): float32 unless the backend says."""
+        return "float32"
 
     # quant=auto is built by bsb_hydra/mixed.py (steps.build_artifact dispatches it) for a backend
     # that can keep chosen layers in float while the rest is static int8: it defines

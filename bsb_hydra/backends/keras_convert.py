@@ -8,6 +8,7 @@ Keras 3 (TF_USE_LEGACY_KERAS unset). Requests:
   folder), for ``scheme`` fp32, fp16 (float16 weights), dynamic (dynamic-range int8 weights) or
   static (full integer, calibrated on the request's real training samples; int8 model I/O with
   ``int8_io``).
+- ``op=tflite_onnx``: a user's .tflite file as ONNX through tf2onnx (model=tflite, bsb_hydra/models/tflite.py).
 Each writes ``info_out``: what was done, or ``{"error": one line}``."""
 from __future__ import annotations
 
@@ -150,11 +151,128 @@ def to_tflite(req) -> dict:
                      "calibration_samples": str(len(np.load(req["calibration"]))) if scheme == "static" else ""}}
 
 
+def tflite_to_onnx(req) -> dict:
+    """A .tflite file as ONNX (tf2onnx's from_tflite): NHWC image inputs (``nchw``) made NCHW, and the
+    4-D outputs of such a model too (as the tflite runner reads them); int8 model I/O wrapped in
+    QuantizeLinear / DequantizeLinear with the file's scales (the data stays float). Checked against
+    the LiteRT interpreter on random inputs."""
+    import onnx
+    import tf2onnx
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    it = Interpreter(model_path=req["path"], experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    ins, outs = it.get_input_details(), it.get_output_details()
+    nchw = list(req["nchw"])
+    out_nchw = [d["name"] for d in outs if len(d["shape"]) == 4] if nchw else []
+    tmp = req["out"] + ".tmp"
+    model, _ = tf2onnx.convert.from_tflite(req["path"], opset=17, inputs_as_nchw=nchw or None,
+                                           outputs_as_nchw=out_nchw or None)
+    model = _float_edges(model, ins, outs)
+    onnx.save(model, tmp)
+    diff = tflite_error(req["path"], tmp, nchw, out_nchw)
+    tolerance = QUANTIZED_TOLERANCE if req.get("quantized") else EXPORT_TOLERANCE
+    if not diff <= tolerance:
+        raise ValueError(f"tf2onnx's conversion does not reproduce the .tflite: its outputs differ from LiteRT's by up "
+                         f"to {diff:.3g} (relative to the largest output) on random inputs; tolerance {tolerance}")
+    os.replace(tmp, req["out"])
+    return {"export_max_rel_diff": diff}
+
+
+# A quantized file's conversion rounds as LiteRT's kernels do, up to one quantization step here and
+# there (the requantization's rounding differs between the two runtimes' kernels).
+QUANTIZED_TOLERANCE = 0.05
+
+
+def _float_edges(model, ins, outs):
+    """Integer model inputs and outputs behind QuantizeLinear / DequantizeLinear, so that the ONNX model
+    takes and gives float like every other fp32 reference."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = model.graph
+    types = {"int8": TensorProto.INT8, "uint8": TensorProto.UINT8}
+    names_in = {d["name"]: d for d in ins}
+    for i, inp in enumerate(list(g.input)):
+        d = names_in.get(inp.name) or (ins[i] if i < len(ins) else None)
+        kind = np.dtype(d["dtype"]).name if d is not None else "float32"
+        if kind not in types:
+            continue
+        scale, zero = d["quantization"]
+        inner = inp.name + "_quantized"
+        for n in g.node:
+            n.input[:] = [inner if x == inp.name else x for x in n.input]
+        g.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), inner + "_scale"),
+                              numpy_helper.from_array(np.array(zero, np.dtype(kind)), inner + "_zero")])
+        g.node.insert(0, helper.make_node("QuantizeLinear", [inp.name, inner + "_scale", inner + "_zero"], [inner]))
+        inp.type.tensor_type.elem_type = TensorProto.FLOAT
+    for i, out in enumerate(list(g.output)):
+        d = outs[i] if i < len(outs) else None
+        kind = np.dtype(d["dtype"]).name if d is not None else "float32"
+        if kind not in types:
+            continue
+        scale, zero = d["quantization"]
+        inner = out.name + "_quantized"
+        for n in g.node:
+            n.output[:] = [inner if x == out.name else x for x in n.output]
+            n.input[:] = [inner if x == out.name else x for x in n.input]
+        g.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), inner + "_scale"),
+                              numpy_helper.from_array(np.array(zero, np.dtype(kind)), inner + "_zero")])
+        g.node.append(helper.make_node("DequantizeLinear", [inner, inner + "_scale", inner + "_zero"], [out.name]))
+        out.type.tensor_type.elem_type = TensorProto.FLOAT
+    onnx.checker.check_model(model)
+    return model
+
+
+def tflite_error(tflite_path, onnx_path, nchw, out_nchw) -> float:
+    """The largest difference between the ONNX conversion's and LiteRT's outputs on 4 random samples
+    (each fed alone: a file's batch may be fixed at 1), relative to the largest output magnitude."""
+    import onnxruntime as ort
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=tflite_path)
+    it.allocate_tensors()
+    ins, outs = it.get_input_details(), it.get_output_details()
+    session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    worst, scale = 0.0, 0.0
+    for _ in range(4):
+        xs = []
+        for d in ins:
+            shape = (1, *[int(v) for v in d["shape"][1:]])
+            kind = np.dtype(d["dtype"])
+            if np.issubdtype(kind, np.integer) and not d["quantization"][0]:  # ids
+                xs.append(rng.integers(0, 2, shape).astype(kind))
+            else:
+                xs.append(rng.random(shape).astype(np.float32))
+        for d, x in zip(ins, xs):
+            v = x
+            if d["quantization"][0] and np.dtype(d["dtype"]) != np.float32 and x.dtype == np.float32:
+                s, z = d["quantization"]
+                info = np.iinfo(d["dtype"])
+                v = np.clip(np.round(x / s) + z, info.min, info.max).astype(d["dtype"])
+            it.set_tensor(d["index"], v)
+        it.invoke()
+        ref = []
+        for d in outs:
+            r = it.get_tensor(d["index"]).astype(np.float64)
+            if d["quantization"][0] and np.dtype(d["dtype"]) != np.float32:
+                r = (r - d["quantization"][1]) * d["quantization"][0]
+            ref.append(r.transpose(0, 3, 1, 2) if d["name"] in out_nchw else r)
+        feed = {}
+        for i, (d, x) in enumerate(zip(ins, xs)):
+            name = session.get_inputs()[i].name
+            feed[name] = x.transpose(0, 3, 1, 2) if d["name"] in nchw else x
+        got = session.run(None, feed)
+        scale = max(scale, *(float(np.max(np.abs(r))) for r in ref))
+        worst = max(worst, *(float(np.max(np.abs(np.asarray(g, np.float64) - r))) for g, r in zip(got, ref)))
+    return worst / (scale or 1.0)
+
+
 def main(req_path: str) -> None:
     with open(req_path) as f:
         req = json.load(f)
     try:
-        out = to_onnx(req) if req["op"] == "onnx" else to_tflite(req)
+        out = {"onnx": to_onnx, "tflite": to_tflite, "tflite_onnx": tflite_to_onnx}[req["op"]](req)
     except Exception as e:  # one line for the cell; the traceback stays in convert.log
         import traceback
 

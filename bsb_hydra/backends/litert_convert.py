@@ -11,7 +11,10 @@ static   int8 weights and activations (static config, min/max ranges calibrated 
 litert-torch converts at a fixed batch (its dynamic-batch export fails on common graphs such as
 torchvision's flatten), so each batch size gets its own file: ``out`` for batch 1 and ``out`` with
 ``.b{N}.tflite`` for N, listed in ``out + ".batches.json"``, which the runner reads. Each batch size's
-file is calibrated on the same training samples (its tensor names differ, so ranges are not shared)."""
+file is calibrated on the same training samples (its tensor names differ, so ranges are not shared).
+
+``given`` instead of ``exported``: a user's float .tflite (model=tflite), quantized as it is, one file
+(the runner resizes its batch)."""
 from __future__ import annotations
 
 import json
@@ -137,15 +140,19 @@ def build(req, scheme: str, out: Path, floats: dict, log) -> dict:
             q.quantize(_calibration(src, q, req, b) if scheme == "static" else None).export_model(
                 str(target), overwrite=True)
         manifest[str(b)] = target.name
-    Path(str(out) + ".batches.json").write_text(json.dumps(manifest))
-    agreement = _batch_files_agreement(out, manifest, req)
+    given = bool(req.get("given"))  # a user's float .tflite (model=tflite): one file, its own batch handling
+    if not given:
+        Path(str(out) + ".batches.json").write_text(json.dumps(manifest))
+    agreement = None if given else _batch_files_agreement(out, manifest, req)
     from ai_edge_litert.interpreter import Interpreter
 
     it = Interpreter(model_path=str(out))
     io = np.dtype(it.get_input_details()[0]["dtype"]).name
-    info = {**op_summary(out.read_bytes()), "converter": "litert-torch -> ai-edge-quantizer" if scheme != "fp32"
-            else "litert-torch", "io_dtype": io, "batch_files": ",".join(sorted(manifest, key=int)),
-            "convert_seconds": f"{time.perf_counter() - t0:.1f}"}
+    source = "the float .tflite" if given else "litert-torch"
+    info = {**op_summary(out.read_bytes()), "converter": f"{source} -> ai-edge-quantizer" if scheme != "fp32"
+            else source, "io_dtype": io, "convert_seconds": f"{time.perf_counter() - t0:.1f}"}
+    if not given:
+        info["batch_files"] = ",".join(sorted(manifest, key=int))
     if agreement is not None:
         info["batch_files_top1_agreement"] = f"{agreement:.3f}"
         if agreement < 0.9:  # timed at b1 on one file, scored (in chunks of the largest batch) on another
@@ -169,7 +176,9 @@ def main(request_path: str) -> None:
     req = json.loads(Path(request_path).read_text())
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     t0 = time.perf_counter()
-    if req.get("floats"):  # the cell's fp32 files, from the artifact cache: nothing to convert
+    if req.get("given"):  # model=tflite: the user's float file
+        floats = {1: Path(req["given"])}
+    elif req.get("floats"):  # the cell's fp32 files, from the artifact cache: nothing to convert
         floats = {int(b): Path(p) for b, p in req["floats"].items()}
         log(f"  litert: float files for batch sizes {sorted(floats)} from the fp32 artifact cache")
     else:

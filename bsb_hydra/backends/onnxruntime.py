@@ -370,10 +370,12 @@ class OnnxruntimeBackend(Backend):
     name = "onnxruntime"
     suffix = ".onnx"
     takes_onnx_file = True
-    takes_keras_file = True  # its tf2onnx export (bsb_hydra/models/keras.py), measured as model=onnx's
+    takes_keras_file = True  # the tf2onnx export of model=keras and model=tflite, measured as model=onnx's
     family_unsupported = {
         "keras_file": {"qat": "QAT fine-tunes with fake quantization in the model's own framework; a Keras model's "
                                "(tensorflow-model-optimization) is not wired for model=keras yet"},
+        "tflite_file": {"qat": "QAT fine-tunes a model in its training framework; a .tflite file is an inference graph "
+                               "(give the Keras model as model=keras, or the torch module as model=torch)"},
         "onnx_file": {"qat": "QAT fine-tunes a PyTorch model with fake quantization; model=onnx is an ONNX file "
                              "(give the torch module as model=torch for QAT)"},
         "recurrent": {

@@ -46,6 +46,11 @@ def is_keras(cfg) -> bool:
     return getattr(type(cfg.model), "source_kind", "") == "keras"
 
 
+def is_tflite_file(cfg) -> bool:
+    """model=tflite: a user's .tflite, measured as it is or quantized by ai-edge-quantizer."""
+    return getattr(type(cfg.model), "source_kind", "") == "tflite"
+
+
 def uses_litert(cfg) -> bool:
     """Whether this cell's .tflite comes from litert-torch (else from a Keras twin)."""
     from bsb_hydra.backends.keras_twins import TWINS
@@ -87,6 +92,8 @@ class TfliteBackend(Backend):
             return reason
         if is_keras(cfg):
             return self._keras_reason(cfg)
+        if is_tflite_file(cfg):
+            return self._file_reason(cfg)
         litert = uses_litert(cfg)
         needed = LITERT_REQUIRED if litert else REQUIRED
         missing = [pip for mod, pip in needed.items() if importlib.util.find_spec(mod) is None]
@@ -149,6 +156,68 @@ class TfliteBackend(Backend):
             return f"backend.int8_io=true needs a full-integer scheme (static), not quant={q.scheme.value}"
         return None
 
+    FILE_SCHEMES = ("fp32", "fp16", "dynamic", "static")
+
+    def _file_reason(self, cfg) -> Optional[str]:
+        """model=tflite: what ai-edge-quantizer makes of a float file (a quantized one: the model's scheme_reason)."""
+        q = cfg.quant
+        missing = [pip for mod, pip in {"ai_edge_quantizer": "ai-edge-quantizer", "ai_edge_litert": "ai-edge-litert"}.items()
+                   if importlib.util.find_spec(mod) is None]
+        if missing:
+            return (f"backend=tflite needs {', '.join(missing)}: install the extra with "
+                    "`pip install -c requirements/lock.txt -e '.[tflite]'` (make setup does)")
+        if q.scheme.value not in self.FILE_SCHEMES:
+            return (f"quant={q.scheme.value} on tflite for model=tflite: a .tflite file is measured as it is (fp32) or "
+                    f"quantized by ai-edge-quantizer ({', '.join(self.FILE_SCHEMES[1:])}); QAT needs the model's "
+                    "training graph (model=keras), and quant=auto is not wired for a .tflite")
+        if cfg.model.facts().precision != "float":
+            if cfg.backend.int8_io:
+                return ("backend.int8_io=true: model.path is quantized already and measured with the model I/O it has "
+                        "(int8 I/O or not is the file's)")
+            return None
+        n = len(cfg.model.facts().inputs)
+        if q.scheme.value == "static" and n > 1:
+            return (f"model.path takes {n} inputs; ai-edge-quantizer's calibration here feeds one: run static on "
+                    "onnxruntime (its calibration feeds every input)")
+        if q.scheme.value == "static" and q.method.value != "minmax":
+            return (f"quant.method={q.method.value}: ai-edge-quantizer calibrates with min/max here; use "
+                    "quant.method=minmax on tflite")
+        if cfg.backend.int8_io and q.scheme.value != "static":
+            return f"backend.int8_io=true needs a full-integer scheme (static), not quant={q.scheme.value}"
+        return None
+
+    def _quantize_file(self, ctx: BuildContext, scheme: str, out: Path) -> Artifact:
+        """ai-edge-quantizer on the user's float .tflite, in the litert converter process."""
+        from bsb_hydra.models.tflite import nhwc
+
+        cfg = ctx.cfg
+        work = ctx.workdir / "litert_convert"
+        work.mkdir(parents=True, exist_ok=True)
+        facts = cfg.model.facts()
+        job = {"scheme": scheme, "out": str(out), "info_out": str(work / f"{scheme}_info.json")}
+        req: Dict[str, Any] = {"given": cfg.model.float_file(), "input_shape": list(facts.inputs[0][1]),
+                               "input_dtype": facts.inputs[0][2], "workdir": str(work),
+                               "quant": {"granularity": getattr(cfg.quant, "granularity", None) and
+                                         cfg.quant.granularity.value,
+                                         "convolutions": getattr(cfg.quant, "convolutions", None)},
+                               "int8_io": bool(cfg.backend.int8_io), "threads": cfg.device.threads, "outputs": [job]}
+        if ctx.calibration is not None:
+            x = ctx.calibration
+            if x.ndim == 4 and nhwc(facts.inputs[0][1]):  # the data is NCHW, the file takes NHWC
+                x = x.transpose(0, 2, 3, 1)
+            np.save(work / "calibration.npy", np.ascontiguousarray(x, dtype=np.float32))
+            req["calibration"] = str(work / "calibration.npy")
+        req_path = work / "request.json"
+        req_path.write_text(json.dumps(req))
+        self._run_converter("bsb_hydra.backends.litert_convert", req_path, work, [job], dict(os.environ))
+        return self._artifact_of(ctx, out, json.loads(Path(job["info_out"]).read_text()))
+
+    def given_input_dtype(self, path: Path) -> str:
+        from bsb_hydra.models.tflite import file_facts
+
+        dtype = file_facts(str(path), "the artifact").inputs[0][2]
+        return "int8" if dtype in ("int8", "uint8") else "float32"
+
     def _keras(self, ctx: BuildContext, scheme: str, out: Path) -> Artifact:
         """TensorFlow's TFLiteConverter on the user's Keras model, in the Keras converter process."""
         from bsb_hydra.models.keras import keras_source, run_converter
@@ -177,6 +246,8 @@ class TfliteBackend(Backend):
         parts = super().fp32_cache_parts(cfg)
         if is_keras(cfg):
             parts["converter"] = "keras"
+        elif is_tflite_file(cfg):
+            parts["converter"] = "tflite_file"
         elif uses_litert(cfg):  # one file per batch size
             parts.update(converter="litert_torch", batches=sorted({1, *cfg.benchmark.batch_sizes}))
         else:
@@ -267,6 +338,8 @@ class TfliteBackend(Backend):
     def _artifact(self, ctx: BuildContext, scheme: str, out: Path) -> Artifact:
         if is_keras(ctx.cfg):
             return self._keras(ctx, scheme, out)
+        if is_tflite_file(ctx.cfg):  # fp32 and a quantized file's own scheme are given (Backend.build)
+            return self._quantize_file(ctx, scheme, out)
         if scheme not in self._built:
             wanted = ctx.cfg.quant.scheme.value
             schemes = [scheme]

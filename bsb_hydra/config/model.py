@@ -47,6 +47,21 @@ class ModelConfig:
         """Whether the fp32 weights come from training on the data (then it must be labelled)."""
         return not self.checkpoint
 
+    def scheme_reason(self, backend: str, scheme: str) -> Optional[str]:
+        """Why this model cannot be measured under ``scheme`` on ``backend`` whatever the backend could do
+        (a file that is quantized already: model=tflite); None = it can."""
+        return None
+
+    def given_artifact(self, backend: str, scheme: str):
+        """(path, facts) of a file the cell measures as it is instead of the backend's build (an
+        already-quantized .tflite under its own scheme); None = the backend builds the artifact."""
+        return None
+
+    def has_fp32_reference(self) -> bool:
+        """Whether the model has a float form to compare with (False: a quantized file given alone,
+        measured without ratios, speedups or fidelity)."""
+        return True
+
     def source_ref(self) -> str:
         """What exactly the model is (tag model_ref): the builder, the architecture and its version,
         a file's sha256, an import path."""
