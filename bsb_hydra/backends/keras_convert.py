@@ -3,7 +3,8 @@
 
 Keras 3 (TF_USE_LEGACY_KERAS unset). Requests:
 - ``op=onnx``: the model as ONNX through tf2onnx, image inputs NCHW (``inputs_as_nchw``: the
-  transpose is inside the graph), the batch dimension dynamic.
+  transpose is inside the graph), its 4-D outputs NCHW too (``outputs_as_nchw``: segmentation
+  scores, images, read as the tflite runner reads a channels-last model's), the batch dynamic.
 - ``op=tflite``: TensorFlow's TFLiteConverter from the Keras model (a SavedModel folder: from the
   folder), for ``scheme`` fp32, fp16 (float16 weights), dynamic (dynamic-range int8 weights) or
   static (full integer, calibrated on the request's real training samples; int8 model I/O with
@@ -70,17 +71,35 @@ def to_onnx(req) -> dict:
             out = fn(**dict(zip(names, args)))
             return [out[k] for k in sorted(out)]
 
-        tf2onnx.convert.from_function(serve, input_signature=sig, opset=17, inputs_as_nchw=nchw,
-                                      output_path=req["out"] + ".tmp")
-    else:
-        tf2onnx.convert.from_keras(model, input_signature=sig, opset=17, inputs_as_nchw=nchw,
-                                   output_path=req["out"] + ".tmp")
-    diff = export_error(model, fn, specs, nchw, req["out"] + ".tmp")
+    def export(nchw_out):
+        if fn is not None:
+            tf2onnx.convert.from_function(serve, input_signature=sig, opset=17, inputs_as_nchw=nchw,
+                                          outputs_as_nchw=nchw_out, output_path=req["out"] + ".tmp")
+        else:
+            tf2onnx.convert.from_keras(model, input_signature=sig, opset=17, inputs_as_nchw=nchw,
+                                       outputs_as_nchw=nchw_out, output_path=req["out"] + ".tmp")
+
+    export(None)
+    # 4-D outputs of an image model (segmentation scores, images) are NHWC in Keras: NCHW in the export,
+    # as every model's image outputs are here (and as the tflite runner reads a channels-last model's)
+    nchw_out = four_d_outputs(req["out"] + ".tmp") if nchw else []
+    if nchw_out:
+        export(nchw_out)
+    diff = export_error(model, fn, specs, nchw, req["out"] + ".tmp", bool(nchw_out))
     if not diff <= EXPORT_TOLERANCE:
         raise ValueError(f"tf2onnx's export does not reproduce the model: its outputs differ from Keras' by up to "
                          f"{diff:.3g} (relative to the largest output) on random inputs; tolerance {EXPORT_TOLERANCE}")
     os.replace(req["out"] + ".tmp", req["out"])
-    return {"inputs": [[n, list(s), d] for n, s, d in specs], "nchw": nchw, "export_max_rel_diff": diff}
+    return {"inputs": [[n, list(s), d] for n, s, d in specs], "nchw": nchw, "nchw_outputs": nchw_out,
+            "export_max_rel_diff": diff}
+
+
+def four_d_outputs(onnx_path):
+    """The names of the ONNX model's rank-4 outputs."""
+    import onnx
+
+    graph = onnx.load(onnx_path, load_external_data=False).graph
+    return [o.name for o in graph.output if len(o.type.tensor_type.shape.dim) == 4]
 
 
 # The ONNX export stands for the Keras model on onnxruntime (and as the sweep's fp32 reference): it
@@ -88,9 +107,9 @@ def to_onnx(req) -> dict:
 EXPORT_TOLERANCE = 1e-4
 
 
-def export_error(model, fn, specs, nchw, onnx_path) -> float:
+def export_error(model, fn, specs, nchw, onnx_path, nchw_out=False) -> float:
     """The largest difference between the export's and the model's outputs on 4 random samples,
-    relative to the largest output magnitude."""
+    relative to the largest output magnitude (``nchw_out``: the export's 4-D outputs are NCHW)."""
     import onnxruntime as ort
 
     rng = np.random.default_rng(0)
@@ -105,6 +124,8 @@ def export_error(model, fn, specs, nchw, onnx_path) -> float:
     session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
     feed = {n: (x.transpose(0, 3, 1, 2) if n in nchw else x) for n, x in xs.items()}
     got = session.run(None, {i.name: feed[i.name] for i in session.get_inputs()})
+    if nchw_out:
+        ref = [r.transpose(0, 3, 1, 2) if r.ndim == 4 else r for r in ref]
     scale = max(float(np.max(np.abs(r))) for r in ref) or 1.0
     return max(float(np.max(np.abs(np.asarray(g, dtype=np.float64) - r))) for g, r in zip(got, ref)) / scale
 
@@ -268,6 +289,31 @@ def tflite_error(tflite_path, onnx_path, nchw, out_nchw) -> float:
     return worst / (scale or 1.0)
 
 
+def one_line(e: Exception) -> str:
+    """The reason of a failed request in one line: Keras' own message, or what it means for the most
+    common ones (a Lambda refused in safe mode, a custom class this process does not have)."""
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split())  # Keras colours its messages
+    if "Lambda" in text and "arbitrary code" in text:
+        return ("it holds a Lambda layer, whose Python code Keras runs when it loads the file; refused in safe "
+                "mode: set model.allow_unsafe=true if you trust the file")
+    custom = re.search(r"Could not locate (?:class|function) '([^']+)'", text) or \
+        re.search(r"Unknown (?:layer|object|class|activation|loss|metric|initializer|regularizer|constraint): "
+                  r"'([^']+)'", text)
+    if custom:
+        return custom_class_reason(custom.group(1))
+    return f"{type(e).__name__}: {text[:400]}"
+
+
+def custom_class_reason(name: str) -> str:
+    """Why a file naming a custom class cannot be loaded, and what to do (also bsb_hydra/models/keras.py)."""
+    short = name.rsplit(">", 1)[-1]
+    what = f"{short!r} (registered as {name!r})" if short != name else repr(name)
+    return (f"it holds the custom class {what}, whose Python code is not in the file (only its name and config): "
+            "Keras cannot rebuild the model without it; give the model with built-in layers only, or export it "
+            "where its code exists as a SavedModel folder (model.export(DIR)), which holds the computation, not "
+            "the code")
+
+
 def main(req_path: str) -> None:
     with open(req_path) as f:
         req = json.load(f)
@@ -277,11 +323,7 @@ def main(req_path: str) -> None:
         import traceback
 
         traceback.print_exc()
-        text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split())  # Keras colours its messages
-        if "Lambda" in text and "arbitrary code" in text:
-            text = ("it holds a Lambda layer, whose Python code Keras runs when it loads the file; refused in safe "
-                    "mode: set model.allow_unsafe=true if you trust the file")
-        out = {"error": f"{type(e).__name__}: {text[:400]}" if not text.startswith("it holds") else text}
+        out = {"error": one_line(e)}
     with open(req["info_out"], "w") as f:
         json.dump(out, f)
 

@@ -84,7 +84,7 @@ class TfliteBackend(Backend):
     }
 
     takes_keras_file = True  # TensorFlow's own converter, from the Keras model (bsb_hydra/backends/keras_convert.py)
-    KERAS_SCHEMES = ("fp32", "fp16", "dynamic", "static")
+    KERAS_SCHEMES = ("fp32", "fp16", "dynamic", "static", "qat")
 
     def unsupported_reason(self, cfg) -> Optional[str]:
         reason = super().unsupported_reason(cfg)
@@ -143,8 +143,10 @@ class TfliteBackend(Backend):
                     "`pip install -c requirements/lock.txt -e '.[tflite]'` (make setup does)")
         if q.scheme.value not in self.KERAS_SCHEMES:
             return (f"quant={q.scheme.value} on tflite for model=keras: its TFLiteConverter path here converts "
-                    f"{', '.join(self.KERAS_SCHEMES)} (QAT through tensorflow-model-optimization and quant=auto "
-                    "are not wired for a user's Keras file yet)")
+                    f"{', '.join(self.KERAS_SCHEMES)} (quant=auto is not wired for a user's Keras file yet)")
+        if q.scheme.value == "qat" and Path(str(cfg.model.path)).expanduser().is_dir():
+            return ("quant=qat on tflite for a SavedModel folder: it holds a TensorFlow graph, not Keras layers, and "
+                    "tensorflow-model-optimization's QAT rebuilds a model from its layers; give the .keras or .h5 file")
         specs = cfg.model.input_specs()
         if specs and len(specs) > 1:
             return (f"model={cfg.model.name} takes {len(specs)} inputs; the TFLite conversion here feeds one: run it on "
@@ -152,8 +154,8 @@ class TfliteBackend(Backend):
         if q.scheme.value == "static" and q.method.value != "minmax":
             return (f"quant.method={q.method.value}: the TFLite converter calibrates with min/max over the "
                     "representative dataset only; use quant.method=minmax on tflite")
-        if cfg.backend.int8_io and q.scheme.value != "static":
-            return f"backend.int8_io=true needs a full-integer scheme (static), not quant={q.scheme.value}"
+        if cfg.backend.int8_io and q.scheme.value not in ("static", "qat"):
+            return f"backend.int8_io=true needs a full-integer scheme (static or qat), not quant={q.scheme.value}"
         return None
 
     FILE_SCHEMES = ("fp32", "fp16", "dynamic", "static")
@@ -230,10 +232,23 @@ class TfliteBackend(Backend):
                                "kind": kind, "allow_unsafe": bool(cfg.model.allow_unsafe), "out": str(out),
                                "input_shape": list(cfg.model.input_shape or []) or None,
                                "int8_io": bool(cfg.backend.int8_io), "threads": cfg.device.threads}
-        if scheme == "static":
+        if scheme in ("static", "qat"):
             np.save(work / "calibration.npy", ctx.calibration)
             req["calibration"] = str(work / "calibration.npy")
-        result = run_converter(req, work, f"TFLite conversion ({scheme})")
+        if scheme != "qat":
+            result = run_converter(req, work, f"TFLite conversion ({scheme})")
+        else:  # tfmot on a tf_keras rebuild, in a TF_USE_LEGACY_KERAS=1 process (bsb_hydra/backends/keras_qat.py)
+            from bsb_hydra.train import plain_dict, training_subset
+
+            x, y = training_subset(ctx.data, cfg.quant.limit_samples, cfg.seed)
+            np.save(work / "train_x.npy", x)
+            np.save(work / "train_y.npy", y)
+            req.update(op="qat", quant=plain_dict(cfg.quant), seed=cfg.seed, train_x=str(work / "train_x.npy"),
+                       train_y=str(work / "train_y.npy"))
+            result = run_converter(req, work, "QAT (tensorflow-model-optimization)",
+                                   module="bsb_hydra.backends.keras_qat", legacy=True)
+            for i, loss in enumerate(result.get("curves", {}).get("qat_loss", [])):
+                print(f"  qat (tfmot) epoch {i + 1}: loss {loss:.4f}", flush=True)
         return self._artifact_of(ctx, out, result)
 
     def runner_settings(self, cfg, engine: str) -> Dict[str, Any]:
