@@ -186,15 +186,63 @@ def grid(name: str, model: Path, data: Path, a) -> list:
             "benchmark.profile=never", "force=true"]
 
 
+def others_running(root_pid: int) -> int:
+    """Runnable (state R) processes on the machine outside the process tree of root_pid (and of this
+    script): what competes with the sweep for the cores. concurrent_jobs counts only bsb_hydra jobs
+    registered in this user's jobs folder (the tests register theirs in their own: BSB_JOBS_DIR)."""
+    parent, state = {}, {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        state[int(d)], parent[int(d)] = fields[0], int(fields[1])
+    mine = {os.getpid(), root_pid}
+
+    def ours(pid):
+        seen = 0
+        while pid > 1 and seen < 64:
+            if pid in mine:
+                return True
+            pid, seen = parent.get(pid, 0), seen + 1
+        return False
+
+    return sum(1 for pid, st in state.items() if st == "R" and not ours(pid))
+
+
 def run(name: str, args, extra) -> dict:
+    import threading
+
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
     sweep_dir = ROOT / "multirun_outputs" / f"bench_keras_{name}_{datetime.now():%Y%m%d_%H%M%S}"
     cmd = [PY, "-m", "bsb_hydra", "-m", *args, *extra, f"hydra.sweep.dir={sweep_dir}"]
     print("$", " ".join(cmd), flush=True)
-    load0, t0 = os.getloadavg()[0], time.perf_counter()
-    code = subprocess.run(cmd, cwd=ROOT, env=env, check=False).returncode
-    return {"seconds": round(time.perf_counter() - t0), "exit": code, "load1_before": round(load0, 2),
-            "load1_after": round(os.getloadavg()[0], 2), "sweep_dir": str(sweep_dir)}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
+    samples, done = [], threading.Event()
+
+    def sample():  # every 5 s while the sweep runs: the other runnable processes and the load average
+        while not done.wait(5.0):
+            try:
+                samples.append((others_running(proc.pid), os.getloadavg()[0]))
+            except Exception:  # never fail the bench over a sample
+                pass
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    code = proc.wait()
+    done.set()
+    th.join()
+    other = [o for o, _ in samples] or [0]
+    load = [lv for _, lv in samples] or [0.0]
+    return {"seconds": round(time.perf_counter() - t0), "exit": code, "samples": len(samples),
+            "others_busy_fraction": round(sum(o > 0 for o in other) / len(other), 2),
+            "others_mean": round(sum(other) / len(other), 2), "others_max": max(other),
+            "load1_mean": round(sum(load) / len(load), 2), "load1_max": round(max(load), 2),
+            "sweep_dir": str(sweep_dir)}
 
 
 # ------------------------------------------------------------------------------------ the table
@@ -262,7 +310,9 @@ def table(threads: int, walls: dict | None) -> str:
         if not j.is_file() or not any(k[0] == name for k in latest):
             continue
         t = json.loads(j.read_text())
-        one = next(r for k, r in latest.items() if k[0] == name)
+        static = [r for k, r in latest.items() if k[0] == name and k[1] == "static" and "calibration_samples_used" in
+                  r.data.metrics]
+        calib = ", ".join(sorted({str(int(r.data.metrics["calibration_samples_used"])) for r in static})) or "?"
         lines.append(f"- **{name}**: `{t['app']}(weights=None, input_shape=(224, 224, 3), classes=10)`, "
                      f"{t['params'] / 1e6:.2f} M parameters, input {APPS[name][3]}. Trained here (TensorFlow "
                      f"{t['tensorflow']}, Keras {t['keras']}, {t['threads']} threads) from random initialisation: "
@@ -272,8 +322,8 @@ def table(threads: int, walls: dict | None) -> str:
                      f"{t['weight_decay']:g}), {t['train_seconds'] / 60:.1f} min; final training loss "
                      f"{t['final_train_loss']:.3f} (running accuracy {100 * t['final_train_accuracy']:.1f}%); batch "
                      f"norm's moving statistics then recomputed over {t['bn_recalibration_images']} training images "
-                     f"({t['bn_recalibration_seconds']:.0f} s). Static int8 calibrates on "
-                     f"{one.data.params.get('quant.samples', 'the default number of')} of those training images.")
+                     f"({t['bn_recalibration_seconds']:.0f} s). Static int8 calibrated on {calib} of those training images "
+                     "(quant.samples).")
     lines += ["", "| model | scheme / backend | size MB | x fp32 | p50 b1 ms | p50 b8 ms | speedup b1 | speedup b8 | "
               "accuracy % | delta pp (95% CI) | min/cell | concurrent jobs |", "|" + "---|" * 12]
     order = {q: i for i, q in enumerate(SCHEMES)}
@@ -294,10 +344,19 @@ def table(threads: int, walls: dict | None) -> str:
                      "other processes on the machine are not counted by that tag: see the load averages below.")
     if walls:
         lines.append("")
-        lines.append("Wall time and 1-minute load average before/after each sweep (the machine has "
-                     f"{os.cpu_count()} cores): " + "; ".join(
-                         f"{n} {w['seconds'] / 60:.1f} min (exit {w['exit']}, load {w['load1_before']} -> {w['load1_after']})"
-                         for n, w in walls.items()) + ".")
+        lines.append("Wall time of each sweep, and what else ran on the machine meanwhile (sampled every 5 s: "
+                     "runnable processes outside the sweep's process tree, e.g. another user's tests, which "
+                     "concurrent_jobs does not see; and the 1-minute load average, the sweep's own processes "
+                     f"included; {os.cpu_count()} cores): " + "; ".join(
+                         f"{n} {w['seconds'] / 60:.1f} min (exit {w['exit']}; other runnable processes present in "
+                         f"{100 * w.get('others_busy_fraction', 0):.0f}% of {w.get('samples', 0)} samples, mean "
+                         f"{w.get('others_mean', 0)}, max {w.get('others_max', 0)}; load mean {w.get('load1_mean', '?')}, "
+                         f"max {w.get('load1_max', '?')})" for n, w in walls.items()) + ".")
+        if any(w.get("others_busy_fraction", 0) >= 0.25 for w in walls.values()):
+            lines.append("")
+            lines.append("**Timings disturbed**: other processes competed for the cores during a large part of the "
+                         "sweep(s) above, so latencies and speedups are distorted (the paired speedups less than the "
+                         f"p50s). Re-run on a quiet machine: `make bench-keras ARGS='{' '.join(sys.argv[1:])}'`.")
     return "\n".join(lines) + "\n"
 
 
