@@ -345,7 +345,7 @@ def table(threads: int, walls: dict | None) -> str:
     if walls:
         lines.append("")
         lines.append("Wall time of each sweep, and what else ran on the machine meanwhile (sampled every 5 s: "
-                     "runnable processes outside the sweep's process tree, e.g. another user's tests, which "
+                     "runnable processes outside the sweep's process tree, e.g. tests run beside it, whose jobs "
                      "concurrent_jobs does not see; and the 1-minute load average, the sweep's own processes "
                      f"included; {os.cpu_count()} cores): " + "; ".join(
                          f"{n} {w['seconds'] / 60:.1f} min (exit {w['exit']}; other runnable processes present in "
