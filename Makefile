@@ -22,7 +22,7 @@ RAPIDOCR := rapidocr-onnxruntime==1.4.4
 RAPIDOCR_STAMP := $(VENV)/.data-$(RAPIDOCR)
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: sshd-user docker-amd64 docker-arm64 docker-push setup setup-test data run test bench bench-tasks peak report mlflow-ui mlflow-server clean arm64-emulated
+.PHONY: sshd-user docker-amd64 docker-arm64 docker-push setup setup-test data run test bench bench-tasks bench-keras peak report mlflow-ui mlflow-server clean arm64-emulated
 
 # Debian's sshd, unpacked into .cache/sshd without installing the package (so no system service
 # starts): tests/test_remote.py runs scripts/remote_sweep.sh against it on 127.0.0.1.
@@ -95,6 +95,12 @@ bench: setup
 bench-tasks: setup
 	$(PY) scripts/bench_tasks.py $(ARGS)
 
+# keras.applications MobileNetV2 and EfficientNetB0 at 224 px (weights=None, trained here briefly on Fashion-MNIST)
+# x fp32, fp16, dynamic, static x onnxruntime, tflite, batch 1 and 8 (scripts/bench_keras.py), written to
+# docs/report_keras.md and its section of docs/report.md. ARGS: e.g. --threads 2 --limit-test 2000.
+bench-keras: setup
+	$(PY) scripts/bench_keras.py $(ARGS)
+
 # This machine's limit (fp32 / int8 GEMM per runtime, call floors, memory bandwidth), logged as a kind=peak run.
 peak: setup
 	$(PY) -m bsb_hydra.bench.peak $(ARGS)
@@ -113,6 +119,8 @@ report: setup
 	@if [ -f docs/report_limit.md ]; then printf '\n' >> docs/report.md; cat docs/report_limit.md >> docs/report.md; fi
 	@# and one real-size model per task (python scripts/bench_tasks.py writes it)
 	@if [ -f docs/report_tasks.md ]; then printf '\n' >> docs/report.md; cat docs/report_tasks.md >> docs/report.md; fi
+	@# and the keras.applications models (python scripts/bench_keras.py writes it)
+	@if [ -f docs/report_keras.md ]; then printf '\n' >> docs/report.md; cat docs/report_keras.md >> docs/report.md; fi
 
 # A tracking server for sweeps on several machines or a cluster: sqlite backend, artifacts served by
 # the server itself (clients need no shared filesystem). Loopback only unless MLFLOW_HOST says otherwise;
