@@ -54,14 +54,15 @@ def kfiles(tmp_path_factory):
 
 
 def test_keras_savedmodel_and_h5_on_onnxruntime_and_tflite(kfiles, tmp_path):
-    """Every scheme of both backends on the .keras file; fp32 on .h5 and the SavedModel, static with
-    int8 model I/O on .h5; pytorch unsupported with the reason. The fp32 artifacts of both runtimes compute the Keras
+    """Every scheme of both backends on the .keras file, the .h5 file and the SavedModel folder, static
+    with int8 model I/O on .h5; pytorch unsupported with the reason. The fp32 artifacts of both runtimes compute the Keras
     model's outputs (same predictions), and static on tflite is full integer."""
     data = ["data=npz", f"data.path={kfiles}/labelled.npz"]
-    run_bsb(["-m", "model=keras", f"model.path={kfiles}/cnn.keras", *data, "quant=fp32,fp16,dynamic,static",
-             "backend=onnxruntime,tflite,pytorch", *QUICK], tmp_path, sweep="keras")
-    run_bsb(["-m", "model=keras", f"model.path={kfiles}/cnn.h5,{kfiles}/cnn_savedmodel", *data, "quant=fp32",
-             "backend=onnxruntime,tflite", *(a for a in QUICK if not a.startswith("quant."))], tmp_path, sweep="others")
+    paths = ",".join(f"{kfiles}/{n}" for n in ("cnn.keras", "cnn.h5", "cnn_savedmodel"))
+    run_bsb(["-m", "model=keras", f"model.path={paths}", *data, "quant=fp32,fp16,dynamic,static",
+             "backend=onnxruntime,tflite", *QUICK], tmp_path, sweep="keras")
+    run_bsb(["model=keras", f"model.path={kfiles}/cnn.keras", *data, "quant=fp32", "backend=pytorch",
+             *(a for a in QUICK if not a.startswith("quant."))], tmp_path, sweep="pytorch")
     run_bsb(["model=keras", f"model.path={kfiles}/cnn.h5", *data, "quant=static", "backend=tflite",
              "backend.int8_io=true", *QUICK], tmp_path)
     run_bsb(["-m", "model=keras", f"model.path={kfiles}/cnn.keras", *data, "quant=auto", "backend=onnxruntime,tflite",
@@ -75,7 +76,7 @@ def test_keras_savedmodel_and_h5_on_onnxruntime_and_tflite(kfiles, tmp_path):
     runs = [r for r in runs if r not in int8_io and r.data.tags["quant"] != "auto"]
     by = {(r.data.params["model.path"].rsplit("/", 1)[-1], r.data.tags["quant"], r.data.tags["backend"]): r
           for r in runs}
-    assert len(by) == 12 + 4
+    assert len(by) == 3 * 8 + 1
     for (name, quant, backend), r in by.items():
         t, m = r.data.tags, r.data.metrics
         if backend == "pytorch":
@@ -87,12 +88,16 @@ def test_keras_savedmodel_and_h5_on_onnxruntime_and_tflite(kfiles, tmp_path):
         ort, lite = by[(name, "fp32", "onnxruntime")], by[(name, "fp32", "tflite")]
         assert ort.data.metrics["accuracy"] == lite.data.metrics["accuracy"]
         assert ort.data.tags["fp32_weights_sha256"] == lite.data.tags["fp32_weights_sha256"]
-    static = by[("cnn.keras", "static", "tflite")]
-    assert static.data.tags["build.converter"] == "keras (TFLiteConverter)" and "CONV_2D" in static.data.tags["build.ops"]
-    for quant in ("dynamic", "static"):  # int8 weights: about a quarter of the float file
-        assert by[("cnn.keras", quant, "tflite")].data.metrics["size_ratio"] < 0.33
-        assert by[("cnn.keras", quant, "onnxruntime")].data.metrics["size_ratio"] < 0.33
-    assert 0.45 < by[("cnn.keras", "fp16", "tflite")].data.metrics["size_ratio"] < 0.6
+    for name in ("cnn.keras", "cnn.h5", "cnn_savedmodel"):  # every format through every scheme
+        static = by[(name, "static", "tflite")]
+        assert static.data.tags["build.converter"] == "keras (TFLiteConverter)" and "CONV_2D" in static.data.tags["build.ops"]
+        for quant in ("dynamic", "static"):  # int8 weights: about a quarter of the float file
+            assert by[(name, quant, "tflite")].data.metrics["size_ratio"] < 0.33, (name, quant)
+            assert by[(name, quant, "onnxruntime")].data.metrics["size_ratio"] < 0.33, (name, quant)
+            # the same model quantized: the three formats give the same predictions within a few samples
+            assert abs(by[(name, quant, "tflite")].data.metrics["accuracy"] -
+                       by[("cnn.keras", quant, "tflite")].data.metrics["accuracy"]) <= 2 / 32 + 1e-9, (name, quant)
+        assert 0.45 < by[(name, "fp16", "tflite")].data.metrics["size_ratio"] < 0.6, name
 
 
 def test_keras_refusals_are_one_line_and_a_lambda_runs_only_when_allowed(kfiles, tmp_path):
