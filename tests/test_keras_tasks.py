@@ -190,6 +190,7 @@ def test_the_converters_errors_are_one_line():
 
 
 def _task_runs(kq, tmp_path, name, extra=()):
+    """fp32 on both backends (the layout), static on both (the task scored against fp32)."""
     run_bsb(["-m", "model=keras", f"model.path={kq}/{name}.keras", "data=npz", f"data.path={kq}/{name}.npz",
              "quant=fp32,static", "backend=onnxruntime,tflite", *extra, *QUICK], tmp_path, sweep=name)
     _, runs = runs_of(tmp_path)
