@@ -37,7 +37,7 @@ setup-test: setup $(CHROMIUM) $(SSHD) $(SSH) sshd-user
 
 $(STAMP): pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c $(LOCK) -e '.[dev,tflite,text,ray,slurm]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c $(LOCK) -e '.[dev,tflite,openvino,text,ray,slurm]'
 	@rm -f $(VENV)/.installed-* $(VENV)/.data-*
 	@touch $@
 

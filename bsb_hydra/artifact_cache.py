@@ -88,7 +88,8 @@ def _load(entry: Path, workdir: Path) -> Tuple[Optional[Artifact], str]:
             got = sha256_file(entry / name)
             if got != digest:
                 return None, f"{name} has sha256 {got[:12]}..., not the {digest[:12]}... recorded"
-        art = Artifact(workdir / meta["path"], meta["input_dtype"], dict(meta["info"]))
+        art = Artifact(workdir / meta["path"], meta["input_dtype"], dict(meta["info"]),
+                       companions=[workdir / name for name in meta.get("companions", [])])
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         return None, f"{type(e).__name__}: {e}"
     for name in meta["files"]:  # a failure here is the work folder's (its disk), not the entry's
@@ -108,7 +109,7 @@ def _store(entry: Path, art: Artifact, parts: Dict[str, Any]) -> None:
             shutil.copyfile(path, tmp / path.name)
             files[path.name] = sha256_file(tmp / path.name)
         meta = {"path": Path(art.path).name, "input_dtype": art.input_dtype, "info": art.info, "files": files,
-                "key_parts": parts}
+                "companions": [Path(p).name for p in art.companions], "key_parts": parts}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
         shutil.rmtree(entry, ignore_errors=True)  # an unusable entry
         os.replace(tmp, entry)

@@ -172,7 +172,7 @@ def run(argv) -> int:
         p = softmax(runner.to_numpy(out)[0])
         label = ds.class_names[int(p.argmax())] if ds.class_names else str(int(p.argmax()))
         print(f"{name:<10} {label:<14} {p.max():>10.3f} {np.median(times):>9.3f} "
-              f"{os.path.getsize(art.path) / 1024:>9.0f}")
+              f"{art.size_bytes / 1024:>9.0f}")
     return 0
 
 

@@ -27,12 +27,29 @@ class Registry:
             return obj
         return deco
 
-    def schemas(self) -> Dict[str, Any]:
-        """Every option's schema, by name: imports each module of the package once."""
+    def register_lazy(self, name: str, target: str, schema: str) -> None:
+        """Register ``name`` by where its implementation and schema are (``"module:attr"``), imported
+        when first asked for: a backend package's __init__ registers so, and the benchmark worker,
+        which imports that package for its Runner, never imports the build side or the config."""
+        self._items[name] = target
+        self._schemas[name] = schema
+
+    @staticmethod
+    def _resolve(ref: Any) -> Any:
+        if isinstance(ref, str):
+            module, _, attr = ref.partition(":")
+            return getattr(importlib.import_module(module), attr)
+        return ref
+
+    def schemas(self, packages_only: bool = False) -> Dict[str, Any]:
+        """Every option's schema, by name: imports each module of the package once. ``packages_only``:
+        only the options that are sub-packages (a backend as a package, bsb_hydra/backends/<name>/:
+        its helper modules beside it, some of which import torch, stay unimported)."""
         pkg = importlib.import_module(self.package)
         for m in pkgutil.iter_modules(pkg.__path__):  # helper modules (data/idx.py) register nothing
-            if not m.name.startswith("_"):
+            if not m.name.startswith("_") and (m.ispkg or not packages_only):
                 importlib.import_module(f"{self.package}.{m.name}")
+        self._schemas = {k: self._resolve(v) for k, v in self._schemas.items()}
         return dict(sorted(self._schemas.items()))
 
     def schema(self, name: str) -> Any:
@@ -41,6 +58,8 @@ class Registry:
             self.get(name)
         except KeyError:
             return None
+        if name in self._schemas:
+            self._schemas[name] = self._resolve(self._schemas[name])
         return self._schemas.get(name)
 
     def options(self) -> List[str]:
@@ -57,4 +76,5 @@ class Registry:
                     raise
         if name not in self._items:
             raise KeyError(f"unknown {self.kind} {name!r}; valid options: {', '.join(self.options())}")
+        self._items[name] = self._resolve(self._items[name])
         return self._items[name]

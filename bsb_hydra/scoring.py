@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,8 +226,8 @@ def size_metrics(art, fp32_art) -> Dict[str, float]:
         size, fp32_size = art.theoretical_size
         return {"size_bytes": size, "fp32_size_bytes": fp32_size, "size_ratio": size / fp32_size, "simulated": 1.0}
     if fp32_art is None:  # a quantized file given alone
-        return {"size_bytes": float(os.path.getsize(art.path))}
-    size, fp32_size = os.path.getsize(art.path), os.path.getsize(fp32_art.path)
+        return {"size_bytes": float(art.size_bytes)}
+    size, fp32_size = art.size_bytes, fp32_art.size_bytes  # a file and its companions (IR: .xml + .bin)
     return {"size_bytes": size, "fp32_size_bytes": fp32_size, "size_ratio": size / fp32_size}
 
 

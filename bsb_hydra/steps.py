@@ -341,6 +341,8 @@ def log_measurement(cfg, ds, art, engine: str, timed, slot: JobSlot, log) -> Non
     log.json({"per_process": True, "samples_ms": timed.lat_cell, "fp32_reference_samples_ms": timed.lat_ref or None},
              "latency_samples.json")
     log.artifact(art.path, "model")
+    for path in art.companions:  # OpenVINO IR's .bin beside its .xml
+        log.artifact(path, "model")
     log.tags({"test_set_digest": test_set_digest(ds), "output_names": ",".join(res.outputs.names)[:5000]})
     if timed.profile is not None:
         from bsb_hydra.bench.profile import why_slow

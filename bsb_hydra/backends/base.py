@@ -54,10 +54,20 @@ class Artifact:
     # A simulated, non-deployable model (quant=fake_quant): (theoretical packed bytes, fp32 bytes).
     # Its latency and memory are not measured; its size is this, tagged size_kind=theoretical.
     theoretical_size: Optional[Tuple[int, int]] = None
+    # Files the deployable artifact needs beside ``path`` (OpenVINO IR's .bin beside its .xml): counted
+    # in its size, logged with it, kept with it by the fp32 artifact cache.
+    companions: List[Path] = field(default_factory=list)
 
     @property
     def simulated(self) -> bool:
         return self.theoretical_size is not None
+
+    @property
+    def size_bytes(self) -> int:
+        """The deployable artifact's bytes on disk: its file and its companions."""
+        import os
+
+        return sum(os.path.getsize(p) for p in (self.path, *self.companions))
 
 
 class Backend:

@@ -40,6 +40,10 @@ def schemas(group: str) -> Dict[str, Any]:
         from bsb_hydra.data import DATASETS
 
         return {"image": ImageDataConfig, "text": TextDataConfig, **DATASETS.schemas()}
+    if group == "backend":  # a backend that is a package (bsb_hydra/backends/<name>/) registers its own
+        from bsb_hydra.backends import BACKENDS
+
+        return {**_FIXED["backend"], **BACKENDS.schemas(packages_only=True)}
     return dict(_FIXED.get(group, {}))
 
 

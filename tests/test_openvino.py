@@ -1,0 +1,163 @@
+"""backend=openvino (bsb_hydra/backends/openvino/): a real sweep beside onnxruntime (fp32, fp16, static
+on the cnn), a user's ONNX file (fp32, static, int4 weight-only), the runner and its PERF_COUNT profile
+in-process on a logged IR, and the reasons of what it does not run."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import SMOKE, run_bsb, runs_of
+
+pytest.importorskip("openvino", reason="the openvino extra is not installed")
+pytest.importorskip("nncf", reason="the openvino extra is not installed")
+
+CALIBRATION = "quant.samples=64"  # the cell's calibration samples: real training samples, fewer for speed
+
+
+def _config(compose_cfg, overrides):
+    from bsb_hydra.config import validate
+
+    cfg = compose_cfg(list(overrides))
+    cfg.paths.root = "/tmp/project"  # paths.root interpolates hydra:runtime.cwd, absent outside a Hydra run
+    return validate(cfg)
+
+
+def _cells(runs):
+    return {(r.data.tags["model"], r.data.tags["quant"], r.data.tags["backend"]): r for r in runs}
+
+
+@pytest.fixture(scope="module")
+def ov_sweep(tmp_path_factory):
+    """model=cnn x fp32,fp16,static x openvino,onnxruntime, smoke-trained, on fashion_mnist."""
+    tmp = tmp_path_factory.mktemp("ov_sweep")
+    run_bsb(["-m", "model=cnn", "quant=fp32,fp16,static", "backend=openvino,onnxruntime", CALIBRATION, *SMOKE], tmp)
+    client, runs = runs_of(tmp)
+    return tmp, client, _cells(runs)
+
+
+def test_every_cell_ok_and_the_ir_is_measured_whole(ov_sweep):
+    _, client, cells = ov_sweep
+    assert len(cells) == 6
+    for key, r in cells.items():
+        assert r.data.tags["status"] == "ok", (key, r.data.tags.get("reason"))
+    for quant in ("fp32", "fp16", "static"):
+        r = cells[("cnn", quant, "openvino")]
+        files = {Path(a.path).name: a.file_size for a in client.list_artifacts(r.info.run_id, "model")}
+        assert set(files) == {f"{quant}.xml", f"{quant}.bin"}, files
+        assert r.data.metrics["size_bytes"] == files[f"{quant}.xml"] + files[f"{quant}.bin"]  # xml + bin
+        t = r.data.tags
+        # the worker imported OpenVINO, and nothing of the build side (torch, onnx, onnxruntime, nncf)
+        assert t["worker_imports"] == "openvino", t["worker_imports"]
+        assert "openvino_version" in {k.removeprefix("build.") for k in t}
+
+
+def test_static_is_int8_and_small(ov_sweep):
+    _, _, cells = ov_sweep
+    s, f = cells[("cnn", "static", "openvino")], cells[("cnn", "fp32", "openvino")]
+    m, t = s.data.metrics, s.data.tags
+    assert m["size_ratio"] < 0.4 and m["size_bytes"] < 0.4 * f.data.metrics["size_bytes"]
+    assert "i8:" in t["build.weight_dtypes"] and "FakeQuantize" in t["build.ops"]
+    assert t["build.activation_ranges"] == "minmax" and t["build.calibration_items"] == "64"
+    assert m["top1_agreement"] > 0.9 and m["accuracy"] > f.data.metrics["accuracy"] - 0.05
+    half = cells[("cnn", "fp16", "openvino")].data
+    assert 0.45 < half.metrics["size_ratio"] < 0.6 and half.metrics["top1_agreement"] >= 0.99
+    assert "f16:" in half.tags["build.weight_dtypes"]
+
+
+def test_fp32_openvino_agrees_with_fp32_onnxruntime(ov_sweep, tmp_path):
+    _, client, cells = ov_sweep
+    ov, ort = cells[("cnn", "fp32", "openvino")], cells[("cnn", "fp32", "onnxruntime")]
+    assert abs(ov.data.metrics["accuracy"] - ort.data.metrics["accuracy"]) <= 0.002
+    preds = [np.load(client.download_artifacts(r.info.run_id, "predictions.npy", str(tmp_path / r.info.run_id)))
+             for r in (ov, ort)]
+    assert preds[0].shape == preds[1].shape and (preds[0] == preds[1]).mean() >= 0.998
+
+
+def test_runner_and_perf_count_profile_on_the_logged_ir(ov_sweep, tmp_path):
+    """The logged static IR, in this process: static shapes compiled per batch size before the clock,
+    every output, and the CPU plugin's counters naming int8 kernels."""
+    from bsb_hydra.backends.openvino import RUNNER
+
+    _, client, cells = ov_sweep
+    run_id = cells[("cnn", "static", "openvino")].info.run_id
+    folder = Path(client.download_artifacts(run_id, "model", str(tmp_path)))
+    runner = RUNNER(str(folder / "static.xml"), 1, "float32", {"shapes": "static"})
+    x = np.random.default_rng(0).random((8, 1, 28, 28), dtype=np.float32)
+    b8 = runner.outputs(runner.run(runner.prepare(x)))
+    b1 = runner.outputs(runner.run(runner.prepare(x[:1])))
+    assert runner.output_names() == ["logits"] and b8[0].shape == (8, 10) and b1[0].shape == (1, 10)
+    np.testing.assert_allclose(b1[0][0], b8[0][0], atol=0.1)
+    prof = runner.profile(runner.prepare(x[:1]), 3)
+    assert prof["runtime"] == "openvino" and prof["runs"] == 3 and prof["ops"]
+    assert any(r["op"].startswith("Convolution[") and r["input_dtype"] in ("i8", "u8") for r in prof["ops"]), prof
+    assert abs(sum(r["share"] for r in prof["ops"]) - 1.0) < 1e-6
+
+
+def test_a_user_onnx_file_through_openvino(tmp_path):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                        nn.Linear(16 * 14 * 14, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
+    path = tmp_path / "user.onnx"
+    torch.onnx.export(net, (torch.zeros(1, 1, 28, 28),), str(path), input_names=["pixels"], output_names=["scores"],
+                      dynamic_axes={"pixels": {0: "n"}}, dynamo=False, opset_version=17)
+    run_bsb(["-m", "model=onnx", f"model.path={path}", "quant=fp32,static,int4_weight_only,dynamic", "backend=openvino",
+             CALIBRATION, "data.limit_test=200", *[a for a in SMOKE if not a.startswith("data.limit_test")]],
+            tmp_path)
+    cells = _cells(runs_of(tmp_path)[1])
+    assert len(cells) == 4
+    for key, r in cells.items():
+        assert r.data.tags["status"] == "ok", (key, r.data.tags.get("reason"))
+        assert r.data.tags["output_names"] == "scores"
+    s = cells[("user", "static", "openvino")].data
+    assert s.metrics["size_ratio"] < 0.4 and s.metrics["top1_agreement"] > 0.5  # a random-init net
+    w = cells[("user", "int4_weight_only", "openvino")].data
+    assert "u4:" in w.tags["build.weight_dtypes"] and w.metrics["size_ratio"] < 0.4
+    assert w.metrics["top1_agreement"] > 0.8
+    d = cells[("user", "dynamic", "openvino")].data  # int8 weights, int8 activations at run time (group 32)
+    assert "u8:" in d.tags["build.weight_dtypes"] and "DYNAMIC_QUANTIZATION_GROUP_SIZE=32" in d.tags["build.method"]
+    assert d.tags["build.weight_granularity"].startswith("per_channel (quant.granularity=per_tensor")
+    assert d.metrics["size_ratio"] < 0.4 and d.metrics["top1_agreement"] > 0.8
+
+
+@pytest.mark.parametrize("overrides,words", [
+    (["quant=dynamic", "backend.dynamic_quantization_group_size=0"], ["turns the CPU plugin's"]),
+    (["quant=qat"], ["NNCF's PyTorch QAT"]),
+    (["quant=auto"], ["quantize_with_accuracy_control"]),
+    (["quant=fake_quant"], ["backend=pytorch"]),
+    (["quant=static", "quant.method=entropy"], ["min/max"]),
+    (["quant=int4_weight_only", "quant.bits=2"], ["4 and 8 bits"]),
+    (["quant=int4_weight_only", "quant.accuracy_level=4"], ["dynamic_quantization_group_size"]),
+])
+def test_what_openvino_does_not_run_says_why(compose_cfg, overrides, words):
+    from bsb_hydra.backends import get_backend
+
+    cfg = _config(compose_cfg, ["model=cnn", "backend=openvino", *overrides])
+    reason = get_backend("openvino").unsupported_reason(cfg)
+    assert reason and all(w in reason for w in words), reason
+
+
+def test_a_missing_openvino_names_the_install_command(compose_cfg, monkeypatch):
+    import importlib.util
+
+    from bsb_hydra.backends import get_backend
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("openvino", "nncf")
+                        else real(name, *a))
+    cfg = _config(compose_cfg, ["model=cnn", "backend=openvino", "quant=static"])
+    reason = get_backend("openvino").unsupported_reason(cfg)
+    assert "openvino, nncf" in reason and "pip install -c requirements/lock.txt -e '.[openvino]'" in reason
+
+
+def test_the_schema_comes_from_the_package(compose_cfg):
+    from bsb_hydra.backends.openvino.config import OpenvinoBackendConfig
+    from bsb_hydra.config import ConfigError, schemas
+
+    assert schemas("backend")["openvino"] is OpenvinoBackendConfig
+    cfg = _config(compose_cfg, ["backend=openvino"])
+    assert isinstance(cfg.backend, OpenvinoBackendConfig) and cfg.backend.shapes == "static"
+    with pytest.raises(ConfigError, match="backend.shapes"):
+        _config(compose_cfg, ["backend=openvino", "backend.shapes=ragged"])
