@@ -15,6 +15,9 @@ SMOKE = [
     "train=smoke", "data.limit_test=1000", "benchmark.batch_sizes=[1,8]", "benchmark.warmup_runs=2",
     "benchmark.min_runs=10", "benchmark.min_duration_s=0.05", "benchmark.bootstrap_resamples=200",
     "benchmark.repeats=1", "peak.size=64", "peak.min_duration_s=0.02",
+    # no profiling process after a cell slower than its fp32 (most toy cells are: call overhead): one
+    # fresh process less per such cell; tests/test_profile.py turns it back on where it is the subject
+    "benchmark.profile=never",
 ]
 # The machine's limit (bsb_hydra/bench/peak.py) is cached per host: measured once per test process
 # at SMOKE's tiny GEMM, not once per test.

@@ -403,7 +403,7 @@ def test_litert_dynamic_keeps_depthwise_float_unless_asked_and_checks_its_batch_
     and =false every conv. Each build says how its b1 and b8 files agree."""
     run_bsb(["-m", "model=torchvision", "model.arch=mobilenet_v2", "model.input_size=32", "train.limit_samples=64",
              "data.limit_test=48", "quant=dynamic", "quant.convolutions=null,true,false", "backend=tflite",
-             "benchmark.profile=never", *QUICK], tmp_path)
+             *QUICK], tmp_path)
     _, runs = runs_of(tmp_path)
     assert not _ok(runs), _ok(runs)
     by = {r.data.params.get("quant.convolutions", "None"): r.data.tags for r in runs}

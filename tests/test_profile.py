@@ -8,6 +8,8 @@ from bsb_hydra.bench import peak
 from bsb_hydra.bench.profile import ort_summary, tflite_summary, torch_summary, why_slow
 from tests.conftest import SMOKE, run_bsb, runs_of
 
+PROFILED = [a for a in SMOKE if not a.startswith("benchmark.profile=")]  # the default: benchmark.profile=slow
+
 
 def _node(op, dtype, dur, name="n"):
     return {"cat": "Node", "name": f"{name}_kernel_time", "dur": dur,
@@ -83,7 +85,7 @@ def test_each_runtime_profiles_its_int8_artifact(runtime, tmp_path):
 
 def test_a_cell_slow_on_purpose_says_why(tmp_path):
     run_bsb(["-m", "model=cnn", "quant=static", "backend=onnxruntime", "backend.graph_optimization=disable",
-             "peak.enabled=false", *SMOKE], tmp_path)
+             "peak.enabled=false", *PROFILED], tmp_path)
     client, (run,) = runs_of(tmp_path)
     assert run.data.tags["status"] == "ok", run.data.tags.get("reason")
     assert run.data.metrics["speedup_b1"] < 1.0  # QDQ unfused: fp32 Conv plus quantize/dequantize around it
@@ -114,7 +116,7 @@ def test_an_int8_cell_short_of_the_machines_limit_is_profiled_with_below_peak(tm
     int8_peak_ratio (a target of 10 here, which no cell reaches) gets why_short_of_peak, and the report
     lists it with its share of the peak."""
     run_bsb(["-m", "model=cnn", "quant=static", "backend=pytorch", "benchmark.profile=below_peak",
-             "benchmark.peak_target=10", *SMOKE], tmp_path)
+             "benchmark.peak_target=10", *PROFILED], tmp_path)
     client, (run,) = runs_of(tmp_path)
     assert run.data.tags["status"] == "ok", run.data.tags.get("reason")
     m = run.data.metrics

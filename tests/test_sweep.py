@@ -330,8 +330,7 @@ def test_ort_dynamic_leaves_convolutions_fp32_by_default(sweep):
 
 
 def test_ort_dynamic_convolutions_true_is_conv_integer(tmp_path):
-    run_bsb(["model=cnn", "quant=dynamic", "quant.convolutions=true", "backend=onnxruntime", "benchmark.profile=never",
-             *SMOKE], tmp_path)
+    run_bsb(["model=cnn", "quant=dynamic", "quant.convolutions=true", "backend=onnxruntime", *SMOKE], tmp_path)
     _, runs = runs_of(tmp_path)
     (r,) = runs
     assert r.data.tags["status"] == "ok", r.data.tags.get("reason")
@@ -353,7 +352,7 @@ def test_pytorch_float_artifacts_are_channels_last_and_aoti_is_a_compiled_packag
     assert cells[("mlp", "fp32", "pytorch")].data.tags["build.memory_format"] == "contiguous"  # no conv
     assert "build.memory_format" not in cells[("cnn", "static", "pytorch")].data.tags
     run_bsb(["-m", "model=cnn", "quant=fp32", "backend=pytorch", "backend.export=aoti,torchscript",
-             "benchmark.profile=never", *SMOKE], tmp_path)
+             *SMOKE], tmp_path)
     _, runs = runs_of(tmp_path)
     by_export = {r.data.params.get("backend.export", "torchscript"): r for r in runs}  # the default is not logged
     aoti, ts = by_export["aoti"], by_export["torchscript"]
