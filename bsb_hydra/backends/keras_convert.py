@@ -226,8 +226,9 @@ def _float_edges(model, ins, outs):
                               numpy_helper.from_array(np.array(zero, np.dtype(kind)), inner + "_zero")])
         g.node.insert(0, helper.make_node("QuantizeLinear", [inp.name, inner + "_scale", inner + "_zero"], [inner]))
         inp.type.tensor_type.elem_type = TensorProto.FLOAT
-    for i, out in enumerate(list(g.output)):
-        d = outs[i] if i < len(outs) else None
+    names_out = {d["name"]: d for d in outs}
+    for i, out in enumerate(list(g.output)):  # by name, as the inputs: tf2onnx keeps the tensors' names
+        d = names_out.get(out.name) or (outs[i] if i < len(outs) else None)
         kind = np.dtype(d["dtype"]).name if d is not None else "float32"
         if kind not in types:
             continue
