@@ -154,9 +154,9 @@ def run(argv) -> int:
     if scheme != "fp32":
         arts[scheme] = backend.build(scheme, ctx, work / f"{scheme}{backend.suffix}")
 
-    import importlib
+    from bsb_hydra.backends import BACKENDS
 
-    runner_cls = importlib.import_module(f"bsb_hydra.backends.{cfg.backend.name}").RUNNER
+    runner_cls = BACKENDS.runner(cfg.backend.name)
     print(f"\n{cfg.model.name} on {cfg.backend.name}, {shown}")
     print(f"{'variant':<10} {'label':<14} {'confidence':>10} {'p50 ms':>9} {'size KiB':>9}")
     for name, art in arts.items():

@@ -27,7 +27,6 @@ processes), so its reported accuracy delta is the test split's, which may differ
 subset's: ``auto_budget_met_test`` records whether the budget held there too."""
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import shutil
@@ -37,6 +36,7 @@ from typing import Dict, List
 
 import numpy as np
 
+from bsb_hydra.backends import BACKENDS
 from bsb_hydra.backends.base import Artifact, BuildContext, Unsupported
 
 TRIAL_LATENCY_RUNS = 200
@@ -81,7 +81,7 @@ class Evaluator:
     """Runs artifacts in this process through the backend's Runner on the selection subset."""
 
     def __init__(self, backend, ctx: BuildContext, x: np.ndarray, y: np.ndarray, engine: str) -> None:
-        self.module = importlib.import_module(f"bsb_hydra.backends.{backend.name}")
+        self.runner_cls = BACKENDS.runner(backend.name)
         self.settings = backend.runner_settings(ctx.cfg, engine)
         self.threads = ctx.cfg.device.threads
         self.batch = ctx.cfg.benchmark.eval_batch_size
@@ -92,7 +92,7 @@ class Evaluator:
 
         with warnings.catch_warnings():  # torch.jit.load's deprecation notice, once per trial
             warnings.simplefilter("ignore", FutureWarning)
-            return self.module.RUNNER(str(art.path), self.threads, art.input_dtype, self.settings)
+            return self.runner_cls(str(art.path), self.threads, art.input_dtype, self.settings)
 
     def logits(self, art: Artifact) -> np.ndarray:
         r = self._runner(art)
@@ -123,15 +123,13 @@ def analyze(backend, ctx: BuildContext, ev: Evaluator, fp32_art: Artifact, workd
     ref = ev.logits(fp32_art)
     d = workdir / "analysis"
     d.mkdir(parents=True, exist_ok=True)
-    if hasattr(backend, "prebuild_mixed"):  # every build below in one batch (tflite: one TensorFlow start-up)
-        backend.prebuild_mixed(ctx, [[]] + [[n for n in names if n != name] for name in names] + [[n] for n in names])
+    # every build below in one batch, where the backend can (tflite: one TensorFlow start-up)
+    backend.prebuild_mixed(ctx, [[]] + [[n for n in names if n != name] for name in names] + [[n] for n in names])
     int8_art = backend.build_mixed(ctx, d / f"int8{backend.suffix}", [])
     full = _row(ev, int8_art, ref)
     # Per-layer activations, where the backend can expose them (onnxruntime): each layer's output in
     # the all-int8 model, and its activation through its own int8 grid alone, against fp32.
-    acts = {}
-    if hasattr(backend, "layer_activation_sqnr"):
-        acts = backend.layer_activation_sqnr(ctx, int8_art.path, ev.x[:ACTIVATION_SAMPLES])
+    acts = backend.layer_activation_sqnr(ctx, int8_art.path, ev.x[:ACTIVATION_SAMPLES])
     fp32 = {"accuracy": float(np.mean(ref.argmax(1) == ev.y)), "sqnr_db": math.inf, "agreement": 1.0}
     rows = []
     for i, name in enumerate(names):

@@ -13,26 +13,60 @@ from typing import Any, Callable, Dict, List
 
 
 class Registry:
-    def __init__(self, kind: str, package: str) -> None:
+    def __init__(self, kind: str, package: str, packages_only: bool = False) -> None:
+        """``packages_only``: the options are the package's sub-packages (a backend is a package,
+        bsb_hydra/backends/<name>/); its plain modules (base.py) are not options."""
         self.kind = kind
         self.package = package
+        self.packages_only = packages_only
         self._items: Dict[str, Any] = {}
         self._schemas: Dict[str, Any] = {}
+        self._runners: Dict[str, Any] = {}
 
-    def register(self, name: str, schema: Any = None) -> Callable[[Any], Any]:
+    def register(self, name: str, schema: Any = None, runner: str = "") -> Callable[[Any], Any]:
+        """``runner``: a backend's Runner as ``"module:attr"`` (see ``runner``)."""
         def deco(obj: Any) -> Any:
             self._items[name] = obj
             if schema is not None:
                 self._schemas[name] = schema
+            if runner:
+                self._runners[name] = runner
             return obj
         return deco
 
-    def register_lazy(self, name: str, target: str, schema: str) -> None:
-        """Register ``name`` by where its implementation and schema are (``"module:attr"``), imported
-        when first asked for: a backend package's __init__ registers so, and the benchmark worker,
-        which imports that package for its Runner, never imports the build side or the config."""
+    def register_lazy(self, name: str, target: str, schema: str, runner: str = "") -> None:
+        """Register ``name`` by where its implementation, schema and (a backend's) Runner are
+        (``"module:attr"``), imported when first asked for: a backend package's __init__ registers so,
+        and the benchmark worker, which asks for the Runner only (``runner(name)``), never imports the
+        build side or the config."""
         self._items[name] = target
         self._schemas[name] = schema
+        if runner:
+            self._runners[name] = runner
+
+    def _load(self, name: str) -> None:
+        """Import ``name``'s module (or package), which registers it."""
+        if name not in self._items:
+            try:
+                importlib.import_module(f"{self.package}.{name}")
+            except ModuleNotFoundError as e:
+                if e.name != f"{self.package}.{name}":
+                    raise
+
+    def runner(self, name: str) -> Any:
+        """A backend's Runner class: imports the backend's package and its runner module only."""
+        self._load(name)
+        if name not in self._runners:
+            raise KeyError(f"unknown {self.kind} {name!r} (or it registers no runner); valid options: "
+                           f"{', '.join(self.options())}")
+        self._runners[name] = self._resolve(self._runners[name])
+        return self._runners[name]
+
+    def runners(self) -> Dict[str, Any]:
+        """Every option's Runner, by name (each option's package imported, its runner resolved)."""
+        for name in self.options():
+            self._load(name)
+        return {name: self.runner(name) for name in sorted(self._runners)}
 
     @staticmethod
     def _resolve(ref: Any) -> Any:
@@ -41,14 +75,16 @@ class Registry:
             return getattr(importlib.import_module(module), attr)
         return ref
 
-    def schemas(self, packages_only: bool = False) -> Dict[str, Any]:
-        """Every option's schema, by name: imports each module of the package once. ``packages_only``:
-        only the options that are sub-packages (a backend as a package, bsb_hydra/backends/<name>/:
-        its helper modules beside it, some of which import torch, stay unimported)."""
+    def _modules(self) -> List[str]:
         pkg = importlib.import_module(self.package)
-        for m in pkgutil.iter_modules(pkg.__path__):  # helper modules (data/idx.py) register nothing
-            if not m.name.startswith("_") and (m.ispkg or not packages_only):
-                importlib.import_module(f"{self.package}.{m.name}")
+        return [m.name for m in pkgutil.iter_modules(pkg.__path__)
+                if not m.name.startswith("_") and (m.ispkg or not self.packages_only)]
+
+    def schemas(self) -> Dict[str, Any]:
+        """Every option's schema, by name: imports each module of the package once (a backend's
+        package registers its schema by reference: only its config module is imported)."""
+        for name in self._modules():  # helper modules (data/idx.py) register nothing
+            importlib.import_module(f"{self.package}.{name}")
         self._schemas = {k: self._resolve(v) for k, v in self._schemas.items()}
         return dict(sorted(self._schemas.items()))
 
@@ -63,17 +99,10 @@ class Registry:
         return self._schemas.get(name)
 
     def options(self) -> List[str]:
-        pkg = importlib.import_module(self.package)
-        names = {m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_")}
-        return sorted((names - {"base"}) | set(self._items))
+        return sorted((set(self._modules()) - {"base"}) | set(self._items))
 
     def get(self, name: str) -> Any:
-        if name not in self._items:
-            try:
-                importlib.import_module(f"{self.package}.{name}")
-            except ModuleNotFoundError as e:
-                if e.name != f"{self.package}.{name}":
-                    raise
+        self._load(name)
         if name not in self._items:
             raise KeyError(f"unknown {self.kind} {name!r}; valid options: {', '.join(self.options())}")
         self._items[name] = self._resolve(self._items[name])

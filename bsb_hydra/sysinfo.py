@@ -18,8 +18,19 @@ ARM_PARTS = {"0xd03": "Cortex-A53", "0xd08": "Cortex-A72", "0xd0b": "Cortex-A76"
              "0xd40": "Neoverse-V1", "0xd49": "Neoverse-N2", "0xd4f": "Neoverse-V2", "0xd8e": "Neoverse-N3"}
 # ELF e_machine of each normalized arch (EM_X86_64, EM_AARCH64).
 ELF_MACHINES = {"x86_64": 62, "aarch64": 183}
-LIBRARIES = ["torch", "torchao", "onnx", "onnxruntime", "tensorflow", "tf-keras", "tensorflow-model-optimization",
-             "ai-edge-litert", "mlflow", "hydra-core", "numpy"]
+# What every cell stands on (training, export, tracking); each backend's own distributions come from its
+# Runner (``libraries``).
+LIBRARIES = ["torch", "torchao", "onnx", "mlflow", "hydra-core", "numpy"]
+
+
+def libraries() -> list:
+    """Every distribution a run is stamped with the version of: the common ones and every backend's."""
+    from bsb_hydra.backends import BACKENDS
+
+    names = list(LIBRARIES)
+    for runner in BACKENDS.runners().values():
+        names += [lib for lib in runner.libraries if lib not in names]
+    return names
 
 
 def normalize_arch(machine: str) -> str:
@@ -140,7 +151,7 @@ def system_info() -> dict:
         "python": platform.python_version(),
         "cpu_count": str(os.cpu_count()),
     }
-    for lib in LIBRARIES:
+    for lib in libraries():
         try:
             info[f"version_{lib.replace('-', '_')}"] = metadata.version(lib)
         except metadata.PackageNotFoundError:

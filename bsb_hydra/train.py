@@ -331,7 +331,9 @@ def _get_fp32_model(cfg, ds, cache_dir: str, note: Note) -> Fp32Model:
             try:
                 module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
             except Exception as e:
-                why = f"{type(e).__name__}: {_load_error(e)}"
+                from bsb_hydra.untrusted import torch_reason
+
+                why = f"{type(e).__name__}: {torch_reason(e)}"
             else:
                 module.eval()
                 return Fp32Model(module, "cache", key, str(weights), meta["sha256"], meta.get("train_seconds", 0.0),

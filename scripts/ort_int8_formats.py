@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bsb_hydra.backends.onnxruntime import TrainingSamplesReader, export_onnx, input_name  # noqa: E402
+from bsb_hydra.backends.onnxruntime.build import TrainingSamplesReader, export_onnx, input_name  # noqa: E402
 from bsb_hydra.bench.harness import Item, run_worker  # noqa: E402
 from bsb_hydra.sysinfo import system_info  # noqa: E402
 

@@ -24,7 +24,7 @@ def main(overrides) -> None:
     import torch
     from hydra import compose, initialize_config_dir
 
-    from bsb_hydra.backends.pytorch import _bn_folded
+    from bsb_hydra.backends.pytorch.build import _bn_folded
     from bsb_hydra.config import CONF_DIR, register_configs, validate
     from bsb_hydra.data import load_dataset
     from bsb_hydra.train import get_fp32_model, train_model

@@ -1,4 +1,4 @@
-"""bsb_hydra/backends/convert_server.py: one converter process serves a sweep process's requests; a
+"""bsb_hydra/backends/tflite/convert_server.py: one converter process serves a sweep process's requests; a
 failed, crashed or hung request fails alone, with its output in its convert.log."""
 import json
 import os
@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from bsb_hydra.backends import convert_server
+from bsb_hydra.backends.tflite import convert_server
 
 FAKE = textwrap.dedent('''
     import json, os, sys
@@ -34,7 +34,7 @@ FAKE = textwrap.dedent('''
 
     if __name__ == "__main__":
         if sys.argv[1] == "--serve":
-            from bsb_hydra.backends.convert_server import serve
+            from bsb_hydra.backends.tflite.convert_server import serve
             serve(main)
         else:
             main(sys.argv[1])
@@ -131,7 +131,7 @@ def test_a_sweep_path_with_a_newline_reaches_the_server_whole(tmp_path, fake):
 def test_a_converter_killed_by_a_signal_is_reported_with_the_signal_and_its_log(tmp_path, fake):
     """A SIGKILLed converter (the OOM killer) fails the cell with the signal and the log's path, not
     with the last line it logged before (TensorFlow's start-up chatter)."""
-    from bsb_hydra.backends.tflite import TfliteBackend
+    from bsb_hydra.backends.tflite.build import TfliteBackend
 
     work = _request(tmp_path, "killed", "sigkill")
     jobs = [{"scheme": "static", "out": str(work / "out.tflite")}]

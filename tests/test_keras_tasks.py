@@ -178,7 +178,7 @@ def test_keras_files_keras_cannot_load_are_refused_in_one_line_before_any_work(k
 def test_the_converters_errors_are_one_line():
     """Keras' own messages (a file loaded where a custom class is absent), as the converter reports
     them when the early check does not catch them (a class nested in another object's config)."""
-    from bsb_hydra.backends.keras_convert import one_line
+    from bsb_hydra.backends.tflite.keras_convert import one_line
 
     keras3 = TypeError("<class 'keras.src.models.functional.Functional'> could not be deserialized properly.\n\n"
                        "Exception encountered: Could not locate class 'Scale'. Make sure custom classes and "

@@ -38,7 +38,7 @@ def _dequant(codes, sz, group):
 
 
 def test_symmetric_4bit_rounding_exact_values():
-    from bsb_hydra.backends.int4_torch import quantize_groups
+    from bsb_hydra.backends.pytorch.int4_torch import quantize_groups
 
     # one group of 16: max |w| = 7 -> scale 1; integers are exact, halves round to even
     w = torch.tensor([[7.0, -7.0, 3.0, -3.0, 0.0, 1.0, 2.5, -2.5, 6.6, -6.6, 0.4, -0.4, 5.0, 4.0, -1.0, -7.0]])
@@ -49,7 +49,7 @@ def test_symmetric_4bit_rounding_exact_values():
 
 
 def test_asymmetric_groups_have_their_own_scale_and_zero_and_round_to_within_half_a_step():
-    from bsb_hydra.backends.int4_torch import quantize_groups
+    from bsb_hydra.backends.pytorch.int4_torch import quantize_groups
 
     torch.manual_seed(0)
     w = torch.cat([torch.rand(4, 32) * 0.01, torch.rand(4, 32) * 10 + 5], dim=1)  # two groups, far apart
@@ -64,7 +64,7 @@ def test_asymmetric_groups_have_their_own_scale_and_zero_and_round_to_within_hal
 def test_int4_linear_runs_torch_cpu_kernel_equal_to_its_dequantized_weights(k, n, group):
     """Padded K (50 -> 64) and N (10, 24 -> 16, 32) are sliced off; the kernel's result is the float matmul
     with the dequantized weights."""
-    from bsb_hydra.backends.int4_torch import Int4Linear, quantize_groups
+    from bsb_hydra.backends.pytorch.int4_torch import Int4Linear, quantize_groups
 
     torch.manual_seed(1)
     lin = torch.nn.Linear(k, n)
@@ -86,7 +86,7 @@ def test_gemm_rewritten_as_matmul_plus_add_computes_the_same(tmp_path):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from bsb_hydra.backends.onnxruntime import gemm_to_matmul
+    from bsb_hydra.backends.onnxruntime.build import gemm_to_matmul
 
     rng = np.random.default_rng(0)
     w, b = rng.standard_normal((6, 4)).astype(np.float32), rng.standard_normal(6).astype(np.float32)

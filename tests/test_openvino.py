@@ -76,7 +76,9 @@ def test_fp32_openvino_agrees_with_fp32_onnxruntime(ov_sweep, tmp_path):
 def test_runner_and_perf_count_profile_on_the_logged_ir(ov_sweep, tmp_path):
     """The logged static IR, in this process: static shapes compiled per batch size before the clock,
     every output, and the CPU plugin's counters naming int8 kernels."""
-    from bsb_hydra.backends.openvino import RUNNER
+    from bsb_hydra.backends import BACKENDS
+
+    RUNNER = BACKENDS.runner("openvino")
 
     _, client, cells = ov_sweep
     run_id = cells[("cnn", "static", "openvino")].info.run_id

@@ -5,7 +5,11 @@ import numpy as np
 import pytest
 
 from bsb_hydra.bench import peak
-from bsb_hydra.bench.profile import ort_summary, tflite_summary, torch_summary, why_slow
+from bsb_hydra.backends import BACKENDS
+from bsb_hydra.backends.onnxruntime.profile import ort_summary
+from bsb_hydra.backends.pytorch.profile import torch_summary
+from bsb_hydra.backends.tflite.profile import tflite_summary
+from bsb_hydra.bench.profile import why_slow
 from tests.conftest import SMOKE, run_bsb, runs_of
 
 PROFILED = [a for a in SMOKE if not a.startswith("benchmark.profile=")]  # the default: benchmark.profile=slow
@@ -64,14 +68,12 @@ def test_tflite_nodes_xnnpack_did_not_take():
     assert why_slow(s, None).startswith("3 of 4 nodes on XNNPACK") and "not on XNNPACK: SOFTMAX" in why_slow(s, None)
 
 
-@pytest.mark.parametrize("runtime", ["pytorch", "onnxruntime", "tflite"])
+@pytest.mark.parametrize("runtime", ["pytorch", "onnxruntime", "tflite", "openvino"])
 def test_each_runtime_profiles_its_int8_artifact(runtime, tmp_path):
-    import importlib
-
-    paths = peak.BUILDERS[runtime](tmp_path, 16)
-    runner_cls = importlib.import_module(f"bsb_hydra.backends.{runtime}").RUNNER
-    settings = {"pytorch": {"engine": "x86"}, "onnxruntime": {"graph_optimization": "all"},
-                "tflite": {"xnnpack": True}}[runtime]
+    backend = BACKENDS.get(runtime)()
+    paths = backend.peak_artifacts(tmp_path, 16, peak.FLOOR_FEATURES)
+    runner_cls = BACKENDS.runner(runtime)
+    settings = backend.peak_settings("x86_64")
     r = runner_cls(str(paths["int8"]), 1, "float32", settings)
     s = r.profile(r.prepare(np.ones((1, 16), np.float32)), 5)
     assert s["runtime"] == runtime and s["ops"]
@@ -79,6 +81,9 @@ def test_each_runtime_profiles_its_int8_artifact(runtime, tmp_path):
         assert any(o["op"].startswith("quantized::linear") for o in s["ops"]) and s["float_compute_ops"] == []
     elif runtime == "onnxruntime":
         assert any(o["op"].startswith("QLinearMatMul") for o in s["ops"]) and s["unfused_qdq"] == 0
+    elif runtime == "openvino":  # the CPU plugin's int8 FullyConnected kernel
+        assert any(o["op"].startswith("FullyConnected") and o["op"].endswith("[I8]") for o in s["ops"])
+        assert s["float_compute_ops"] == []
     else:
         assert "FULLY_CONNECTED" in {o["op"] for o in s["ops"]} and s["delegated_nodes"] >= 1
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from bsb_hydra.backends.base import BuildContext
-from bsb_hydra.backends.pytorch import PytorchBackend
+from bsb_hydra.backends.pytorch.build import PytorchBackend
 from bsb_hydra.config import validate
 from tests.test_config import _resolvable
 

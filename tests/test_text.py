@@ -245,7 +245,7 @@ def test_ort_dynamic_transformer_quantizes_the_fused_graph_unless_told_not_to(co
     import torch
 
     from bsb_hydra.backends.base import BuildContext
-    from bsb_hydra.backends.onnxruntime import OnnxruntimeBackend
+    from bsb_hydra.backends.onnxruntime.build import OnnxruntimeBackend
     from bsb_hydra.config import validate
     from bsb_hydra.models import build_model
     from tests.test_config import _resolvable

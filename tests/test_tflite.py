@@ -145,9 +145,9 @@ def test_twin_weight_transfer_on_three_channel_input(tmp_path):
                "outputs": [{"scheme": "fp32", "out": str(work / "m.tflite"), "info_out": str(work / "info.json")}]}
         (work / "req.json").write_text(json.dumps(req))
         env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
-        subprocess.run([sys.executable, "-m", "bsb_hydra.backends.tflite_convert", str(work / "req.json")],
+        subprocess.run([sys.executable, "-m", "bsb_hydra.backends.tflite.tflite_convert", str(work / "req.json")],
                        cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
-        from bsb_hydra.backends.tflite import TfliteRunner
+        from bsb_hydra.backends.tflite.runner import TfliteRunner
 
         runner = TfliteRunner(str(work / "m.tflite"), 1, "float32", {"xnnpack": True})
         got = runner.to_numpy(runner.run(runner.prepare(x)))
@@ -203,7 +203,9 @@ def test_an_xnnpack_refusal_says_how_to_measure_the_model_anyway():
     cell's reason then names backend.xnnpack=false. Other runtime errors pass unchanged."""
     import numpy as np
 
-    from bsb_hydra.backends.tflite import RUNNER
+    from bsb_hydra.backends import BACKENDS
+
+    RUNNER = BACKENDS.runner("tflite")
 
     class Interpreter:
         def __init__(self, message):

@@ -171,9 +171,48 @@ class Backend:
     def mixed_layers(self, ctx: BuildContext):
         raise Unsupported(f"backend {self.name} cannot keep chosen layers in float (no mixed-precision hook)")
 
+    def build_mixed(self, ctx: BuildContext, out: Path, float_layers) -> Artifact:
+        """The static int8 model with ``float_layers`` (names from mixed_layers) kept in float."""
+        raise Unsupported(f"backend {self.name} cannot keep chosen layers in float (no mixed-precision hook)")
+
+    def prebuild_mixed(self, ctx: BuildContext, float_sets: List[List[str]]) -> None:
+        """Build these mixed models ahead, in one batch (tflite: one TensorFlow start-up for the whole
+        sensitivity analysis); build_mixed then finds them. Default: nothing ahead, each built when asked."""
+
+    def layer_activation_sqnr(self, ctx: BuildContext, int8_path: Path, x: np.ndarray) -> Dict[str, Dict[str, float]]:
+        """Per layer of the all-int8 model: its output against fp32, and its activation through its own
+        int8 grid alone (quant.analyze's table), where the runtime can expose a layer's output. Default:
+        none ({}), and the table has weight columns only."""
+        return {}
+
+    # The machine's limit (bsb_hydra/bench/peak.py) through this backend's own kernels: one N x N x N
+    # matrix product as an fp32 and an int8 artifact built by the backend's own quantizer, and a
+    # trivial model for the empty-call floor. A backend without them is left out of the peak.
+    peak_kernels: str = ""  # what the artifacts run, for the peak table ("fp32 MatMul | int8 QLinearMatMul")
+    # the int8 artifacts' kernels by artifact name (peak_artifacts' keys other than fp32 and floor)
+    peak_artifact_kernels: Dict[str, str] = {}
+
+    def peak_artifacts(self, out: Path, size: int, features: int) -> Dict[str, Path]:
+        """{"fp32": size x size GEMM without bias, "int8..." (one or more int8 builds of it), "floor":
+        a features -> features layer}, files in ``out``, each runnable by this backend's Runner."""
+        raise Unsupported(f"backend {self.name} has no peak kernels")
+
+    def peak_settings(self, arch: str) -> Dict[str, Any]:
+        """The Runner settings a cell gets by default, for the peak's artifacts."""
+        return {}
+
 
 class Runner:
-    """Loads an artifact and runs it. prepare() happens before the clock; run() is what is timed."""
+    """Loads an artifact and runs it. prepare() happens before the clock; run() is what is timed.
+
+    The benchmark worker imports a backend's package and finds its Runner through the registry
+    (BACKENDS.runner(name)): the runner's module imports numpy only at its top level."""
+
+    # What the worker imports before its memory baseline (the runtime itself, no model), e.g. "onnxruntime".
+    runtime_module: str = ""
+    # The distributions whose versions every run is stamped with (bsb_hydra/sysinfo.py), e.g.
+    # ("onnxruntime",): the runtime and what builds for it.
+    libraries: Tuple[str, ...] = ()
 
     def __init__(self, path: str, threads: int, input_dtype: str, settings: Dict[str, Any]) -> None:
         self.path, self.threads, self.input_dtype, self.settings = path, threads, input_dtype, settings

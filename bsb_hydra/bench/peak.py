@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,9 +39,8 @@ from bsb_hydra.bench.harness import Item, run_worker
 from bsb_hydra.cache_files import CacheWriteError, cache_lock, check_entry, printed, write_entry
 from bsb_hydra.sysinfo import system_info
 
-RUNTIMES = ("pytorch", "onnxruntime", "tflite")
 FLOOR_FEATURES = 8
-VERSION_KEYS = ("version_torch", "version_onnxruntime", "version_ai_edge_litert", "version_tensorflow")
+# The runtime versions the cached figures depend on: every version a run is stamped with (sysinfo).
 
 
 def gemm_ops(size: int) -> float:
@@ -56,115 +54,26 @@ def gflops(size: int, median_ms: float) -> float:
 
 def cache_key(info: Dict[str, str], threads: int, size: int) -> str:
     parts = [platform.node(), info["arch"], info["cpu"], info["isa"], str(threads), str(size),
-             *(info.get(k, "") for k in VERSION_KEYS)]
+             *(f"{k}={v}" for k, v in sorted(info.items()) if k.startswith("version_"))]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-# ----------------------------------------------------------------------------------- artifacts
-def _torch_artifacts(out: Path, size: int) -> Dict[str, Path]:
-    """fp32: a traced Linear; int8: the same layer through FX x86 static quantization (the path of a
-    PyTorch static cell), calibrated on normal samples."""
-    import torch
-    from torch.ao.quantization import get_default_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-
-    torch.manual_seed(0)
-    gemm = torch.nn.Sequential(torch.nn.Linear(size, size, bias=False)).eval()
-    floor = torch.nn.Sequential(torch.nn.Linear(FLOOR_FEATURES, FLOOR_FEATURES)).eval()
-    x = torch.randn(size, size)
-    torch.backends.quantized.engine = "x86" if system_info()["arch"] == "x86_64" else "qnnpack"
-    prepared = prepare_fx(gemm, get_default_qconfig_mapping(torch.backends.quantized.engine), (x,))
-    with torch.inference_mode():
-        prepared(x)
-    int8 = convert_fx(prepared)
-    paths = {}
-    with torch.inference_mode():
-        for name, module, example in (("fp32", gemm, x), ("int8", int8, x),
-                                      ("floor", floor, torch.randn(1, FLOOR_FEATURES))):
-            paths[name] = out / f"{name}.pt"
-            torch.jit.save(torch.jit.trace(module, example), str(paths[name]))
-    return paths
-
-
-def _onnx_matmul(path: Path, k: int, n: int) -> None:
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = np.random.default_rng(0).standard_normal((k, n)).astype(np.float32)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "gemm",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n])],
-                              [numpy_helper.from_array(w, "w")])
-    # IR version 8 (opset 17's): the onnx package writes a newer one than ONNX Runtime may read
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
-
-
-def _ort_artifacts(out: Path, size: int) -> Dict[str, Path]:
-    """fp32 MatMul; int8 through ORT's own tools: quantize_static (QDQ, u8 activations, s8 weights;
-    ORT fuses it into QLinearMatMul) and quantize_dynamic (MatMulInteger)."""
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
-                                          quantize_static)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter([{"x": np.random.default_rng(i).standard_normal((8, size)).astype(np.float32)}
-                                 for i in range(4)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    paths = {"fp32": out / "fp32.onnx", "int8": out / "int8_static.onnx", "int8_dynamic": out / "int8_dynamic.onnx",
-             "floor": out / "floor.onnx"}
-    _onnx_matmul(paths["fp32"], size, size)
-    _onnx_matmul(paths["floor"], FLOOR_FEATURES, FLOOR_FEATURES)
-    quantize_static(str(paths["fp32"]), str(paths["int8"]), Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    quantize_dynamic(str(paths["fp32"]), str(paths["int8_dynamic"]), weight_type=QuantType.QInt8)
-    return paths
-
-
-def _tflite_artifacts(out: Path, size: int) -> Dict[str, Path]:
-    """TensorFlow's converter in its own process (TensorFlow never enters this one): a Dense layer as
-    fp32 and as full-integer int8 (float I/O) FULLY_CONNECTED."""
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, "-m", "bsb_hydra.bench.peak", "--convert-tflite", str(out), str(size)],
-                          env=env, capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        lines = (proc.stderr or proc.stdout).strip().splitlines() or ["no output"]
-        raise RuntimeError(f"TFLite conversion exited {proc.returncode}: {lines[-1][:300]}")
-    return {name: out / f"{name}.tflite" for name in ("fp32", "int8", "floor")}
-
-
-def convert_tflite(out: Path, size: int) -> None:
-    import tensorflow as tf
-
-    def dense(k: int, n: int, bias: bool):
-        model = tf.keras.Sequential([tf.keras.layers.Dense(n, use_bias=bias, input_shape=(k,))])
-        return model
-
-    rng = np.random.default_rng(0)
-    for name, k, bias, int8 in (("fp32", size, False, False), ("int8", size, False, True),
-                                ("floor", FLOOR_FEATURES, True, False)):
-        conv = tf.lite.TFLiteConverter.from_keras_model(dense(k, k, bias))
-        if int8:
-            conv.optimizations = [tf.lite.Optimize.DEFAULT]
-            conv.representative_dataset = lambda: ([rng.standard_normal((1, k)).astype(np.float32)] for _ in range(8))
-            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        (out / f"{name}.tflite").write_bytes(conv.convert())
-
-
-BUILDERS: Dict[str, Callable[[Path, int], Dict[str, Path]]] = {
-    "pytorch": _torch_artifacts, "onnxruntime": _ort_artifacts, "tflite": _tflite_artifacts}
-KERNELS = {"pytorch": "fp32 aten::linear (traced) | int8 quantized::linear (FX, x86/qnnpack engine)",
-           "onnxruntime": "fp32 MatMul | int8 QLinearMatMul (quantize_static QDQ, U8S8) and MatMulInteger "
-                          "(quantize_dynamic)",
-           "tflite": "fp32 FULLY_CONNECTED | int8 FULLY_CONNECTED (full-integer), XNNPACK"}
-
-
 # -------------------------------------------------------------------------------------- timing
-ARTIFACT_KERNELS = {("pytorch", "int8"): "quantized::linear", ("onnxruntime", "int8"): "QLinearMatMul (QDQ static)",
-                    ("onnxruntime", "int8_dynamic"): "MatMulInteger (dynamic)",
-                    ("tflite", "int8"): "FULLY_CONNECTED int8"}
+def peak_backends() -> Dict[str, Any]:
+    """Every backend with peak kernels (Backend.peak_kernels), by name."""
+    from bsb_hydra.backends import BACKENDS
+
+    found = {}
+    for name in BACKENDS.options():
+        backend = BACKENDS.get(name)()
+        if backend.peak_kernels:
+            found[name] = backend
+    return found
+
+
+def runtimes() -> tuple:
+    """The backends the peak measures."""
+    return tuple(peak_backends())
 
 
 def _median_ms(samples) -> float:
@@ -176,11 +85,12 @@ def measure_runtime(runtime: str, threads: int, size: int, min_duration_s: float
     """One runtime's GEMM figures and call floor, each timed in a fresh worker process."""
     out = workdir / runtime
     out.mkdir(parents=True, exist_ok=True)
+    backend = peak_backends()[runtime]
     t0 = time.perf_counter()
     with warnings.catch_warnings():  # the quantizers' deprecation notices, not about this machine
         warnings.simplefilter("ignore")
         logging.getLogger().setLevel(logging.ERROR)  # ORT quantization's "consider pre-processing"
-        paths = BUILDERS[runtime](out, size)
+        paths = backend.peak_artifacts(out, size, FLOOR_FEATURES)
     build_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     x = out / "gemm_input.npy"
@@ -200,10 +110,10 @@ def measure_runtime(runtime: str, threads: int, size: int, min_duration_s: float
     int8 = {name: gflops(size, v) for name, v in ms.items() if name.startswith("int8")}
     best_int8 = max(int8, key=int8.get)
     return {"gflops_fp32": gflops(size, ms["fp32"]), "gops_int8": int8[best_int8],
-            "int8_kernel": ARTIFACT_KERNELS.get((runtime, best_int8), best_int8),
+            "int8_kernel": backend.peak_artifact_kernels.get(best_int8, best_int8),
             "gops_int8_by_artifact": int8, "int8_ratio": int8[best_int8] / gflops(size, ms["fp32"]),
             "call_floor_ms": _median_ms(floor["floor"].data["samples_ms"]["1"]), "gemm_median_ms": ms,
-            "kernels": KERNELS[runtime], "build_s": build_s}
+            "kernels": backend.peak_kernels, "build_s": build_s}
 
 
 def memory_bandwidth_gbs(mib: int = 256, repeats: int = 5) -> float:
@@ -231,13 +141,13 @@ def summarize(runtimes: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
 
 
 def measure_peak(threads: int, size: int = 1024, min_duration_s: float = 1.0,
-                 runtimes=RUNTIMES, settings: Optional[Dict[str, Dict[str, Any]]] = None) -> Dict[str, Any]:
-    from bsb_hydra.sysinfo import torch_engine
-
+                 runtimes=None, settings: Optional[Dict[str, Dict[str, Any]]] = None) -> Dict[str, Any]:
+    """``runtimes``: the backends to measure (None = every backend with peak kernels); ``settings``:
+    their Runner settings (None = what a cell's Runner gets by default, Backend.peak_settings)."""
     info = system_info()
-    # the settings a cell's Runner gets by default (backend.graph_optimization=all, backend.xnnpack=true)
-    settings = settings or {"pytorch": {"engine": torch_engine("auto", info["arch"])},
-                            "onnxruntime": {"graph_optimization": "all"}, "tflite": {"xnnpack": True}}
+    backends = peak_backends()
+    runtimes = tuple(backends) if runtimes is None else runtimes
+    settings = settings or {name: backends[name].peak_settings(info["arch"]) for name in runtimes if name in backends}
     result: Dict[str, Any] = {"measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                               "host": platform.node(), "arch": info["arch"], "cpu": info["cpu"], "isa": info["isa"],
                               "threads": threads, "size": size, "runtimes": {}}
@@ -356,11 +266,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cache-dir", default=os.environ.get("BSB_PEAK_DIR", os.path.join(
         os.environ.get("BSB_CACHE_DIR", ".cache/bsb_hydra"), "peak")))
     ap.add_argument("--no-mlflow", action="store_true", help="print only; do not log a kind=peak run")
-    ap.add_argument("--convert-tflite", nargs=2, metavar=("OUT", "SIZE"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
-    if a.convert_tflite:
-        convert_tflite(Path(a.convert_tflite[0]), int(a.convert_tflite[1]))
-        return 0
     for name, v in (("--threads", a.threads), ("--size", a.size)):
         if v < 1:
             ap.error(f"{name}={v} is not allowed: it must be >= 1")

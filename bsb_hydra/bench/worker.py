@@ -19,10 +19,19 @@ import time
 
 import numpy as np
 
+from bsb_hydra.backends import BACKENDS
 from bsb_hydra.bench.outputs import OutputWriter
 from bsb_hydra.feeds import load_inputs, materialize, resize
 
-HEAVY = ("torch", "torchvision", "onnxruntime", "tensorflow", "ai_edge_litert", "mlflow", "hydra", "transformers", "onnx")
+# What a benchmark worker must not load beside its own runtime: the sweep's side (MLflow, Hydra, model
+# code) and every backend's runtime (each Runner's runtime_module; this worker imports them all's
+# runner modules, numpy only, to know them). The tag worker_imports lists the ones that were loaded.
+SWEEP_SIDE = ("torch", "torchvision", "tensorflow", "mlflow", "hydra", "transformers", "onnx")
+
+
+def heavy_modules() -> set:
+    runtimes = {r.runtime_module.split(".")[0] for r in BACKENDS.runners().values() if r.runtime_module}
+    return set(SWEEP_SIDE) | runtimes
 
 
 def _status_mb(field: str) -> float:
@@ -148,10 +157,9 @@ def main(request_path: str) -> None:
         req = json.load(f)
     if req.get("cpus"):  # device.core_pinning: before anything starts a thread
         os.sched_setaffinity(0, req["cpus"])
-    backend_module = importlib.import_module(f"bsb_hydra.backends.{req['backend']}")
-    runner_cls = backend_module.RUNNER
+    runner_cls = BACKENDS.runner(req["backend"])
     # Import the runtime itself before the baseline, so the baseline is "runtime imported, no model".
-    importlib.import_module(backend_module.RUNTIME_MODULE)
+    importlib.import_module(runner_cls.runtime_module)
     runner_cls.enter_process()
     req["_rss_after_import_mb"] = rss_mb()
     beat(req)
@@ -160,8 +168,8 @@ def main(request_path: str) -> None:
     # The artifacts in the request's order, one after another. The first one's memory is its own
     # (nothing else was loaded yet); it is the only one whose peak RSS is reported.
     out["items"] = [measure(runner_cls, item, req, clean_memory=i == 0) for i, item in enumerate(req["items"])]
-    heavy = set(HEAVY) | {backend_module.RUNTIME_MODULE.split(".")[0]}  # a runtime not in the table too
-    out["heavy_modules"] = sorted({m.split(".")[0] for m in sys.modules if m.split(".")[0] in heavy})
+    loaded = {m.split(".")[0] for m in list(sys.modules)}  # before heavy_modules() imports the runner modules
+    out["heavy_modules"] = sorted(loaded & heavy_modules())
     tmp = req["result"] + ".tmp"
     with open(tmp, "w") as f:
         json.dump(out, f)

@@ -21,8 +21,7 @@ from bsb_hydra.config.quant import (AutoQuantConfig, CalibrationMethod, DynamicQ
                                     QuantConfig, Scheme, StaticQuantConfig)
 from bsb_hydra.config.run import (BenchmarkConfig, Config, DebugConfig, FaultStage, MlflowConfig, PathsConfig,
                                   TrainConfig)
-from bsb_hydra.config.runtime import (ISA_FEATURES, BackendConfig, DeviceConfig, OnnxruntimeBackendConfig,
-                                      PytorchBackendConfig, TfliteBackendConfig)
+from bsb_hydra.config.runtime import ISA_FEATURES, BackendConfig, DeviceConfig
 from bsb_hydra.config.store import register_configs, schemas
 from bsb_hydra.config.task import TaskConfig
 

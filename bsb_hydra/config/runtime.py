@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, List, Optional
+from typing import List, Optional
 
 from omegaconf import MISSING
 
@@ -12,84 +12,6 @@ from bsb_hydra.config.base import ConfigError, positive as _positive
 @dataclass
 class BackendConfig:
     name: str = MISSING
-
-
-@dataclass
-class PytorchBackendConfig(BackendConfig):
-    name: str = "pytorch"
-    # Float artifacts (fp32, fp16, dynamic) of models with 2-D convolutions run in channels_last
-    # (NHWC) memory: weights stored so, and the NCHW input reordered inside the artifact, so the
-    # reorder is timed as every runtime's is. oneDNN's NCHW fp32 conv path was 1.25x-1.37x (resnet18)
-    # and 2.5x (mobilenet_v2) slower on an AMX Xeon at 2 threads, b1 and b8. Int8 (torch.ao) kernels
-    # reorder themselves: not affected.
-    channels_last: bool = True
-    # The fp32 / fp16 artifact's form: torchscript (traced and frozen) or aoti (torch.export ->
-    # AOTInductor package, a compiled .pt2 with a dynamic batch, frozen weights; loaded with
-    # torch._inductor.aoti_load_package, no model code needed). Int8 stays TorchScript (torch.ao).
-    export: str = "torchscript"
-    # Static int8 (and quant=auto): the output range of an op that only a ReLU6 (or hardtanh) reads is
-    # the clip's, [0, 6], as ORT and TFLite quantize it; torch.ao's x86 config observed the unclipped
-    # conv output; the folded clip, the identity on its int8 input then, leaves the graph.
-    # torchvision mobilenet_v2 at 224 px (2000 test images, AMX Xeon, 2 threads): -2.55 -> -0.25 pp,
-    # top-1 agreement with fp32 82.6% -> 94.4%, b1 p50 3.03 -> 2.45 ms. false = torch.ao's own ranges
-    # (before 2026-12-04).
-    fold_relu6: bool = True
-
-    EXPORTS: ClassVar[tuple] = ("torchscript", "aoti")
-
-    def __post_init__(self) -> None:
-        if self.export not in self.EXPORTS:
-            raise ConfigError(f"backend.export={self.export!r} is not allowed: use one of {', '.join(self.EXPORTS)}")
-
-
-@dataclass
-class OnnxruntimeBackendConfig(BackendConfig):
-    name: str = "onnxruntime"
-    opset: int = 18
-    # ORT graph optimisation level for the measured session: disable | basic | extended | all
-    graph_optimization: str = "all"
-    # quant=dynamic on a transformer (BERT encoder): quantize the graph of ORT's transformer optimizer
-    # (fused Attention -> QAttention, EmbedLayerNormalization -> QEmbedLayerNormalization), ORT's own
-    # recipe. MiniLM-L6, seq 128, AMX Xeon, 2 threads: b1 10-12% faster than unfused (8.0-8.3 vs
-    # 9.0-9.4 ms), b8 a tie, 47 MB less RSS, the same accuracy. false = the unfused graph (the only
-    # one before 2026-12-04). No effect on other cells.
-    transformer_optimizer: bool = True
-
-    def __post_init__(self) -> None:
-        allowed = ("disable", "basic", "extended", "all")
-        if self.graph_optimization not in allowed:
-            raise ConfigError(
-                f"backend.graph_optimization={self.graph_optimization!r} is not allowed: use one of {allowed}"
-            )
-        if not 13 <= self.opset <= 21:
-            raise ConfigError(f"backend.opset={self.opset} is not allowed: use 13..21")
-
-
-@dataclass
-class TfliteBackendConfig(BackendConfig):
-    name: str = "tflite"
-    # Full-integer schemes (static, qat): int8 model input and output instead of float ones. The
-    # worker quantizes inputs with the model's own scale before the clock starts.
-    int8_io: bool = False
-    # Run through LiteRT's XNNPACK delegate (the default CPU path); false = the builtin kernels.
-    xnnpack: bool = True
-    # LiteRT's experimental_default_delegate_latest_features: the default XNNPACK delegate may enable
-    # every flag-protected feature (e.g. its dynamically quantized kernels for dynamic-range models).
-    xnnpack_latest_features: bool = False
-    # How the .tflite is made: keras_twin (the built-in models' Keras twins + TensorFlow's converter),
-    # litert_torch (litert-torch converts the torch model, ai-edge-quantizer quantizes it), or auto:
-    # the twin where one exists (mlp, cnn, mobilenet, lstm), litert_torch for every other model.
-    converter: str = "auto"
-
-    CONVERTERS: ClassVar[tuple] = ("auto", "keras_twin", "litert_torch")
-
-    def __post_init__(self) -> None:
-        if self.xnnpack_latest_features and not self.xnnpack:
-            raise ConfigError("backend.xnnpack_latest_features=true is not allowed with backend.xnnpack=false: "
-                              "the features are XNNPACK's (valid: xnnpack=true, or latest_features=false)")
-        if self.converter not in self.CONVERTERS:
-            raise ConfigError(f"backend.converter={self.converter!r} is not allowed: use one of "
-                              f"{', '.join(self.CONVERTERS)}")
 
 
 # --------------------------------------------------------------------------------------- device

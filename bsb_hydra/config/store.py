@@ -12,15 +12,12 @@ from bsb_hydra.config.data import ImageDataConfig, TextDataConfig
 from bsb_hydra.config.quant import (AutoQuantConfig, DynamicQuantConfig, FakeQuantConfig, Fp16Config, Fp32Config,
                                     Int4WeightOnlyQuantConfig, QatQuantConfig, StaticQuantConfig)
 from bsb_hydra.config.run import Config, TrainConfig
-from bsb_hydra.config.runtime import (DeviceConfig, OnnxruntimeBackendConfig, PytorchBackendConfig,
-                                      TfliteBackendConfig)
+from bsb_hydra.config.runtime import DeviceConfig
 
 _FIXED = {
     "quant": {"fp32": Fp32Config, "fp16": Fp16Config, "dynamic": DynamicQuantConfig, "static": StaticQuantConfig,
               "qat": QatQuantConfig, "auto": AutoQuantConfig, "int4_weight_only": Int4WeightOnlyQuantConfig,
               "fake_quant": FakeQuantConfig},
-    "backend": {"pytorch": PytorchBackendConfig, "onnxruntime": OnnxruntimeBackendConfig,
-                "tflite": TfliteBackendConfig},
     "device": {"base": DeviceConfig},
     "train": {"base": TrainConfig},
 }
@@ -40,10 +37,10 @@ def schemas(group: str) -> Dict[str, Any]:
         from bsb_hydra.data import DATASETS
 
         return {"image": ImageDataConfig, "text": TextDataConfig, **DATASETS.schemas()}
-    if group == "backend":  # a backend that is a package (bsb_hydra/backends/<name>/) registers its own
+    if group == "backend":  # each backend's package (bsb_hydra/backends/<name>/) registers its own
         from bsb_hydra.backends import BACKENDS
 
-        return {**_FIXED["backend"], **BACKENDS.schemas(packages_only=True)}
+        return BACKENDS.schemas()
     return dict(_FIXED.get(group, {}))
 
 
@@ -59,6 +56,6 @@ def register_configs() -> None:
 
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
-    for group in ("model", "data", "task", *_FIXED):
+    for group in ("model", "data", "task", "backend", *_FIXED):
         for name, node in schemas(group).items():
             cs.store(group=f"schema/{group}", name=name, node=node)

@@ -1,7 +1,7 @@
 """A user's Keras model (``model=keras model.path=FILE.keras|FILE.h5|SAVEDMODEL_DIR``), measured with
 the weights it holds (nothing is trained).
 
-TensorFlow never enters the sweep process: one converter process (bsb_hydra/backends/keras_convert.py,
+TensorFlow never enters the sweep process: one converter process (bsb_hydra/backends/tflite/keras_convert.py,
 Keras 3, run by the convert server) loads the file and writes what each backend needs:
 - on onnxruntime, an ONNX export by tf2onnx (cached under ``$BSB_CACHE_DIR/keras/``, else
   ``./.cache/bsb_hydra/keras/``: paths.cache_dir's default, which the model's config cannot read, by
@@ -13,7 +13,7 @@ Keras 3, run by the convert server) loads the file and writes what each backend 
 - on tflite, TensorFlow's own TFLiteConverter from the Keras model: fp32, fp16, dynamic range, and
   full integer with a representative dataset of real training samples (``backend.int8_io``); QAT
   with tensorflow-model-optimization on a tf_keras rebuild of the model, in a TF_USE_LEGACY_KERAS=1
-  process of its own (bsb_hydra/backends/keras_qat.py).
+  process of its own (bsb_hydra/backends/tflite/keras_qat.py).
 - on pytorch: unsupported, there is no torch module.
 
 Loading is in Keras' safe mode: a Lambda layer's Python code (a .keras or .h5 file) is refused
@@ -35,7 +35,7 @@ from bsb_hydra.config.model import ModelConfig
 from bsb_hydra.models import MODELS
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
-CONVERT_MODULE = "bsb_hydra.backends.keras_convert"
+CONVERT_MODULE = "bsb_hydra.backends.tflite.keras_convert"
 EXPORT_TIMEOUT_S = 900
 # The ONNX export's layout, in its cache file's name: 2 = 4-D outputs NCHW (1 left them NHWC).
 EXPORT_VERSION = 2
@@ -156,7 +156,7 @@ def check_file(p: Path, kind: str, given: str) -> None:
             config = None
     name = _custom_class(config, kind) if config is not None else None
     if name:
-        from bsb_hydra.backends.keras_convert import custom_class_reason
+        from bsb_hydra.backends.tflite.keras_convert import custom_class_reason
 
         raise InputError(f"model.path={given!r}: {custom_class_reason(name)}")
 
@@ -210,7 +210,7 @@ def run_converter(req: dict, work: Path, what: str, module: str = CONVERT_MODULE
     ``legacy`` tf_keras); its info (JSON) back, or a one-line error: the converter's own reason (a
     Lambda refused in safe mode, a file Keras cannot read). A model the converter cannot take this
     way (``{"unsupported": reason}``) raises Unsupported: the cell ends unsupported with that reason."""
-    from bsb_hydra.backends import convert_server
+    from bsb_hydra.backends.tflite import convert_server
     from bsb_hydra.backends.base import Unsupported
 
     work.mkdir(parents=True, exist_ok=True)

@@ -174,7 +174,7 @@ def run_file(path: str, x) -> Tuple[List[str], List]:
     import numpy as np
     import onnxruntime as ort
 
-    from bsb_hydra.backends.onnxruntime import ORT_TYPES
+    from bsb_hydra.backends.onnxruntime.runner import ORT_TYPES
     from bsb_hydra.feeds import Feeds
 
     so = ort.SessionOptions()

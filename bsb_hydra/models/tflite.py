@@ -3,7 +3,7 @@ measured with the weights it holds (nothing is trained).
 
 What the file is decides the cells (read from its tensors: ``precision_of``):
 - a float file is the fp32 model: on tflite the fp32 cell measures it as it is, and fp16, dynamic and
-  static come from it through ai-edge-quantizer (bsb_hydra/backends/litert_convert.py; static
+  static come from it through ai-edge-quantizer (bsb_hydra/backends/tflite/litert_convert.py; static
   calibrated on ``data=``'s training samples); on onnxruntime, tf2onnx's conversion of the file is the
   fp32 model, quantized by ONNX Runtime's own schemes, as model=onnx's.
 - an already-quantized file (full-integer int8 -> quant=static, dynamic-range -> quant=dynamic,
@@ -19,7 +19,7 @@ What the file is decides the cells (read from its tensors: ``precision_of``):
 Inputs, outputs, shapes and dtypes come from the file. An image input the file takes NHWC (TFLite's
 layout) is fed NCHW like every other model's: the ONNX conversion has the transpose inside
 (``inputs_as_nchw``), the tflite runner transposes before the clock. TensorFlow never enters the sweep
-process: the conversion to ONNX runs in the converter process (bsb_hydra/backends/keras_convert.py);
+process: the conversion to ONNX runs in the converter process (bsb_hydra/backends/tflite/keras_convert.py);
 this module reads the file with the LiteRT interpreter only."""
 from __future__ import annotations
 

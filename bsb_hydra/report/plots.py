@@ -8,7 +8,16 @@ from typing import Dict, List, Tuple
 
 from bsb_hydra.report.analysis import SCHEME_ORDER, Group, SimulatedGroup, bits_of
 
-MARKERS = {"pytorch": "o", "onnxruntime": "s", "tflite": "^"}
+MARKER_CYCLE = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+
+
+def markers(backends) -> Dict[str, str]:
+    """One marker per backend, by the backend's place among every backend here and the ones the runs
+    name (the same marker for a backend in every plot of one report)."""
+    from bsb_hydra.backends import BACKENDS
+
+    names = sorted(set(BACKENDS.options()) | set(backends))
+    return {b: MARKER_CYCLE[i % len(MARKER_CYCLE)] for i, b in enumerate(names)}
 
 
 def _plt():
@@ -37,9 +46,10 @@ def tradeoff(g: Group, path: Path) -> None:
     pts = [(c, c.metric(xkey), c.metric(ykey)) for c in g.cells]
     pts = [(c, x / 1024 if xkey == "size_bytes" else x, scale * a) for c, x, a in pts if x is not None and a is not None]
     fig, ax = plt.subplots(figsize=(8, 5.5))
+    marks = markers({c.backend for c in g.cells})
     for c, x, a in pts:
         on = c.derived.get("pareto") is True
-        ax.scatter(x, a, marker=MARKERS.get(c.backend, "D"), s=80 if on else 45, color=_color(c.quant),
+        ax.scatter(x, a, marker=marks[c.backend], s=80 if on else 45, color=_color(c.quant),
                    edgecolors="black" if on else "none", linewidths=1.2, zorder=3)
         ax.annotate(c.label, (x, a), textcoords="offset points", xytext=(5, 4), fontsize=7)
     front = sorted(((x, a) for c, x, a in pts if c.derived.get("pareto") is True))
@@ -64,7 +74,7 @@ def tradeoff(g: Group, path: Path) -> None:
     ax.set_ylabel("test accuracy (%)" if g.classifier else
                   f"{g.quality_key} ({'higher' if g.higher_is_better else 'lower'} is better)")
     ax.set_title(g.title + ("\n(timings under emulation not used: quality vs size)" if g.emulated else ""), fontsize=9)
-    handles = [plt.Line2D([], [], marker=m, linestyle="", color="gray", label=b) for b, m in MARKERS.items()
+    handles = [plt.Line2D([], [], marker=m, linestyle="", color="gray", label=b) for b, m in marks.items()
                if any(c.backend == b for c in g.cells)]
     handles += [plt.Line2D([], [], marker="o", linestyle="", color=_color(s), label=s) for s in SCHEME_ORDER
                 if any(c.quant == s for c in g.cells)]

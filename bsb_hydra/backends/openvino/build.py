@@ -53,6 +53,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from bsb_hydra.backends.base import FAKE_QUANT_ELSEWHERE, Artifact, Backend, BuildContext, Unsupported
+from bsb_hydra.backends.openvino import peak
 
 # import name -> pip name; nncf only for the schemes that quantize
 REQUIRED = {"openvino": "openvino"}
@@ -131,10 +132,19 @@ class OpenvinoBackend(Backend):
             settings["dynamic_quantization_group_size"] = int(group)
         return settings
 
+    peak_kernels = peak.KERNELS
+    peak_artifact_kernels = peak.ARTIFACT_KERNELS
+
+    def peak_artifacts(self, out: Path, size: int, features: int) -> Dict[str, Path]:
+        return peak.peak_artifacts(out, size, features)
+
+    def peak_settings(self, arch: str) -> Dict[str, Any]:
+        return {"shapes": "static", "inference_precision": "f32"}  # a static cell's
+
     # ------------------------------------------------------------------------------ fp32 graph
     def _onnx(self, ctx: BuildContext) -> Path:
         """The fp32 ONNX graph OpenVINO converts: the torch model's export, or the user's file."""
-        from bsb_hydra.backends.onnxruntime import export_onnx, fixed_dims_copy
+        from bsb_hydra.backends.onnxruntime.build import export_onnx, fixed_dims_copy
 
         path = ctx.workdir / "fp32_export.onnx"
         if not path.exists():

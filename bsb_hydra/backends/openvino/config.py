@@ -1,7 +1,6 @@
 """backend=openvino's config schema (conf/backend/openvino.yaml names it: ``/schema/backend/openvino``).
-Registered with the backend itself (``BACKENDS.register("openvino", schema=...)`` in build.py), so
-Hydra's ConfigStore gets it from the backend's package (bsb_hydra/config/store.py asks each backend
-package for its schema)."""
+Registered with the backend in the package's __init__, so Hydra's ConfigStore gets it from the
+backend's package (bsb_hydra/config/store.py asks each backend package for its schema)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

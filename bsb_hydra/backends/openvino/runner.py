@@ -21,6 +21,9 @@ class OpenvinoRunner(Runner):
     prepare() wraps the inputs as ov.Tensors sharing the arrays' memory; run() is one synchronous
     ``infer`` on them, outputs shared with the request (outputs() copies them)."""
 
+    runtime_module = "openvino"
+    libraries = ("openvino", "nncf")
+
     def __init__(self, path, threads, input_dtype, settings) -> None:
         super().__init__(path, threads, input_dtype, settings)
         import openvino as ov

@@ -1,4 +1,4 @@
-"""TFLite conversion in its own process: ``python -m bsb_hydra.backends.tflite_convert REQUEST.json``.
+"""TFLite conversion in its own process: ``python -m bsb_hydra.backends.tflite.tflite_convert REQUEST.json``.
 
 Started by the tflite backend with TF_USE_LEGACY_KERAS=1, so ``tf.keras`` is tf_keras 2.x, which
 tensorflow-model-optimization's QAT needs; the same Keras serves every scheme. Steps: Keras twin
@@ -72,7 +72,7 @@ def main(request_path: str) -> None:
         req = json.load(f)
     import tensorflow as tf
 
-    from bsb_hydra.backends.keras_twins import build_twin, load_torch_weights
+    from bsb_hydra.backends.tflite.keras_twins import build_twin, load_torch_weights
 
     tf.keras.utils.set_random_seed(req["seed"])
     if tf.config.threading.get_intra_op_parallelism_threads() != req.get("threads", 1):  # fixed after the first request
@@ -232,8 +232,8 @@ if __name__ == "__main__":
     from bsb_hydra.local_state import die_with_parent
 
     die_with_parent(int(os.environ["BSB_PARENT_PID"]) if os.environ.get("BSB_PARENT_PID") else None)
-    if sys.argv[1] == "--serve":  # bsb_hydra/backends/convert_server.py
-        from bsb_hydra.backends.convert_server import serve
+    if sys.argv[1] == "--serve":  # bsb_hydra/backends/tflite/convert_server.py
+        from bsb_hydra.backends.tflite.convert_server import serve
 
         serve(main, before_each=_fresh_keras)
     else:

@@ -1,4 +1,4 @@
-"""TFLite (LiteRT) backend. The trained PyTorch weights are copied into a Keras twin of the model
+"""backend=tflite's builds (the sweep process's side): the TFLite (LiteRT) backend. The trained PyTorch weights are copied into a Keras twin of the model
 (``keras_twins``), so every backend measures the same weights; TensorFlow's own converter makes
 the ``.tflite`` artifact, and the worker runs it with ``ai_edge_litert`` only (XNNPACK, the
 device's thread count).
@@ -20,20 +20,19 @@ import importlib.util
 import json
 import os
 import platform
-import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from bsb_hydra.backends import BACKENDS
-from bsb_hydra.backends.base import FAKE_QUANT_ELSEWHERE, Artifact, Backend, BuildContext, Runner, Unsupported
+from bsb_hydra.backends.base import FAKE_QUANT_ELSEWHERE, Artifact, Backend, BuildContext, Unsupported
+from bsb_hydra.backends.tflite import peak
 
 REQUIRED = {"tensorflow": "tensorflow", "tf_keras": "tf-keras", "tensorflow_model_optimization":
             "tensorflow-model-optimization", "ai_edge_litert": "ai-edge-litert"}
 LITERT_REQUIRED = {"litert_torch": "litert-torch", "ai_edge_quantizer": "ai-edge-quantizer", "ai_edge_litert":
                    "ai-edge-litert"}
-# What the litert-torch path (bsb_hydra/backends/litert_convert.py) builds, and why not the rest.
+# What the litert-torch path (bsb_hydra/backends/tflite/litert_convert.py) builds, and why not the rest.
 LITERT_SCHEMES = ("fp32", "fp16", "dynamic", "static")
 LITERT_NO = {"qat": "QAT on TFLite runs through tensorflow-model-optimization on a Keras twin, and this model has "
                     "none (the litert-torch path converts trained torch models; run QAT on pytorch or onnxruntime)",
@@ -53,14 +52,13 @@ def is_tflite_file(cfg) -> bool:
 
 def uses_litert(cfg) -> bool:
     """Whether this cell's .tflite comes from litert-torch (else from a Keras twin)."""
-    from bsb_hydra.backends.keras_twins import TWINS
+    from bsb_hydra.backends.tflite.keras_twins import TWINS
 
     choice = cfg.backend.converter
     return choice == "litert_torch" or (choice == "auto" and cfg.model.name not in TWINS)
 CONVERT_TIMEOUT_S = 3600
 
 
-@BACKENDS.register("tflite")
 class TfliteBackend(Backend):
     name = "tflite"
     suffix = ".tflite"
@@ -83,7 +81,7 @@ class TfliteBackend(Backend):
                               "vision models here"},
     }
 
-    takes_keras_file = True  # TensorFlow's own converter, from the Keras model (bsb_hydra/backends/keras_convert.py)
+    takes_keras_file = True  # TensorFlow's own converter, from the Keras model (bsb_hydra/backends/tflite/keras_convert.py)
     KERAS_SCHEMES = ("fp32", "fp16", "dynamic", "static", "qat")
 
     def unsupported_reason(self, cfg) -> Optional[str]:
@@ -103,7 +101,7 @@ class TfliteBackend(Backend):
         if missing:
             return (f"backend=tflite needs {', '.join(missing)}: install the extra with "
                     "`pip install -c requirements/lock.txt -e '.[tflite]'` (make setup does)")
-        from bsb_hydra.backends.keras_twins import TWINS
+        from bsb_hydra.backends.tflite.keras_twins import TWINS
 
         q = cfg.quant
         specs = cfg.model.input_specs()
@@ -211,7 +209,7 @@ class TfliteBackend(Backend):
             req["calibration"] = str(work / "calibration.npy")
         req_path = work / "request.json"
         req_path.write_text(json.dumps(req))
-        self._run_converter("bsb_hydra.backends.litert_convert", req_path, work, [job], dict(os.environ))
+        self._run_converter("bsb_hydra.backends.tflite.litert_convert", req_path, work, [job], dict(os.environ))
         return self._artifact_of(ctx, out, json.loads(Path(job["info_out"]).read_text()))
 
     def given_input_dtype(self, path: Path) -> str:
@@ -237,7 +235,7 @@ class TfliteBackend(Backend):
             req["calibration"] = str(work / "calibration.npy")
         if scheme != "qat":
             result = run_converter(req, work, f"TFLite conversion ({scheme})")
-        else:  # tfmot on a tf_keras rebuild, in a TF_USE_LEGACY_KERAS=1 process (bsb_hydra/backends/keras_qat.py)
+        else:  # tfmot on a tf_keras rebuild, in a TF_USE_LEGACY_KERAS=1 process (bsb_hydra/backends/tflite/keras_qat.py)
             from bsb_hydra.train import plain_dict, training_subset
 
             x, y = training_subset(ctx.data, cfg.quant.limit_samples, cfg.seed)
@@ -246,13 +244,22 @@ class TfliteBackend(Backend):
             req.update(op="qat", quant=plain_dict(cfg.quant), seed=cfg.seed, train_x=str(work / "train_x.npy"),
                        train_y=str(work / "train_y.npy"))
             result = run_converter(req, work, "QAT (tensorflow-model-optimization)",
-                                   module="bsb_hydra.backends.keras_qat", legacy=True)
+                                   module="bsb_hydra.backends.tflite.keras_qat", legacy=True)
             for i, loss in enumerate(result.get("curves", {}).get("qat_loss", [])):
                 print(f"  qat (tfmot) epoch {i + 1}: loss {loss:.4f}", flush=True)
         return self._artifact_of(ctx, out, result)
 
     def runner_settings(self, cfg, engine: str) -> Dict[str, Any]:
         return {"xnnpack": cfg.backend.xnnpack, "xnnpack_latest_features": cfg.backend.xnnpack_latest_features}
+
+    peak_kernels = peak.KERNELS
+    peak_artifact_kernels = peak.ARTIFACT_KERNELS
+
+    def peak_artifacts(self, out: Path, size: int, features: int) -> Dict[str, Path]:
+        return peak.peak_artifacts(out, size, features)
+
+    def peak_settings(self, arch: str) -> Dict[str, Any]:
+        return {"xnnpack": True}  # backend.xnnpack's default
 
     fp32_independent = ("int8_io", "xnnpack", "xnnpack_latest_features")  # full-integer schemes' and the runner's
     fp32_packages = ("tensorflow", "tf-keras", "ai-edge-litert", "litert-torch", "ai-edge-quantizer")
@@ -312,16 +319,16 @@ class TfliteBackend(Backend):
         req_path.write_text(json.dumps(req))
         env = dict(os.environ, TF_USE_LEGACY_KERAS="1", CUDA_VISIBLE_DEVICES="-1",  # CPU only, no CUDA probing
                    TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-        self._run_converter("bsb_hydra.backends.tflite_convert", req_path, work, jobs, env)
+        self._run_converter("bsb_hydra.backends.tflite.tflite_convert", req_path, work, jobs, env)
         return [json.loads(Path(j["info_out"]).read_text()) for j in jobs]
 
     @staticmethod
     def _run_converter(module: str, req_path: Path, work: Path, jobs, env) -> None:
         """The conversion, by the sweep process's long-lived converter process for this module and
-        thread count (bsb_hydra/backends/convert_server.py); its failure raises with the converter's
+        thread count (bsb_hydra/backends/tflite/convert_server.py); its failure raises with the converter's
         own last lines as the reason, or with the signal that killed it. Its output is in
         ``work/convert.log``."""
-        from bsb_hydra.backends import convert_server
+        from bsb_hydra.backends.tflite import convert_server
 
         env = {**env, "CUDA_VISIBLE_DEVICES": "-1", "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
         threads = int(json.loads(Path(req_path).read_text()).get("threads", 1))
@@ -404,7 +411,7 @@ class TfliteBackend(Backend):
             req["calibration"] = str(work / "calibration.npy")
         req_path = work / "request.json"
         req_path.write_text(json.dumps(req))
-        self._run_converter("bsb_hydra.backends.litert_convert", req_path, work, jobs, dict(os.environ))
+        self._run_converter("bsb_hydra.backends.tflite.litert_convert", req_path, work, jobs, dict(os.environ))
         return [json.loads(Path(j["info_out"]).read_text()) for j in jobs]
 
     def _float_files(self) -> Optional[Dict[str, str]]:
@@ -469,162 +476,3 @@ def _copied(art: Artifact, out: Path) -> Artifact:
         return art
     shutil.copyfile(art.path, out)
     return dataclasses.replace(art, path=Path(out), info=dict(art.info))
-
-
-class _Chunks(list):
-    """Prepared inputs of a fixed-batch model for a batch it has no file for (evaluation): run() feeds
-    them one by one and trims the last one's padding."""
-    keep = 0
-
-
-class TfliteRunner(Runner):
-    """Inputs arrive NCHW like every backend's; a twin takes NHWC, so prepare() transposes (and,
-    for int8 model I/O, quantizes with the model's input scale) before the clock starts. run()
-    is set_tensor + invoke + get_tensor: feeding, the call and reading the output, as ORT's run.
-
-    A litert-torch model has a fixed batch and one file per batch size (``PATH.batches.json``, from
-    litert_convert): prepare() switches to the file of the input's batch; a batch with no file (the
-    evaluation's) is fed in chunks of the largest one, the last chunk zero-padded."""
-
-    def __init__(self, path, threads, input_dtype, settings) -> None:
-        super().__init__(path, threads, input_dtype, settings)
-        manifest = Path(str(path) + ".batches.json")
-        self.files = ({int(b): str(Path(path).parent / name) for b, name in json.loads(manifest.read_text()).items()}
-                      if manifest.is_file() else None)
-        self._interpreters: Dict[int, Any] = {}
-        self._use(self._open(path, 1 if self.files else None))
-
-    def _open(self, path, batch):
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-        resolver = OpResolverType.AUTO if self.settings.get("xnnpack", True) else \
-            OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        it = Interpreter(model_path=str(path), num_threads=self.threads, experimental_op_resolver_type=resolver,
-                         experimental_default_delegate_latest_features=bool(self.settings.get("xnnpack_latest_features")))
-        it.allocate_tensors()
-        if batch is not None:
-            self._interpreters[batch] = it
-        return it
-
-    def _use(self, interpreter) -> None:
-        self.interpreter = interpreter
-        self.inps, self.outps, self.out_names = _ordered_io(interpreter)
-        self.inp, self.outp = self.inps[0], self.outps[0]
-        self.batch = int(self.inp["shape"][0])
-        # NCHW inputs reach a model that takes NHWC (a twin) transposed; a litert-torch model takes NCHW
-        self.channels_last = len(self.inp["shape"]) == 4 and int(self.inp["shape"][-1]) in (1, 3) \
-            and int(self.inp["shape"][1]) not in (1, 3)
-
-    def _resize(self, batch: int) -> None:
-        if self.files is not None:
-            if batch in self.files:
-                self._use(self._interpreters.get(batch) or self._open(self.files[batch], batch))
-            return
-        if batch != self.batch:
-            for d in self.inps:
-                self.interpreter.resize_tensor_input(d["index"], [batch] + [int(v) for v in d["shape"][1:]])
-            self.interpreter.allocate_tensors()
-            self._use(self.interpreter)
-
-    def prepare(self, x) -> Any:
-        from bsb_hydra.feeds import Feeds
-
-        parts = list(x.values()) if isinstance(x, Feeds) else [x]
-        if len(parts) != len(self.inps):
-            raise ValueError(f"the .tflite model takes {len(self.inps)} inputs, {len(parts)} were given")
-        n = len(parts[0])
-        if self.files is not None and n not in self.files:  # evaluation: chunks of the largest batch
-            b = max(self.files)
-            self._resize(b)
-            chunks = _Chunks()
-            for i in range(0, n, b):
-                pad = b - min(b, n - i)
-                chunks.append([self._prepare(d, np.concatenate([p[i:i + b], np.zeros((pad, *p.shape[1:]), p.dtype)])
-                                             if pad else p[i:i + b]) for d, p in zip(self.inps, parts)])
-            chunks.keep = n
-            return chunks
-        self._resize(n)
-        return [self._prepare(d, p) for d, p in zip(self.inps, parts)]
-
-    def _prepare(self, detail, x: np.ndarray) -> Any:
-        if np.issubdtype(x.dtype, np.integer):  # token ids: the model's own index dtype (int32)
-            return np.ascontiguousarray(x, dtype=detail["dtype"])
-        if x.ndim == 4 and self.channels_last:
-            x = x.transpose(0, 2, 3, 1)
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if np.dtype(detail["dtype"]) != np.float32:
-            scale, zero = detail["quantization"]
-            info = np.iinfo(detail["dtype"])
-            x = np.clip(np.round(x / scale) + zero, info.min, info.max).astype(detail["dtype"])
-        return x
-
-    def run(self, prepared: Any) -> Any:
-        if type(prepared) is _Chunks:
-            runs = [self.run(part) for part in prepared]
-            return [np.concatenate([r[k] for r in runs])[:prepared.keep] for k in range(len(runs[0]))]
-        for d, a in zip(self.inps, prepared):
-            self.interpreter.set_tensor(d["index"], a)
-        try:
-            self.interpreter.invoke()
-        except RuntimeError as e:
-            if "xnnpack" not in str(e).lower():
-                raise
-            # e.g. the unrolled full-integer LSTM at seq_len 64: the delegate refuses to prepare it
-            raise RuntimeError(f"{str(e).strip().rstrip('.')}. XNNPACK could not run this model; backend.xnnpack=false "
-                               "measures it, and its fp32 reference, with TFLite's builtin kernels") from e
-        return [self.interpreter.get_tensor(d["index"]) for d in self.outps]
-
-    def profile(self, prepared: Any, runs: int) -> Dict[str, Any]:
-        """Which nodes XNNPACK took (no per-op timer in TFLite's Python API: counts, not times)."""
-        from bsb_hydra.bench.profile import tflite_summary
-
-        return tflite_summary(self.interpreter._get_ops_details())
-
-    def outputs(self, out: Any) -> List[np.ndarray]:
-        """Each output, int8 ones dequantized with their scale; a twin's NHWC image output as NCHW."""
-        arrays = []
-        for d, a in zip(self.outps, out):
-            if np.dtype(d["dtype"]) in (np.int8, np.uint8, np.int16) and d["quantization"][0]:
-                scale, zero = d["quantization"]
-                a = (a.astype(np.float32) - zero) * scale
-            if a.ndim == 4 and self.channels_last:
-                a = a.transpose(0, 3, 1, 2)
-            arrays.append(np.asarray(a))
-        return arrays
-
-    def output_names(self) -> List[str]:
-        return list(self.out_names)
-
-
-def _ordered_io(interpreter):
-    """Input and output details in the model's own order: a signature's argument and output names
-    (args_0, args_1 / output_0, output_1, numbered in the order of the source's forward), else the
-    interpreter's order. Returns (inputs, outputs, output names)."""
-    import re
-
-    ins, outs = interpreter.get_input_details(), interpreter.get_output_details()
-    try:
-        sigs = interpreter._get_full_signature_list() or {}
-    except Exception:
-        sigs = {}
-    sig = next(iter(sigs.values()), None) if len(sigs) == 1 else None
-    names = {d["index"]: d["name"] for d in outs}
-
-    def natural(name: str):
-        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-    if sig:
-        by_index_in = {d["index"]: d for d in ins}
-        by_index_out = {d["index"]: d for d in outs}
-        sig_in = sorted(sig.get("inputs", {}).items(), key=lambda kv: natural(kv[0]))
-        sig_out = sorted(sig.get("outputs", {}).items(), key=lambda kv: natural(kv[0]))
-        if len(sig_in) == len(ins) and all(i in by_index_in for _, i in sig_in):
-            ins = [by_index_in[i] for _, i in sig_in]
-        if len(sig_out) == len(outs) and all(i in by_index_out for _, i in sig_out):
-            outs = [by_index_out[i] for _, i in sig_out]
-            names = {i: n for n, i in sig_out}
-    return ins, outs, [names[d["index"]] for d in outs]
-
-
-RUNTIME_MODULE = "ai_edge_litert.interpreter"  # what the benchmark worker imports before its baseline
-RUNNER = TfliteRunner

@@ -5,7 +5,7 @@ litert-torch) run in their own process so TensorFlow never enters the sweep's. S
 process and importing TensorFlow cost several seconds per TFLite cell; a sweep's cells now send
 their requests to one long-lived converter process per (module, thread count) instead:
 
-    python -m bsb_hydra.backends.tflite_convert --serve
+    python -m bsb_hydra.backends.tflite.tflite_convert --serve
 
 reads one request per line on stdin, a JSON string holding the request's path (JSON escapes a
 newline, so any path a sweep folder can have arrives whole), runs the module's ``main(path)`` with its

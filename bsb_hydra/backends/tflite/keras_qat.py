@@ -1,5 +1,5 @@
-"""QAT of a user's Keras file in its own process: ``python -m bsb_hydra.backends.keras_qat REQUEST.json``
-(or one request per line under ``--serve``: bsb_hydra/backends/convert_server.py).
+"""QAT of a user's Keras file in its own process: ``python -m bsb_hydra.backends.tflite.keras_qat REQUEST.json``
+(or one request per line under ``--serve``: bsb_hydra/backends/tflite/convert_server.py).
 
 Started with TF_USE_LEGACY_KERAS=1: tensorflow-model-optimization 0.8.1 quantizes tf_keras (Keras 2)
 models only, and tf_keras cannot read what Keras 3 writes (a .keras file names Keras 3's modules, a
@@ -223,7 +223,7 @@ def qat(req) -> dict:
     with open(req["out"] + ".tmp", "wb") as f:
         f.write(blob)
     os.replace(req["out"] + ".tmp", req["out"])
-    from bsb_hydra.backends.tflite_convert import op_summary
+    from bsb_hydra.backends.tflite.tflite_convert import op_summary
 
     info = {"converter": "keras (tf_keras rebuild, tfmot QAT, TFLiteConverter)",
             "qat_method": ("tensorflow-model-optimization quantize_model on a tf_keras rebuild of the Keras 3 model, "
@@ -253,7 +253,7 @@ def main(req_path: str) -> None:
     except Exception as e:  # one line for the cell; the traceback stays in convert.log
         import traceback
 
-        from bsb_hydra.backends.keras_convert import one_line
+        from bsb_hydra.backends.tflite.keras_convert import one_line
 
         traceback.print_exc()
         out = {"error": one_line(e)}
@@ -274,7 +274,7 @@ if __name__ == "__main__":
 
     die_with_parent(int(os.environ["BSB_PARENT_PID"]) if os.environ.get("BSB_PARENT_PID") else None)
     if sys.argv[1] == "--serve":
-        from bsb_hydra.backends.convert_server import serve
+        from bsb_hydra.backends.tflite.convert_server import serve
 
         serve(main, before_each=_fresh_keras)
     else:

@@ -1,4 +1,4 @@
-"""ONNX Runtime CPU backend. The fp32 model is exported once to ONNX; every scheme is produced
+"""backend=onnxruntime's builds (the sweep process's side): the ONNX Runtime CPU backend. The fp32 model is exported once to ONNX; every scheme is produced
 from that graph with ONNX Runtime's own tools:
 
 fp32   the exported graph (ORT fuses conv+bn when it builds the session);
@@ -18,19 +18,15 @@ import warnings
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 
-from bsb_hydra.backends import BACKENDS
-from bsb_hydra.backends.base import Artifact, Backend, BuildContext, Runner, Unsupported
+from bsb_hydra.backends.base import Artifact, Backend, BuildContext, Unsupported
+from bsb_hydra.backends.onnxruntime import peak
 
 INPUT_NAME = "input"
 CALIBRATION_BATCH = 32
-# onnxruntime's type strings of the input dtypes a model may declare
-ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
-             "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(uint8)": "uint8", "tensor(int8)": "int8",
-             "tensor(bool)": "bool"}
 
 
 def export_onnx(model, example, out: Path, opset: int) -> None:
@@ -365,7 +361,6 @@ def weight_elements(model, op_types) -> int:
                for x in n.input if x in inits and len(inits[x].dims) >= 2)
 
 
-@BACKENDS.register("onnxruntime")
 class OnnxruntimeBackend(Backend):
     name = "onnxruntime"
     suffix = ".onnx"
@@ -404,6 +399,15 @@ class OnnxruntimeBackend(Backend):
 
     def runner_settings(self, cfg, engine: str) -> Dict[str, Any]:
         return {"graph_optimization": cfg.backend.graph_optimization}
+
+    peak_kernels = peak.KERNELS
+    peak_artifact_kernels = peak.ARTIFACT_KERNELS
+
+    def peak_artifacts(self, out: Path, size: int, features: int) -> Dict[str, Path]:
+        return peak.peak_artifacts(out, size, features)
+
+    def peak_settings(self, arch: str) -> Dict[str, Any]:
+        return {"graph_optimization": "all"}  # backend.graph_optimization's default
 
     fp32_independent = ("graph_optimization", "transformer_optimizer")  # the session's; dynamic's
     fp32_packages = ("onnx", "onnxscript", "onnxruntime")
@@ -725,7 +729,7 @@ class OnnxruntimeBackend(Backend):
         learned ranges and int8 weights (``qat_onnx``)."""
         import torch
 
-        from bsb_hydra.backends.qat_onnx import qat_to_ort
+        from bsb_hydra.backends.onnxruntime.qat_onnx import qat_to_ort
         from bsb_hydra.qat import fx_qat
 
         qat = fx_qat(ctx.model, ctx.data, ctx.cfg.quant, ctx.cfg.seed, ctx.engine, ctx.isa)
@@ -735,76 +739,3 @@ class OnnxruntimeBackend(Backend):
                      "qat_method": "torch.ao FX prepare_qat_fx -> QDQ export keeping the learned ranges",
                      "qat_seconds": f"{qat.seconds:.1f}", **{k: str(v) for k, v in facts.items()}})
         return Artifact(out, ctx.input_dtype, info, curves={"qat_loss": qat.losses})
-
-
-class OnnxruntimeRunner(Runner):
-    def __init__(self, path, threads, input_dtype, settings) -> None:
-        super().__init__(path, threads, input_dtype, settings)
-        import onnxruntime as ort
-
-        self.session = ort.InferenceSession(path, self._options(), providers=["CPUExecutionProvider"])
-        self.inputs = [(i.name, np.dtype(ORT_TYPES.get(i.type, input_dtype))) for i in self.session.get_inputs()]
-        self.input_name = self.inputs[0][0]
-        self.dtype = np.dtype(input_dtype)
-
-    def _options(self):
-        import onnxruntime as ort
-
-        threads, settings = self.threads, self.settings
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        level = settings.get("graph_optimization", "all")
-        so.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[level]
-        return so
-
-    def prepare(self, x) -> Any:
-        """Each input by its name, in the dtype the graph declares (int64 ids, float32 images)."""
-        from bsb_hydra.feeds import Feeds
-
-        if isinstance(x, Feeds):
-            return {name: np.ascontiguousarray(x.arrays[name], dtype=dtype) for name, dtype in self.inputs}
-        return {self.input_name: np.ascontiguousarray(x, dtype=self.dtype)}
-
-    def run(self, prepared: Any) -> Any:
-        return self.session.run(None, prepared)
-
-    def outputs(self, out: Any) -> List[np.ndarray]:
-        return [np.asarray(o) for o in out]
-
-    def output_names(self) -> List[str]:
-        return [o.name for o in self.session.get_outputs()]
-
-    def profile(self, prepared: Any, runs: int) -> Dict[str, Any]:
-        """A second session of the same file and options with ORT's profiler on (after one call
-        for its allocations, which stays out of the summary's per-run figures only approximately:
-        the profile holds every call of the session)."""
-        import json
-        import os
-        import tempfile
-
-        import onnxruntime as ort
-
-        from bsb_hydra.bench.profile import ort_summary
-
-        so = self._options()
-        so.enable_profiling = True
-        so.profile_file_prefix = os.path.join(tempfile.mkdtemp(prefix="bsb_ort_profile_"), "ort")
-        session = ort.InferenceSession(self.path, so, providers=["CPUExecutionProvider"])
-        for _ in range(runs):
-            session.run(None, prepared)
-        path = session.end_profiling()
-        with open(path) as f:
-            events = json.load(f)
-        os.remove(path)
-        return ort_summary(events, runs)
-
-
-RUNTIME_MODULE = "onnxruntime"  # what the benchmark worker imports before its baseline
-RUNNER = OnnxruntimeRunner

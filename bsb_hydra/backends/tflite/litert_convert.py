@@ -1,4 +1,4 @@
-"""TFLite for models without a Keras twin, in its own process: ``python -m bsb_hydra.backends.litert_convert
+"""TFLite for models without a Keras twin, in its own process: ``python -m bsb_hydra.backends.tflite.litert_convert
 REQUEST.json``. The torch model arrives as ExportedPrograms (``torch.export``, one per batch size);
 litert-torch converts each to a float .tflite, and ai-edge-quantizer (Google's post-conversion
 quantizer for LiteRT) makes the scheme from that file:
@@ -127,7 +127,7 @@ def _batch_files_agreement(out: Path, manifest: dict, req):
 
 
 def build(req, scheme: str, out: Path, floats: dict, log) -> dict:
-    from bsb_hydra.backends.tflite_convert import op_summary
+    from bsb_hydra.backends.tflite.tflite_convert import op_summary
 
     t0 = time.perf_counter()
     manifest = {}
@@ -193,8 +193,8 @@ if __name__ == "__main__":
     from bsb_hydra.local_state import die_with_parent
 
     die_with_parent(int(os.environ["BSB_PARENT_PID"]) if os.environ.get("BSB_PARENT_PID") else None)
-    if sys.argv[1] == "--serve":  # bsb_hydra/backends/convert_server.py
-        from bsb_hydra.backends.convert_server import serve
+    if sys.argv[1] == "--serve":  # bsb_hydra/backends/tflite/convert_server.py
+        from bsb_hydra.backends.tflite.convert_server import serve
 
         serve(main)
     else:

@@ -1,5 +1,5 @@
-"""A user's Keras model in its own process: ``python -m bsb_hydra.backends.keras_convert REQUEST.json``
-(or one request per line under ``--serve``: bsb_hydra/backends/convert_server.py).
+"""A user's Keras model in its own process: ``python -m bsb_hydra.backends.tflite.keras_convert REQUEST.json``
+(or one request per line under ``--serve``: bsb_hydra/backends/tflite/convert_server.py).
 
 Keras 3 (TF_USE_LEGACY_KERAS unset). Requests:
 - ``op=onnx``: the model as ONNX through tf2onnx, image inputs NCHW (``inputs_as_nchw``: the
@@ -334,7 +334,7 @@ if __name__ == "__main__":
 
     die_with_parent(int(os.environ["BSB_PARENT_PID"]) if os.environ.get("BSB_PARENT_PID") else None)
     if sys.argv[1] == "--serve":
-        from bsb_hydra.backends.convert_server import serve
+        from bsb_hydra.backends.tflite.convert_server import serve
 
         serve(main)
     else:

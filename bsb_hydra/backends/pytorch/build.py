@@ -1,4 +1,4 @@
-"""PyTorch eager CPU backend. Artifacts are frozen TorchScript files (the deployable form of a
+"""backend=pytorch's builds (the sweep process's side): the PyTorch CPU backend. Artifacts are frozen TorchScript files (the deployable form of a
 torch.ao quantized model: a fresh process loads it without the model's Python code).
 
 Schemes: fp32; fp16 (weights and compute in half precision); dynamic (torch.ao quantize_dynamic:
@@ -13,12 +13,11 @@ import copy
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
-import numpy as np
 
-from bsb_hydra.backends import BACKENDS
-from bsb_hydra.backends.base import Artifact, Backend, BuildContext, Runner, Unsupported
+from bsb_hydra.backends.base import Artifact, Backend, BuildContext, Unsupported
+from bsb_hydra.backends.pytorch import peak
 
 CALIBRATION_BATCH = 32
 
@@ -272,7 +271,6 @@ _AUTO_EAGER = ("quant=auto keeps chosen modules float through FX graph mode's pe
                "static int8 is built in eager mode here (FX cannot trace it), so there is no per-layer choice yet")
 
 
-@BACKENDS.register("pytorch")
 class PytorchBackend(Backend):
     name = "pytorch"
     suffix = ".pt"
@@ -327,6 +325,17 @@ class PytorchBackend(Backend):
 
     def runner_settings(self, cfg, engine: str) -> Dict[str, Any]:
         return {"engine": engine}
+
+    peak_kernels = peak.KERNELS
+    peak_artifact_kernels = peak.ARTIFACT_KERNELS
+
+    def peak_artifacts(self, out: Path, size: int, features: int) -> Dict[str, Path]:
+        return peak.peak_artifacts(out, size, features)
+
+    def peak_settings(self, arch: str) -> Dict[str, Any]:
+        from bsb_hydra.sysinfo import torch_engine
+
+        return {"engine": torch_engine("auto", arch)}
 
     fp32_independent = ("fold_relu6",)  # static's
 
@@ -485,7 +494,7 @@ class PytorchBackend(Backend):
     def build_int4_weight_only(self, ctx: BuildContext, out: Path) -> Artifact:
         import torch
 
-        from bsb_hydra.backends.int4_torch import int4_linears
+        from bsb_hydra.backends.pytorch.int4_torch import int4_linears
 
         q = ctx.cfg.quant
         with torch.inference_mode():
@@ -521,88 +530,3 @@ class PytorchBackend(Backend):
             info["qat_seconds"] = f"{sim.qat_seconds:.1f}"
         return Artifact(out, ctx.input_dtype, info, curves={"qat_loss": sim.losses} if q.qat else {},
                         theoretical_size=(sim.packed_bytes, sim.fp32_bytes))
-
-
-class PytorchRunner(Runner):
-    def __init__(self, path, threads, input_dtype, settings) -> None:
-        super().__init__(path, threads, input_dtype, settings)
-        import torch
-
-        torch.set_num_threads(threads)
-        if settings.get("engine"):
-            torch.backends.quantized.engine = settings["engine"]
-        self.torch = torch
-        if str(path).endswith(".pt2"):  # backend.export=aoti: a compiled AOTInductor package
-            self.model = torch._inductor.aoti_load_package(str(path))
-        else:
-            with warnings.catch_warnings():  # torch's deprecation notice for TorchScript, on every load
-                warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*", category=FutureWarning)
-                try:
-                    self.model = torch.jit.load(path, map_location="cpu").eval()
-                except RuntimeError as e:
-                    if "torchvision::" not in str(e):
-                        raise
-                    # the model calls torchvision's operators (a detector's nms, roi_align): a deployment
-                    # loads their library with it; only such a model's worker imports torchvision
-                    import torchvision  # noqa: F401
-
-                    self.model = torch.jit.load(path, map_location="cpu").eval()
-        self.dtype = getattr(torch, input_dtype)
-
-    _process_inference = False
-
-    @classmethod
-    def enter_process(cls) -> None:
-        """The benchmark worker (a process that only runs models) enters inference mode once: a
-        `with` around every call cost about 4 us of an 8.5 us empty call here
-        (scripts/harness_overhead.py), which a user's loop inside one inference_mode block does not
-        pay. Runners in the sweep's own process (quant=auto's search) keep the per-call block."""
-        import torch
-
-        cls._mode = torch.inference_mode()
-        cls._mode.__enter__()
-        cls._process_inference = True
-
-    def prepare(self, x) -> Any:
-        """The forward's positional arguments: one tensor, or one per input of a Feeds, in order."""
-        from bsb_hydra.feeds import Feeds
-
-        if isinstance(x, Feeds):
-            return tuple(self.torch.from_numpy(np.ascontiguousarray(v)) for v in x.values())
-        return (self.torch.from_numpy(np.ascontiguousarray(x)).to(self.dtype),)
-
-    def run(self, prepared: Any) -> Any:
-        if self._process_inference:
-            return self.model(*prepared)
-        with self.torch.inference_mode():
-            return self.model(*prepared)
-
-    def outputs(self, out: Any) -> List[np.ndarray]:
-        from bsb_hydra.feeds import flatten_outputs
-
-        arrays = [t.float().numpy() if t.is_floating_point() else t.numpy() for t in flatten_outputs(out)]
-        self._n_outputs = len(arrays)
-        return arrays
-
-    _n_outputs = 1
-
-    def output_names(self) -> List[str]:
-        """A TorchScript or AOTInductor file keeps no output names: output_0, output_1, ... in order
-        (the ONNX export of the same module names them the same way)."""
-        return [f"output_{i}" for i in range(self._n_outputs)]
-
-    def profile(self, prepared: Any, runs: int) -> Dict[str, Any]:
-        from torch.profiler import ProfilerActivity, profile
-
-        from bsb_hydra.bench.profile import torch_summary
-
-        self.run(prepared)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(runs):
-                self.run(prepared)
-        rows = [{"name": e.key, "self_cpu_us": e.self_cpu_time_total, "count": e.count} for e in prof.key_averages()]
-        return torch_summary(rows, runs, quantized=any(r["name"].startswith("quantized::") for r in rows))
-
-
-RUNTIME_MODULE = "torch"  # what the benchmark worker imports before its baseline
-RUNNER = PytorchRunner

@@ -1,0 +1,38 @@
+"""backend=pytorch's config schema (conf/backend/pytorch.yaml names it: ``/schema/backend/pytorch``),
+registered with the backend in the package's __init__."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from bsb_hydra.config.base import ConfigError
+from bsb_hydra.config.runtime import BackendConfig
+
+
+@dataclass
+class PytorchBackendConfig(BackendConfig):
+    name: str = "pytorch"
+    # Float artifacts (fp32, fp16, dynamic) of models with 2-D convolutions run in channels_last
+    # (NHWC) memory: weights stored so, and the NCHW input reordered inside the artifact, so the
+    # reorder is timed as every runtime's is. oneDNN's NCHW fp32 conv path was 1.25x-1.37x (resnet18)
+    # and 2.5x (mobilenet_v2) slower on an AMX Xeon at 2 threads, b1 and b8. Int8 (torch.ao) kernels
+    # reorder themselves: not affected.
+    channels_last: bool = True
+    # The fp32 / fp16 artifact's form: torchscript (traced and frozen) or aoti (torch.export ->
+    # AOTInductor package, a compiled .pt2 with a dynamic batch, frozen weights; loaded with
+    # torch._inductor.aoti_load_package, no model code needed). Int8 stays TorchScript (torch.ao).
+    export: str = "torchscript"
+    # Static int8 (and quant=auto): the output range of an op that only a ReLU6 (or hardtanh) reads is
+    # the clip's, [0, 6], as ORT and TFLite quantize it; torch.ao's x86 config observed the unclipped
+    # conv output; the folded clip, the identity on its int8 input then, leaves the graph.
+    # torchvision mobilenet_v2 at 224 px (2000 test images, AMX Xeon, 2 threads): -2.55 -> -0.25 pp,
+    # top-1 agreement with fp32 82.6% -> 94.4%, b1 p50 3.03 -> 2.45 ms. false = torch.ao's own ranges
+    # (before 2026-12-04).
+    fold_relu6: bool = True
+
+    EXPORTS: ClassVar[tuple] = ("torchscript", "aoti")
+
+    def __post_init__(self) -> None:
+        if self.export not in self.EXPORTS:
+            raise ConfigError(f"backend.export={self.export!r} is not allowed: use one of {', '.join(self.EXPORTS)}")
+

@@ -1,0 +1,94 @@
+"""backend=pytorch's Runner: what the benchmark worker runs (a TorchScript file or an AOTInductor
+package). Imports numpy only at its top level."""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Dict, List
+
+import numpy as np
+
+from bsb_hydra.backends.base import Runner
+
+
+class PytorchRunner(Runner):
+    runtime_module = "torch"
+    libraries = ("torch", "torchao", "torchvision")
+
+    def __init__(self, path, threads, input_dtype, settings) -> None:
+        super().__init__(path, threads, input_dtype, settings)
+        import torch
+
+        torch.set_num_threads(threads)
+        if settings.get("engine"):
+            torch.backends.quantized.engine = settings["engine"]
+        self.torch = torch
+        if str(path).endswith(".pt2"):  # backend.export=aoti: a compiled AOTInductor package
+            self.model = torch._inductor.aoti_load_package(str(path))
+        else:
+            with warnings.catch_warnings():  # torch's deprecation notice for TorchScript, on every load
+                warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*", category=FutureWarning)
+                try:
+                    self.model = torch.jit.load(path, map_location="cpu").eval()
+                except RuntimeError as e:
+                    if "torchvision::" not in str(e):
+                        raise
+                    # the model calls torchvision's operators (a detector's nms, roi_align): a deployment
+                    # loads their library with it; only such a model's worker imports torchvision
+                    import torchvision  # noqa: F401
+
+                    self.model = torch.jit.load(path, map_location="cpu").eval()
+        self.dtype = getattr(torch, input_dtype)
+
+    _process_inference = False
+
+    @classmethod
+    def enter_process(cls) -> None:
+        """The benchmark worker (a process that only runs models) enters inference mode once: a
+        `with` around every call cost about 4 us of an 8.5 us empty call here
+        (scripts/harness_overhead.py), which a user's loop inside one inference_mode block does not
+        pay. Runners in the sweep's own process (quant=auto's search) keep the per-call block."""
+        import torch
+
+        cls._mode = torch.inference_mode()
+        cls._mode.__enter__()
+        cls._process_inference = True
+
+    def prepare(self, x) -> Any:
+        """The forward's positional arguments: one tensor, or one per input of a Feeds, in order."""
+        from bsb_hydra.feeds import Feeds
+
+        if isinstance(x, Feeds):
+            return tuple(self.torch.from_numpy(np.ascontiguousarray(v)) for v in x.values())
+        return (self.torch.from_numpy(np.ascontiguousarray(x)).to(self.dtype),)
+
+    def run(self, prepared: Any) -> Any:
+        if self._process_inference:
+            return self.model(*prepared)
+        with self.torch.inference_mode():
+            return self.model(*prepared)
+
+    def outputs(self, out: Any) -> List[np.ndarray]:
+        from bsb_hydra.feeds import flatten_outputs
+
+        arrays = [t.float().numpy() if t.is_floating_point() else t.numpy() for t in flatten_outputs(out)]
+        self._n_outputs = len(arrays)
+        return arrays
+
+    _n_outputs = 1
+
+    def output_names(self) -> List[str]:
+        """A TorchScript or AOTInductor file keeps no output names: output_0, output_1, ... in order
+        (the ONNX export of the same module names them the same way)."""
+        return [f"output_{i}" for i in range(self._n_outputs)]
+
+    def profile(self, prepared: Any, runs: int) -> Dict[str, Any]:
+        from torch.profiler import ProfilerActivity, profile
+
+        from bsb_hydra.backends.pytorch.profile import torch_summary
+
+        self.run(prepared)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(runs):
+                self.run(prepared)
+        rows = [{"name": e.key, "self_cpu_us": e.self_cpu_time_total, "count": e.count} for e in prof.key_averages()]
+        return torch_summary(rows, runs, quantized=any(r["name"].startswith("quantized::") for r in rows))
