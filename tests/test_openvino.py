@@ -1,5 +1,5 @@
 """backend=openvino (bsb_hydra/backends/openvino/): a real sweep beside onnxruntime (fp32, fp16, static
-on the cnn), a user's ONNX file (fp32, static, int4 weight-only), quant=auto (NNCF's accuracy control)
+on the cnn), a user's ONNX file (fp32, static, int4 weight-only), a Keras model (fp32, static), quant=auto (NNCF's accuracy control)
 on a model with one fragile layer, the runner and its PERF_COUNT profile in-process on a logged IR,
 and the reasons of what it does not run."""
 import json
@@ -141,6 +141,56 @@ def test_what_openvino_does_not_run_says_why(compose_cfg, overrides, words):
     cfg = _config(compose_cfg, ["model=cnn", "backend=openvino", *overrides])
     reason = get_backend("openvino").unsupported_reason(cfg)
     assert reason and all(w in reason for w in words), reason
+
+
+# ------------------------------------------------------------------- model=keras, model=tflite
+
+@pytest.fixture(scope="module")
+def keras_cnn(tmp_path_factory):
+    """tests/test_keras.py's small Keras CNN (.keras) and its labelled npz, built in a fresh process."""
+    import subprocess
+
+    from tests.conftest import PYTHON
+    from tests.test_keras import MAKE
+
+    out = tmp_path_factory.mktemp("ov_keras")
+    proc = subprocess.run([PYTHON, "-c", MAKE, str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_a_keras_model_through_openvino_is_the_export_onnxruntime_measures(keras_cnn, tmp_path):
+    """model=keras on openvino converts the same tf2onnx export onnxruntime measures: the same fp32
+    predictions, and NNCF's static int8 of it."""
+    from tests.test_keras import QUICK
+
+    run_bsb(["-m", "model=keras", f"model.path={keras_cnn}/cnn.keras", "data=npz", f"data.path={keras_cnn}/labelled.npz",
+             "quant=fp32,static", "backend=openvino,onnxruntime", *QUICK], tmp_path)
+    client, runs = runs_of(tmp_path)
+    cells = {(r.data.tags["quant"], r.data.tags["backend"]): r for r in runs}
+    assert len(cells) == 4
+    for key, r in cells.items():
+        assert r.data.tags["status"] == "ok", (key, r.data.tags.get("reason"))
+        assert r.data.tags["model_source"] == "keras" and r.data.tags["task"] == "classification"
+    ov, ort = cells[("fp32", "openvino")], cells[("fp32", "onnxruntime")]
+    assert ov.data.tags["fp32_weights_sha256"] == ort.data.tags["fp32_weights_sha256"]
+    preds = [np.load(client.download_artifacts(r.info.run_id, "predictions.npy", str(tmp_path / r.info.run_id)))
+             for r in (ov, ort)]
+    assert (preds[0] == preds[1]).all()
+    s = cells[("static", "openvino")].data
+    assert "i8:" in s.tags["build.weight_dtypes"] and s.metrics["size_ratio"] < 0.33  # the dense layers' weights
+    assert s.metrics["top1_agreement"] >= 0.9
+
+
+def test_an_already_quantized_tflite_file_stays_on_tflite_and_onnxruntime(monkeypatch):
+    """A quantized .tflite is measured as it is: openvino has no such file (it would quantize again)."""
+    from bsb_hydra.models.tflite import FileFacts, TfliteModelConfig
+
+    monkeypatch.setattr(TfliteModelConfig, "facts", lambda self: FileFacts(str(self.path), "0" * 64, "int8", [], [], {}))
+    cfg = TfliteModelConfig(path="/models/int8.tflite")
+    reason = cfg.scheme_reason("openvino", "static")
+    assert "int8.tflite is full-integer int8, already quantized" in reason and "backend=openvino" in reason
+    assert cfg.scheme_reason("tflite", "static") is None and cfg.scheme_reason("onnxruntime", "static") is None
 
 
 # ------------------------------------------------------------------------------- quant=auto

@@ -1,7 +1,9 @@
 """backend=openvino's builds (the sweep process's side). The fp32 model becomes OpenVINO IR through
 the ONNX graph every ONNX-based backend here starts from: a torch model exported by the onnxruntime
-backend's ``export_onnx`` (same opset, dynamic batch), a user's ONNX file (model=onnx) with its
-per-sample dims fixed (``fixed_dims_copy``); ``ov.convert_model`` converts it. Each scheme then:
+backend's ``export_onnx`` (same opset, dynamic batch), or a file's graph with its per-sample dims
+fixed (``fixed_dims_copy``): a user's ONNX file (model=onnx), or the tf2onnx export of model=keras and
+model=tflite (the one onnxruntime measures: ``ctx.source_onnx``); ``ov.convert_model`` converts it.
+Each scheme then:
 
 fp32    the converted model, saved with ``compress_to_fp16=False`` (ov.save_model's default
         compresses to fp16); run with INFERENCE_PRECISION_HINT=f32, so a CPU with bf16 does not run
@@ -45,8 +47,8 @@ auto    ``nncf.quantize_with_accuracy_control``: static's nncf.quantize, then la
 
 Unsupported, with the reason in ``no_scheme_reasons`` / ``unsupported_reason``: qat, fake_quant;
 quant.analyze (mixed.py's table); quant.fallback=fp16; quant.method other than minmax; dynamic with
-the group size 0; quant.bits=2; quant.accuracy_level (an ORT setting);
-model=keras and model=tflite (not wired yet)."""
+the group size 0; quant.bits=2; quant.accuracy_level (an ORT setting); an already-quantized .tflite
+file's own scheme (models/tflite.py: measured as it is on tflite and onnxruntime)."""
 from __future__ import annotations
 
 import importlib.util
@@ -100,8 +102,7 @@ class OpenvinoBackend(Backend):
     name = "openvino"
     suffix = ".xml"  # IR: <scheme>.xml beside <scheme>.bin (Artifact.companions)
     takes_onnx_file = True  # a user's ONNX file converts as it is (ov.convert_model reads ONNX)
-    no_keras_reason = ("is wired for torch models and ONNX files so far (a Keras model's tf2onnx export, and a "
-                       ".tflite file's own quantized schemes, are not wired for it yet)")
+    takes_keras_file = True  # model=keras / model=tflite: the tf2onnx export onnxruntime measures, converted
     # quant=auto is NNCF's own (build_auto); quant.analyze is mixed.py's table, over hooks openvino has not
     no_auto_reason = ("the per-layer sensitivity table is bsb_hydra/mixed.py's, over mixed-precision hooks openvino "
                       "does not have; quant=auto on openvino is NNCF's quantize_with_accuracy_control, which ranks "
