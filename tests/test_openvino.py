@@ -1,7 +1,7 @@
 """backend=openvino (bsb_hydra/backends/openvino/): a real sweep beside onnxruntime (fp32, fp16, static
-on the cnn), a user's ONNX file (fp32, static, int4 weight-only), a Keras model (fp32, static), quant=auto (NNCF's accuracy control)
-on a model with one fragile layer, the runner and its PERF_COUNT profile in-process on a logged IR,
-and the reasons of what it does not run."""
+on the cnn), a user's ONNX file (fp32, static, int4 weight-only), a Keras model (fp32, static),
+quant=auto (NNCF's accuracy control) on a model with one fragile layer, the runner and its PERF_COUNT
+profile in-process on a logged IR, and the reasons of what it does not run."""
 import json
 from pathlib import Path
 
@@ -164,8 +164,9 @@ def test_a_keras_model_through_openvino_is_the_export_onnxruntime_measures(keras
     predictions, and NNCF's static int8 of it."""
     from tests.test_keras import QUICK
 
-    run_bsb(["-m", "model=keras", f"model.path={keras_cnn}/cnn.keras", "data=npz", f"data.path={keras_cnn}/labelled.npz",
-             "quant=fp32,static", "backend=openvino,onnxruntime", *QUICK], tmp_path)
+    run_bsb(["-m", "model=keras", f"model.path={keras_cnn}/cnn.keras", "data=npz",
+             f"data.path={keras_cnn}/labelled.npz", "quant=fp32,static", "backend=openvino,onnxruntime", *QUICK],
+            tmp_path)
     client, runs = runs_of(tmp_path)
     cells = {(r.data.tags["quant"], r.data.tags["backend"]): r for r in runs}
     assert len(cells) == 4
@@ -186,7 +187,8 @@ def test_an_already_quantized_tflite_file_stays_on_tflite_and_onnxruntime(monkey
     """A quantized .tflite is measured as it is: openvino has no such file (it would quantize again)."""
     from bsb_hydra.models.tflite import FileFacts, TfliteModelConfig
 
-    monkeypatch.setattr(TfliteModelConfig, "facts", lambda self: FileFacts(str(self.path), "0" * 64, "int8", [], [], {}))
+    monkeypatch.setattr(TfliteModelConfig, "facts",
+                        lambda self: FileFacts(str(self.path), "0" * 64, "int8", [], [], {}))
     cfg = TfliteModelConfig(path="/models/int8.tflite")
     reason = cfg.scheme_reason("openvino", "static")
     assert "int8.tflite is full-integer int8, already quantized" in reason and "backend=openvino" in reason
@@ -219,10 +221,17 @@ def fragile_mlp(tmp_path_factory):
 
 def test_auto_is_nncf_accuracy_control_and_keeps_the_fragile_layer_float(fragile_mlp, tmp_path):
     """Full int8 loses far more than the 2 pp budget on the selection subset: NNCF must revert, and
-    the one layer it reverts is the fragile one; what it did is logged."""
-    run_bsb(["model=mlp", f"model.checkpoint={fragile_mlp}", "quant=auto", "backend=openvino",
-             "quant.budget_pp=2.0", *DIGITS], tmp_path)
-    client, (run,) = runs_of(tmp_path)
+    the one layer it reverts is the fragile one; what it did is logged. With a 0 pp budget it
+    reverts every layer, and the cell is that float model, ok."""
+    run_bsb(["-m", "model=mlp", f"model.checkpoint={fragile_mlp}", "quant=auto", "backend=openvino",
+             "quant.budget_pp=2.0,0.0", *DIGITS], tmp_path)
+    client, runs = runs_of(tmp_path)
+    by = {float(r.data.params["quant.budget_pp"]): r for r in runs}
+    t, m = by[0.0].data.tags, by[0.0].data.metrics
+    assert t["status"] == "ok", t.get("reason")
+    assert m["auto_float_layers"] == m["auto_layers"] == 3 and "FakeQuantize" not in t["build.ops"]
+    assert t["build.weight_dtypes"] == "f32:6" and m["auto_selection_accuracy"] == m["auto_selection_fp32_accuracy"]
+    run = by[2.0]
     t, m = run.data.tags, run.data.metrics
     assert t["status"] == "ok", t.get("reason")
     assert t["build.method"].startswith("nncf.quantize_with_accuracy_control")

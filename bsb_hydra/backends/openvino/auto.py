@@ -72,7 +72,8 @@ def int8_layers(model) -> List[str]:
         for i in range(op.get_input_size()):
             src = _origin(op.input_value(i))
             kind = src.get_type_name()
-            if kind == "FakeQuantize" or (kind == "Constant" and src.get_output_element_type(0).get_type_name() in LOW_BIT):
+            low_bit = kind == "Constant" and src.get_output_element_type(0).get_type_name() in LOW_BIT
+            if kind == "FakeQuantize" or low_bit:
                 names.append(op.get_friendly_name())
                 break
     return names
@@ -104,7 +105,8 @@ class Validator:
         self.batch = batch
         self.calls: List[Dict[str, float]] = []
 
-    def accuracy(self, compiled, items) -> np.ndarray:
+    def correct(self, compiled, items) -> np.ndarray:
+        """1.0 or 0.0 per item: whether the top-1 class of its first output is its label."""
         items = list(items)
         correct = []
         for i in range(0, len(items), self.batch):
@@ -116,7 +118,7 @@ class Validator:
 
     def __call__(self, compiled, items):
         t0 = time.perf_counter()
-        ok = self.accuracy(compiled, items)
+        ok = self.correct(compiled, items)
         acc = float(ok.mean()) if len(ok) else 0.0
         self.calls.append({"samples": len(ok), "accuracy": acc, "seconds": time.perf_counter() - t0})
         return acc, ok.tolist()
@@ -176,12 +178,12 @@ def build_auto(backend, ctx: BuildContext, out: Path) -> Artifact:
             advanced_quantization_parameters=advanced, advanced_accuracy_restorer_parameters=restorer, **kw)
     search_s = time.perf_counter() - t0
 
-    # NNCF's first whole-subset validations are the fp32 model's, then the fully quantized one's
-    # (after a one-item call that tells its metric mode); the chosen model is validated here.
-    whole = [c["accuracy"] for c in validate.calls if c["samples"] == len(items)]
+    # NNCF's first call tells its metric mode (one item, the fp32 model); its next whole-subset
+    # validations are the fp32 model's, then the fully quantized one's. The chosen model is validated here.
+    whole = [c["accuracy"] for c in validate.calls[1:] if c["samples"] == len(items)]
     fp32_acc, int8_acc = whole[0], whole[1]
     compiled = ov.Core().compile_model(chosen, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    chosen_acc = float(validate.accuracy(compiled, items).mean())
+    chosen_acc = float(validate.correct(compiled, items).mean())
     del compiled
     quantized = int8_layers(ov.Core().read_model(str(int8_dir / "intermediate_model.xml")))
     still = set(int8_layers(chosen))
@@ -195,7 +197,7 @@ def build_auto(backend, ctx: BuildContext, out: Path) -> Artifact:
             "auto.budget_met": str(met).lower(), "auto.budget": budget_text,
             "auto.nncf_max_drop": f"{max_drop:g} ({drop_type.value})", "auto.max_num_iterations": str(q.max_trials),
             "auto.selection": f"{len(items)} training samples, disjoint from the calibration samples"}
-    art = backend.save_int8(chosen, ctx, out, info)
+    art = backend._save(chosen, ctx, out, info)  # every layer float: the best NNCF found, as mixed.py keeps it
     metrics = {"auto_layers": len(quantized), "auto_float_layers": len(floated),
                "auto_budget_drop_pp": 100.0 * budget, "auto_budget_met": float(met),
                "auto_selection_samples": len(items), "auto_selection_accuracy": chosen_acc,
