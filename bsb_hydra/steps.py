@@ -270,12 +270,10 @@ def build_context(cfg, ds, fp32, calib_idx, engine: str, info: Dict[str, str], w
 
 
 def build_artifact(backend, scheme: str, ctx: BuildContext, out: Path):
-    """The deployable artifact of ``scheme``: the backend's own build, or for quant=auto the
-    mixed-precision search over the backend's hooks (bsb_hydra/mixed.py)."""
+    """The deployable artifact of ``scheme``: the backend's own build, or for quant=auto its
+    build_auto (mixed.py's search over the backend's hooks unless the backend has its own)."""
     if scheme == "auto":
-        from bsb_hydra.mixed import build_auto
-
-        return build_auto(backend, ctx, out)
+        return backend.build_auto(ctx, out)
     return backend.build(scheme, ctx, out)
 
 

@@ -78,7 +78,8 @@ class Backend:
     family_unsupported: Dict[str, Dict[str, str]] = {}
     # Schemes this backend has no build for, with the reason (the generic one otherwise).
     no_scheme_reasons: Dict[str, str] = {"fake_quant": FAKE_QUANT_ELSEWHERE}
-    # Why quant=auto is not available, for a backend without the mixed-precision hooks.
+    # Why quant=auto is not available, for a backend without the mixed-precision hooks (and why
+    # quant.analyze is not, for one whose quant=auto is its own build_auto).
     no_auto_reason: str = "this backend cannot keep chosen layers in float"
     # quant.fallback values a backend with the quant=auto hooks can keep sensitive layers in, and
     # why the others are not offered.
@@ -130,7 +131,7 @@ class Backend:
                 return f"quant.analyze=true on {self.name}: {self.no_auto_reason}"
             if "auto" in reasons:
                 return f"quant.analyze=true, model={cfg.model.name} on {self.name}: {reasons['auto']}"
-        if scheme == "auto" and type(self).mixed_layers is Backend.mixed_layers:
+        if scheme == "auto" and not self.has_auto():
             return f"quant=auto on {self.name}: {self.no_auto_reason}"
         if scheme == "auto" and cfg.quant.fallback.value not in self.mixed_fallbacks:
             return (f"quant.fallback={cfg.quant.fallback.value} on {self.name}: {self.no_fp16_fallback_reason} "
@@ -164,10 +165,19 @@ class Backend:
         """What a given file takes (int8 model I/O for some .tflite files): float32 unless the backend says."""
         return "float32"
 
-    # quant=auto is built by bsb_hydra/mixed.py (steps.build_artifact dispatches it) for a backend
-    # that can keep chosen layers in float while the rest is static int8: it defines
-    # mixed_layers(ctx) -> {name: (float weight, output-channel axis)} and
-    # build_mixed(ctx, out, float_layers) -> Artifact.
+    # quant=auto is build_auto (steps.build_artifact calls it). By default it is bsb_hydra/mixed.py's
+    # search, for a backend that can keep chosen layers in float while the rest is static int8: it
+    # defines mixed_layers(ctx) -> {name: (float weight, output-channel axis)} and
+    # build_mixed(ctx, out, float_layers) -> Artifact. A backend whose toolkit has its own
+    # accuracy-aware quantization (openvino: NNCF's quantize_with_accuracy_control) overrides
+    # build_auto instead, with the same budget (quant.budget_pp / budget_rel) on the same selection
+    # subset (mixed.selection_indices).
+    def build_auto(self, ctx: BuildContext, out: Path) -> Artifact:
+        """quant=auto's artifact at ``out``: static int8 with the layers that cost accuracy kept float."""
+        from bsb_hydra.mixed import build_auto
+
+        return build_auto(self, ctx, out)
+
     def mixed_layers(self, ctx: BuildContext):
         raise Unsupported(f"backend {self.name} cannot keep chosen layers in float (no mixed-precision hook)")
 
@@ -200,6 +210,10 @@ class Backend:
     def peak_settings(self, arch: str) -> Dict[str, Any]:
         """The Runner settings a cell gets by default, for the peak's artifacts."""
         return {}
+
+    def has_auto(self) -> bool:
+        """Whether quant=auto runs here: a build_auto of the backend's own, or mixed.py's over its hooks."""
+        return type(self).build_auto is not Backend.build_auto or type(self).mixed_layers is not Backend.mixed_layers
 
 
 class Runner:

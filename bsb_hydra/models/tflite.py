@@ -105,6 +105,10 @@ class TfliteModelConfig(ModelConfig):
             return (f"{label}, already quantized: it is measured as it is under quant={own}"
                     + (", against model.reference under quant=fp32" if self.reference else "")
                     + f"; quant={scheme} would quantize it again (give the float file as model.path for that)")
+        if backend not in ("tflite", "onnxruntime"):  # given_artifact has no file for it: it would quantize anew
+            return (f"{label}, already quantized: it is measured as it is on backend=tflite (a full-integer file "
+                    f"also on onnxruntime, as tf2onnx's QDQ conversion); backend={backend} measures a float "
+                    ".tflite file's conversion and quantizes it itself")
         if backend == "onnxruntime" and own != "static":
             return (f"{label}: tf2onnx turns its {'int8' if own == 'dynamic' else 'float16'} weights into "
                     "DequantizeLinear/Cast nodes ahead of float kernels, which is not ONNX Runtime's "

@@ -1,7 +1,9 @@
 """backend=openvino's builds (the sweep process's side). The fp32 model becomes OpenVINO IR through
 the ONNX graph every ONNX-based backend here starts from: a torch model exported by the onnxruntime
-backend's ``export_onnx`` (same opset, dynamic batch), a user's ONNX file (model=onnx) with its
-per-sample dims fixed (``fixed_dims_copy``); ``ov.convert_model`` converts it. Each scheme then:
+backend's ``export_onnx`` (same opset, dynamic batch), or a file's graph with its per-sample dims
+fixed (``fixed_dims_copy``): a user's ONNX file (model=onnx), or the tf2onnx export of model=keras and
+model=tflite (the one onnxruntime measures: ``ctx.source_onnx``); ``ov.convert_model`` converts it.
+Each scheme then:
 
 fp32    the converted model, saved with ``compress_to_fp16=False`` (ov.save_model's default
         compresses to fp16); run with INFERENCE_PRECISION_HINT=f32, so a CPU with bf16 does not run
@@ -39,16 +41,21 @@ int4_weight_only
         Activations stay float unless the CPU plugin's run-time dynamic quantization is on
         (backend.dynamic_quantization_group_size).
 
-Unsupported, with the reason in ``no_scheme_reasons`` / ``unsupported_reason``: qat, auto, fake_quant;
-quant.method other than minmax; dynamic with the group size 0; quant.bits=2;
-quant.accuracy_level (an ORT setting)."""
+auto    ``nncf.quantize_with_accuracy_control``: static's nncf.quantize, then layers reverted to float
+        until the accuracy drop on the selection subset is within quant.budget_pp / budget_rel
+        (bsb_hydra/backends/openvino/auto.py says how auto's budget, subset and trials map to NNCF's).
+
+Unsupported, with the reason in ``no_scheme_reasons`` / ``unsupported_reason``: qat, fake_quant;
+quant.analyze (mixed.py's table); quant.fallback=fp16; quant.method other than minmax; dynamic with
+the group size 0; quant.bits=2; quant.accuracy_level (an ORT setting); an already-quantized .tflite
+file's own scheme (models/tflite.py: measured as it is on tflite and onnxruntime)."""
 from __future__ import annotations
 
 import importlib.util
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -75,6 +82,18 @@ def ov_op_counts(model) -> Dict[str, str]:
             "weight_dtypes": ",".join(f"{k}:{v}" for k, v in sorted(weights.items()))}
 
 
+def model_inputs(model, samples) -> List[Dict[str, np.ndarray]]:
+    """One {input name: array of one sample} per sample (an array, or a Feeds of named inputs), in
+    the dtypes ``model`` (an ov.Model) declares: NNCF's data items."""
+    from bsb_hydra.feeds import Feeds
+
+    names = [p.get_any_name() for p in model.inputs]
+    dtypes = [np.dtype(p.get_element_type().to_dtype()) for p in model.inputs]
+    arrays = [samples.arrays[n] for n in names] if isinstance(samples, Feeds) else [samples]
+    return [{n: np.ascontiguousarray(a[i:i + 1], dtype=d) for n, a, d in zip(names, arrays, dtypes)}
+            for i in range(len(samples))]
+
+
 def _quiet_nncf() -> None:
     """NNCF logs every step at INFO on its own logger, which Hydra's root handler shows."""
     logging.getLogger("nncf").setLevel(logging.WARNING)
@@ -84,10 +103,14 @@ class OpenvinoBackend(Backend):
     name = "openvino"
     suffix = ".xml"  # IR: <scheme>.xml beside <scheme>.bin (Artifact.companions)
     takes_onnx_file = True  # a user's ONNX file converts as it is (ov.convert_model reads ONNX)
-    no_keras_reason = ("is wired for torch models and ONNX files so far (a Keras model's tf2onnx export, and a "
-                       ".tflite file's own quantized schemes, are not wired for it yet)")
-    no_auto_reason = ("quant=auto on openvino is NNCF's quantize_with_accuracy_control, not wired yet (issue 33, "
-                      "item 4); quant=static is NNCF's default post-training quantization")
+    takes_keras_file = True  # model=keras / model=tflite: the tf2onnx export onnxruntime measures, converted
+    # quant=auto is NNCF's own (build_auto); quant.analyze is mixed.py's table, over hooks openvino has not
+    no_auto_reason = ("the per-layer sensitivity table is bsb_hydra/mixed.py's, over mixed-precision hooks openvino "
+                      "does not have; quant=auto on openvino is NNCF's quantize_with_accuracy_control, which ranks "
+                      "and reverts layers itself (its log is logged with the auto cell)")
+    no_fp16_fallback_reason = ("NNCF's accuracy control reverts a layer to the model's own precision (fp32), and "
+                               "ov.save_model's compress_to_fp16 leaves the float weights of a quantized model f32 "
+                               "(measured: the same .bin)")
     no_scheme_reasons = {
         "qat": ("QAT on OpenVINO is NNCF's PyTorch QAT (fine-tuning with NNCF's own fake quantizers), which is not "
                 "wired; QAT runs on pytorch, onnxruntime and tflite"),
@@ -102,11 +125,11 @@ class OpenvinoBackend(Backend):
             return reason
         q = cfg.quant
         scheme = q.scheme.value
-        needed = {**REQUIRED, **(NNCF_REQUIRED if scheme in ("static", "int4_weight_only") else {})}
+        needed = {**REQUIRED, **(NNCF_REQUIRED if scheme in ("static", "auto", "dynamic", "int4_weight_only") else {})}
         missing = [pip for mod, pip in needed.items() if importlib.util.find_spec(mod) is None]
         if missing:
             return f"backend=openvino needs {', '.join(missing)}: install the extra with {INSTALL}"
-        if scheme == "static" and q.method.value != "minmax":
+        if scheme in ("static", "auto") and q.method.value != "minmax":
             return (f"quant.method={q.method.value} on openvino: the NNCF path here calibrates activations with "
                     "min/max (RangeEstimatorParametersSet.MINMAX); use quant.method=minmax")
         if scheme == "dynamic":
@@ -183,28 +206,22 @@ class OpenvinoBackend(Backend):
                           {"note": "fp16 weights (ov.save_model compress_to_fp16=True), computed in f32 "
                                    "(INFERENCE_PRECISION_HINT=f32)"}, compress_to_fp16=True)
 
-    def build_static(self, ctx: BuildContext, out: Path) -> Artifact:
+    def static_setup(self, ctx: BuildContext):
+        """What quant=static's nncf.quantize is given (quant=auto's quantize_with_accuracy_control too):
+        the fp32 ov.Model, the calibration nncf.Dataset (one real training sample per item, NNCF's
+        advice), its keyword arguments (subset_size, target_device, advanced parameters, model_type)
+        and the facts to log."""
         import nncf
         from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters, OverflowFix,
                                                            QuantizationParameters)
         from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-        from bsb_hydra.feeds import Feeds
         from bsb_hydra.qat import reduce_range_default
 
         _quiet_nncf()
         q = ctx.cfg.quant
         model = self._fp32_model(ctx)
-        names = [p.get_any_name() for p in model.inputs]
-        samples = ctx.calibration
-        feeds = isinstance(samples, Feeds)
-
-        def transform(item):
-            if feeds:
-                return {n: np.ascontiguousarray(item.arrays[n]) for n in names}
-            return {names[0]: np.ascontiguousarray(item)}
-
-        items = [samples[i:i + 1] for i in range(len(samples))]  # one sample per item: NNCF's advice
+        items = model_inputs(model, ctx.calibration)
         reduce_range = reduce_range_default(q, ctx.arch == "x86_64", ctx.isa)
         per_channel = q.granularity.value == "per_channel"
         advanced = AdvancedQuantizationParameters(
@@ -212,18 +229,35 @@ class OpenvinoBackend(Backend):
             weights_quantization_params=QuantizationParameters(per_channel=per_channel),
             activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX)
         kw = {"model_type": nncf.ModelType.TRANSFORMER} if ctx.cfg.model.family == "transformer" else {}
-        quantized = nncf.quantize(model, nncf.Dataset(items, transform), subset_size=len(items),
-                                  target_device=nncf.TargetDevice.CPU, advanced_parameters=advanced, **kw)
+        kw.update(subset_size=len(items), target_device=nncf.TargetDevice.CPU)
         info = {"method": "nncf.quantize (post-training, fast bias correction, NNCF's default preset)",
                 "calibration_items": str(len(items)), "activation_ranges": "minmax",
                 "weight_granularity": q.granularity.value, "reduce_range": str(reduce_range).lower(),
                 "overflow_fix": "enable (7-bit weights)" if reduce_range else "disable",
-                "nncf_version": nncf.__version__, **({"model_type": "transformer"} if kw else {})}
-        art = self._save(quantized, ctx, out, info)
+                "nncf_version": nncf.__version__,
+                **({"model_type": "transformer"} if "model_type" in kw else {})}
+        return model, nncf.Dataset(items), advanced, kw, info
+
+    def build_static(self, ctx: BuildContext, out: Path) -> Artifact:
+        import nncf
+
+        model, calibration, advanced, kw, info = self.static_setup(ctx)
+        quantized = nncf.quantize(model, calibration, advanced_parameters=advanced, **kw)
+        return self.save_int8(quantized, ctx, out, info)
+
+    def save_int8(self, model, ctx: BuildContext, out: Path, info: Dict[str, str]) -> Artifact:
+        """The IR of a model NNCF quantized, refused when it holds no int8 weight."""
+        art = self._save(model, ctx, out, info)
         if not any(t in art.info["weight_dtypes"] for t in ("i8:", "u8:")):
-            raise Unsupported(f"quant=static on openvino quantized no weight of model={ctx.cfg.model.name} "
-                              f"(weights: {art.info['weight_dtypes']})")
+            raise Unsupported(f"quant={ctx.cfg.quant.scheme.value} on openvino quantized no weight of "
+                              f"model={ctx.cfg.model.name} (weights: {art.info['weight_dtypes']})")
         return art
+
+    def build_auto(self, ctx: BuildContext, out: Path) -> Artifact:
+        """NNCF's quantize_with_accuracy_control (bsb_hydra/backends/openvino/auto.py)."""
+        from bsb_hydra.backends.openvino.auto import build_auto
+
+        return build_auto(self, ctx, out)
 
     def build_dynamic(self, ctx: BuildContext, out: Path) -> Artifact:
         import nncf
