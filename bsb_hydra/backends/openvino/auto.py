@@ -3,7 +3,7 @@
 (bsb_hydra/mixed.py), so that the cells compare:
 
 calibration  the cell's calibration samples, with quant=static's nncf.quantize parameters
-             (OpenvinoBackend.static_setup: min/max ranges, quant.granularity, quant.reduce_range).
+             (OpenvinoBackend._static_setup, package-internal: min/max ranges, quant.granularity, quant.reduce_range).
 validation   the selection subset of the TRAINING split mixed.py searches on
              (mixed.selection_indices: quant.eval_samples samples, seeded, none of them a calibration
              sample; the test split is never seen), one sample per NNCF item. The metric is top-1
@@ -159,7 +159,7 @@ def build_auto(backend, ctx: BuildContext, out: Path) -> Artifact:
     from bsb_hydra.mixed import selection_indices
 
     q, ds = ctx.cfg.quant, ctx.data
-    model, calibration, advanced, kw, info = backend.static_setup(ctx)
+    model, calibration, advanced, kw, info = backend._static_setup(ctx)
     idx = selection_indices(len(ds.y_train), q.eval_samples, ctx.cfg.seed, ctx.calibration_indices)
     labels = np.asarray(ds.y_train)[idx]
     items = list(zip(model_inputs(model, materialize(ds.x_train[idx])), labels.tolist()))

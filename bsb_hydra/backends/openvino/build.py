@@ -206,7 +206,7 @@ class OpenvinoBackend(Backend):
                           {"note": "fp16 weights (ov.save_model compress_to_fp16=True), computed in f32 "
                                    "(INFERENCE_PRECISION_HINT=f32)"}, compress_to_fp16=True)
 
-    def static_setup(self, ctx: BuildContext):
+    def _static_setup(self, ctx: BuildContext):
         """What quant=static's nncf.quantize is given (quant=auto's quantize_with_accuracy_control too):
         the fp32 ov.Model, the calibration nncf.Dataset (one real training sample per item, NNCF's
         advice), its keyword arguments (subset_size, target_device, advanced parameters, model_type)
@@ -241,11 +241,11 @@ class OpenvinoBackend(Backend):
     def build_static(self, ctx: BuildContext, out: Path) -> Artifact:
         import nncf
 
-        model, calibration, advanced, kw, info = self.static_setup(ctx)
+        model, calibration, advanced, kw, info = self._static_setup(ctx)
         quantized = nncf.quantize(model, calibration, advanced_parameters=advanced, **kw)
-        return self.save_int8(quantized, ctx, out, info)
+        return self._save_int8(quantized, ctx, out, info)
 
-    def save_int8(self, model, ctx: BuildContext, out: Path, info: Dict[str, str]) -> Artifact:
+    def _save_int8(self, model, ctx: BuildContext, out: Path, info: Dict[str, str]) -> Artifact:
         """The IR of a model NNCF quantized, refused when it holds no int8 weight."""
         art = self._save(model, ctx, out, info)
         if not any(t in art.info["weight_dtypes"] for t in ("i8:", "u8:")):
