@@ -22,7 +22,7 @@ RAPIDOCR := rapidocr-onnxruntime==1.4.4
 RAPIDOCR_STAMP := $(VENV)/.data-$(RAPIDOCR)
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: sshd-user docker-amd64 docker-arm64 docker-push setup setup-test data run test bench bench-tasks bench-keras peak report mlflow-ui mlflow-server clean arm64-emulated
+.PHONY: sshd-user docker-amd64 docker-arm64 docker-push setup setup-test data run test bench bench-tasks bench-keras bench-runtimes peak report mlflow-ui mlflow-server clean arm64-emulated
 
 # Debian's sshd, unpacked into .cache/sshd without installing the package (so no system service
 # starts): tests/test_remote.py runs scripts/remote_sweep.sh against it on 127.0.0.1.
@@ -101,6 +101,11 @@ bench-tasks: setup
 bench-keras: setup
 	$(PY) scripts/bench_keras.py $(ARGS)
 
+# resnet18 and mobilenet_v2 at 224 x fp32, static x every backend (pytorch on PT2E and on FX), batch 1 and 8,
+# 1 and 2 threads (scripts/bench_runtimes.py), written to docs/report_runtimes.md. ARGS: e.g. --threads 1.
+bench-runtimes: setup
+	$(PY) scripts/bench_runtimes.py $(ARGS)
+
 # This machine's limit (fp32 / int8 GEMM per runtime, call floors, memory bandwidth), logged as a kind=peak run.
 peak: setup
 	$(PY) -m bsb_hydra.bench.peak $(ARGS)
@@ -121,6 +126,8 @@ report: setup
 	@if [ -f docs/report_tasks.md ]; then printf '\n' >> docs/report.md; cat docs/report_tasks.md >> docs/report.md; fi
 	@# and the keras.applications models (python scripts/bench_keras.py writes it)
 	@if [ -f docs/report_keras.md ]; then printf '\n' >> docs/report.md; cat docs/report_keras.md >> docs/report.md; fi
+	@# and every runtime side by side (python scripts/bench_runtimes.py writes it)
+	@if [ -f docs/report_runtimes.md ]; then printf '\n' >> docs/report.md; cat docs/report_runtimes.md >> docs/report.md; fi
 
 # A tracking server for sweeps on several machines or a cluster: sqlite backend, artifacts served by
 # the server itself (clients need no shared filesystem). Loopback only unless MLFLOW_HOST says otherwise;
