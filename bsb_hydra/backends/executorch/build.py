@@ -9,6 +9,8 @@ fp16    the model in half precision (``module.half()``, float inputs fp16; token
         XNNPACK runs its F16 operators (the profile names them ``Convolution (NHWC, F16)``). A CPU without
         native fp16 arithmetic (x86 without AVX512-FP16, such as the AMD EPYC here) runs XNNPACK's F16C
         kernels, which convert to fp32 around each multiply-add: slower than fp32 there (docs/methodology.md).
+        ExecuTorch's XNNPACK serializer writes convolution weights in fp32 (XNNPACK packs them to fp16 at
+        load): a conv net's fp16 .pte is about its fp32 size; Linear weights are written in fp16.
 dynamic ``XNNPACKQuantizer`` with ``get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True)``
         (torchao's prepare_pt2e / convert_pt2e): int8 weights per output channel, activations quantized per
         call by XNNPACK's QD8 kernels (``Fully Connected (NC, QDU8, F32, QC8W)``). The quantizer's dynamic
@@ -372,6 +374,8 @@ class ExecutorchBackend(Backend):
         return self._lower(program, ctx, out, "fp32", args, {"exported_with": "torch.export"}, ctx.input_dtype)
 
     def build_fp16(self, ctx: BuildContext, out: Path) -> Artifact:
+        import torch
+
         args = _args(ctx.example)
         floating = [a.is_floating_point() for a in args]
         half_args = tuple(a.half() if f else a for a, f in zip(args, floating))  # token ids stay int64
@@ -380,9 +384,13 @@ class ExecutorchBackend(Backend):
         note = "fp16 weights and activations, XNNPACK's F16 operators"
         if ctx.arch == "x86_64" and "avx512_fp16" not in ctx.isa:
             note += ("; this CPU has no AVX512-FP16: XNNPACK's x86 F16 kernels convert to fp32 around the "
-                     "arithmetic (F16C), so fp16 is a size gain here, not a speed gain")
-        return self._lower(program, ctx, out, "fp16", half_args, {"note": note},
-                           "float16" if floating[0] else ctx.input_dtype)
+                     "arithmetic (F16C), so fp16 is no speed gain here")
+        info = {"note": note}
+        if any(isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d)) for m in module.modules()):
+            info["conv_weights_in_file"] = ("fp32: ExecuTorch's XNNPACK serializer stores convolution weights in fp32 "
+                                            "(op_conv2d, force_fp32) and XNNPACK packs them to fp16 at load, so only "
+                                            "Linear weights halve the file")
+        return self._lower(program, ctx, out, "fp16", half_args, info, "float16" if floating[0] else ctx.input_dtype)
 
     def build_dynamic(self, ctx: BuildContext, out: Path) -> Artifact:
         _quiet_imports()
