@@ -43,7 +43,8 @@ def test_every_cell_ok_one_pte_and_the_delegation_logged(et_sweep):
         # the worker imported ExecuTorch's runtime (which brings torch), nothing of the build side or other runtimes
         assert t["worker_imports"] == "executorch,torch", t["worker_imports"]
         delegated, total = map(int, t["build.delegated_nodes"].split(" of "))
-        assert 0 < delegated <= total and float(t["build.delegated_share"]) == pytest.approx(delegated / total, abs=1e-3)
+        assert 0 < delegated <= total
+        assert float(t["build.delegated_share"]) == pytest.approx(delegated / total, abs=1e-3)
         # the dynamic batch leaves the flatten's reshape (a symbolic size) to the portable kernels
         assert t["build.not_delegated_ops"] == "aten_view_copy_default:1", t["build.not_delegated_ops"]
         assert t["build.batch"] == "dynamic 1..8" and t["build.executorch_version"] == "1.5.1"
@@ -64,6 +65,7 @@ def test_fp32_agrees_with_pytorch_and_int8_is_small(et_sweep):
     h = cells["fp16"].data
     assert 0.45 < h.metrics["size_ratio"] < 0.6 and h.metrics["top1_agreement"] >= 0.99
     assert h.tags["input_dtype"] == "float16" and "F16" in h.tags["build.note"]
+    assert h.tags["build.conv_weights_in_file"].startswith("fp32")  # the serializer's; the Linear halves the file
 
 
 def test_runner_and_etdump_profile_on_the_logged_pte(et_sweep, tmp_path):
@@ -114,6 +116,60 @@ def test_the_dynamic_batch_runs_past_torchs_conv_guard(compose_cfg, tmp_path):
     out = runner.outputs(runner.run(runner.prepare(x)))[0]
     with torch.no_grad():
         np.testing.assert_allclose(out, net(torch.from_numpy(x)).numpy(), atol=1e-5)
+
+
+def test_a_model_with_two_inputs_token_ids_among_them(compose_cfg, tmp_path):
+    """Several named inputs (a Feeds), one of them int64 token ids: exported, statically quantized with
+    Feeds calibration, and run by the runner from a Feeds, each input in the dtype the program declares."""
+    import torch
+    from torch import nn
+
+    from bsb_hydra.backends import get_backend
+    from bsb_hydra.backends.base import BuildContext
+    from bsb_hydra.backends.executorch import RUNNER
+    from bsb_hydra.feeds import Feeds
+
+    class TwoInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding, self.dense, self.head = nn.Embedding(50, 16), nn.Linear(5, 16), nn.Linear(16, 3)
+
+        def forward(self, ids, x):
+            return self.head(torch.relu(self.embedding(ids).mean(1) + self.dense(x)))
+
+    cfg = _config(compose_cfg, ["model=cnn", "backend=executorch", "quant=static", "benchmark.batch_sizes=[1,4]"])
+    torch.manual_seed(0)
+    net = TwoInputs().eval()
+    rng = np.random.default_rng(0)
+    feeds = Feeds({"ids": rng.integers(0, 50, (16, 6)), "x": rng.standard_normal((16, 5)).astype(np.float32)})
+    ctx = BuildContext(net, feeds[:1], feeds, cfg, "x86", "x86_64", "", tmp_path)
+    art = get_backend("executorch").build("static", ctx, tmp_path / "static.pte")
+    assert art.input_dtype == "int64" and art.info["int8_weights"] == "linear:2", art.info
+    runner = RUNNER(str(art.path), 1, art.input_dtype, {})
+    assert [np.dtype(d) for d in runner.dtypes] == [np.int64, np.float32]
+    out = runner.outputs(runner.run(runner.prepare(feeds)))[0]  # 16 samples: chunks of 4
+    with torch.no_grad():
+        ref = net(*(torch.from_numpy(a) for a in feeds.values())).numpy()
+    assert out.shape == (16, 3) and np.abs(out - ref).max() < 0.1 * np.abs(ref).max()
+
+
+def test_a_model_torch_export_refuses_ends_unsupported_with_its_error(compose_cfg, tmp_path):
+    import torch
+    from torch import nn
+
+    from bsb_hydra.backends import get_backend
+    from bsb_hydra.backends.base import BuildContext, Unsupported
+
+    class DataDependent(nn.Module):  # control flow on the values, as a detector's score threshold
+        def forward(self, x):
+            return x[x > 0.5].sum(0, keepdim=True) if bool(x.sum() > 0) else x
+
+    cfg = _config(compose_cfg, ["model=cnn", "backend=executorch", "quant=fp32"])
+    x = np.random.default_rng(0).random((1, 4), dtype=np.float32)
+    with pytest.raises(Unsupported, match=r"torch.export cannot export model=cnn with a dynamic batch of 1\.\.32 "
+                                          r"\(GuardOnDataDependentSymNode"):
+        get_backend("executorch").build("fp32", BuildContext(DataDependent(), x, None, cfg, "x86", "x86_64", "",
+                                                             tmp_path), tmp_path / "fp32.pte")
 
 
 def test_peak_artifacts(tmp_path):

@@ -256,7 +256,8 @@ class ExecutorchBackend(Backend):
     fp32_packages = ("executorch", "torchao")
     # bsb_hydra/bench/peak.py's machine limit: one size x size Linear without bias, and its int8 version
     peak_kernels = ("fp32 XNNPACK Fully Connected (NC, F32) GEMM | int8 XNNPACK Fully Connected (NC, QS8) GEMM "
-                    "(XNNPACKQuantizer static per-tensor, int8 activations and weights), .pte run by ExecuTorch's runtime")
+                    "(XNNPACKQuantizer static per-tensor, int8 activations and weights), .pte run by ExecuTorch's "
+                    "runtime")
 
     def unsupported_reason(self, cfg) -> Optional[str]:
         reason = super().unsupported_reason(cfg)
@@ -269,8 +270,8 @@ class ExecutorchBackend(Backend):
         scheme = q.scheme.value
         largest = max(cfg.benchmark.batch_sizes)
         if cfg.backend.max_batch is not None and cfg.backend.max_batch < largest:
-            return (f"backend.max_batch={cfg.backend.max_batch} is below benchmark.batch_sizes' largest, {largest}: the "
-                    ".pte runs batches up to its bound (use null, the largest timed batch, or at least "
+            return (f"backend.max_batch={cfg.backend.max_batch} is below benchmark.batch_sizes' largest, {largest}: "
+                    "the .pte runs batches up to its bound (use null, the largest timed batch, or at least "
                     f"{largest})")
         kind = getattr(cfg.model, "file_kind", lambda: None)()
         if kind == "torchscript":

@@ -133,7 +133,7 @@ class ExecutorchRunner(Runner):
         with tempfile.TemporaryDirectory() as tmp:
             etdump = Path(tmp) / "profile.etdp"
             with quiet_native_stderr(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "Output Buffer not found": no tensors were asked for (debug_buffer_size=0)
+                warnings.simplefilter("ignore")  # "Output Buffer not found": no tensor was asked for
                 program.write_etdump_result_to_file(str(etdump), str(Path(tmp) / "debug.bin"))
                 inspector = Inspector(etdump_path=str(etdump))
             events = []
