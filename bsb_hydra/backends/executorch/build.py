@@ -32,9 +32,9 @@ program is run at batch 1 and at the bound before it is timed.
 
 Unsupported, with the reason in ``no_scheme_reasons`` / ``family_unsupported`` / ``unsupported_reason``: qat,
 auto, int4_weight_only, fake_quant; dynamic and static of an LSTM (XNNPACKQuantizer quantizes only its
-head); quant.method entropy / percentile; quant.reduce_range=true; model=onnx,
-keras, tflite (no torch module: the base class says so); a TorchScript checkpoint; a model torch.export
-cannot export (the build says why)."""
+head); quant.method entropy / percentile; quant.reduce_range=true; model=onnx, keras, tflite (no torch
+module: the base class says so); a TorchScript checkpoint; a model torch.export cannot export (the build
+says why)."""
 from __future__ import annotations
 
 import copy
@@ -51,9 +51,8 @@ from bsb_hydra.backends.executorch.runner import quiet_native_stderr
 # import name -> pip name
 REQUIRED = {"executorch": "executorch", "flatbuffers": "flatbuffers", "ruamel": "ruamel.yaml",
             "tabulate": "tabulate"}
-INSTALL = ("`make setup` (executorch==1.5.1 is installed with --no-deps: its own requirements would replace the "
-           "pinned torch; see the Makefile's EXECUTORCH lines)")
-CALIBRATION_BATCH = 32
+INSTALL = ("`make setup` (executorch==1.5.1 is installed with --no-deps, its requirements pull packages nothing here "
+           "imports; see the Makefile's EXECUTORCH lines)")
 # Graph nodes that are bookkeeping, not arithmetic: a delegate's output tuple indexing, a symbolic size.
 BOOKKEEPING = ("getitem", "sym_size")
 
