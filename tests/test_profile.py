@@ -68,7 +68,7 @@ def test_tflite_nodes_xnnpack_did_not_take():
     assert why_slow(s, None).startswith("3 of 4 nodes on XNNPACK") and "not on XNNPACK: SOFTMAX" in why_slow(s, None)
 
 
-@pytest.mark.parametrize("runtime", ["pytorch", "onnxruntime", "tflite", "openvino"])
+@pytest.mark.parametrize("runtime", ["pytorch", "onnxruntime", "tflite", "openvino", "executorch"])
 def test_each_runtime_profiles_its_int8_artifact(runtime, tmp_path):
     backend = BACKENDS.get(runtime)()
     paths = backend.peak_artifacts(tmp_path, 16, peak.FLOOR_FEATURES)
@@ -81,6 +81,8 @@ def test_each_runtime_profiles_its_int8_artifact(runtime, tmp_path):
         assert any(o["op"].startswith("quantized::linear") for o in s["ops"]) and s["float_compute_ops"] == []
     elif runtime == "onnxruntime":
         assert any(o["op"].startswith("QLinearMatMul") for o in s["ops"]) and s["unfused_qdq"] == 0
+    elif runtime == "executorch":  # XNNPACK's int8 fully connected, from ETDump
+        assert any(o["op"].startswith("Fully Connected (NC, QS8") for o in s["ops"])
     elif runtime == "openvino":  # the CPU plugin's int8 FullyConnected kernel
         assert any(o["op"].startswith("FullyConnected") and o["op"].endswith("[I8]") for o in s["ops"])
         assert s["float_compute_ops"] == []
