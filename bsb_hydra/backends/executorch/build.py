@@ -350,7 +350,7 @@ class ExecutorchBackend(Backend):
                 with torch.no_grad():
                     prepared(*args)
             else:
-                from bsb_hydra.backends.onnxruntime import calibration_batch
+                from bsb_hydra.backends.onnxruntime.build import calibration_batch
                 from bsb_hydra.feeds import materialize
 
                 samples = ctx.calibration
@@ -436,7 +436,7 @@ class ExecutorchBackend(Backend):
     # ------------------------------------------------------------------------- machine limit
     def peak_artifacts(self, out: Path, size: int, features: int) -> Dict[str, Path]:
         """bsb_hydra/bench/peak.py's kernels as .pte programs: "fp32" a size x size Linear without bias
-        (batch size, static), "int8" the same layer through XNNPACKQuantizer's static per-tensor config
+        (a dynamic batch up to size), "int8" the same layer through XNNPACKQuantizer's static per-tensor config
         (calibrated on normal samples), "floor" a features -> features Linear at batch 1 (the empty call)."""
         _quiet_imports()
         import torch
@@ -452,7 +452,9 @@ class ExecutorchBackend(Backend):
         x = torch.randn(size, size)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            prepared = prepare_pt2e(torch.export.export(gemm, (x,)).module(),
+            # a dynamic batch (1..size), as every cell's program has: the worker may call it at any batch
+            dyn = ({0: torch.export.Dim("batch", min=1, max=size)},)
+            prepared = prepare_pt2e(torch.export.export(gemm, (x,), dynamic_shapes=dyn).module(),
                                     XNNPACKQuantizer().set_global(get_symmetric_quantization_config()))
             with torch.no_grad():
                 prepared(x)
@@ -461,7 +463,8 @@ class ExecutorchBackend(Backend):
             paths = {}
             for name, module, example in (("fp32", gemm, x), ("int8", int8, x),
                                           ("floor", floor, torch.randn(1, features))):
-                edge = to_edge_transform_and_lower(torch.export.export(module, (example,)),
+                edge = to_edge_transform_and_lower(torch.export.export(module, (example,),
+                                                                       dynamic_shapes=dyn if name != "floor" else None),
                                                    partitioner=[XnnpackPartitioner()])
                 paths[name] = out / f"{name}.pte"
                 paths[name].write_bytes(edge.to_executorch().buffer)
