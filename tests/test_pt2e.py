@@ -38,7 +38,7 @@ class Block(nn.Module):
 
 
 class Net(nn.Module):
-    """A one-channel stem (stays fp32 under PT2E), a residual block, a ReLU6 stage, a flatten over a
+    """A one-channel stem (computed over [x, 0] under PT2E), a residual block, a ReLU6 stage, a flatten over a
     7x7 map (the layout the package must get right) and two Linear layers."""
 
     def __init__(self):
@@ -83,7 +83,7 @@ def images():
 
 def test_static_pt2e_is_an_int8_aoti_package_close_to_fp32(compose_cfg, tmp_path, images):
     """Strict export lets the X86 recipe take the shared ReLU and fuse the residual add into the conv;
-    the one-channel stem stays fp32; the package runs oneDNN int8 conv/linear kernels and agrees with
+    the one-channel stem runs over a zero-padded second channel; the package runs oneDNN int8 conv/linear kernels and agrees with
     fp32 on inputs with either stride layout."""
     from bsb_hydra.backends.pytorch import PytorchRunner
 
@@ -91,8 +91,8 @@ def test_static_pt2e_is_an_int8_aoti_package_close_to_fp32(compose_cfg, tmp_path
     art = PytorchBackend().build_static(_ctx(compose_cfg, tmp_path, model, images, "quant=static"),
                                         tmp_path / "static.pt")
     assert art.path.suffix == ".pt2" and art.info["flow"] == "pt2e" and art.info["export"] == "aoti"
-    assert art.info["fp32_one_channel_convs"] == "stem.0"
-    assert art.info["int8_weights"] == "5"  # block.conv1, block.conv2, clip.0, two Linear
+    assert art.info["zero_padded_input_convs"] == "stem.0"
+    assert art.info["int8_weights"] == "6"  # stem.0, block.conv1, block.conv2, clip.0, two Linear
     code = _kernels(art.path)
     assert "qconv2d_pointwise_binary" in code and "qlinear_pointwise" in code  # add+ReLU fused into the conv
     assert art.metrics["aoti_compile_seconds"] > 0
@@ -126,8 +126,8 @@ def test_per_tensor_weights_keep_int8_kernels(compose_cfg, tmp_path, images):
         assert torch.all(s == s[0]), node
     art = PytorchBackend().build_static(_ctx(compose_cfg, tmp_path, model, images, "quant=static",
                                              "quant.granularity=per_tensor"), tmp_path / "static.pt")
-    calls = pt2e.compiled_kernels(art.path)  # every conv but the one-channel stem, both Linear: int8 kernels
-    assert sum(v for k, v in calls.items() if k.startswith("qconv")) == 3, calls
+    calls = pt2e.compiled_kernels(art.path)  # every conv and both Linear: int8 kernels
+    assert sum(v for k, v in calls.items() if k.startswith("qconv")) == 4, calls
     assert calls.get("qlinear_pointwise_tensor") == 2, calls
 
 

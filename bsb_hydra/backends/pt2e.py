@@ -138,17 +138,42 @@ def make_quantizer(arch: str, config, float_layers: Sequence[str] = ()):
     return quantizer
 
 
-def one_channel_convs(model) -> List[str]:
-    """Convolutions whose input has one channel (the first conv of a grayscale model). They stay fp32:
-    with a dynamic batch, Inductor's conv lowering takes a (N, 1, H, W) input as NCHW and expects an
-    NCHW output (torch/_inductor/mkldnn_ir.py, _prepare_convolution_fusion_create), while oneDNN's
-    prepacked int8 conv writes NHWC; the package then reads the conv's output in the wrong order
-    (the cnn on fashion_mnist: outputs off by their own size; torch 2.14.1). An fp32 conv over one
-    input channel is the smallest conv of the model (9 multiply-adds per output value at 3x3)."""
+def pad_one_channel_convs(model):
+    """``model`` (a copy) with every Conv2d over a one-channel input (a grayscale model's first conv)
+    computing over [x, 0] instead: two input channels, the second one's weights zero. The same
+    numbers (the zero channel adds nothing, and the input's quantization range already holds 0), and
+    a layout Inductor gets right: with a dynamic batch its conv lowering takes a (N, 1, H, W) input
+    as NCHW and expects an NCHW output (torch/_inductor/mkldnn_ir.py,
+    _prepare_convolution_fusion_create), while oneDNN's prepacked int8 conv writes NHWC, and the
+    package then read the conv's output in the wrong order (the cnn on fashion_mnist: outputs off by
+    their own size; torch 2.14.1). Keeping such a conv fp32 instead trips torchao's QAT conv+bn
+    fusion (IndexError in _update_conv_input_qspec_map_after_replacement). The cost: twice the
+    multiply-adds of the model's smallest conv. Returns (model, names of the padded convs)."""
+    import torch
     from torch import nn
 
-    return [name for name, m in model.named_modules()
-            if isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.in_channels == 1 and m.groups == 1]
+    class ZeroPaddedInputConv(nn.Module):
+        def __init__(self, conv: nn.Conv2d) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(2, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                                  1, conv.bias is not None, conv.padding_mode)
+            with torch.no_grad():
+                self.conv.weight.zero_()
+                self.conv.weight[:, :1].copy_(conv.weight)
+                if conv.bias is not None:
+                    self.conv.bias.copy_(conv.bias)
+            self.conv.train(conv.training)
+
+        def forward(self, x):
+            return self.conv(torch.cat([x, torch.zeros_like(x)], 1))
+
+    m = copy.deepcopy(model)
+    names = [name for name, c in m.named_modules() if isinstance(c, nn.Conv2d) and c.in_channels == 1 and c.groups == 1]
+    for name in names:
+        parent, _, leaf = name.rpartition(".")
+        owner = m.get_submodule(parent) if parent else m
+        setattr(owner, leaf, ZeroPaddedInputConv(getattr(owner, leaf)))
+    return m, names
 
 
 def _first_line(e: Exception) -> str:
@@ -200,11 +225,11 @@ def static_pt2e(model, example, calibration: np.ndarray, q, arch: str, reduce_ra
     import torch
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    inductor_float = [n for n in one_channel_convs(model) if n not in float_layers]
+    model, padded = pad_one_channel_convs(model)
     quiet = _quiet()
     try:
-        gm = export_for_quantization(copy.deepcopy(model).eval(), example, q.scheme.value, model_name)
-        quantizer = make_quantizer(arch, quantization_config(q, arch, reduce_range), [*float_layers, *inductor_float])
+        gm = export_for_quantization(model.eval(), example, q.scheme.value, model_name)
+        quantizer = make_quantizer(arch, quantization_config(q, arch, reduce_range), float_layers)
         try:
             prepared = prepare_pt2e(gm, quantizer)
         except Exception as e:
@@ -222,7 +247,7 @@ def static_pt2e(model, example, calibration: np.ndarray, q, arch: str, reduce_ra
                           f"of model={model_name}; try {FLOW_FX}")
     info = {"flow": "pt2e", "quantizer": quantizer_name(arch), **counts,
             "export": "aoti", "reduce_range": str(reduce_range).lower(),
-            "fp32_one_channel_convs": ",".join(inductor_float) or "none",
+            "zero_padded_input_convs": ",".join(padded) or "none",
             "weight_granularity": q.granularity.value + ("" if q.granularity.value == "per_channel" else
                                                          " (one shared scale in the per-channel form Inductor lowers)"),
             "note": ("PT2E: torch.export (strict) -> prepare_pt2e -> calibrate -> convert_pt2e -> AOTInductor "
@@ -250,11 +275,11 @@ def qat_pt2e(model, ds, q, seed: int, arch: str, reduce_range: bool, model_name:
     from bsb_hydra.train import train_model
 
     example = torch.from_numpy(np.ascontiguousarray(ds.x_train[:1]))
-    inductor_float = one_channel_convs(model)
+    model, padded = pad_one_channel_convs(model)
     quiet = _quiet()
     try:
-        gm = export_for_quantization(copy.deepcopy(model).train(), example, "qat", model_name)
-        quantizer = make_quantizer(arch, quantization_config(q, arch, reduce_range, qat=True), inductor_float)
+        gm = export_for_quantization(model.train(), example, "qat", model_name)
+        quantizer = make_quantizer(arch, quantization_config(q, arch, reduce_range, qat=True))
         try:
             prepared = prepare_qat_pt2e(gm, quantizer)
         except Exception as e:
@@ -270,7 +295,7 @@ def qat_pt2e(model, ds, q, seed: int, arch: str, reduce_range: bool, model_name:
     finally:
         quiet.__exit__(None, None, None)
     info = {"flow": "pt2e", "quantizer": quantizer_name(arch), **count_quantized(converted), "export": "aoti",
-            "weight_granularity": q.granularity.value, "fp32_one_channel_convs": ",".join(inductor_float) or "none"}
+            "weight_granularity": q.granularity.value, "zero_padded_input_convs": ",".join(padded) or "none"}
     return QatPt2eResult(converted, losses, seconds, reduce_range, info)
 
 
