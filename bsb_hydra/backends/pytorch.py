@@ -96,7 +96,7 @@ def _aoti_artifact(module, example, out: Path, ctx: BuildContext, info: Dict[str
     quantize stage), never part of a latency; the worker loads the compiled package."""
     import time
 
-    from bsb_hydra.backends.pt2e import kernel_summary
+    from bsb_hydra.backends.pt2e import constants_bytes, kernel_summary
 
     x = _args(example)
     t0 = time.perf_counter()
@@ -107,7 +107,11 @@ def _aoti_artifact(module, example, out: Path, ctx: BuildContext, info: Dict[str
     if kernels is not None:
         info["compiled_int8_kernels"] = kernels
     info["export"] = "aoti"
-    return Artifact(path, ctx.input_dtype, info, metrics={"aoti_compile_seconds": seconds})
+    metrics = {"aoti_compile_seconds": seconds}
+    weights = constants_bytes(path)
+    if weights is not None:  # the package's size less its ~0.3 MB of code: what the int8 weights take
+        metrics["aoti_constants_bytes"] = float(weights)
+    return Artifact(path, ctx.input_dtype, info, metrics=metrics)
 
 
 def canonical_strides(t):
