@@ -132,7 +132,8 @@ def accuracy(model: str, data: str, workdir: Path) -> str:
 
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     exp = client.get_experiment_by_name("bsb-hydra")
-    lines = ["| cell | flow | accuracy | delta vs fp32 (pp, 95% CI) | top-1 agreement with fp32 | p50 b1 ms | speedup b1 |",
+    lines = ["| cell | flow | accuracy | delta vs fp32 (pp, 95% CI) | top-1 agreement with fp32 | p50 b1 ms "
+             "| speedup b1 |",
              "|---|---|---|---|---|---|---|"]
     for r in client.search_runs([exp.experiment_id]):
         m, t, p = r.data.metrics, r.data.tags, r.data.params

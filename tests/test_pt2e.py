@@ -83,8 +83,8 @@ def images():
 
 def test_static_pt2e_is_an_int8_aoti_package_close_to_fp32(compose_cfg, tmp_path, images):
     """Strict export lets the X86 recipe take the shared ReLU and fuse the residual add into the conv;
-    the one-channel stem runs over a zero-padded second channel; the package runs oneDNN int8 conv/linear kernels and agrees with
-    fp32 on inputs with either stride layout."""
+    the one-channel stem runs over a zero-padded second channel; the package runs oneDNN int8
+    conv/linear kernels and agrees with fp32 on an NHWC-stored split."""
     from bsb_hydra.backends.pytorch import PytorchRunner
 
     model = _net()
@@ -143,7 +143,6 @@ def test_dynamic_pt2e_is_torchao_int8_linear_in_a_package(compose_cfg, tmp_path,
     (["model=lstm", "quant=static"], "model=lstm, quant=static on pytorch needs backend.flow=fx"),
     (["model=lstm", "quant=qat"], "model=lstm, quant=qat on pytorch needs backend.flow=fx"),
     (["model=lstm", "quant=dynamic"], "model=lstm, quant=dynamic on pytorch needs backend.flow=fx"),
-    (["model=transformer_tiny", "quant=static"], "model=transformer_tiny, quant=static on pytorch needs backend.flow=fx"),
 ])
 def test_what_pt2e_cannot_build_names_flow_fx(compose_cfg, overrides, needle):
     backend = PytorchBackend()
@@ -151,6 +150,28 @@ def test_what_pt2e_cannot_build_names_flow_fx(compose_cfg, overrides, needle):
     assert needle in (backend.unsupported_reason(cfg) or "")
     cfg = validate(_resolvable(compose_cfg(["backend=pytorch", "backend.flow=fx", *overrides])))
     assert backend.unsupported_reason(cfg) is None
+
+
+def test_transformer_static_and_dynamic_run_on_pt2e(compose_cfg, tmp_path):
+    """Strict export captures transformers' BertModel: static int8 Linear layers (qlinear kernels,
+    the residual adds fused) and torchao's dynamic Linear, in packages."""
+    from bsb_hydra.backends import pt2e
+    from bsb_hydra.models.transformer_tiny import TransformerTinyConfig, build_transformer_tiny
+
+    torch.manual_seed(0)
+    model = build_transformer_tiny(TransformerTinyConfig(vocab_size=500, max_positions=16), (16,), 2).eval()
+    ids = np.random.default_rng(0).integers(1, 500, (32, 16))
+    backend = PytorchBackend()
+    for quant in ("static", "dynamic"):
+        cfg = validate(_resolvable(compose_cfg(["model=transformer_tiny", "backend=pytorch", f"quant={quant}"])))
+        assert backend.unsupported_reason(cfg) is None
+        ctx = BuildContext(model, ids[:1], ids, cfg, "x86", "x86_64", "avx512_vnni", tmp_path)
+        art = getattr(backend, f"build_{quant}")(ctx, tmp_path / f"{quant}.pt")
+        calls = pt2e.compiled_kernels(art.path)
+        if quant == "static":
+            assert art.info["int8_weights"] == "13" and calls.get("qlinear_pointwise_tensor"), calls
+        else:
+            assert art.info["int8_linears"] == "13" and calls.get("int_mm_out"), calls
 
 
 def test_flow_is_validated(compose_cfg):

@@ -24,6 +24,7 @@ that module compiles to aten._int_mm (oneDNN int8 GEMM) in the package.
 Imported only by the pytorch backend's builds (torchao registers Inductor passes on import)."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 import warnings
@@ -38,38 +39,40 @@ FLOW_FX = "backend.flow=fx"
 CALIBRATION_BATCH = 32
 
 
+@contextlib.contextmanager
 def _quiet():
     """Warnings torch.export and torchao print on every build that say nothing about this cell:
-    torchao's pytree notice, the observers' reduce_range notice, the quantizer's skipped-config notes."""
-    ctx = warnings.catch_warnings()
-    ctx.__enter__()
-    for message in (r".*Enum subclass.*", r".*reduce_range.*", r".*To copy construct from a tensor.*",
-                    r".*Skip the quantization config.*", r".*TypedStorage is deprecated.*"):
-        warnings.filterwarnings("ignore", message=message)
-    return ctx
+    torchao's pytree notice, the observers' reduce_range notice, the quantizer's skipped-config and
+    unquantized-maxpool notes."""
+    with warnings.catch_warnings():
+        for message in (r".*Enum subclass.*", r".*reduce_range.*", r".*To copy construct from a tensor.*",
+                        r".*Skip the quantization config.*", r".*TypedStorage is deprecated.*",
+                        r".*is not quantized, skip annotate.*"):
+            warnings.filterwarnings("ignore", message=message)
+        yield
 
 
 def quantizer_name(arch: str) -> str:
     return "ArmInductorQuantizer" if arch == "aarch64" else "X86InductorQuantizer"
 
 
-def _per_tensor_as_channels():
-    """Per-tensor int8 weights written in the per-channel form: every output channel gets the whole
-    tensor's scale (the same numbers per-tensor symmetric quantization gives). Inductor's x86 int8
-    lowering matches ``dequantize_per_channel`` weights only: a per_tensor_symmetric weight spec is
-    annotated, but the conv then compiles to an fp32 aten convolution over dequantized weights
-    (resnet18 b1, 1 thread: 99 ms against 10.6 ms per channel)."""
+def _shared_scale(observer):
+    """``observer`` (a per-channel observer class) giving every output channel the whole tensor's
+    range: per-tensor int8 weights written in the per-channel form (the same numbers per-tensor
+    symmetric quantization gives). Inductor's x86 int8 lowering matches ``dequantize_per_channel``
+    weights only: a per_tensor_symmetric weight spec is annotated, but the conv then compiles to an
+    fp32 aten convolution over dequantized weights (resnet18 b1, 1 thread: 99 ms against 10.6 ms)."""
     import torch
-    from torchao.quantization.pt2e import PerChannelMinMaxObserver
 
-    class SharedScalePerChannelMinMaxObserver(PerChannelMinMaxObserver):
+    class SharedScale(observer):
         def calculate_qparams(self):
             lo, hi = self.min_val, self.max_val
             if lo.numel() == 0:
                 return super().calculate_qparams()
             return self._calculate_qparams(torch.full_like(lo, float(lo.min())), torch.full_like(hi, float(hi.max())))
 
-    return SharedScalePerChannelMinMaxObserver
+    SharedScale.__name__ = SharedScale.__qualname__ = f"SharedScale{observer.__name__}"
+    return SharedScale
 
 
 def quantization_config(q, arch: str, reduce_range: bool, qat: bool = False):
@@ -98,27 +101,13 @@ def quantization_config(q, arch: str, reduce_range: bool, qat: bool = False):
         from torchao.quantization.pt2e import FakeQuantize
 
         # the learned ranges: weights through a fake quantizer whose observer gives the qparams
-        weight_observer = MovingAveragePerChannelMinMaxObserver if per_channel else _moving_shared_scale()
-        ctr = FakeQuantize.with_args(observer=weight_observer, **eps)
+        observer = MovingAveragePerChannelMinMaxObserver
+        ctr = FakeQuantize.with_args(observer=observer if per_channel else _shared_scale(observer), **eps)
     else:
-        ctr = (PerChannelMinMaxObserver if per_channel else _per_tensor_as_channels()).with_args(**eps)
+        ctr = (PerChannelMinMaxObserver if per_channel else _shared_scale(PerChannelMinMaxObserver)).with_args(**eps)
     weight = QuantizationSpec(dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_channel_symmetric,
                               ch_axis=0, is_dynamic=False, observer_or_fake_quant_ctr=ctr)
     return replace(config, weight=weight)
-
-
-def _moving_shared_scale():
-    import torch
-    from torchao.quantization.pt2e import MovingAveragePerChannelMinMaxObserver
-
-    class SharedScaleMovingAveragePerChannelMinMaxObserver(MovingAveragePerChannelMinMaxObserver):
-        def calculate_qparams(self):
-            lo, hi = self.min_val, self.max_val
-            if lo.numel() == 0:
-                return super().calculate_qparams()
-            return self._calculate_qparams(torch.full_like(lo, float(lo.min())), torch.full_like(hi, float(hi.max())))
-
-    return SharedScaleMovingAveragePerChannelMinMaxObserver
 
 
 def make_quantizer(arch: str, config, float_layers: Sequence[str] = ()):
@@ -226,8 +215,7 @@ def static_pt2e(model, example, calibration: np.ndarray, q, arch: str, reduce_ra
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     model, padded = pad_one_channel_convs(model)
-    quiet = _quiet()
-    try:
+    with _quiet():
         gm = export_for_quantization(model.eval(), example, q.scheme.value, model_name)
         quantizer = make_quantizer(arch, quantization_config(q, arch, reduce_range), float_layers)
         try:
@@ -239,12 +227,10 @@ def static_pt2e(model, example, calibration: np.ndarray, q, arch: str, reduce_ra
             for i in range(0, len(calibration), CALIBRATION_BATCH):
                 prepared(*args(calibration[i:i + CALIBRATION_BATCH]))
         converted = convert_pt2e(prepared)
-    finally:
-        quiet.__exit__(None, None, None)
     counts = count_quantized(converted)
     if counts["int8_weights"] == "0":
-        raise Unsupported(f"quant={q.scheme.value} on pytorch (PT2E): {quantizer_name(arch)} quantized no conv or linear "
-                          f"of model={model_name}; try {FLOW_FX}")
+        raise Unsupported(f"quant={q.scheme.value} on pytorch (PT2E): {quantizer_name(arch)} quantized no conv or "
+                          f"linear of model={model_name}; try {FLOW_FX}")
     info = {"flow": "pt2e", "quantizer": quantizer_name(arch), **counts,
             "export": "aoti", "reduce_range": str(reduce_range).lower(),
             "zero_padded_input_convs": ",".join(padded) or "none",
@@ -276,8 +262,7 @@ def qat_pt2e(model, ds, q, seed: int, arch: str, reduce_range: bool, model_name:
 
     example = torch.from_numpy(np.ascontiguousarray(ds.x_train[:1]))
     model, padded = pad_one_channel_convs(model)
-    quiet = _quiet()
-    try:
+    with _quiet():
         gm = export_for_quantization(model.train(), example, "qat", model_name)
         quantizer = make_quantizer(arch, quantization_config(q, arch, reduce_range, qat=True))
         try:
@@ -292,8 +277,6 @@ def qat_pt2e(model, ds, q, seed: int, arch: str, reduce_range: bool, model_name:
         prepared.apply(disable_observer)  # the learned ranges are final
         prepared.eval()
         converted = convert_pt2e(prepared)
-    finally:
-        quiet.__exit__(None, None, None)
     info = {"flow": "pt2e", "quantizer": quantizer_name(arch), **count_quantized(converted), "export": "aoti",
             "weight_granularity": q.granularity.value, "zero_padded_input_convs": ",".join(padded) or "none"}
     return QatPt2eResult(converted, losses, seconds, reduce_range, info)
@@ -312,12 +295,9 @@ def dynamic_torchao(model, granularity: str):
     if n:
         weight = PerRow() if granularity == "per_channel" else PerTensor()
         # set_inductor_config=False: torchao would otherwise change process-wide Inductor settings
-        quiet = _quiet()
-        try:
+        with _quiet():
             quantize_(m, Int8DynamicActivationInt8WeightConfig(granularity=[PerTensor(), weight],
                                                                set_inductor_config=False))
-        finally:
-            quiet.__exit__(None, None, None)
     return m, n
 
 

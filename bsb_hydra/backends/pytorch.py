@@ -13,7 +13,8 @@ backend.flow=fx keeps torch.ao (deprecated since torch 2.10): dynamic through qu
 per-channel or per-tensor), qat through FX QAT -> convert_fx, all into TorchScript; the text models
 FX cannot handle use eager mode there: the LSTM's static and qat go through torch.ao's quantizable
 LSTM (``bsb_hydra.eager_lstm``), the transformer's static wraps each Linear
-(``_static_linears_eager``). Those cells need backend.flow=fx (PT2E has no counterpart here)."""
+(``_static_linears_eager``). The LSTM's cells need backend.flow=fx (PT2E has no LSTM pattern); the
+transformer's static runs on PT2E too (strict export captures BertModel; its Linear layers int8)."""
 from __future__ import annotations
 
 import copy
@@ -160,8 +161,8 @@ def _check_package(path: Path, module, ctx: BuildContext, dtype=None) -> None:
     scale = float(want.float().abs().max())
     err = float((got.float() - want.float()).abs().max())
     if err > PACKAGE_TOLERANCE * scale + 1e-4:
-        raise RuntimeError(f"the AOTInductor package of quant={ctx.cfg.quant.scheme.value} disagrees with the module it "
-                           f"was compiled from (max |difference| {err:.4g}, outputs up to {scale:.4g}): an Inductor "
+        raise RuntimeError(f"the AOTInductor package of quant={ctx.cfg.quant.scheme.value} disagrees with the "
+                           f"module it was compiled from (max |difference| {err:.4g}, outputs up to {scale:.4g}): an Inductor "
                            "lowering fault; not measured")
 
 
@@ -439,11 +440,6 @@ class PytorchBackend(Backend):
                     "qat": "torch.ao's eager quantizable LSTM with QAT (PT2E's Inductor quantizers have no LSTM "
                            "pattern)"}[scheme]
             return f"model={cfg.model.name}, quant={scheme} on pytorch needs backend.flow=fx: it is built by {what}"
-        if family == "transformer" and scheme == "static":
-            return (f"model={cfg.model.name}, quant=static on pytorch needs backend.flow=fx: it is built by torch.ao's "
-                    "eager mode (each Linear wrapped in quantize/dequantize stubs, int8 embedding tables); strict "
-                    "torch.export, which PT2E's X86 recipe needs to find its patterns, cannot capture "
-                    "transformers' BertModel here")
         return None
 
     def task_reason(self, cfg, task) -> Optional[str]:
@@ -521,8 +517,8 @@ class PytorchBackend(Backend):
         # their own size; torch 2.14.1, torchao 0.18.0), see _check_package.
         q, n = dynamic_torchao(_bn_folded(ctx.model), ctx.cfg.quant.granularity.value)
         if not n:
-            raise Unsupported(f"quant=dynamic on pytorch quantized nothing: model={ctx.cfg.model.name} has no nn.Linear "
-                              "for torchao's int8 dynamic config (convolutions are quant=static)"
+            raise Unsupported(f"quant=dynamic on pytorch quantized nothing: model={ctx.cfg.model.name} has no "
+                              "nn.Linear for torchao's int8 dynamic config (convolutions are quant=static)"
                               + (" (a TorchScript or exported file holds compiled code, not modules: run dynamic on "
                                  "onnxruntime)" if _compiled(ctx.model) else ""))
         info = {"flow": "pt2e", "memory_format": "inductor", "int8_linears": str(n),
@@ -558,7 +554,7 @@ class PytorchBackend(Backend):
     def _static(self, ctx: BuildContext, out: Path, float_layers=()) -> Artifact:
         """Static int8; ``float_layers`` (module names) stay float (quant=auto): unannotated by the PT2E
         quantizer, or qconfig None in FX."""
-        if ctx.cfg.backend.flow == "pt2e" and ctx.cfg.model.family not in ("transformer", "recurrent"):
+        if ctx.cfg.backend.flow == "pt2e" and ctx.cfg.model.family != "recurrent":
             return self._static_pt2e(ctx, out, float_layers)
         import torch
         from torch.ao.quantization import QConfigMapping
@@ -665,8 +661,8 @@ class PytorchBackend(Backend):
         reduce_range = reduce_range_default(q, ctx.arch == "x86_64", ctx.isa)
         res = qat_pt2e(ctx.model, ctx.data, q, ctx.cfg.seed, ctx.arch, reduce_range, ctx.cfg.model.name)
         info = {**res.info, "reduce_range": str(res.reduce_range).lower(),
-                "qat_method": "PT2E: torch.export (strict, train mode) -> prepare_qat_pt2e -> fine-tune -> convert_pt2e "
-                              "-> AOTInductor",
+                "qat_method": ("PT2E: torch.export (strict, train mode) -> prepare_qat_pt2e -> fine-tune -> "
+                               "convert_pt2e -> AOTInductor"),
                 "qat_seconds": f"{res.seconds:.1f}"}
         art = _aoti_artifact(res.module, ctx.example, out, ctx, info)
         art.curves = {"qat_loss": res.losses}
