@@ -454,7 +454,8 @@ class PytorchBackend(Backend):
     def runner_settings(self, cfg, engine: str) -> Dict[str, Any]:
         return {"engine": engine}
 
-    fp32_independent = ("fold_relu6",)  # static's
+    # the quantized schemes' keys: fp32 (and fp16) are built the same under both flows
+    fp32_independent = ("fold_relu6", "flow")
 
     def fp32_cache_parts(self, cfg) -> Dict[str, Any]:
         parts = super().fp32_cache_parts(cfg)
