@@ -383,7 +383,8 @@ class PytorchBackend(Backend):
     family_unsupported = {
         "transformer": {
             "qat": "torch.ao FX cannot trace transformers' BertModel (data-dependent mask code), so FX QAT "
-                   "does not apply; no transformer QAT here",
+                   "does not apply (backend.flow=fx), and PT2E QAT of it is not attempted here; no transformer "
+                   "QAT here",
             "auto": _AUTO_EAGER,
         },
         "recurrent": {"auto": _AUTO_EAGER},
@@ -616,8 +617,9 @@ class PytorchBackend(Backend):
             res.info["float_modules"] = ",".join(float_layers)
         return _aoti_artifact(res.module, ctx.example, out, ctx, res.info)
 
-    # quant=auto (bsb_hydra/mixed.py): every Conv and Linear module can keep qconfig None (FX graph
-    # mode; the eager transformer and LSTM paths have no per-module choice here).
+    # quant=auto (bsb_hydra/mixed.py): every Conv and Linear module can stay float (PT2E: left
+    # unannotated by the quantizer; FX: qconfig None; the eager transformer and LSTM paths of
+    # backend.flow=fx have no per-module choice here).
     def mixed_layers(self, ctx: BuildContext):
         from torch import nn
 
