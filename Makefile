@@ -28,7 +28,7 @@ EXECUTORCH := executorch==1.5.1
 EXECUTORCH_STAMP := $(VENV)/.nodeps-$(EXECUTORCH)
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: sshd-user docker-amd64 docker-arm64 docker-push setup setup-test data run test bench bench-tasks bench-keras bench-runtimes peak report mlflow-ui mlflow-server clean arm64-emulated
+.PHONY: sshd-user docker-amd64 docker-arm64 docker-push setup setup-test data run test bench bench-tasks bench-keras bench-runtimes bench-pt2e peak report mlflow-ui mlflow-server clean arm64-emulated
 
 # Debian's sshd, unpacked into .cache/sshd without installing the package (so no system service
 # starts): tests/test_remote.py runs scripts/remote_sweep.sh against it on 127.0.0.1.
@@ -115,6 +115,12 @@ bench-keras: setup
 # 1 and 2 threads (scripts/bench_runtimes.py), written to docs/report_runtimes.md. ARGS: e.g. --threads 1.
 bench-runtimes: setup
 	$(PY) scripts/bench_runtimes.py $(ARGS)
+
+# PT2E static (backend.flow=pt2e, AOTInductor) against FX static (backend.flow=fx, TorchScript) on pytorch:
+# resnet18 and mobilenet_v2 at 224 px, b1/b8, 1 and 2 threads, plus accuracy on a small trained model
+# (scripts/bench_pt2e.py). ARGS: e.g. --archs resnet18 --threads 2 --skip-accuracy.
+bench-pt2e: setup
+	$(PY) scripts/bench_pt2e.py $(ARGS)
 
 # This machine's limit (fp32 / int8 GEMM per runtime, call floors, memory bandwidth), logged as a kind=peak run.
 peak: setup

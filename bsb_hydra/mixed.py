@@ -329,6 +329,7 @@ def build_auto(backend, ctx: BuildContext, out: Path) -> Artifact:
     result = search(backend, ctx, a.ev, a.table, a.fp32_art, ctx.workdir)
     search_s = time.perf_counter() - t0
     chosen = result["chosen"]
+    out = out.with_suffix(Path(chosen["path"]).suffix)  # the build's own (pytorch's PT2E builds are .pt2 packages)
     shutil.copyfile(chosen["path"], out)
     info = dict(chosen["info"])
     info.update({"auto.float_layers": ",".join(chosen["float_layers"]) or "(none)", "auto.fallback": q.fallback.value,

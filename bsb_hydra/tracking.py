@@ -110,7 +110,9 @@ LATER_INERT = {"device.core_pinning": None, "device.expected_isa": [], "data.res
                # model=torch's inputs
                "data.vocab_size": None, "model.tokenizer": None, "model.inputs": None,
                # model=hf fed token ids alone before 2026-12-06 (its default is now the tokenizer's inputs)
-               "model.feed": "ids"}
+               "model.feed": "ids",
+               # pytorch's static, qat, dynamic and auto were torch.ao FX / eager builds before 2026-12-06
+               "backend.flow": "fx"}
 
 
 def _family(c: Dict[str, Any]) -> str:
@@ -124,7 +126,8 @@ def drop_inert(c: Dict[str, Any]) -> Dict[str, Any]:
     """Leave out keys that do nothing in this cell and were added to a schema after runs had been
     stored: quant.analyze / quant.eval_samples on a static cell with analyze off, quant.analyze on
     an auto cell (auto always analyzes), backend.transformer_optimizer outside a transformer's
-    dynamic cell, backend.fold_relu6 outside an FX static or auto cell, the task group at task=auto,
+    dynamic cell, backend.fold_relu6 outside an FX static or auto cell, backend.flow outside the schemes it builds
+    (static, qat, dynamic, auto), the task group at task=auto,
     and LATER_INERT's keys at their inert values. Params,
     config.json and config_hash then agree between older and newer runs of the same configuration
     (resume finds them; the report groups them together)."""
@@ -137,9 +140,11 @@ def drop_inert(c: Dict[str, Any]) -> Dict[str, Any]:
     b = c.get("backend") or {}
     if "transformer_optimizer" in b and not (q.get("scheme") == "dynamic" and _family(c) == "transformer"):
         b.pop("transformer_optimizer")  # it changes only a transformer's ORT dynamic build
-    if "fold_relu6" in b and not (q.get("scheme") in ("static", "auto") and _family(c) not in ("transformer",
-                                                                                               "recurrent")):
+    if "fold_relu6" in b and not (q.get("scheme") in ("static", "auto") and b.get("flow", "fx") == "fx"
+                                  and _family(c) not in ("transformer", "recurrent")):
         b.pop("fold_relu6")  # it changes only PyTorch's FX static builds
+    if "flow" in b and q.get("scheme") not in ("static", "qat", "dynamic", "auto"):
+        b.pop("flow")  # fp32, fp16, int4_weight_only and fake_quant are built the same under either flow
     t = c.get("task")
     if isinstance(t, dict) and t.get("name") == "auto" and t.get("output") is None:
         del c["task"]  # added later; auto reads a built-in classifier as every earlier run did

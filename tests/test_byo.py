@@ -126,8 +126,12 @@ def test_user_onnx_and_torch_models_run_where_they_can(user_model_sweep):
         # TinyNet(width 8) MACs: the conv's 16*16*8 outputs x 27 taps, the linear layer's 512 x 3
         assert m["model_macs"] == 16 * 16 * 8 * 27 + 512 * 3
         assert 0.0 <= m["accuracy"] <= 1.0 and m["test_samples"] == 120
-        if quant == "static":
-            assert m["size_ratio"] < 1.0 and m["top1_agreement"] > 0.5  # 1.8k weights: the file's framing dominates
+        if quant == "static":  # 1.8k weights: the file's framing dominates
+            assert m["top1_agreement"] > 0.5
+            if backend == "pytorch":  # a PT2E package: ~0.3 MB of compiled code around the int8 constants
+                assert m["aoti_constants_bytes"] < m["fp32_size_bytes"]
+            else:
+                assert m["size_ratio"] < 1.0
     onnx = runs[("tiny", "static", "onnxruntime")].data.tags
     assert onnx["model_source"] == "onnx" and "sha256" in onnx["model_ref"] and onnx["fp32_source"] == "file"
     torch_cell = runs[("TinyNet", "fp32", "pytorch")].data.tags

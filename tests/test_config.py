@@ -200,17 +200,22 @@ def test_a_key_of_another_option_is_named_with_the_options_that_have_it(args, me
 
 
 @pytest.mark.parametrize("backend,value,needle", [
-    ("pytorch", "true", "quant.convolutions=true on pytorch: torch.ao's quantize_dynamic quantizes Linear, LSTM"),
+    ("pytorch", "true", "quant.convolutions=true on pytorch: torchao's Int8DynamicActivationInt8WeightConfig "
+                        "quantizes Linear layers only"),
+    ("pytorch backend.flow=fx", "true", "quant.convolutions=true on pytorch: torch.ao's quantize_dynamic quantizes "
+                                        "Linear, LSTM"),
     ("tflite", "false", "quant.convolutions=false on tflite (keras_twin): the converter's dynamic-range mode quantizes"),
 ])
 def test_dynamic_convolutions_a_backend_cannot_do(compose_cfg, backend, value, needle):
     from bsb_hydra.backends import get_backend
 
+    backend, *extra = backend.split()
     if backend == "tflite":
         pytest.importorskip("ai_edge_litert")
-    cfg = validate(_resolvable(compose_cfg([f"backend={backend}", "quant=dynamic", f"quant.convolutions={value}"])))
+    cfg = validate(_resolvable(compose_cfg([f"backend={backend}", *extra, "quant=dynamic",
+                                            f"quant.convolutions={value}"])))
     assert needle in (get_backend(backend).unsupported_reason(cfg) or "")
-    cfg = validate(_resolvable(compose_cfg([f"backend={backend}", "quant=dynamic"])))  # null: the backend's choice
+    cfg = validate(_resolvable(compose_cfg([f"backend={backend}", *extra, "quant=dynamic"])))  # null: the backend's choice
     assert get_backend(backend).unsupported_reason(cfg) is None
 
 
@@ -221,19 +226,22 @@ def test_xnnpack_latest_features_needs_xnnpack(compose_cfg):
     assert "backend.xnnpack_latest_features=true is not allowed with backend.xnnpack=false" in str(e.value)
 
 
-def test_pytorch_export_names_the_bad_value_and_aoti_is_float_only(compose_cfg):
+def test_pytorch_export_names_the_bad_value_and_aoti_is_float_only_under_fx(compose_cfg):
+    """backend.export=aoti: every scheme under backend.flow=pt2e (its int8 cells are AOTInductor
+    packages whatever backend.export says), the float ones only under backend.flow=fx."""
     from bsb_hydra.backends import get_backend
 
     with pytest.raises(ConfigError) as e:
         validate(_resolvable(compose_cfg(["backend=pytorch", "backend.export=onnx"])))
     assert "backend.export='onnx' is not allowed: use one of torchscript, aoti" in str(e.value)
     backend = get_backend("pytorch")
-    for scheme in ("fp32", "fp16"):
+    for scheme in ("fp32", "fp16", "dynamic", "static", "qat"):
         cfg = validate(_resolvable(compose_cfg(["backend=pytorch", f"quant={scheme}", "backend.export=aoti"])))
-        assert backend.unsupported_reason(cfg) is None
+        assert backend.unsupported_reason(cfg) is None, scheme
     for scheme in ("dynamic", "static", "qat"):
-        cfg = validate(_resolvable(compose_cfg(["backend=pytorch", f"quant={scheme}", "backend.export=aoti"])))
-        assert f"backend.export=aoti with quant={scheme}: " in (backend.unsupported_reason(cfg) or "")
+        cfg = validate(_resolvable(compose_cfg(["backend=pytorch", f"quant={scheme}", "backend.export=aoti",
+                                                "backend.flow=fx"])))
+        assert f"backend.export=aoti with quant={scheme}: under backend.flow=fx" in (backend.unsupported_reason(cfg) or "")
 
 
 def test_snapshot_conf_copies_conf_for_a_multirun_only(tmp_path):

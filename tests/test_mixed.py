@@ -150,7 +150,10 @@ def test_auto_ranks_the_fragile_layer_first_and_keeps_it_float(fragile_checkpoin
     assert m["auto_trials"] == 2 and m["auto_float_layers"] == 1
     assert m["auto_selection_int8_accuracy"] < m["auto_selection_fp32_accuracy"] - 0.1
     assert m["accuracy_delta_pp"] >= -2.0 and m["auto_budget_met_test"] == 1.0
-    assert m["size_ratio"] < 0.9  # the other layers are int8
+    if backend == "pytorch":  # a PT2E AOTInductor package: its ~0.3 MB of compiled code outweighs this mlp's weights
+        assert tags["build.int8_weights"] == "2", tags  # the other two Linear layers are int8
+    else:
+        assert m["size_ratio"] < 0.9  # the other layers are int8
     files = {a.path for a in client.list_artifacts(run.info.run_id, "analysis")}
     assert files == {f"analysis/{f}" for f in ("sensitivity.json", "trials.json", "sensitivity.md", "sensitivity.png")}
     table = json.loads(Path(client.download_artifacts(run.info.run_id, "analysis/sensitivity.json", str(tmp_path)))

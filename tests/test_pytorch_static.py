@@ -1,5 +1,6 @@
-"""PyTorch static int8 (torch.ao FX): a ReLU6 clip's bounds become its input's quantization range
-(backend.fold_relu6), as ORT and TFLite quantize it."""
+"""PyTorch static int8 under backend.flow=fx (torch.ao FX): a ReLU6 clip's bounds become its input's
+quantization range (backend.fold_relu6), as ORT and TFLite quantize it. PT2E (the default flow)
+observes a conv's output after its fused ReLU6 and needs no fold: tests/test_pt2e.py."""
 import numpy as np
 import pytest
 import torch
@@ -12,7 +13,7 @@ from tests.test_config import _resolvable
 
 
 def _static(compose_cfg, tmp_path, model, example, calibration, fold):
-    cfg = validate(_resolvable(compose_cfg(["model=mobilenet", "quant=static", "backend=pytorch",
+    cfg = validate(_resolvable(compose_cfg(["model=mobilenet", "quant=static", "backend=pytorch", "backend.flow=fx",
                                             f"backend.fold_relu6={fold}"])))
     ctx = BuildContext(model, example, calibration, cfg, "x86", "x86_64", "avx512_vnni", tmp_path)
     art = PytorchBackend().build_static(ctx, tmp_path / f"static_{fold}.pt")
@@ -83,12 +84,18 @@ def test_fold_brings_mobilenet_closer_to_fp32(compose_cfg, tmp_path):
 
 def test_fold_relu6_key_changes_only_pytorch_fx_static_hashes(compose_cfg):
     """backend.fold_relu6 changes only PyTorch's FX static and auto builds: the other PyTorch cells
-    keep their config_hash and params; static cells measured before it read as fold_relu6=false."""
+    (the PT2E ones too) keep their config_hash and params; static cells measured before it read as
+    fold_relu6=false."""
     from bsb_hydra.cell import config_hash
     from bsb_hydra.tracking import resolved_params
     from tests.conftest import with_and_without
 
-    pair = lambda *o: with_and_without(compose_cfg, ["backend=pytorch", *o], "fold_relu6")  # noqa: E731
+    pair = lambda *o: with_and_without(compose_cfg, ["backend=pytorch", "backend.flow=fx", *o],  # noqa: E731
+                                       "fold_relu6")
+    for quant in ("static", "auto"):  # PT2E: fold_relu6 is inert
+        cfg, before = with_and_without(compose_cfg, ["backend=pytorch", "model=mobilenet", f"quant={quant}"],
+                                       "fold_relu6")
+        assert config_hash(cfg) == config_hash(before) and "backend.fold_relu6" not in resolved_params(cfg)
 
     for overrides in (["model=mobilenet", "quant=dynamic"], ["model=mobilenet", "quant=fp32"],
                       ["model=lstm", "quant=static"], ["model=transformer_tiny", "quant=static"]):

@@ -69,14 +69,22 @@ def test_artifacts_logged(sweep):
 
 
 def test_static_int8_is_at_most_30_percent_of_fp32(sweep):
+    """The int8 weights: the whole file on onnxruntime; on pytorch (PT2E, an AOTInductor package) the
+    constants compiled into it, since the package also carries ~0.3 MB of code, more than these
+    small models' int8 weights (the file is still smaller than the fp32 one)."""
     _, _, _, runs = sweep
     cells = by_cell(runs)
     for model in ("mlp", "cnn"):
         for backend in ("pytorch", "onnxruntime"):
             s, f = cells[(model, "static", backend)], cells[(model, "fp32", backend)]
             assert s.data.tags["status"] == "ok"
-            assert s.data.metrics["size_bytes"] <= 0.30 * f.data.metrics["size_bytes"], (model, backend)
-            assert s.data.metrics["size_ratio"] <= 0.30
+            fp32 = f.data.metrics["size_bytes"]
+            if backend == "pytorch":
+                assert s.data.metrics["aoti_constants_bytes"] <= 0.30 * fp32, model
+                assert s.data.metrics["size_ratio"] < 1.0, model
+            else:
+                assert s.data.metrics["size_bytes"] <= 0.30 * fp32, (model, backend)
+                assert s.data.metrics["size_ratio"] <= 0.30
 
 
 def test_fp32_pytorch_and_onnxruntime_agree(sweep):
@@ -340,15 +348,19 @@ def test_ort_dynamic_convolutions_true_is_conv_integer(tmp_path):
 
 def test_pytorch_float_artifacts_are_channels_last_and_aoti_is_a_compiled_package(sweep, tmp_path):
     """backend.export=aoti: the fp32 cell is an AOTInductor .pt2 (compiled code inside), measured
-    and scored like the TorchScript one, on the same trained model; both run channels_last, and the
-    int8 (torch.ao) artifacts carry no memory-format tag (their kernels reorder themselves)."""
+    and scored like the TorchScript one, on the same trained model. The TorchScript fp32 cell runs
+    channels_last; the aoti one of this one-channel model does not (Inductor miscompiled the wrapper's
+    (N, 1, H, W) reorder with a dynamic batch). The PT2E int8 cells are AOTInductor packages whose
+    layouts Inductor picks (dynamic) or whose kernels reorder themselves (static: no tag)."""
     import zipfile
 
     _, _, _, shared = sweep
     cells = by_cell(shared)
-    for scheme in ("fp32", "dynamic"):
-        assert cells[("cnn", scheme, "pytorch")].data.tags["build.memory_format"] == "channels_last"
-        assert cells[("cnn", scheme, "pytorch")].data.tags["build.export"] == "torchscript"
+    assert cells[("cnn", "fp32", "pytorch")].data.tags["build.memory_format"] == "channels_last"
+    assert cells[("cnn", "fp32", "pytorch")].data.tags["build.export"] == "torchscript"
+    assert cells[("cnn", "dynamic", "pytorch")].data.tags["build.memory_format"] == "inductor"
+    for scheme in ("dynamic", "static"):
+        assert cells[("cnn", scheme, "pytorch")].data.tags["build.export"] == "aoti"
     assert cells[("mlp", "fp32", "pytorch")].data.tags["build.memory_format"] == "contiguous"  # no conv
     assert "build.memory_format" not in cells[("cnn", "static", "pytorch")].data.tags
     run_bsb(["-m", "model=cnn", "quant=fp32", "backend=pytorch", "backend.export=aoti,torchscript",
@@ -357,7 +369,7 @@ def test_pytorch_float_artifacts_are_channels_last_and_aoti_is_a_compiled_packag
     by_export = {r.data.params.get("backend.export", "torchscript"): r for r in runs}  # the default is not logged
     aoti, ts = by_export["aoti"], by_export["torchscript"]
     assert aoti.data.tags["status"] == "ok", aoti.data.tags.get("reason")
-    assert aoti.data.tags["build.export"] == "aoti" and aoti.data.tags["build.memory_format"] == "channels_last"
+    assert aoti.data.tags["build.export"] == "aoti" and aoti.data.tags["build.memory_format"] == "contiguous"
     (package,) = (tmp_path / "sweep").glob("*/artifacts/fp32.pt2")
     assert any(n.endswith(".so") for n in zipfile.ZipFile(package).namelist())
     assert aoti.data.metrics["size_bytes"] == package.stat().st_size

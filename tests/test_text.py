@@ -149,10 +149,13 @@ def test_sst2_loader_on_glue_tsv(tmp_path):
 
 @pytest.fixture(scope="module")
 def text_sweep(tmp_path_factory):
-    """The issue's smoke sweep (both sequence models, fp32/dynamic/static, three backends), plus qat: 24 cells."""
+    """The issue's smoke sweep (both sequence models, fp32/dynamic/static, three backends), plus qat: 24 cells.
+    PyTorch under backend.flow=fx (left out of the other backends' jobs): the LSTM's and the
+    transformer's torch.ao eager paths are the subject here; under the default flow those cells are
+    unsupported with the reason (tests/test_pt2e.py)."""
     tmp = tmp_path_factory.mktemp("text")
     run_bsb(["-m", "model=lstm,transformer_tiny", "quant=fp32,dynamic,static,qat", "backend=pytorch,onnxruntime,tflite",
-             "data.seq_len=choice(32)", *SMOKE], tmp, timeout=1800)  # choice(): a key only text data has
+             "backend.flow=fx", "data.seq_len=choice(32)", *SMOKE], tmp, timeout=1800)  # choice(): a key only text data has
     client, runs = runs_of(tmp)
     return tmp, client, {(r.data.tags["model"], r.data.tags["quant"], r.data.tags["backend"]): r for r in runs}
 

@@ -202,9 +202,10 @@ class Backend:
     # the int8 artifacts' kernels by artifact name (peak_artifacts' keys other than fp32 and floor)
     peak_artifact_kernels: Dict[str, str] = {}
 
-    def peak_artifacts(self, out: Path, size: int, features: int) -> Dict[str, Path]:
+    def peak_artifacts(self, out: Path, size: int, features: int, threads: int = 1) -> Dict[str, Path]:
         """{"fp32": size x size GEMM without bias, "int8..." (one or more int8 builds of it), "floor":
-        a features -> features layer}, files in ``out``, each runnable by this backend's Runner."""
+        a features -> features layer}, files in ``out``, each runnable by this backend's Runner.
+        ``threads``: the thread count they will run with (a compiled artifact may bake it in)."""
         raise Unsupported(f"backend {self.name} has no peak kernels")
 
     def peak_settings(self, arch: str) -> Dict[str, Any]:

@@ -90,7 +90,7 @@ def measure_runtime(runtime: str, threads: int, size: int, min_duration_s: float
     with warnings.catch_warnings():  # the quantizers' deprecation notices, not about this machine
         warnings.simplefilter("ignore")
         logging.getLogger().setLevel(logging.ERROR)  # ORT quantization's "consider pre-processing"
-        paths = backend.peak_artifacts(out, size, FLOOR_FEATURES)
+        paths = backend.peak_artifacts(out, size, FLOOR_FEATURES, threads)
     build_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     x = out / "gemm_input.npy"

@@ -434,7 +434,7 @@ class ExecutorchBackend(Backend):
         return self._quantized(ctx, out, "static", xnnpack_quantizer().set_global(config), calibrate=True, info=info)
 
     # ------------------------------------------------------------------------- machine limit
-    def peak_artifacts(self, out: Path, size: int, features: int) -> Dict[str, Path]:
+    def peak_artifacts(self, out: Path, size: int, features: int, threads: int = 1) -> Dict[str, Path]:
         """bsb_hydra/bench/peak.py's kernels as .pte programs: "fp32" a size x size Linear without bias
         (a dynamic batch up to size), "int8" the same layer through XNNPACKQuantizer's static per-tensor config
         (calibrated on normal samples), "floor" a features -> features Linear at batch 1 (the empty call)."""

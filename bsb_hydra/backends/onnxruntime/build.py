@@ -403,7 +403,7 @@ class OnnxruntimeBackend(Backend):
     peak_kernels = peak.KERNELS
     peak_artifact_kernels = peak.ARTIFACT_KERNELS
 
-    def peak_artifacts(self, out: Path, size: int, features: int) -> Dict[str, Path]:
+    def peak_artifacts(self, out: Path, size: int, features: int, threads: int = 1) -> Dict[str, Path]:
         return peak.peak_artifacts(out, size, features)
 
     def peak_settings(self, arch: str) -> Dict[str, Any]:

@@ -1,12 +1,20 @@
-"""backend=pytorch's builds (the sweep process's side): the PyTorch CPU backend. Artifacts are frozen TorchScript files (the deployable form of a
-torch.ao quantized model: a fresh process loads it without the model's Python code).
+"""backend=pytorch's builds (the sweep process's side): the PyTorch CPU backend. Artifacts are AOTInductor packages (.pt2: torch.export, compiled by
+Inductor, loaded with torch._inductor.aoti_load_package) or frozen TorchScript files; a fresh process
+loads either without the model's Python code.
 
-Schemes: fp32; fp16 (weights and compute in half precision); dynamic (torch.ao quantize_dynamic:
-int8 Linear, conv layers stay fp32); static (torch.ao FX graph mode PTQ: conv+bn(+relu) fused,
-int8 weights per-channel or per-tensor, int8 activations calibrated on real training samples);
-qat (FX QAT -> convert_fx). The text models FX cannot handle use eager mode instead: the LSTM's
-static and qat go through torch.ao's quantizable LSTM (``bsb_hydra.eager_lstm``), the transformer's
-static wraps each Linear (``_static_linears_eager``)."""
+Schemes: fp32 and fp16 (TorchScript, or AOTInductor with backend.export=aoti); and, under
+backend.flow=pt2e (the default; bsb_hydra/backends/pytorch/pt2e.py), dynamic (torchao's int8
+dynamic-activation config on Linear, convolutions stay fp32), static (PT2E: strict torch.export ->
+prepare_pt2e with the X86 / ARM Inductor quantizer -> calibration on real training samples ->
+convert_pt2e) and qat (prepare_qat_pt2e, fine-tuned, convert_pt2e), each compiled to an AOTInductor
+package with frozen weights (int8 oneDNN kernels with fused post-ops).
+backend.flow=fx keeps torch.ao (deprecated since torch 2.10): dynamic through quantize_dynamic
+(Linear, LSTM, Embedding), static through FX graph mode PTQ (conv+bn(+relu) fused, int8 weights
+per-channel or per-tensor), qat through FX QAT -> convert_fx, all into TorchScript; the text models
+FX cannot handle use eager mode there: the LSTM's static and qat go through torch.ao's quantizable
+LSTM (``bsb_hydra.eager_lstm``), the transformer's static wraps each Linear
+(``_static_linears_eager``). The LSTM's cells need backend.flow=fx (PT2E has no LSTM pattern); the
+transformer's static runs on PT2E too (strict export captures BertModel; its Linear layers int8)."""
 from __future__ import annotations
 
 import copy
@@ -18,6 +26,7 @@ from typing import Any, Dict, Optional
 
 from bsb_hydra.backends.base import Artifact, Backend, BuildContext, Unsupported
 from bsb_hydra.backends.pytorch import peak
+from bsb_hydra.backends.pytorch.runner import canonical_strides
 
 CALIBRATION_BATCH = 32
 
@@ -49,13 +58,20 @@ def _save_script(module, example, out: Path) -> None:
 
 
 AOTI_MAX_BATCH = 4096  # the dynamic batch dimension's upper bound (evaluation feeds chunks up to this)
+# freezing: weights folded and prepacked into the compiled graph (and PT2E's int8 lowering).
+# enable_line_tables off: the wrapper's -g1 line tables are ~1.1 MB of the .so (an mlp's int8 package
+# 1.9 MB, its int8 weights 0.26 MB); a deployment ships the code without them.
+AOTI_CONFIGS = {"freezing": True, "aot_inductor.enable_line_tables": False}
 
 
 def _save_aoti(module, example, out: Path, threads: int) -> Path:
     """torch.export with a dynamic batch -> AOTInductor package (``out`` with suffix .pt2), weights
     frozen into the compiled graph (Inductor's freezing: constant folding and oneDNN weight
-    prepacking). Inductor bakes the OpenMP thread count in at compile time, so it compiles with the
-    cell's device.threads."""
+    prepacking; for a PT2E model also the int8 lowering of its quantize/dequantize pairs). Inductor
+    freezes only with autograd off (compile_fx checks torch.is_grad_enabled(): with it on, the
+    package ran a PT2E resnet18 as fp32 convolutions over dequantized weights, 9x slower), so it
+    compiles under no_grad. Inductor bakes the OpenMP thread count in at compile time, so it
+    compiles with the cell's device.threads."""
     import torch
 
     path = out.with_suffix(".pt2")
@@ -67,11 +83,68 @@ def _save_aoti(module, example, out: Path, threads: int) -> Path:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.export.export(module, (two,), dynamic_shapes=({0: batch},))
-            torch._inductor.aoti_compile_and_package(program, package_path=str(path),
-                                                     inductor_configs={"freezing": True})
+            with torch.no_grad():
+                torch._inductor.aoti_compile_and_package(program, package_path=str(path),
+                                                         inductor_configs=AOTI_CONFIGS)
     finally:
         torch.set_num_threads(before)
     return path
+
+
+def _aoti_artifact(module, example, out: Path, ctx: BuildContext, info: Dict[str, str]) -> Artifact:
+    """A PT2E / torchao module compiled into an AOTInductor package (one-input models). The compile
+    happens here, in the build: its seconds are the metric aoti_compile_seconds (part of the
+    quantize stage), never part of a latency; the worker loads the compiled package."""
+    import time
+
+    from bsb_hydra.backends.pytorch.pt2e import constants_bytes, kernel_summary
+
+    x = _args(example)
+    t0 = time.perf_counter()
+    path = _save_aoti(module, x[0], out, ctx.cfg.device.threads)
+    seconds = time.perf_counter() - t0
+    _check_package(path, module, ctx)
+    kernels = kernel_summary(path)
+    if kernels is not None:
+        info["compiled_int8_kernels"] = kernels
+    info["export"] = "aoti"
+    metrics = {"aoti_compile_seconds": seconds}
+    weights = constants_bytes(path)
+    if weights is not None:  # the package's size less its ~0.3 MB of code: what the int8 weights take
+        metrics["aoti_constants_bytes"] = float(weights)
+    return Artifact(path, ctx.input_dtype, info, metrics=metrics)
+
+
+PACKAGE_CHECK_SAMPLES = 16
+PACKAGE_TOLERANCE = 0.1  # of the module's largest |output|: int8 rounding moves outputs by ~1%, a layout bug by ~100%
+
+
+def _check_package(path: Path, module, ctx: BuildContext, dtype=None) -> None:
+    """The compiled package once against the module it was compiled from, on real training samples,
+    before any timing: Inductor lowers the quantized ops itself, and a wrong lowering is silent (a
+    channels_last conv output flattened into torchao's int8 Linear compiled to outputs off by the
+    size of the outputs, while the module itself was right). 16 samples: also past the batch of 15
+    that torch's fake conv guards the exported range to (its NNPACK check, batch >= 16), a guard the
+    package enforces only under AOTI_RUNTIME_CHECK_INPUTS."""
+    import torch
+
+    from bsb_hydra.feeds import flatten_outputs, materialize
+
+    source = ctx.calibration if ctx.calibration is not None else \
+        ctx.data.x_train if getattr(ctx.data, "x_train", None) is not None else ctx.example
+    x = canonical_strides(_args(materialize(source[:PACKAGE_CHECK_SAMPLES]))[0])  # as the runner feeds it
+    if dtype is not None and x.is_floating_point():
+        x = x.to(dtype)  # fp16's package takes half inputs
+    package = torch._inductor.aoti_load_package(str(path))
+    with torch.no_grad():
+        want, got = module(x), package(x)
+    want, got = flatten_outputs(want)[0], flatten_outputs(got)[0]
+    scale = float(want.float().abs().max())
+    err = float((got.float() - want.float()).abs().max())
+    if err > PACKAGE_TOLERANCE * scale + 1e-4:
+        raise RuntimeError(f"the AOTInductor package of quant={ctx.cfg.quant.scheme.value} disagrees with the "
+                           f"module it was compiled from (max |difference| {err:.4g}, outputs up to {scale:.4g}): an Inductor "
+                           "lowering fault; not measured")
 
 
 def _channels_last(module, example):
@@ -103,15 +176,23 @@ def _save_float(module, example, out: Path, ctx: BuildContext, allow_aoti: bool 
 
     b = ctx.cfg.backend
     fmt = "contiguous"
-    if b.channels_last:
+    aoti = b.export == "aoti" and allow_aoti
+    one_channel = getattr(example, "ndim", 0) == 4 and example.shape[1] == 1
+    if b.channels_last and not (aoti and one_channel):
         module, fmt = _channels_last(module, example)
+    # AOTInductor and a one-channel image: no channels_last wrapper. With a dynamic batch Inductor takes
+    # the (N, 1, H, W) tensor the wrapper makes as NCHW and expects an NCHW conv output, while the
+    # frozen (prepacked) oneDNN conv writes NHWC: the cnn on fashion_mnist compiled to outputs off by
+    # their own size (torch 2.14.1); _check_package catches such a package before any timing.
     info = {"memory_format": fmt, "export": b.export if allow_aoti else "torchscript"}
     x = _args(example)
-    if b.export == "aoti" and allow_aoti:
+    if aoti:
         if len(x) != 1:
             raise Unsupported("backend.export=aoti builds a one-input package here; this model takes "
                               f"{len(x)} inputs (use backend.export=torchscript)")
-        return Artifact(_save_aoti(module, x[0], out, ctx.cfg.device.threads), ctx.input_dtype, info)
+        path = _save_aoti(module, x[0], out, ctx.cfg.device.threads)
+        _check_package(path, module, ctx, x[0].dtype)
+        return Artifact(path, ctx.input_dtype, info)
     _save_script(module, x, out)
     _check_trace(out, x, ctx)
     return Artifact(out, ctx.input_dtype, info)
@@ -267,6 +348,9 @@ def _static_linears_eager(model, qconfig, calibrate):
                "MatMuls stay fp32")
 
 
+# The schemes backend.flow chooses the build of (pt2e: bsb_hydra/backends/pytorch/pt2e.py; fx: torch.ao).
+PT2E_SCHEMES = ("static", "qat", "dynamic", "auto")
+
 _AUTO_EAGER = ("quant=auto keeps chosen modules float through FX graph mode's per-module qconfig; this model's "
                "static int8 is built in eager mode here (FX cannot trace it), so there is no per-layer choice yet")
 
@@ -279,7 +363,8 @@ class PytorchBackend(Backend):
     family_unsupported = {
         "transformer": {
             "qat": "torch.ao FX cannot trace transformers' BertModel (data-dependent mask code), so FX QAT "
-                   "does not apply; no transformer QAT here",
+                   "does not apply (backend.flow=fx), and PT2E QAT of it is not attempted here; no transformer "
+                   "QAT here",
             "auto": _AUTO_EAGER,
         },
         "recurrent": {"auto": _AUTO_EAGER},
@@ -297,30 +382,54 @@ class PytorchBackend(Backend):
             if q.accuracy_level not in (0, 1, 3):
                 return (f"quant.accuracy_level={q.accuracy_level} on pytorch: the int4 CPU kernel computes in "
                         "fp32 (0 or 1) or bf16 (3), valid here: 0, 1, 3")
-        if cfg.backend.export == "aoti" and q.scheme.value not in ("fp32", "fp16"):
-            return (f"backend.export=aoti with quant={q.scheme.value}: the AOTInductor package is built for the "
-                    "float schemes (fp32, fp16); torch.ao's int8 modules are TorchScript-only here (valid with "
-                    "aoti: fp32, fp16; use backend.export=torchscript for int8)")
+        pt2e = cfg.backend.flow == "pt2e" and q.scheme.value in PT2E_SCHEMES
+        if cfg.backend.export == "aoti" and q.scheme.value not in ("fp32", "fp16") and not pt2e:
+            return (f"backend.export=aoti with quant={q.scheme.value}: under backend.flow={cfg.backend.flow} the "
+                    "AOTInductor package is built for the float schemes only, torch.ao's int8 modules are "
+                    "TorchScript-only (use backend.flow=pt2e, whose int8 cells are AOTInductor packages, or "
+                    "backend.export=torchscript)")
+        if pt2e:
+            reason = self._pt2e_reason(cfg)
+            if reason:
+                return reason
         if q.scheme.value == "dynamic" and q.convolutions:
-            return ("quant.convolutions=true on pytorch: torch.ao's quantize_dynamic quantizes Linear, LSTM and "
-                    "Embedding only (no dynamic conv); valid here: null or false. Int8 convolutions on pytorch "
-                    "are quant=static")
+            what = ("torchao's Int8DynamicActivationInt8WeightConfig quantizes Linear layers only" if pt2e else
+                    "torch.ao's quantize_dynamic quantizes Linear, LSTM and Embedding only")
+            return (f"quant.convolutions=true on pytorch: {what} (no dynamic conv); valid here: null or false. Int8 "
+                    "convolutions on pytorch are quant=static")
         if q.scheme.value in ("static", "auto") and q.method.value in ("entropy", "percentile"):
-            return (f"quant.method={q.method.value}: torch.ao has no {q.method.value} calibration observer; "
-                    "use minmax or histogram (HistogramObserver) on pytorch, or entropy/percentile on onnxruntime")
+            return (f"quant.method={q.method.value}: {'torchao (PT2E)' if pt2e else 'torch.ao'} has no "
+                    f"{q.method.value} calibration observer; use minmax or histogram (HistogramObserver) on pytorch, "
+                    "or entropy/percentile on onnxruntime")
         kind = getattr(cfg.model, "file_kind", lambda: None)()
         if kind and q.scheme.value in ("static", "qat", "auto", "fake_quant"):
             what = "a TorchScript file" if kind == "torchscript" else "an ExportedProgram file"
-            return (f"quant={q.scheme.value} on pytorch: torch.ao's FX graph mode traces a Python nn.Module to fuse "
-                    f"and insert observers, and model.checkpoint is {what} (compiled code, no modules to trace); "
-                    "run it on onnxruntime (from the file's ONNX export), or give the module's code as "
-                    "model.target with a state_dict")
+            how = ("torch.export (strict) captures a Python nn.Module" if pt2e else
+                   "torch.ao's FX graph mode traces a Python nn.Module")
+            return (f"quant={q.scheme.value} on pytorch: {how} to fuse and insert observers, and model.checkpoint is "
+                    f"{what} (compiled code, no modules to trace); run it on onnxruntime (from the file's ONNX "
+                    "export), or give the module's code as model.target with a state_dict")
+        return None
+
+    def _pt2e_reason(self, cfg) -> Optional[str]:
+        """Cells backend.flow=pt2e cannot build (the default flow's counterparts of torch.ao's eager paths)."""
+        scheme, family = cfg.quant.scheme.value, cfg.model.family
+        if family == "recurrent" and scheme in ("static", "qat", "dynamic"):
+            what = {"dynamic": "torch.ao's quantize_dynamic int8 LSTM (torchao's dynamic config quantizes Linear only: "
+                               "the LSTM, most of this model, would stay fp32)",
+                    "static": "torch.ao's eager quantizable LSTM (PT2E's Inductor quantizers have no LSTM pattern)",
+                    "qat": "torch.ao's eager quantizable LSTM with QAT (PT2E's Inductor quantizers have no LSTM "
+                           "pattern)"}[scheme]
+            return f"model={cfg.model.name}, quant={scheme} on pytorch needs backend.flow=fx: it is built by {what}"
         return None
 
     def task_reason(self, cfg, task) -> Optional[str]:
         specs = cfg.model.input_specs()
         if specs and len(specs) > 1 and cfg.quant.scheme.value in ("qat", "fake_quant"):
             return f"quant={cfg.quant.scheme.value} on pytorch fine-tunes one-input models here; this one takes {len(specs)}"
+        if specs and len(specs) > 1 and cfg.backend.flow == "pt2e" and cfg.quant.scheme.value in PT2E_SCHEMES:
+            return (f"quant={cfg.quant.scheme.value} on pytorch (backend.flow=pt2e) builds a one-input AOTInductor "
+                    f"package here; this model takes {len(specs)} inputs (use backend.flow=fx)")
         return None
 
     def runner_settings(self, cfg, engine: str) -> Dict[str, Any]:
@@ -329,15 +438,16 @@ class PytorchBackend(Backend):
     peak_kernels = peak.KERNELS
     peak_artifact_kernels = peak.ARTIFACT_KERNELS
 
-    def peak_artifacts(self, out: Path, size: int, features: int) -> Dict[str, Path]:
-        return peak.peak_artifacts(out, size, features)
+    def peak_artifacts(self, out: Path, size: int, features: int, threads: int = 1) -> Dict[str, Path]:
+        return peak.peak_artifacts(out, size, features, threads)
 
     def peak_settings(self, arch: str) -> Dict[str, Any]:
         from bsb_hydra.sysinfo import torch_engine
 
         return {"engine": torch_engine("auto", arch)}
 
-    fp32_independent = ("fold_relu6",)  # static's
+    # the quantized schemes' keys: fp32 (and fp16) are built the same under both flows
+    fp32_independent = ("fold_relu6", "flow")
 
     def fp32_cache_parts(self, cfg) -> Dict[str, Any]:
         parts = super().fp32_cache_parts(cfg)
@@ -360,6 +470,8 @@ class PytorchBackend(Backend):
         return art
 
     def build_dynamic(self, ctx: BuildContext, out: Path) -> Artifact:
+        if ctx.cfg.backend.flow == "pt2e":
+            return self._dynamic_pt2e(ctx, out)
         import torch
         from torch import nn
         from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
@@ -386,6 +498,29 @@ class PytorchBackend(Backend):
         art.info["note"] = "dynamic int8 covers Linear, LSTM and Embedding layers; convolutions stay fp32"
         return art
 
+    def _dynamic_pt2e(self, ctx: BuildContext, out: Path) -> Artifact:
+        """torchao's int8 dynamic-activation config on every nn.Linear of the bn-folded model, compiled
+        into an AOTInductor package."""
+        from bsb_hydra.backends.pytorch.pt2e import dynamic_torchao
+
+        if len(_args(ctx.example)) != 1:  # task_reason said so before the build
+            raise Unsupported("quant=dynamic with backend.flow=pt2e builds one-input packages here")
+        # No channels_last wrapper: Inductor picks the conv layouts itself (layout optimisation), and a
+        # channels_last conv output flattened into the int8 Linear compiled wrong (outputs off by
+        # their own size; torch 2.14.1, torchao 0.18.0), see _check_package.
+        q, n = dynamic_torchao(_bn_folded(ctx.model), ctx.cfg.quant.granularity.value)
+        if not n:
+            raise Unsupported(f"quant=dynamic on pytorch quantized nothing: model={ctx.cfg.model.name} has no "
+                              "nn.Linear for torchao's int8 dynamic config (convolutions are quant=static)"
+                              + (" (a TorchScript or exported file holds compiled code, not modules: run dynamic on "
+                                 "onnxruntime)" if _compiled(ctx.model) else ""))
+        info = {"flow": "pt2e", "memory_format": "inductor", "int8_linears": str(n),
+                "weight_granularity": ctx.cfg.quant.granularity.value,
+                "note": ("torchao Int8DynamicActivationInt8WeightConfig: Linear weights int8 (per output channel or "
+                         "per tensor), inputs quantized per call (per tensor, symmetric) -> aten._int_mm; "
+                         "convolutions, LSTMs and embeddings stay fp32")}
+        return _aoti_artifact(q, ctx.example, out, ctx, info)
+
     def _static_qconfig(self, ctx: BuildContext):
         import torch
         from torch.ao.quantization import QConfig
@@ -410,7 +545,10 @@ class PytorchBackend(Backend):
         return self._static(ctx, out)
 
     def _static(self, ctx: BuildContext, out: Path, float_layers=()) -> Artifact:
-        """Static int8; ``float_layers`` (module names) keep qconfig None in FX (quant=auto)."""
+        """Static int8; ``float_layers`` (module names) stay float (quant=auto): unannotated by the PT2E
+        quantizer, or qconfig None in FX."""
+        if ctx.cfg.backend.flow == "pt2e" and ctx.cfg.model.family != "recurrent":
+            return self._static_pt2e(ctx, out, float_layers)
         import torch
         from torch.ao.quantization import QConfigMapping
         from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
@@ -455,8 +593,24 @@ class PytorchBackend(Backend):
             info["float_modules"] = ",".join(float_layers)
         return Artifact(out, ctx.input_dtype, info)
 
-    # quant=auto (bsb_hydra/mixed.py): every Conv and Linear module can keep qconfig None (FX graph
-    # mode; the eager transformer and LSTM paths have no per-module choice here).
+    def _static_pt2e(self, ctx: BuildContext, out: Path, float_layers=()) -> Artifact:
+        from bsb_hydra.backends.pytorch.pt2e import static_pt2e
+        from bsb_hydra.qat import reduce_range_default
+
+        if len(_args(ctx.example)) != 1:  # task_reason said so before the build
+            raise Unsupported("quant=static with backend.flow=pt2e builds one-input packages here")
+        q = ctx.cfg.quant
+        # x86 without VNNI can saturate its 16-bit accumulators: 7-bit activations there (as in FX)
+        reduce_range = reduce_range_default(q, ctx.arch == "x86_64", ctx.isa)
+        res = static_pt2e(ctx.model, _args(ctx.example)[0], ctx.calibration, q, ctx.arch, reduce_range,
+                          ctx.cfg.model.name, float_layers, args=_args)
+        if float_layers:
+            res.info["float_modules"] = ",".join(float_layers)
+        return _aoti_artifact(res.module, ctx.example, out, ctx, res.info)
+
+    # quant=auto (bsb_hydra/mixed.py): every Conv and Linear module can stay float (PT2E: left
+    # unannotated by the quantizer; FX: qconfig None; the eager transformer and LSTM paths of
+    # backend.flow=fx have no per-module choice here).
     def mixed_layers(self, ctx: BuildContext):
         from torch import nn
 
@@ -472,6 +626,8 @@ class PytorchBackend(Backend):
 
         from bsb_hydra.qat import fx_qat
 
+        if ctx.cfg.backend.flow == "pt2e":
+            return self._qat_pt2e(ctx, out)
         if ctx.cfg.model.family == "recurrent":
             from bsb_hydra.eager_lstm import NOTE, lstm_qat
 
@@ -490,6 +646,21 @@ class PytorchBackend(Backend):
                      "qat_seconds": f"{qat.seconds:.1f}"})
         return Artifact(out, ctx.input_dtype, info, curves={"qat_loss": qat.losses})
 
+
+    def _qat_pt2e(self, ctx: BuildContext, out: Path) -> Artifact:
+        from bsb_hydra.backends.pytorch.pt2e import qat_pt2e
+        from bsb_hydra.qat import reduce_range_default
+
+        q = ctx.cfg.quant
+        reduce_range = reduce_range_default(q, ctx.arch == "x86_64", ctx.isa)
+        res = qat_pt2e(ctx.model, ctx.data, q, ctx.cfg.seed, ctx.arch, reduce_range, ctx.cfg.model.name)
+        info = {**res.info, "reduce_range": str(res.reduce_range).lower(),
+                "qat_method": ("PT2E: torch.export (strict, train mode) -> prepare_qat_pt2e -> fine-tune -> "
+                               "convert_pt2e -> AOTInductor"),
+                "qat_seconds": f"{res.seconds:.1f}"}
+        art = _aoti_artifact(res.module, ctx.example, out, ctx, info)
+        art.curves = {"qat_loss": res.losses}
+        return art
 
     def build_int4_weight_only(self, ctx: BuildContext, out: Path) -> Artifact:
         import torch

@@ -10,6 +10,25 @@ import numpy as np
 from bsb_hydra.backends.base import Runner
 
 
+def canonical_strides(t):
+    """``t`` with the strides of a fresh contiguous tensor. numpy and torch call a (N, 1, H, W) array
+    contiguous whatever its size-1 dimension's stride, and a training split stored NHWC comes out of
+    torch.from_numpy as (HW, 1, W, 1); an AOTInductor package's conv reads such an input as NHWC while
+    its compiled code expects NCHW (the cnn's package: outputs off by their own size). A copy (before
+    the clock) only where the strides differ."""
+    import torch
+
+    if t.dim() < 2 or not t.is_contiguous():
+        return t
+    expected, step = [], 1
+    for size in reversed(t.shape):
+        expected.append(step)
+        step *= size
+    if tuple(reversed(expected)) == t.stride():
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
+
+
 class PytorchRunner(Runner):
     runtime_module = "torch"
     libraries = ("torch", "torchao", "torchvision")
@@ -58,8 +77,8 @@ class PytorchRunner(Runner):
         from bsb_hydra.feeds import Feeds
 
         if isinstance(x, Feeds):
-            return tuple(self.torch.from_numpy(np.ascontiguousarray(v)) for v in x.values())
-        return (self.torch.from_numpy(np.ascontiguousarray(x)).to(self.dtype),)
+            return tuple(canonical_strides(self.torch.from_numpy(np.ascontiguousarray(v))) for v in x.values())
+        return (canonical_strides(self.torch.from_numpy(np.ascontiguousarray(x)).to(self.dtype)),)
 
     def run(self, prepared: Any) -> Any:
         if self._process_inference:
