@@ -125,7 +125,7 @@ def compose_cfg():
 # the TensorFlow tests, came last). Measured with --durations on 2026-12-06; an ordering only.
 LONG_FIRST = ("test_keras_tasks.py", "test_text.py", "test_keras.py", "test_tflite_file.py", "test_sweep.py",
               "test_report.py", "test_task_sweeps.py", "test_tflite.py", "test_byo.py", "test_reliability.py",
-              "test_openvino.py")
+              "test_openvino.py", "test_executorch.py", "test_pt2e.py")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into the node ids

@@ -128,8 +128,11 @@ def test_user_onnx_and_torch_models_run_where_they_can(user_model_sweep):
         assert 0.0 <= m["accuracy"] <= 1.0 and m["test_samples"] == 120
         if quant == "static":  # 1.8k weights: the file's framing dominates
             assert m["top1_agreement"] > 0.5
-            if backend == "pytorch":  # a PT2E package: ~0.3 MB of compiled code around the int8 constants
-                assert m["aoti_constants_bytes"] < m["fp32_size_bytes"]
+            if backend == "pytorch":  # a PT2E package: ~0.3 MB of compiled code around the int8 constants,
+                # whose oneDNN layouts outweigh this 1.8k-weight model's fp32 file (33.9 KB vs 11.3 KB): the
+                # test asks for the int8 kernels themselves
+                kernels = t["build.compiled_int8_kernels"]
+                assert "qconv" in kernels and "qlinear" in kernels and t["build.int8_weights"] == "2", kernels
             else:
                 assert m["size_ratio"] < 1.0
     onnx = runs[("tiny", "static", "onnxruntime")].data.tags

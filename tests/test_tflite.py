@@ -87,7 +87,11 @@ def test_qat_cells_log_loss_curve_and_are_int8(sweep):
         r = cells[("cnn", "qat", backend)]
         history = client.get_metric_history(r.info.run_id, "qat_loss")
         assert len(history) == 1 and np.isfinite(history[0].value), backend
-        assert r.data.metrics["size_ratio"] <= 0.30, backend
+        m = r.data.metrics
+        if backend == "pytorch":  # a PT2E package: its int8 constants, beside ~0.3 MB of compiled code
+            assert m["aoti_constants_bytes"] / m["fp32_size_bytes"] <= 0.30, m
+        else:
+            assert m["size_ratio"] <= 0.30, backend
         assert r.data.tags["build.qat_method"]
 
 
