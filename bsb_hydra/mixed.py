@@ -37,7 +37,7 @@ from typing import Dict, List
 import numpy as np
 
 from bsb_hydra.backends import BACKENDS
-from bsb_hydra.backends.base import Artifact, BuildContext, Unsupported
+from bsb_hydra.backends.base import Artifact, BuildContext, Unsupported, copy_artifact
 
 TRIAL_LATENCY_RUNS = 200
 # Samples of the selection subset whose per-layer activations are compared (all tensors held at once)
@@ -330,7 +330,7 @@ def build_auto(backend, ctx: BuildContext, out: Path) -> Artifact:
     search_s = time.perf_counter() - t0
     chosen = result["chosen"]
     out = out.with_suffix(Path(chosen["path"]).suffix)  # the build's own (pytorch's PT2E builds are .pt2 packages)
-    shutil.copyfile(chosen["path"], out)
+    copy_artifact(Path(chosen["path"]), out)  # with its other batch sizes' files
     info = dict(chosen["info"])
     info.update({"auto.float_layers": ",".join(chosen["float_layers"]) or "(none)", "auto.fallback": q.fallback.value,
                  "auto.budget_met": str(result["budget_met"]).lower(),

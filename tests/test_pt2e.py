@@ -1,6 +1,7 @@
 """PyTorch under backend.flow=pt2e (the default): torchao PT2E static and torchao int8 dynamic, each an
 AOTInductor package with int8 kernels inside; backend.flow=fx for what PT2E cannot express; no
 torch.ao deprecation warning in a default pytorch sweep."""
+import json
 import os
 import subprocess
 import textwrap
@@ -88,9 +89,13 @@ def test_static_pt2e_is_an_int8_aoti_package_close_to_fp32(compose_cfg, tmp_path
     from bsb_hydra.backends.pytorch.runner import PytorchRunner
 
     model = _net()
-    art = PytorchBackend().build_static(_ctx(compose_cfg, tmp_path, model, images, "quant=static"),
-                                        tmp_path / "static.pt")
+    art = PytorchBackend().build_static(_ctx(compose_cfg, tmp_path, model, images, "quant=static",
+                                             "benchmark.batch_sizes=[4]"), tmp_path / "static.pt")
     assert art.path.suffix == ".pt2" and art.info["flow"] == "pt2e" and art.info["export"] == "aoti"
+    # backend.aoti_batch=static (the default): one package per batch size, the batch-1 one the artifact
+    assert art.info["aoti_batch"] == "static (one package per batch size: 1, 4)"
+    assert json.loads(Path(str(art.path) + ".batches.json").read_text()) == {"1": "static.pt2", "4": "static.b4.pt2"}
+    assert (tmp_path / "static.b4.pt2").is_file() and art.size_bytes == art.path.stat().st_size
     assert art.info["zero_padded_input_convs"] == "stem.0"
     assert art.info["int8_weights"] == "6"  # stem.0, block.conv1, block.conv2, clip.0, two Linear
     code = _kernels(art.path)
@@ -99,9 +104,13 @@ def test_static_pt2e_is_an_int8_aoti_package_close_to_fp32(compose_cfg, tmp_path
     runner = PytorchRunner(str(art.path), 1, "float32", {})
     with torch.inference_mode():
         want = model(torch.from_numpy(np.ascontiguousarray(images))).numpy()
-    got = runner.to_numpy(runner.run(runner.prepare(images)))
-    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
-    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.9
+    got = runner.to_numpy(runner.run(runner.prepare(images[:63])))  # chunks of 4, the last one padded
+    assert got.shape == (63, 10) and runner.batch == 4
+    assert np.abs(got - want[:63]).max() < 0.05 * np.abs(want).max()
+    assert (got.argmax(1) == want[:63].argmax(1)).mean() >= 0.9
+    for b in (1, 4):  # a timed batch runs its own package, same outputs
+        assert np.allclose(runner.to_numpy(runner.run(runner.prepare(images[:b]))), got[:b], atol=1e-4)
+        assert runner.batch == b
 
 
 def test_per_tensor_weights_keep_int8_kernels(compose_cfg, tmp_path, images):
@@ -125,7 +134,8 @@ def test_per_tensor_weights_keep_int8_kernels(compose_cfg, tmp_path, images):
         s = getattr(converted, node.args[1].target)
         assert torch.all(s == s[0]), node
     art = PytorchBackend().build_static(_ctx(compose_cfg, tmp_path, model, images, "quant=static",
-                                             "quant.granularity=per_tensor"), tmp_path / "static.pt")
+                                             "quant.granularity=per_tensor", "benchmark.batch_sizes=[1]"),
+                                        tmp_path / "static.pt")
     calls = pt2e.compiled_kernels(art.path)  # every conv and both Linear: int8 kernels
     assert sum(v for k, v in calls.items() if k.startswith("qconv")) == 4, calls
     assert calls.get("qlinear_pointwise_tensor") == 2, calls
@@ -133,10 +143,16 @@ def test_per_tensor_weights_keep_int8_kernels(compose_cfg, tmp_path, images):
 
 def test_dynamic_pt2e_is_torchao_int8_linear_in_a_package(compose_cfg, tmp_path, images):
     model = _net()
-    ctx = _ctx(compose_cfg, tmp_path, model, images, "quant=dynamic")
+    ctx = _ctx(compose_cfg, tmp_path, model, images, "quant=dynamic", "backend.aoti_batch=dynamic")
     art = PytorchBackend().build_dynamic(ctx, tmp_path / "dynamic.pt")
     assert art.path.suffix == ".pt2" and art.info["int8_linears"] == "2" and "_int_mm" in _kernels(art.path)
     assert art.info["memory_format"] == "inductor"
+    # backend.aoti_batch=dynamic: one package for every batch
+    assert art.info["aoti_batch"].startswith("dynamic") and not Path(str(art.path) + ".batches.json").exists()
+    from bsb_hydra.backends.pytorch.runner import PytorchRunner
+
+    runner = PytorchRunner(str(art.path), 1, "float32", {})
+    assert runner.files is None and runner.to_numpy(runner.run(runner.prepare(images[:5]))).shape == (5, 10)
 
 
 @pytest.mark.parametrize("overrides,needle", [
@@ -163,7 +179,8 @@ def test_transformer_static_and_dynamic_run_on_pt2e(compose_cfg, tmp_path):
     ids = np.random.default_rng(0).integers(1, 500, (32, 16))
     backend = PytorchBackend()
     for quant in ("static", "dynamic"):
-        cfg = validate(_resolvable(compose_cfg(["model=transformer_tiny", "backend=pytorch", f"quant={quant}"])))
+        cfg = validate(_resolvable(compose_cfg(["model=transformer_tiny", "backend=pytorch", f"quant={quant}",
+                                                "benchmark.batch_sizes=[1]"])))
         assert backend.unsupported_reason(cfg) is None
         ctx = BuildContext(model, ids[:1], ids, cfg, "x86", "x86_64", "avx512_vnni", tmp_path)
         art = getattr(backend, f"build_{quant}")(ctx, tmp_path / f"{quant}.pt")
@@ -178,6 +195,9 @@ def test_flow_is_validated(compose_cfg):
     with pytest.raises(ConfigError) as e:
         validate(_resolvable(compose_cfg(["backend=pytorch", "backend.flow=eager"])))
     assert "backend.flow='eager' is not allowed: use one of pt2e, fx" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        validate(_resolvable(compose_cfg(["backend=pytorch", "backend.aoti_batch=fixed"])))
+    assert "backend.aoti_batch='fixed' is not allowed: use one of static, dynamic" in str(e.value)
 
 
 def test_flow_changes_only_the_hashes_of_the_schemes_it_builds(compose_cfg):

@@ -38,6 +38,29 @@ class BuildContext:
         return str(self.example.dtype)
 
 
+def copy_artifact(src: Path, dst: Path) -> None:
+    """``src`` copied to ``dst`` with the files of its other batch sizes: an artifact with one file
+    per batch size (``SRC.batches.json``: a PyTorch AOTInductor package per batch, a litert-torch
+    .tflite per batch) keeps them under ``dst``'s name (``trial2.b8.pt2`` -> ``auto.b8.pt2``) and a
+    manifest naming them; without them its runner would take the batch-1 file for every batch."""
+    import json
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    shutil.copyfile(src, dst)
+    manifest = Path(str(src) + ".batches.json")
+    if not manifest.is_file():
+        return
+    old, new = src.name.split(".")[0], dst.name.split(".")[0]
+    names = {}
+    for b, name in json.loads(manifest.read_text()).items():
+        target = dst if name == src.name else dst.parent / (new + name[len(old):])
+        if target != dst:
+            shutil.copyfile(src.parent / name, target)
+        names[b] = target.name
+    Path(str(dst) + ".batches.json").write_text(json.dumps(names))
+
+
 @dataclass
 class Artifact:
     path: Path

@@ -21,7 +21,7 @@ import copy
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 
 from bsb_hydra.backends.base import Artifact, Backend, BuildContext, Unsupported
@@ -64,31 +64,69 @@ AOTI_MAX_BATCH = 4096  # the dynamic batch dimension's upper bound (evaluation f
 AOTI_CONFIGS = {"freezing": True, "aot_inductor.enable_line_tables": False}
 
 
-def _save_aoti(module, example, out: Path, threads: int) -> Path:
-    """torch.export with a dynamic batch -> AOTInductor package (``out`` with suffix .pt2), weights
-    frozen into the compiled graph (Inductor's freezing: constant folding and oneDNN weight
-    prepacking; for a PT2E model also the int8 lowering of its quantize/dequantize pairs). Inductor
-    freezes only with autograd off (compile_fx checks torch.is_grad_enabled(): with it on, the
-    package ran a PT2E resnet18 as fp32 convolutions over dequantized weights, 9x slower), so it
-    compiles under no_grad. Inductor bakes the OpenMP thread count in at compile time, so it
-    compiles with the cell's device.threads."""
+def batch_path(path: Path, b: int) -> Path:
+    """The package of batch ``b`` beside the batch-1 one: ``int8.pt2`` and ``int8.b8.pt2``."""
+    return path if b == 1 else path.with_name(f"{path.name.split('.')[0]}.b{b}.pt2")
+
+
+def aoti_batches(cfg) -> Optional[List[int]]:
+    """The batch sizes that get a package of their own (backend.aoti_batch=static: batch 1 and every
+    timed one), or None for one dynamic-batch package."""
+    if getattr(cfg.backend, "aoti_batch", "static") != "static":
+        return None
+    return sorted({1, *(int(b) for b in cfg.benchmark.batch_sizes)})
+
+
+def _save_aoti(module, example, out: Path, threads: int, batches: Optional[Sequence[int]] = None) -> Path:
+    """torch.export -> AOTInductor package (``out`` with suffix .pt2), weights frozen into the
+    compiled graph (Inductor's freezing: constant folding and oneDNN weight prepacking; for a PT2E
+    model also the int8 lowering of its quantize/dequantize pairs). Inductor freezes only with
+    autograd off (compile_fx checks torch.is_grad_enabled(): with it on, the package ran a PT2E
+    resnet18 as fp32 convolutions over dequantized weights, 9x slower), so it compiles under
+    no_grad. Inductor bakes the OpenMP thread count in at compile time, so it compiles with the
+    cell's device.threads.
+
+    ``batches`` None: one package with a dynamic batch (1..AOTI_MAX_BATCH). Otherwise one package per
+    batch size, each exported at that fixed batch (``batch_path``), listed in ``PATH.batches.json``
+    for the runner: with a symbolic batch Inductor prepacks oneDNN weights without the input's shape,
+    and the convolutions then run a generic path (torchvision mobilenet_v2 PT2E int8, b1, 1 thread,
+    AVX-512 VNNI: 12.5 ms dynamic against 4.5 ms at a fixed batch; resnet18 about equal)."""
+    import json
+
     import torch
 
     path = out.with_suffix(".pt2")
-    two = torch.cat([example, example])  # batch 1 would specialise the dimension to 1
-    batch = torch.export.Dim("batch", min=1, max=AOTI_MAX_BATCH)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.export.export(module, (two,), dynamic_shapes=({0: batch},))
-            with torch.no_grad():
-                torch._inductor.aoti_compile_and_package(program, package_path=str(path),
-                                                         inductor_configs=AOTI_CONFIGS)
+            if batches is None:
+                two = torch.cat([example, example])  # batch 1 would specialise the dimension to 1
+                batch = torch.export.Dim("batch", min=1, max=AOTI_MAX_BATCH)
+                programs = {None: torch.export.export(module, (two,), dynamic_shapes=({0: batch},))}
+            else:
+                programs = {b: torch.export.export(module, (_repeat(example, b),)) for b in batches}
+            for b, program in programs.items():
+                with torch.no_grad():
+                    torch._inductor.aoti_compile_and_package(program, package_path=str(batch_path(path, b or 1)),
+                                                             inductor_configs=AOTI_CONFIGS)
     finally:
         torch.set_num_threads(before)
+    manifest = Path(str(path) + ".batches.json")
+    if batches is not None:
+        manifest.write_text(json.dumps({str(b): batch_path(path, b).name for b in batches}))
+    elif manifest.exists():
+        manifest.unlink()
     return path
+
+
+def _repeat(example, b: int):
+    """``example`` (batch 1 or more) repeated to exactly ``b`` samples."""
+    import torch
+
+    reps = -(-b // len(example))
+    return torch.cat([example] * reps)[:b].contiguous()
 
 
 def _aoti_artifact(module, example, out: Path, ctx: BuildContext, info: Dict[str, str]) -> Artifact:
@@ -101,13 +139,15 @@ def _aoti_artifact(module, example, out: Path, ctx: BuildContext, info: Dict[str
 
     x = _args(example)
     t0 = time.perf_counter()
-    path = _save_aoti(module, x[0], out, ctx.cfg.device.threads)
+    batches = aoti_batches(ctx.cfg)
+    path = _save_aoti(module, x[0], out, ctx.cfg.device.threads, batches)
     seconds = time.perf_counter() - t0
     _check_package(path, module, ctx)
     kernels = kernel_summary(path)
     if kernels is not None:
         info["compiled_int8_kernels"] = kernels
     info["export"] = "aoti"
+    info["aoti_batch"] = _batch_info(batches)
     metrics = {"aoti_compile_seconds": seconds}
     weights = constants_bytes(path)
     if weights is not None:  # the package's size less its ~0.3 MB of code: what the int8 weights take
@@ -125,7 +165,8 @@ def _check_package(path: Path, module, ctx: BuildContext, dtype=None) -> None:
     channels_last conv output flattened into torchao's int8 Linear compiled to outputs off by the
     size of the outputs, while the module itself was right). 16 samples: also past the batch of 15
     that torch's fake conv guards the exported range to (its NNPACK check, batch >= 16), a guard the
-    package enforces only under AOTI_RUNTIME_CHECK_INPUTS."""
+    package enforces only under AOTI_RUNTIME_CHECK_INPUTS. One package per batch size: each on the
+    samples cut or repeated to its batch."""
     import torch
 
     from bsb_hydra.feeds import flatten_outputs, materialize
@@ -135,16 +176,34 @@ def _check_package(path: Path, module, ctx: BuildContext, dtype=None) -> None:
     x = canonical_strides(_args(materialize(source[:PACKAGE_CHECK_SAMPLES]))[0])  # as the runner feeds it
     if dtype is not None and x.is_floating_point():
         x = x.to(dtype)  # fp16's package takes half inputs
-    package = torch._inductor.aoti_load_package(str(path))
-    with torch.no_grad():
-        want, got = module(x), package(x)
-    want, got = flatten_outputs(want)[0], flatten_outputs(got)[0]
-    scale = float(want.float().abs().max())
-    err = float((got.float() - want.float()).abs().max())
-    if err > PACKAGE_TOLERANCE * scale + 1e-4:
-        raise RuntimeError(f"the AOTInductor package of quant={ctx.cfg.quant.scheme.value} disagrees with the "
-                           f"module it was compiled from (max |difference| {err:.4g}, outputs up to {scale:.4g}): an Inductor "
-                           "lowering fault; not measured")
+    for b, package_path in _packages(path):
+        xb = x if b is None else _repeat(x, b)
+        package = torch._inductor.aoti_load_package(str(package_path))
+        with torch.no_grad():
+            want, got = flatten_outputs(module(xb))[0], flatten_outputs(package(xb))[0]
+        scale = float(want.float().abs().max())
+        err = float((got.float() - want.float()).abs().max())
+        if err > PACKAGE_TOLERANCE * scale + 1e-4:
+            raise RuntimeError(f"the AOTInductor package of quant={ctx.cfg.quant.scheme.value}"
+                               + ("" if b is None else f" at batch {b}") + " disagrees with the module it was "
+                               f"compiled from (max |difference| {err:.4g}, outputs up to {scale:.4g}): an Inductor "
+                               "lowering fault; not measured")
+
+
+def _packages(path: Path) -> list:
+    """[(batch, path)] of an AOTInductor artifact: one per batch size from ``PATH.batches.json``, or
+    [(None, path)] for a dynamic-batch package."""
+    import json
+
+    manifest = Path(str(path) + ".batches.json")
+    if not manifest.is_file():
+        return [(None, path)]
+    return sorted((int(b), path.parent / name) for b, name in json.loads(manifest.read_text()).items())
+
+
+def _batch_info(batches) -> str:
+    return "dynamic (one package, batch 1.." + str(AOTI_MAX_BATCH) + ")" if batches is None else \
+        "static (one package per batch size: " + ", ".join(map(str, batches)) + ")"
 
 
 def _channels_last(module, example):
@@ -190,8 +249,10 @@ def _save_float(module, example, out: Path, ctx: BuildContext, allow_aoti: bool 
         if len(x) != 1:
             raise Unsupported("backend.export=aoti builds a one-input package here; this model takes "
                               f"{len(x)} inputs (use backend.export=torchscript)")
-        path = _save_aoti(module, x[0], out, ctx.cfg.device.threads)
+        batches = aoti_batches(ctx.cfg)
+        path = _save_aoti(module, x[0], out, ctx.cfg.device.threads, batches)
         _check_package(path, module, ctx, x[0].dtype)
+        info["aoti_batch"] = _batch_info(batches)
         return Artifact(path, ctx.input_dtype, info)
     _save_script(module, x, out)
     _check_trace(out, x, ctx)
@@ -447,12 +508,13 @@ class PytorchBackend(Backend):
         return {"engine": torch_engine("auto", arch)}
 
     # the quantized schemes' keys: fp32 (and fp16) are built the same under both flows
-    fp32_independent = ("fold_relu6", "flow")
+    fp32_independent = ("fold_relu6", "flow", "aoti_batch")
 
     def fp32_cache_parts(self, cfg) -> Dict[str, Any]:
         parts = super().fp32_cache_parts(cfg)
-        if cfg.backend.export == "aoti":  # Inductor compiles for the thread count
+        if cfg.backend.export == "aoti":  # Inductor compiles for the thread count (and the batch sizes)
             parts["threads"] = cfg.device.threads
+            parts["aoti_batches"] = aoti_batches(cfg)
         return parts
 
     def build_fp32(self, ctx: BuildContext, out: Path) -> Artifact:

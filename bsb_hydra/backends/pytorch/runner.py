@@ -2,7 +2,9 @@
 package). Imports numpy only at its top level."""
 from __future__ import annotations
 
+import json
 import warnings
+from pathlib import Path
 from typing import Any, Dict, List
 
 import numpy as np
@@ -29,6 +31,12 @@ def canonical_strides(t):
     return t.clone(memory_format=torch.contiguous_format)
 
 
+class _Chunks(list):
+    """Prepared inputs of fixed-batch packages for a batch none of them takes (evaluation): run()
+    feeds them one by one and drops the last one's padding."""
+    keep = 0
+
+
 class PytorchRunner(Runner):
     runtime_module = "torch"
     libraries = ("torch", "torchao", "torchvision")
@@ -41,8 +49,15 @@ class PytorchRunner(Runner):
         if settings.get("engine"):
             torch.backends.quantized.engine = settings["engine"]
         self.torch = torch
-        if str(path).endswith(".pt2"):  # backend.export=aoti: a compiled AOTInductor package
-            self.model = torch._inductor.aoti_load_package(str(path))
+        self.files = None
+        if str(path).endswith(".pt2"):  # a compiled AOTInductor package (PT2E int8, backend.export=aoti)
+            manifest = Path(str(path) + ".batches.json")
+            if manifest.is_file():  # one package per batch size (backend.aoti_batch=static)
+                self.files = {int(b): str(Path(path).parent / name) for b, name in json.loads(manifest.read_text()).items()}
+                self.batch = None
+                self._use(1)
+            else:
+                self.model = torch._inductor.aoti_load_package(str(path))
         else:
             with warnings.catch_warnings():  # torch's deprecation notice for TorchScript, on every load
                 warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*", category=FutureWarning)
@@ -72,15 +87,47 @@ class PytorchRunner(Runner):
         cls._mode.__enter__()
         cls._process_inference = True
 
+    def _use(self, batch: int) -> None:
+        """Load the package of ``batch`` (fixed-batch packages), dropping the one loaded before: one
+        package in memory at a time, as a deployment at one batch size holds."""
+        if batch != self.batch:
+            self.model = None
+            self.model = self.torch._inductor.aoti_load_package(self.files[batch])
+            self.batch = batch
+
     def prepare(self, x) -> Any:
-        """The forward's positional arguments: one tensor, or one per input of a Feeds, in order."""
+        """The forward's positional arguments: one tensor, or one per input of a Feeds, in order. With
+        one package per batch size, the input's batch picks the package (before the clock); a batch
+        with no package of its own (the evaluation's) runs in chunks of the largest, the last one
+        zero-padded and its padding's outputs dropped."""
         from bsb_hydra.feeds import Feeds
 
         if isinstance(x, Feeds):
             return tuple(canonical_strides(self.torch.from_numpy(np.ascontiguousarray(v))) for v in x.values())
-        return (canonical_strides(self.torch.from_numpy(np.ascontiguousarray(x)).to(self.dtype)),)
+        t = self.torch.from_numpy(np.ascontiguousarray(x)).to(self.dtype)
+        if self.files is None:
+            return (canonical_strides(t),)
+        n = len(t)
+        if n in self.files:
+            self._use(n)
+            return (canonical_strides(t),)
+        b = max(self.files)
+        self._use(b)
+        chunks = _Chunks()
+        for i in range(0, n, b):
+            part = t[i:i + b]
+            if len(part) < b:
+                part = self.torch.cat([part, part.new_zeros((b - len(part), *part.shape[1:]))])
+            chunks.append((canonical_strides(part.contiguous()),))
+        chunks.keep = n
+        return chunks
 
     def run(self, prepared: Any) -> Any:
+        if type(prepared) is _Chunks:
+            from bsb_hydra.feeds import flatten_outputs
+
+            runs = [flatten_outputs(self.run(part)) for part in prepared]
+            return [self.torch.cat([r[k] for r in runs])[:prepared.keep] for k in range(len(runs[0]))]
         if self._process_inference:
             return self.model(*prepared)
         with self.torch.inference_mode():
