@@ -94,7 +94,7 @@ run: setup
 # Two pytest-xdist workers; tests sharing a sweep fixture stay on one worker (tests/conftest.py).
 TEST_WORKERS ?= 2
 test: setup-test
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=60
 
 # The issues' speed / size / accuracy targets (scripts/bench.py: foundation, tflite_qat, text), PASS/FAIL each.
 bench: setup

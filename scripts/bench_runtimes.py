@@ -34,6 +34,7 @@ MODELS = ("resnet18", "mobilenet_v2")
 BACKENDS = ("pytorch", "onnxruntime", "tflite", "executorch", "openvino")
 TITLE = "## Every runtime on real-size models (issue 33)"
 DOC = ROOT / "docs" / "report_runtimes.md"
+NOTES = "### Notes on this table"
 
 
 def _bench_keras():
@@ -54,7 +55,11 @@ def sweeps(threads: int, a) -> list:
 
 # ------------------------------------------------------------------------------------ the table
 def flow(r) -> str:
-    return r.data.params.get("backend.flow", "pt2e") if r.data.tags.get("backend") == "pytorch" else ""
+    """pytorch's flow: a flow=fx cell logs no backend.flow param (the value every pytorch run before the
+    key measured keeps its config_hash), a pt2e one logs it and the build.flow tag."""
+    if r.data.tags.get("backend") != "pytorch":
+        return ""
+    return r.data.params.get("backend.flow") or r.data.tags.get("build.flow") or "fx"
 
 
 def latest_runs(client, threads: int) -> dict:
@@ -214,10 +219,29 @@ def main() -> int:
                     "others_mean": max(prev["others_mean"], res["others_mean"])}
     sections = [table(t, loads.get(t)) for t in threads]
     text = TITLE + "\n\n" + "\n\n".join(sections) + "\n"
-    DOC.write_text(text)
+    write(text)
     print(text)
-    print(f"written to {DOC.relative_to(ROOT)}")
+    print(f"written to {DOC.relative_to(ROOT)} and its section of docs/report.md")
     return 0
+
+
+def write(text: str) -> None:
+    """docs/report_runtimes.md gets the new tables; its hand-written notes (after NOTES) stay. The same
+    section replaces its earlier copy in docs/report.md (`make report` rebuilds that file and appends
+    this one)."""
+    old = DOC.read_text() if DOC.is_file() else ""
+    notes = old.split(NOTES, 1)[1] if NOTES in old else ""
+    section = text + (f"\n{NOTES}{notes}" if notes else "")
+    DOC.write_text(section)
+    report = ROOT / "docs" / "report.md"
+    body = report.read_text() if report.is_file() else ""
+    if TITLE in body:
+        before, after = body.split(TITLE, 1)
+        nxt = after.find("\n## ")
+        body = before + section.rstrip("\n") + ("\n" + after[nxt:] if nxt >= 0 else "\n")
+    else:
+        body = body.rstrip("\n") + "\n\n" + section
+    report.write_text(body)
 
 
 if __name__ == "__main__":

@@ -70,11 +70,39 @@ def run_bsb(args, tmp: Path, timeout=900, check=True, sweep: str = "sweep", env_
 GRID = ["-m", "model=mlp,cnn", "quant=fp32,dynamic,static", "backend=pytorch,onnxruntime"]
 
 
+# Records every torch.ao deprecation notice raised in any process of a sweep (the sweep, its benchmark
+# workers, the machine-peak measurement), even one a catch_warnings block would hide: warnings.warn is
+# what typing_extensions.deprecated calls when a deprecated torch.ao function is called. The shared
+# sweep runs under it (tests/test_pt2e.py reads TORCH_AO_SPY_LOG).
+TORCH_AO_SPY = """
+import os, traceback, warnings
+_warn = warnings.warn
+def _spy(message, *args, **kwargs):
+    if "torch.ao.quantization is deprecated" in str(message):
+        with open(os.environ["BSB_TORCH_AO_SPY"], "a") as f:
+            f.write("".join(traceback.format_stack(limit=6)) + "\\n----\\n")
+    return _warn(message, *args, **kwargs)
+warnings.warn = _spy
+"""
+TORCH_AO_SPY_LOG = "torch_ao_calls.txt"
+
+
+def torch_ao_spy(tmp: Path) -> dict:
+    """The environment that puts the spy into every Python process a sweep starts."""
+    spy_dir = tmp / "spy"
+    spy_dir.mkdir(exist_ok=True)
+    (spy_dir / "sitecustomize.py").write_text(TORCH_AO_SPY)
+    path = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": os.pathsep.join([str(spy_dir)] + ([path] if path else [])),
+            "BSB_TORCH_AO_SPY": str(tmp / TORCH_AO_SPY_LOG)}
+
+
 @pytest.fixture(scope="session")
 def sweep(tmp_path_factory):
-    """12 cells: mlp,cnn x fp32,dynamic,static x pytorch,onnxruntime, smoke-trained, on fashion_mnist."""
+    """12 cells: mlp,cnn x fp32,dynamic,static x pytorch,onnxruntime, smoke-trained, on fashion_mnist,
+    under the torch.ao spy."""
     tmp = tmp_path_factory.mktemp("sweep")
-    proc = run_bsb([*GRID, *SMOKE], tmp)
+    proc = run_bsb([*GRID, *SMOKE], tmp, env_extra=torch_ao_spy(tmp))
     client, runs = runs_of(tmp)
     return tmp, proc, client, runs
 

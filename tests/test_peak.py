@@ -9,11 +9,26 @@ import pytest
 
 from bsb_hydra.bench import peak
 from bsb_hydra.scoring import limit_metrics
-from tests.conftest import PYTHON, ROOT, SMOKE, run_bsb, runs_of
+from tests.conftest import PYTHON, ROOT
 
 
-def test_peak_measures_every_runtime_through_its_own_kernels(tmp_path):
-    r = peak.measure_peak(threads=1, size=48, min_duration_s=0.02)
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+    """One measurement, through the CLI (python -m bsb_hydra.bench.peak) into a private store and cache:
+    the test of the CLI and the test of the figures read the same run."""
+    tmp = tmp_path_factory.mktemp("peak_cli")
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db", "PATH": "/usr/bin:/bin", "BSB_PEAK_EXPERIMENT": "peak"}
+    proc = subprocess.run([PYTHON, "-m", "bsb_hydra.bench.peak", "--size", "48", "--min-duration", "0.02",
+                           "--cache-dir", str(tmp / "peak")], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    return tmp, env, proc
+
+
+def test_peak_measures_every_runtime_through_its_own_kernels(cli):
+    tmp, _, proc = cli
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (cache,) = [f for f in (tmp / "peak").glob("peak_*.json") if not f.name.endswith(".meta.json")]
+    r = json.loads(cache.read_text())
     assert set(r["runtimes"]) == set(peak.runtimes()) == {"pytorch", "onnxruntime", "tflite", "openvino", "executorch"}
     for rt, x in r["runtimes"].items():
         assert "error" not in x, (rt, x)
@@ -89,12 +104,8 @@ def test_peak_is_measured_once_per_host_and_thread_count(tmp_path, monkeypatch):
     assert json.loads(open(a["cache_file"]).read())["threads"] == 1
 
 
-def test_cli_prints_and_logs_the_figures(tmp_path):
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "PATH": "/usr/bin:/bin",
-           "BSB_PEAK_EXPERIMENT": "peak"}
-    proc = subprocess.run([PYTHON, "-m", "bsb_hydra.bench.peak", "--size", "32", "--min-duration", "0.02",
-                           "--cache-dir", str(tmp_path / "peak")], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+def test_cli_prints_and_logs_the_figures(cli):
+    _, env, proc = cli
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "int8_peak_ratio" in proc.stdout and "call floor ms" in proc.stdout and "GB/s" in proc.stdout
     from mlflow import MlflowClient
@@ -109,9 +120,10 @@ def test_cli_prints_and_logs_the_figures(tmp_path):
     assert bad.returncode == 2 and "--size=0 is not allowed: it must be >= 1" in bad.stderr
 
 
-def test_a_sweep_carries_the_limit_and_the_ratios(tmp_path):
-    run_bsb(["-m", "model=mlp", "quant=fp32,static", "backend=onnxruntime,pytorch", *SMOKE], tmp_path)
-    _, runs = runs_of(tmp_path)
+def test_a_sweep_carries_the_limit_and_the_ratios(sweep):
+    """The shared sweep's mlp cells (fp32 before static, on onnxruntime and pytorch)."""
+    _, _, _, shared = sweep
+    runs = [r for r in shared if r.data.tags.get("model") == "mlp" and r.data.tags["quant"] in ("fp32", "static")]
     by = {(r.data.tags["quant"], r.data.tags["backend"]): r for r in runs}
     assert len(by) == 4 and all(r.data.tags["status"] == "ok" for r in runs)
     ratio = {r.data.metrics["int8_peak_ratio"] for r in runs}

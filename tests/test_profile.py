@@ -83,6 +83,10 @@ def test_each_runtime_profiles_its_int8_artifact(runtime, tmp_path):
 
         kernels = compiled_kernels(paths["int8"])
         assert any(k.startswith("qlinear") for k in kernels) and not any(k.startswith("mm") for k in kernels), kernels
+        # and oneDNN's verbose log times them: an int8 (u8 source, s8 weights) matmul primitive, nothing in float
+        int8 = [o for o in s["ops"] if o["op"].startswith("onednn:matmul") and o["op"].endswith(" u8/s8")]
+        assert int8 and int8[0]["calls_per_run"] == 1 and int8[0]["ms_per_run"] > 0, s["ops"]
+        assert s["float_compute_ops"] == []
     elif runtime == "onnxruntime":
         assert any(o["op"].startswith("QLinearMatMul") for o in s["ops"]) and s["unfused_qdq"] == 0
     elif runtime == "executorch":  # XNNPACK's int8 fully connected, from ETDump

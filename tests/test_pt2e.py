@@ -2,9 +2,6 @@
 AOTInductor package with int8 kernels inside; backend.flow=fx for what PT2E cannot express; no
 torch.ao deprecation warning in a default pytorch sweep."""
 import json
-import os
-import subprocess
-import textwrap
 import zipfile
 from pathlib import Path
 
@@ -13,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from bsb_hydra.backends.base import BuildContext, Unsupported
+from bsb_hydra.backends.base import BuildContext
 from bsb_hydra.backends.pytorch.build import PytorchBackend
 from bsb_hydra.config import ConfigError, validate
-from tests.conftest import SMOKE, bsb_command, runs_of
+from tests.conftest import TORCH_AO_SPY_LOG
 from tests.test_config import _resolvable
 
 
@@ -216,46 +213,24 @@ def test_flow_changes_only_the_hashes_of_the_schemes_it_builds(compose_cfg):
         assert config_hash(fx) == config_hash(before), quant
 
 
-# Records every torch.ao deprecation notice raised in any process of the sweep (the sweep, its
-# benchmark workers), even one a catch_warnings block would hide: warnings.warn is what
-# typing_extensions.deprecated calls when a deprecated torch.ao function is called.
-SPY = textwrap.dedent('''
-    import os, traceback, warnings
-    _warn = warnings.warn
-    def _spy(message, *args, **kwargs):
-        if "torch.ao.quantization is deprecated" in str(message):
-            with open(os.environ["BSB_TORCH_AO_SPY"], "a") as f:
-                f.write("".join(traceback.format_stack(limit=6)) + "\\n----\\n")
-        return _warn(message, *args, **kwargs)
-    warnings.warn = _spy
-''')
-
-
-def test_a_default_pytorch_sweep_calls_no_deprecated_torch_ao(tmp_path):
-    """model=cnn, quant=fp32,dynamic,static on pytorch with the defaults: every cell ok, the quantized
-    ones built by PT2E / torchao, and no deprecated torch.ao function called in any of its processes.
-    peak.enabled=false: the machine-peak measurement (bsb_hydra/bench/peak.py, once per host, cached)
-    still builds its PyTorch int8 GEMM through FX."""
-    spy_dir = tmp_path / "spy"
-    spy_dir.mkdir()
-    (spy_dir / "sitecustomize.py").write_text(SPY)
-    log = tmp_path / "torch_ao_calls.txt"
-    cmd, env = bsb_command(["-m", "model=cnn", "quant=fp32,dynamic,static", "backend=pytorch", "peak.enabled=false",
-                            *SMOKE], tmp_path)
-    env["PYTHONPATH"] = os.pathsep.join([str(spy_dir)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    env["BSB_TORCH_AO_SPY"] = str(log)
-    proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
-                          timeout=1500)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+def test_a_default_pytorch_sweep_calls_no_deprecated_torch_ao(sweep):
+    """The shared sweep (mlp, cnn x fp32, dynamic, static on pytorch and onnxruntime, default
+    settings, the machine-peak measurement included) under the torch.ao spy: every cell ok, the
+    pytorch int8 ones built by PT2E / torchao, and no deprecated torch.ao function called in any of
+    its processes."""
+    tmp, proc, _, runs = sweep
+    log = tmp / TORCH_AO_SPY_LOG
+    assert (tmp / "spy" / "sitecustomize.py").is_file()
     assert not log.exists(), log.read_text()[:5000]
     assert "torch.ao.quantization is deprecated" not in proc.stderr
-    _, runs = runs_of(tmp_path)
-    by_quant = {r.data.params["quant.scheme"]: r for r in runs}
+    by_quant = {r.data.params["quant.scheme"]: r for r in runs
+                if r.data.tags.get("backend") == "pytorch" and r.data.tags.get("model") == "cnn"}
     assert set(by_quant) == {"fp32", "dynamic", "static"}
     for quant, r in by_quant.items():
         assert r.data.tags["status"] == "ok", (quant, r.data.tags.get("reason"))
     for quant in ("dynamic", "static"):
         tags, metrics = by_quant[quant].data.tags, by_quant[quant].data.metrics
         assert tags["build.flow"] == "pt2e" and tags["build.export"] == "aoti"
+        assert tags["build.aoti_batch"] == "static (one package per batch size: 1, 8)"
         assert metrics["aoti_compile_seconds"] > 0
         assert abs(metrics["accuracy"] - by_quant["fp32"].data.metrics["accuracy"]) <= 0.02
