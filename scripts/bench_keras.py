@@ -360,17 +360,18 @@ def table(threads: int, walls: dict | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(text: str) -> None:
-    """docs/report_keras.md (make report appends it), and the section replaced or appended in docs/report.md."""
-    out = ROOT / "docs" / "report_keras.md"
+def write_report(text: str, out: Path = ROOT / "docs" / "report_keras.md", title: str = TITLE) -> None:
+    """``out`` (docs/report_keras.md; make report appends it), its hand-written notes (after NOTES)
+    kept, and the section starting at ``title`` replaced or appended in docs/report.md.
+    scripts/bench_runtimes.py writes its own file through it."""
     old = out.read_text() if out.is_file() else ""
     notes = old.split(NOTES, 1)[1] if NOTES in old else ""
     section = text + (f"\n{NOTES}{notes}" if notes else "")
     out.write_text(section)  # the hand-written notes stay
     report = ROOT / "docs" / "report.md"
     body = report.read_text() if report.is_file() else ""
-    if TITLE in body:
-        before, after = body.split(TITLE, 1)
+    if title in body:
+        before, after = body.split(title, 1)
         nxt = after.find("\n## ")
         body = before + section.rstrip("\n") + ("\n" + after[nxt:] if nxt >= 0 else "\n")
     else:
