@@ -127,7 +127,7 @@ def drop_inert(c: Dict[str, Any]) -> Dict[str, Any]:
     stored: quant.analyze / quant.eval_samples on a static cell with analyze off, quant.analyze on
     an auto cell (auto always analyzes), backend.transformer_optimizer outside a transformer's
     dynamic cell, backend.fold_relu6 outside an FX static or auto cell, backend.flow outside the schemes it builds
-    (static, qat, dynamic, auto), the task group at task=auto,
+    (static, qat, dynamic, auto), backend.aoti_batch outside AOTInductor packages, the task group at task=auto,
     and LATER_INERT's keys at their inert values. Params,
     config.json and config_hash then agree between older and newer runs of the same configuration
     (resume finds them; the report groups them together)."""
@@ -143,6 +143,10 @@ def drop_inert(c: Dict[str, Any]) -> Dict[str, Any]:
     if "fold_relu6" in b and not (q.get("scheme") in ("static", "auto") and b.get("flow", "fx") == "fx"
                                   and _family(c) not in ("transformer", "recurrent")):
         b.pop("fold_relu6")  # it changes only PyTorch's FX static builds
+    if "aoti_batch" in b and not ((q.get("scheme") in ("fp32", "fp16") and b.get("export") == "aoti")
+                                  or (q.get("scheme") in ("static", "qat", "dynamic", "auto")
+                                      and b.get("flow") == "pt2e")):
+        b.pop("aoti_batch")  # it changes only PyTorch's AOTInductor packages (PT2E int8, export=aoti)
     if "flow" in b and q.get("scheme") not in ("static", "qat", "dynamic", "auto"):
         b.pop("flow")  # fp32, fp16, int4_weight_only and fake_quant are built the same under either flow
     t = c.get("task")

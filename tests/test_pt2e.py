@@ -213,6 +213,21 @@ def test_flow_changes_only_the_hashes_of_the_schemes_it_builds(compose_cfg):
         assert config_hash(fx) == config_hash(before), quant
 
 
+def test_aoti_batch_changes_only_the_hashes_of_aoti_packages(compose_cfg):
+    """backend.aoti_batch (2026-12-06) is inert for TorchScript cells (fp32/fp16 by default, FX int8):
+    they keep their hash and resume; PT2E int8 and backend.export=aoti cells are measured anew."""
+    from bsb_hydra.cell import config_hash
+    from tests.conftest import with_and_without
+
+    kept = [["quant=fp32"], ["quant=fp16"], ["quant=static", "backend.flow=fx"], ["quant=int4_weight_only"]]
+    for extra in kept:
+        cfg, before = with_and_without(compose_cfg, ["backend=pytorch", *extra], "aoti_batch")
+        assert config_hash(cfg) == config_hash(before), extra
+    for extra in (["quant=static"], ["quant=dynamic"], ["quant=fp32", "backend.export=aoti"]):
+        cfg, before = with_and_without(compose_cfg, ["backend=pytorch", *extra], "aoti_batch")
+        assert config_hash(cfg) != config_hash(before), extra
+
+
 def test_a_default_pytorch_sweep_calls_no_deprecated_torch_ao(sweep):
     """The shared sweep (mlp, cnn x fp32, dynamic, static on pytorch and onnxruntime, default
     settings, the machine-peak measurement included) under the torch.ao spy: every cell ok, the
