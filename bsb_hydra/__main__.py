@@ -73,4 +73,4 @@ if __name__ == "__main__":
         print(f"\nInterrupted by {name}: the open cell's run is closed KILLED with the reason; the same "
               "command resumes (finished cells are skipped)", file=sys.stderr, flush=True)
         sys.exit(local_state.exit_code_of(e))
-    sys.exit(1 if summary.FAILED else 0)
+    local_state.exit_now(1 if summary.FAILED else 0)

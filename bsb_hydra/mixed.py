@@ -108,8 +108,11 @@ class Evaluator:
 
 
 def _row(ev: Evaluator, art: Artifact, ref_logits: np.ndarray) -> Dict[str, float]:
-    logits = ev.logits(art)
-    return {"accuracy": float(np.mean(logits.argmax(1) == ev.y)), "sqnr_db": sqnr_db(ref_logits, logits),
+    return _scores(ev.logits(art), ev.y, ref_logits)
+
+
+def _scores(logits: np.ndarray, y: np.ndarray, ref_logits: np.ndarray) -> Dict[str, float]:
+    return {"accuracy": float(np.mean(logits.argmax(1) == y)), "sqnr_db": sqnr_db(ref_logits, logits),
             "agreement": float(np.mean(logits.argmax(1) == ref_logits.argmax(1)))}
 
 
@@ -123,21 +126,36 @@ def analyze(backend, ctx: BuildContext, ev: Evaluator, fp32_art: Artifact, workd
     ref = ev.logits(fp32_art)
     d = workdir / "analysis"
     d.mkdir(parents=True, exist_ok=True)
-    # every build below in one batch, where the backend can (tflite: one TensorFlow start-up)
-    backend.prebuild_mixed(ctx, [[]] + [[n for n in names if n != name] for name in names] + [[n] for n in names])
-    int8_art = backend.build_mixed(ctx, d / f"int8{backend.suffix}", [])
-    full = _row(ev, int8_art, ref)
-    # Per-layer activations, where the backend can expose them (onnxruntime): each layer's output in
-    # the all-int8 model, and its activation through its own int8 grid alone, against fp32.
-    acts = backend.layer_activation_sqnr(ctx, int8_art.path, ev.x[:ACTIVATION_SAMPLES])
+
+    def variant(name: str, float_layers) -> Dict[str, float]:
+        """One variant's row: scored in this process where the backend has a reference of its int8
+        arithmetic (Backend.mixed_logits: pytorch's PT2E module), else built and run by the Runner."""
+        logits = backend.mixed_logits(ctx, float_layers, ev.x, ev.batch)
+        if logits is None:
+            return _row(ev, backend.build_mixed(ctx, d / f"{name}{backend.suffix}", float_layers), ref)
+        return _scores(logits, ev.y, ref)
+
+    int8_logits = backend.mixed_logits(ctx, [], ev.x, ev.batch)
+    scored_in_process = int8_logits is not None
+    acts = {}
+    if scored_in_process:
+        full = _scores(int8_logits, ev.y, ref)
+    else:
+        # every build below in one batch, where the backend can (tflite: one TensorFlow start-up)
+        backend.prebuild_mixed(ctx, [[]] + [[n for n in names if n != name] for name in names] + [[n] for n in names])
+        int8_art = backend.build_mixed(ctx, d / f"int8{backend.suffix}", [])
+        full = _row(ev, int8_art, ref)
+        # Per-layer activations, where the backend can expose them (onnxruntime): each layer's output in
+        # the all-int8 model, and its activation through its own int8 grid alone, against fp32.
+        acts = backend.layer_activation_sqnr(ctx, int8_art.path, ev.x[:ACTIVATION_SAMPLES])
     fp32 = {"accuracy": float(np.mean(ref.argmax(1) == ev.y)), "sqnr_db": math.inf, "agreement": 1.0}
     rows = []
     for i, name in enumerate(names):
         w, axis = layers[name]
         wq = int8_round_trip(w, per_channel, axis)
         nonzero = np.asarray(w) != 0
-        only = _row(ev, backend.build_mixed(ctx, d / f"only{i}{backend.suffix}", [n for n in names if n != name]), ref)
-        keep = _row(ev, backend.build_mixed(ctx, d / f"keep{i}{backend.suffix}", [name]), ref)
+        only = variant(f"only{i}", [n for n in names if n != name])
+        keep = variant(f"keep{i}", [name])
         rows.append({
             "layer": name, "params": int(np.asarray(w).size),
             "weight_sqnr_db": sqnr_db(w, wq),
@@ -156,7 +174,9 @@ def analyze(backend, ctx: BuildContext, ev: Evaluator, fp32_art: Artifact, workd
     for rank, r in enumerate(rows, 1):
         r["rank"] = rank
     shutil.rmtree(d, ignore_errors=True)
-    return {"fp32": fp32, "int8": full, "layers": rows}
+    scored_on = (f"{backend.name}'s reference module, in process (Backend.mixed_logits)" if scored_in_process
+                 else f"{backend.name}'s artifacts, run by its runtime")
+    return {"fp32": fp32, "int8": full, "layers": rows, "scored_on": scored_on}
 
 
 def search(backend, ctx: BuildContext, ev: Evaluator, table, fp32_art: Artifact, workdir: Path):
@@ -218,6 +238,7 @@ def _markdown(table, result, cfg) -> str:
              "output in int8 model: its output in the all-int8 model (error accumulated up to it). "
              "only int8 / kept float: the model's logits with only this layer int8 / only this layer float. "
              "n/a: the backend does not expose that tensor.", "",
+             f"Variants scored on {table['scored_on']}; the search's trials below are built artifacts.", "",
              "| rank | layer | params | weight SQNR | weights zeroed | activation SQNR | output in int8 model SQNR | "
              "only int8: d pp | only int8: SQNR | kept float: d pp | kept float: SQNR | kept float recovers pp |",
              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

@@ -10,18 +10,77 @@ CONF = ROOT / "conf"
 PYTHON = sys.executable
 
 # Small, fast settings for every real sweep in the tests: smoke training, 1000 test samples,
-# short timing loops. Never figures; only structure and correctness.
+# short timing loops, batch 1 only (a second batch size is a second compiled package for a PT2E cell and
+# a second file for a LiteRT one: the shared sweep and the tests of batch files add TWO_BATCHES).
+# Never figures; only structure and correctness.
 SMOKE = [
-    "train=smoke", "data.limit_test=1000", "benchmark.batch_sizes=[1,8]", "benchmark.warmup_runs=2",
+    "train=smoke", "data.limit_test=1000", "benchmark.batch_sizes=[1]", "benchmark.warmup_runs=2",
     "benchmark.min_runs=10", "benchmark.min_duration_s=0.05", "benchmark.bootstrap_resamples=200",
     "benchmark.repeats=1", "peak.size=64", "peak.min_duration_s=0.02",
     # no profiling process after a cell slower than its fp32 (most toy cells are: call overhead): one
     # fresh process less per such cell; tests/test_profile.py turns it back on where it is the subject
     "benchmark.profile=never",
 ]
-# The machine's limit (bsb_hydra/bench/peak.py) is cached per host: measured once per test process
-# at SMOKE's tiny GEMM, not once per test.
+# The machine's limit (bsb_hydra/bench/peak.py) is cached per host: measured once per test session at
+# SMOKE's tiny GEMM, into PEAK_DIR, which every sweep of the tests reads (BSB_PEAK_DIR). The top pytest
+# process names the folder, so both xdist workers (which inherit its environment) share it, and under
+# `make test` starts that one measurement in the background before the workers start (session_peak): a
+# sweep that reaches its peak stage while it runs waits on the cache's lock, then reads it. Before, each
+# worker measured for itself and the remote sweep a third time (about 70 s each under load).
+if "BSB_TEST_PEAK_DIR" not in os.environ and "PYTEST_XDIST_WORKER" not in os.environ:
+    os.environ["BSB_TEST_PEAK_DIR"] = f"/tmp/bsb_hydra_test_peak_{os.getpid()}"
 PEAK_DIR = Path(os.environ.get("BSB_TEST_PEAK_DIR", f"/tmp/bsb_hydra_test_peak_{os.getpid()}"))
+PEAK_SIZE = next(int(o.split("=")[1]) for o in SMOKE if o.startswith("peak.size="))
+PEAK_CLI = [PYTHON, "-m", "bsb_hydra.bench.peak", "--size", str(PEAK_SIZE), "--min-duration", "0.02",
+            "--cache-dir", str(PEAK_DIR)]
+PEAK_CLI_ENV = {"MLFLOW_TRACKING_URI": f"sqlite:///{PEAK_DIR}/peak_cli.db", "BSB_PEAK_EXPERIMENT": "peak"}
+
+
+def _start_session_peak() -> subprocess.Popen:
+    """The session's measurement: the CLI into PEAK_DIR, its output and exit status kept beside it
+    (cli.out, cli.err, cli.rc) for tests/test_peak.py."""
+    PEAK_DIR.mkdir(parents=True, exist_ok=True)
+    d = str(PEAK_DIR)
+    script = f'"$@" > "{d}/cli.out" 2> "{d}/cli.err"; echo $? > "{d}/cli.rc.tmp"; mv "{d}/cli.rc.tmp" "{d}/cli.rc"'
+    (PEAK_DIR / "cli.started").touch()
+    return subprocess.Popen(["sh", "-c", script, "sh", *PEAK_CLI], cwd=ROOT, env=dict(os.environ, **PEAK_CLI_ENV),
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def session_peak():
+    """The session's peak measurement through the CLI: (its environment, a result with returncode,
+    stdout and stderr). Waits for the one the top process started; started here when none was (a run
+    without xdist)."""
+    from types import SimpleNamespace
+    import time
+
+    if not (PEAK_DIR / "cli.started").exists():
+        _start_session_peak().wait(timeout=900)
+    deadline = time.time() + 900
+    while not (PEAK_DIR / "cli.rc").exists():
+        assert time.time() < deadline, "the session's peak measurement did not finish in 900 s"
+        time.sleep(1)
+    proc = SimpleNamespace(returncode=int((PEAK_DIR / "cli.rc").read_text()),
+                           stdout=(PEAK_DIR / "cli.out").read_text(), stderr=(PEAK_DIR / "cli.err").read_text())
+    return dict(os.environ, **PEAK_CLI_ENV), proc
+
+
+def pytest_configure(config):
+    """Under xdist (make test), the top process starts the session's peak measurement at once: it then
+    runs while the workers start and their first cells train, instead of inside a cell."""
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+        return
+    if not (PEAK_DIR / "cli.started").exists():
+        config._bsb_session_peak = _start_session_peak()
+
+
+def pytest_unconfigure(config):
+    proc = getattr(config, "_bsb_session_peak", None)
+    if proc is not None and proc.poll() is None:  # the tests ended first (a short selection)
+        import signal
+
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def bsb_command(args, tmp: Path, sweep: str = "sweep", env_extra=None):
@@ -51,12 +110,39 @@ def fill_disk(path: Path) -> None:
             pass
 
 
+def empty_store(path: Path) -> None:
+    """``path``, when it does not exist yet, as a copy of an empty MLflow sqlite store that this
+    session's MLflow created once (PEAK_DIR/empty_mlflow.db): a new store runs MLflow's schema
+    migrations, about 2 s a sweep. Only for sweeps meant to run (run_bsb's check): the tests of bad
+    input check that no store was created at all."""
+    import fcntl
+    import shutil
+
+    if path.exists():
+        return
+    template = PEAK_DIR / "empty_mlflow.db"
+    PEAK_DIR.mkdir(parents=True, exist_ok=True)
+    with open(PEAK_DIR / "empty_mlflow.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not template.exists():
+            from mlflow import MlflowClient
+
+            building = PEAK_DIR / "empty_mlflow.building.db"
+            building.unlink(missing_ok=True)
+            MlflowClient(f"sqlite:///{building}").search_experiments()  # creates and migrates the tables
+            building.rename(template)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, path)
+
+
 def run_bsb(args, tmp: Path, timeout=900, check=True, sweep: str = "sweep", env_extra=None, cwd=None,
             failed: bool = False):
     """python -m bsb_hydra ARGS into a private MLflow store, model cache and sweep dir (started from
     ``cwd``, the repository by default). ``check``: it must exit 0, or with ``failed`` (a cell is
     meant to fail) 1, the exit status of a sweep with a failed cell."""
     cmd, env = bsb_command(args, tmp, sweep, env_extra)
+    if check and env["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp}/mlflow.db":
+        empty_store(tmp / "mlflow.db")
     if cwd is not None:  # bsb_hydra imported from the repository, wherever the sweep starts
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     proc = subprocess.run(cmd, cwd=cwd or ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -68,6 +154,7 @@ def run_bsb(args, tmp: Path, timeout=900, check=True, sweep: str = "sweep", env_
 
 # The shared real sweep (tests/test_sweep.py checks it, tests/test_report.py reports on a copy of it).
 GRID = ["-m", "model=mlp,cnn", "quant=fp32,dynamic,static", "backend=pytorch,onnxruntime"]
+TWO_BATCHES = "benchmark.batch_sizes=[1,8]"  # after SMOKE: the later value of a key wins
 
 
 # Records every torch.ao deprecation notice raised in any process of a sweep (the sweep, its benchmark
@@ -100,9 +187,9 @@ def torch_ao_spy(tmp: Path) -> dict:
 @pytest.fixture(scope="session")
 def sweep(tmp_path_factory):
     """12 cells: mlp,cnn x fp32,dynamic,static x pytorch,onnxruntime, smoke-trained, on fashion_mnist,
-    under the torch.ao spy."""
+    at batch 1 and 8, under the torch.ao spy."""
     tmp = tmp_path_factory.mktemp("sweep")
-    proc = run_bsb([*GRID, *SMOKE], tmp, env_extra=torch_ao_spy(tmp))
+    proc = run_bsb([*GRID, *SMOKE, TWO_BATCHES], tmp, env_extra=torch_ao_spy(tmp))
     client, runs = runs_of(tmp)
     return tmp, proc, client, runs
 
@@ -149,11 +236,15 @@ def compose_cfg():
 
 # The modules whose tests (or shared sweeps) take longest, longest first: `make test` starts them first, so
 # that the short tests fill the two workers at the end instead of one long sweep running alone (xdist's
-# loadgroup hands the groups out in collection order; before this the longest, test_text's sweep and
-# the TensorFlow tests, came last). Measured with --durations on 2026-12-06; an ordering only.
-LONG_FIRST = ("test_keras_tasks.py", "test_text.py", "test_keras.py", "test_tflite_file.py", "test_sweep.py",
-              "test_report.py", "test_task_sweeps.py", "test_tflite.py", "test_byo.py", "test_reliability.py",
-              "test_openvino.py", "test_executorch.py", "test_pt2e.py")
+# loadgroup hands the groups out in collection order). Measured with --durations on 2026-12-06 (the sum of
+# each module's setup and call times); an ordering only. Two long modules whose sweeps skip the machine's
+# limit (peak.enabled=false) go first: they keep both workers busy while the session's peak measurement
+# (session_peak), which every other sweep's first cell waits for, runs.
+LONG_FIRST = ("test_keras.py", "test_tflite_file.py",
+              "test_task_sweeps.py", "test_reliability.py", "test_byo.py", "test_sweep.py", "test_mixed.py",
+              "test_tflite.py", "test_keras_tasks.py", "test_openvino.py", "test_launchers.py", "test_text.py",
+              "test_profile.py", "test_pt2e.py", "test_report.py", "test_remote.py", "test_executorch.py",
+              "test_demo.py")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into the node ids

@@ -7,7 +7,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from tests.conftest import SMOKE, run_bsb, runs_of
+from tests.conftest import SMOKE, TWO_BATCHES, run_bsb, runs_of
 
 QUICK = [a for a in SMOKE if not a.startswith("data.limit_test")]
 CLASSES = 3
@@ -377,8 +377,8 @@ def test_hf_folder_and_litert_tflite(tmp_path):
     run_bsb(["-m", "model=hf", f"model.path={minilm_path()}", "data.seq_len=16", "train.limit_samples=64",
              "data.limit_test=48", "quant=fp32,dynamic", "backend=onnxruntime", *QUICK], tmp_path, sweep="hf")
     run_bsb(["-m", "model=torchvision", "model.arch=resnet18", "model.input_size=32", "train.limit_samples=64",
-             "data.limit_test=48", "quant=fp32,static", "backend=tflite", "quant.samples=16", *QUICK], tmp_path,
-            sweep="litert")
+             "data.limit_test=48", "quant=fp32,static", "backend=tflite", "quant.samples=16", *QUICK, TWO_BATCHES],
+            tmp_path, sweep="litert")
     _, runs = runs_of(tmp_path)
     assert not _ok(runs), _ok(runs)
     by = {(r.data.tags["model"], r.data.tags["quant"]): r for r in runs}
@@ -410,7 +410,7 @@ def test_litert_dynamic_keeps_depthwise_float_unless_asked_and_checks_its_batch_
     and =false every conv. Each build says how its b1 and b8 files agree."""
     run_bsb(["-m", "model=torchvision", "model.arch=mobilenet_v2", "model.input_size=32", "train.limit_samples=64",
              "data.limit_test=48", "quant=dynamic", "quant.convolutions=null,true,false", "backend=tflite",
-             *QUICK], tmp_path)
+             *QUICK, TWO_BATCHES], tmp_path)
     _, runs = runs_of(tmp_path)
     assert not _ok(runs), _ok(runs)
     by = {r.data.params.get("quant.convolutions", "None"): r.data.tags for r in runs}

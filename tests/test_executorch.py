@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import SMOKE, run_bsb, runs_of
+from tests.conftest import SMOKE, TWO_BATCHES, run_bsb, runs_of
 
 pytest.importorskip("executorch", reason="executorch is not installed (make setup installs it --no-deps)")
 
@@ -27,7 +27,8 @@ def _config(compose_cfg, overrides):
 def et_sweep(tmp_path_factory):
     """model=cnn x fp32,fp16,dynamic,static on executorch, smoke-trained, on fashion_mnist."""
     tmp = tmp_path_factory.mktemp("et_sweep")
-    run_bsb(["-m", "model=cnn", "quant=fp32,fp16,dynamic,static", "backend=executorch", CALIBRATION, *SMOKE], tmp)
+    run_bsb(["-m", "model=cnn", "quant=fp32,fp16,dynamic,static", "backend=executorch", CALIBRATION, *SMOKE,
+             TWO_BATCHES], tmp)  # a dynamic batch (1..8)
     client, runs = runs_of(tmp)
     return tmp, client, {r.data.tags["quant"]: r for r in runs}
 
@@ -92,6 +93,32 @@ def test_runner_and_etdump_profile_on_the_logged_pte(et_sweep, tmp_path):
     assert not prof["float_compute_ops"], prof["float_compute_ops"]
     assert "portable:executorch_prim::et_view" in ops and "executorch_prim::et_view" in prof["not_delegated"]
     assert abs(sum(r["share"] for r in prof["ops"]) - 1.0) < 1e-6
+
+
+def test_a_batch_1_program_takes_a_one_channel_example_with_a_zero_stride(compose_cfg, tmp_path):
+    """benchmark.batch_sizes=[1] exports batch 1 as it is (no dynamic batch). A one-channel example whose
+    channel axis has stride 0 (numpy's x[:, None], as the data pipeline hands it over) was refused by the
+    lowering ("0 in strides is not supported for ExecuTorch": every cell of model=cnn on fashion_mnist or
+    digits at batch 1 only); the export now takes a contiguous copy."""
+    import torch
+    from torch import nn
+
+    from bsb_hydra.backends import get_backend
+    from bsb_hydra.backends.base import BuildContext
+    from bsb_hydra.backends.executorch.runner import ExecutorchRunner as RUNNER
+
+    cfg = _config(compose_cfg, ["model=cnn", "backend=executorch", "quant=fp32", "benchmark.batch_sizes=[1]"])
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    x = np.random.default_rng(0).random((1, 8, 8), dtype=np.float32)[:, None]
+    assert 0 in torch.from_numpy(x).stride()
+    ctx = BuildContext(net, x, None, cfg, "x86", "x86_64", "", tmp_path)
+    art = get_backend("executorch").build("fp32", ctx, tmp_path / "fp32.pte")
+    assert art.info["batch"] == "static 1", art.info
+    runner = RUNNER(str(art.path), 1, "float32", {})
+    out = runner.outputs(runner.run(runner.prepare(np.ascontiguousarray(x))))[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(out, net(torch.from_numpy(np.ascontiguousarray(x))).numpy(), atol=1e-5)
 
 
 def test_the_dynamic_batch_runs_past_torchs_conv_guard(compose_cfg, tmp_path):

@@ -10,7 +10,7 @@ from tests.conftest import SMOKE, MlflowServer, run_bsb
 
 pytestmark = pytest.mark.xdist_group("launchers")  # one server for the module, on one worker
 
-CELLS = ["model=mlp", "quant=fp32,dynamic", "backend=pytorch,onnxruntime"]
+CELLS = ["model=mlp", "quant=fp32,fp16", "backend=pytorch,onnxruntime"]  # no compiled package: the launcher is the subject
 SMALL = ["data=digits", *(o if not o.startswith("benchmark.batch_sizes=") else "benchmark.batch_sizes=[1]"
                           for o in SMOKE)]
 

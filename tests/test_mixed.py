@@ -16,6 +16,27 @@ DIGITS = ["data=digits", *(o if not o.startswith("benchmark.batch_sizes=") else 
                            for o in SMOKE)]
 
 
+def test_the_chosen_trial_is_copied_with_its_other_batch_files(tmp_path):
+    """quant=auto copies the chosen trial's file to the cell's artifact (backends.base.copy_artifact):
+    with one file per batch size (a PT2E package per batch, benchmark.batch_sizes=[1,8]) the others go
+    along under the new name, with a manifest naming them; a single file is copied alone. (The end-to-end
+    tests below run at batch 1 only; a copy without its batch-8 file once fed 180 samples to the batch-1
+    package.)"""
+    from bsb_hydra.backends.base import copy_artifact
+
+    trials = tmp_path / "trials"
+    trials.mkdir()
+    (trials / "k2.pt2").write_bytes(b"b1")
+    (trials / "k2.b8.pt2").write_bytes(b"b8")
+    (trials / "k2.pt2.batches.json").write_text(json.dumps({"1": "k2.pt2", "8": "k2.b8.pt2"}))
+    copy_artifact(trials / "k2.pt2", tmp_path / "auto.pt2")
+    assert json.loads((tmp_path / "auto.pt2.batches.json").read_text()) == {"1": "auto.pt2", "8": "auto.b8.pt2"}
+    assert (tmp_path / "auto.pt2").read_bytes() == b"b1" and (tmp_path / "auto.b8.pt2").read_bytes() == b"b8"
+    (trials / "k0.onnx").write_bytes(b"onnx")
+    copy_artifact(trials / "k0.onnx", tmp_path / "auto.onnx")
+    assert (tmp_path / "auto.onnx").read_bytes() == b"onnx" and not (tmp_path / "auto.onnx.batches.json").exists()
+
+
 def test_sqnr_db_exact():
     x = np.array([3.0, 4.0])  # |x| = 5
     assert mixed.sqnr_db(x, x) == math.inf
@@ -160,6 +181,10 @@ def test_auto_ranks_the_fragile_layer_first_and_keeps_it_float(fragile_checkpoin
                        .read_text())
     top = table["layers"][0]
     assert top["layer"] == first_layer and top["rank"] == 1
+    # PT2E: the analysis's variants are converted modules run in the cell's process, no package compiled
+    # for them (Backend.mixed_logits); the trials above and the chosen artifact are compiled packages
+    assert table["scored_on"] == ("pytorch's reference module, in process (Backend.mixed_logits)"
+                                  if backend == "pytorch" else f"{backend}'s artifacts, run by its runtime")
     assert top["only_int8_accuracy_delta_pp"] < -10
     # int8 wipes out its weights (the outlier itself is exact and dominates |w|: SQNR barely sees it)
     assert top["weight_zeroed_fraction"] > 0.9

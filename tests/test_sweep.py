@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from tests.conftest import SMOKE, run_bsb, runs_of
+from tests.conftest import SMOKE, TWO_BATCHES, run_bsb, runs_of
 
 LATENCY_METRICS = [f"latency_{k}_ms_b{b}" for k in ("mean", "p50", "p90", "p95", "p99", "std") for b in (1, 8)]
 SCHEMA_METRICS = ["size_bytes", "size_ratio", "accuracy", "accuracy_ci_low", "accuracy_ci_high",
@@ -153,7 +153,7 @@ def test_benchmark_worker_imports_only_its_runtime(sweep):
 
 
 def test_one_failing_cell_leaves_the_others_intact(tmp_path):
-    proc = run_bsb(["-m", "model=mlp", "data=digits", "quant=fp32,static", "backend=pytorch",
+    proc = run_bsb(["-m", "model=mlp", "data=digits", "quant=fp32,static", "backend=onnxruntime",
                     "debug.fail_stage=quantize,worker_crash", "debug.fail_cell=static", "force=true", *SMOKE],
                    tmp_path, failed=True)  # force: the two fp32 cells differ only in debug settings, not in config_hash
     _, runs = runs_of(tmp_path)
@@ -277,7 +277,7 @@ def test_unknown_option_in_a_sweep_lists_the_valid_ones(tmp_path):
 def test_repeats_time_the_cell_and_its_fp32_reference_in_fresh_processes_in_alternating_order(tmp_path):
     import json
 
-    run_bsb(["model=mlp", "data=digits", "quant=dynamic", "backend=onnxruntime", *SMOKE, "benchmark.repeats=2"],
+    run_bsb(["model=mlp", "data=digits", "quant=dynamic", "backend=onnxruntime", *SMOKE, TWO_BATCHES, "benchmark.repeats=2"],
             tmp_path)
     client, runs = runs_of(tmp_path)
     r = runs[0]
@@ -364,7 +364,7 @@ def test_pytorch_float_artifacts_are_channels_last_and_aoti_is_a_compiled_packag
     assert cells[("mlp", "fp32", "pytorch")].data.tags["build.memory_format"] == "contiguous"  # no conv
     assert "build.memory_format" not in cells[("cnn", "static", "pytorch")].data.tags
     run_bsb(["-m", "model=cnn", "quant=fp32", "backend=pytorch", "backend.export=aoti,torchscript",
-             *SMOKE], tmp_path)
+             *SMOKE, TWO_BATCHES], tmp_path)
     _, runs = runs_of(tmp_path)
     by_export = {r.data.params.get("backend.export", "torchscript"): r for r in runs}  # the default is not logged
     aoti, ts = by_export["aoti"], by_export["torchscript"]

@@ -208,6 +208,14 @@ class Backend:
         """The static int8 model with ``float_layers`` (names from mixed_layers) kept in float."""
         raise Unsupported(f"backend {self.name} cannot keep chosen layers in float (no mixed-precision hook)")
 
+    def mixed_logits(self, ctx: BuildContext, float_layers, x: np.ndarray, batch: int) -> Optional[np.ndarray]:
+        """The sensitivity analysis's scoring of one variant (the static int8 model with ``float_layers``
+        kept float) on ``x``, computed in this process without building the deployable artifact, where the
+        backend has a faithful reference of its int8 arithmetic (pytorch: the converted PT2E module run
+        eagerly, its quantize/dequantize pairs the rounding the compiled package applies). Default: None,
+        and the analysis builds each variant with build_mixed and runs it through the Runner."""
+        return None
+
     def prebuild_mixed(self, ctx: BuildContext, float_sets: List[List[str]]) -> None:
         """Build these mixed models ahead, in one batch (tflite: one TensorFlow start-up for the whole
         sensitivity analysis); build_mixed then finds them. Default: nothing ahead, each built when asked."""

@@ -177,8 +177,9 @@ def main(request_path: str) -> None:
 
 
 if __name__ == "__main__":
-    from bsb_hydra.local_state import die_with_parent
+    from bsb_hydra.local_state import die_with_parent, exit_now
 
     # a sweep killed by any signal (SIGKILL too) takes its worker with it
     die_with_parent(int(os.environ["BSB_PARENT_PID"]) if os.environ.get("BSB_PARENT_PID") else None)
     main(sys.argv[1])
+    exit_now(0)  # the result is written; the sweep waits for this process's exit

@@ -107,10 +107,14 @@ def max_batch(cfg) -> int:
 
 def export_program(module, args: tuple, batch_max: int):
     """torch.export with the batch dimension of every input dynamic (1..batch_max; one shared symbol),
-    traced at batch 2 (batch 1 would specialise the dimension to 1); batch_max 1 exports batch 1 as it is."""
+    traced at batch 2 (batch 1 would specialise the dimension to 1); batch_max 1 exports batch 1 as it is.
+    Each input is cloned into the standard contiguous layout first: an example whose size-1 dimension
+    has stride 0 (a one-channel image from the data pipeline, strides (784, 0, 28, 1)) exported at batch 1
+    kept that stride, and ExecuTorch's lowering refused it ("0 in strides is not supported"; found with
+    benchmark.batch_sizes=[1]; the batch-2 trace's torch.cat had made a copy)."""
     import torch
 
-    one = tuple(a[:1] for a in args)
+    one = tuple(a[:1].clone(memory_format=torch.contiguous_format) for a in args)
     if batch_max <= 1:
         return torch.export.export(module, one)
     two = tuple(torch.cat([a, a]) for a in one)

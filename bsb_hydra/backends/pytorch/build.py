@@ -682,6 +682,33 @@ class PytorchBackend(Backend):
     def build_mixed(self, ctx: BuildContext, out: Path, float_layers) -> Artifact:
         return self._static(ctx, out, list(float_layers))
 
+    def mixed_logits(self, ctx: BuildContext, float_layers, x, batch: int):
+        """backend.flow=pt2e: the sensitivity analysis scores each variant on its converted PT2E module, run
+        eagerly here (quantize/dequantize pairs around float ops: the rounding the compiled package applies,
+        in fp32 arithmetic; each package is checked against its module, _check_package), instead of
+        compiling an AOTInductor package per variant: 2 x layers + 1 compiles of about 6-15 s each for a toy,
+        a minute each at 224 px (resnet18 has 21 layers). The search's trials, and the chosen artifact, are
+        compiled packages run by the Runner. FX builds are TorchScript files, quick to build: None."""
+        import numpy as np
+        import torch
+
+        from bsb_hydra.backends.pytorch.pt2e import static_pt2e
+        from bsb_hydra.feeds import flatten_outputs
+        from bsb_hydra.qat import reduce_range_default
+
+        if ctx.cfg.backend.flow != "pt2e" or len(_args(ctx.example)) != 1:
+            return None
+        q = ctx.cfg.quant
+        reduce_range = reduce_range_default(q, ctx.arch == "x86_64", ctx.isa)
+        module = static_pt2e(ctx.model, _args(ctx.example)[0], ctx.calibration, q, ctx.arch, reduce_range,
+                             ctx.cfg.model.name, list(float_layers), args=_args).module
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(x), batch):
+                xb = canonical_strides(_args(x[i:i + batch])[0])  # as the runner feeds it
+                out.append(flatten_outputs(module(xb))[0].float().numpy())
+        return np.concatenate(out).astype(np.float32)
+
     def build_qat(self, ctx: BuildContext, out: Path) -> Artifact:
         import torch
         from torch.ao.quantization.quantize_fx import convert_fx

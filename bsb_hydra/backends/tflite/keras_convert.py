@@ -330,7 +330,7 @@ def main(req_path: str) -> None:
 
 
 if __name__ == "__main__":
-    from bsb_hydra.local_state import die_with_parent
+    from bsb_hydra.local_state import die_with_parent, exit_now
 
     die_with_parent(int(os.environ["BSB_PARENT_PID"]) if os.environ.get("BSB_PARENT_PID") else None)
     if sys.argv[1] == "--serve":
@@ -339,3 +339,4 @@ if __name__ == "__main__":
         serve(main)
     else:
         main(sys.argv[1])
+    exit_now(0)  # the parent waits for this exit: TensorFlow's teardown skipped (local_state.exit_now)

@@ -229,7 +229,7 @@ def _fresh_keras() -> None:
 
 
 if __name__ == "__main__":
-    from bsb_hydra.local_state import die_with_parent
+    from bsb_hydra.local_state import die_with_parent, exit_now
 
     die_with_parent(int(os.environ["BSB_PARENT_PID"]) if os.environ.get("BSB_PARENT_PID") else None)
     if sys.argv[1] == "--serve":  # bsb_hydra/backends/tflite/convert_server.py
@@ -238,3 +238,4 @@ if __name__ == "__main__":
         serve(main, before_each=_fresh_keras)
     else:
         main(sys.argv[1])
+    exit_now(0)  # the parent waits for this exit: TensorFlow's teardown skipped (local_state.exit_now)
