@@ -185,6 +185,13 @@ def test_auto_ranks_the_fragile_layer_first_and_keeps_it_float(fragile_checkpoin
     # for them (Backend.mixed_logits); the trials above and the chosen artifact are compiled packages
     assert table["scored_on"] == ("pytorch's reference module, in process (Backend.mixed_logits)"
                                   if backend == "pytorch" else f"{backend}'s artifacts, run by its runtime")
+    # the table's full-int8 row against the search's first trial (the full int8 model as a built artifact,
+    # compiled on pytorch), on the same selection samples: the eager reference must score what the
+    # package scores
+    trials = json.loads(Path(client.download_artifacts(run.info.run_id, "analysis/trials.json", str(tmp_path)))
+                        .read_text())
+    k0 = next(t for t in (trials["trials"] if isinstance(trials, dict) else trials) if t["k"] == 0)
+    assert abs(k0["accuracy"] - table["int8"]["accuracy"]) <= 0.02, (k0["accuracy"], table["int8"]["accuracy"])
     assert top["only_int8_accuracy_delta_pp"] < -10
     # int8 wipes out its weights (the outlier itself is exact and dominates |w|: SQNR barely sees it)
     assert top["weight_zeroed_fraction"] > 0.9
