@@ -857,3 +857,33 @@ def test_exit_now_finishes_threads_handlers_and_streams_before_it_skips_the_tear
                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert proc.returncode == 3, proc.stderr
     assert proc.stdout == "buffered, no newlinethread done\nhandler ran\n", proc.stdout
+
+
+def test_inductor_compile_cache_and_its_headers_outlive_the_process_in_the_private_folder(tmp_path):
+    """A sweep's TMPDIR is its own and removed at exit; Inductor's compile cache and its precompiled
+    headers (which Inductor files under the TMPDIR it saw at import) go to <runtime>/inductor instead,
+    0700, kept for the next process (without them each process rebuilt ~20 s of C++ before its first
+    AOTInductor package). A TORCHINDUCTOR_CACHE_DIR the user set is kept as it is."""
+    script = tmp_path / "cache.py"
+    script.write_text(
+        "import os\n"
+        "from bsb_hydra import local_state\n"
+        "mine = local_state.process_tmp()\n"
+        "from bsb_hydra.backends.pytorch.build import keep_precompiled_headers\n"
+        "print(mine, os.environ['TORCHINDUCTOR_CACHE_DIR'], keep_precompiled_headers(), sep='\\n')\n")
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    rt = tmp_path / "rt"
+
+    def run(**extra):
+        proc = subprocess.run([str(Path(PYTHON)), str(script)], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120, env=dict(env, PYTHONPATH=str(ROOT), BSB_RUNTIME_DIR=str(rt), **extra))
+        assert proc.returncode == 0, proc.stderr
+        return [Path(p) for p in proc.stdout.split()]
+
+    mine, cache, headers = run()
+    assert cache == rt / "inductor" and headers == cache / "precompiled_headers"
+    assert oct(cache.stat().st_mode & 0o777) == "0o700"
+    assert not mine.exists() and cache.is_dir()  # the process's TMPDIR went, the cache stayed
+    own = tmp_path / "own_cache"
+    _, cache, headers = run(TORCHINDUCTOR_CACHE_DIR=str(own))
+    assert cache == own and headers == own / "precompiled_headers"

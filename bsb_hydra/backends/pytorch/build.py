@@ -77,6 +77,25 @@ def aoti_batches(cfg) -> Optional[List[int]]:
     return sorted({1, *(int(b) for b in cfg.benchmark.batch_sizes)})
 
 
+def keep_precompiled_headers() -> Optional[str]:
+    """Where Inductor puts its precompiled C++ headers: moved into its compile cache
+    (TORCHINDUCTOR_CACHE_DIR, kept across sweeps: bsb_hydra/local_state.py). Inductor files them under
+    default_cache_dir(), read from TMPDIR once at import, not under TORCHINDUCTOR_CACHE_DIR; a sweep's
+    TMPDIR is its own and removed at exit, so every process rebuilt both headers (~11 s of g++ on 2
+    cores) before its first package. There is no setting for it: the module's two paths are set.
+    None when this torch has no such paths (the headers are then built where it decides)."""
+    import os
+
+    from torch._inductor import codecache
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    if not hasattr(codecache, "_HEADER_DIR") or not hasattr(codecache, "_HEADER_LOCK_DIR"):
+        return None
+    codecache._HEADER_DIR = os.path.join(cache_dir(), "precompiled_headers")
+    codecache._HEADER_LOCK_DIR = os.path.join(codecache._HEADER_DIR, "locks")
+    return codecache._HEADER_DIR
+
+
 def _save_aoti(module, example, out: Path, threads: int, batches: Optional[Sequence[int]] = None) -> Path:
     """torch.export -> AOTInductor package (``out`` with suffix .pt2), weights frozen into the
     compiled graph (Inductor's freezing: constant folding and oneDNN weight prepacking; for a PT2E
@@ -96,6 +115,7 @@ def _save_aoti(module, example, out: Path, threads: int, batches: Optional[Seque
     import torch
 
     path = out.with_suffix(".pt2")
+    keep_precompiled_headers()
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
