@@ -297,8 +297,12 @@ class MlflowServer:
                "--port", str(self.port), "--workers", "1"]
         if self.artifacts is not None:
             cmd += ["--artifacts-destination", str(self.artifacts)]
+        # no job execution (MLflow 3's Huey consumer for GenAI scoring jobs, on by default): nothing here
+        # submits jobs, and without it the server starts in 6.1 s instead of 8.5 and stops in 1.1 s
+        # instead of 3.7 (a quiet machine)
+        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "a"),
-                                     start_new_session=True)
+                                     start_new_session=True, env=env)
         deadline = time.time() + 120
         while True:
             try:
