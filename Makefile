@@ -28,7 +28,7 @@ EXECUTORCH := executorch==1.5.1
 EXECUTORCH_STAMP := $(VENV)/.nodeps-$(EXECUTORCH)
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: sshd-user docker-amd64 docker-arm64 docker-push setup setup-test data run test bench bench-tasks bench-keras bench-runtimes bench-pt2e peak report mlflow-ui mlflow-server clean arm64-emulated
+.PHONY: config-docs sshd-user docker-amd64 docker-arm64 docker-push setup setup-test data run test bench bench-tasks bench-keras bench-runtimes bench-pt2e peak report mlflow-ui mlflow-server clean arm64-emulated
 
 # Debian's sshd, unpacked into .cache/sshd without installing the package (so no system service
 # starts): tests/test_remote.py runs scripts/remote_sweep.sh against it on 127.0.0.1.
@@ -123,6 +123,10 @@ bench-pt2e: setup
 	$(PY) scripts/bench_pt2e.py $(ARGS)
 
 # This machine's limit (fp32 / int8 GEMM per runtime, call floors, memory bandwidth), logged as a kind=peak run.
+# docs/config.md from the schemas' dataclasses and their comments (tests/test_config.py checks it is current)
+config-docs: setup
+	$(PY) -m bsb_hydra.config.reference
+
 peak: setup
 	$(PY) -m bsb_hydra.bench.peak $(ARGS)
 

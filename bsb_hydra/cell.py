@@ -163,6 +163,11 @@ class RunLog:
                                   "measurements are logged on its run, its files are not")
 
 
+# The run's description in the MLflow UI (its Overview's "Description"): the cell's summary line, what it
+# measured (size, quality, p50 at batch 1, speedups) or why it did not.
+NOTE = "mlflow.note.content"
+
+
 def run_cell(dict_cfg: DictConfig) -> Dict[str, Any]:
     """One cell, start to end: its MLflow run (or the earlier ok run it skips for), its status and
     reason, result.json in the job's folder and the printed summary line. Never raises for the cell."""
@@ -237,13 +242,13 @@ def _measure_in_run(dict_cfg: DictConfig, run_id: str, client, info, out_dir: Pa
             result.update(status="killed", seconds=time.perf_counter() - t_start,
                           reason=f"interrupted by {sig} after {time.perf_counter() - t_start:.0f} s, before the cell "
                                  "was measured to the end; the same command measures it again")
-            log.tags({"status": "killed", "reason": result["reason"]})
+            log.tags({"status": "killed", "reason": result["reason"], NOTE: summary_line(result)})
             mlflow.end_run(status="KILLED")
             print(summary_line(result), flush=True)
             _write_result(out_dir, result)
             raise
         result["seconds"] = time.perf_counter() - t_start
-        log.tags({"status": result["status"], "reason": result["reason"][:5000]})
+        log.tags({"status": result["status"], "reason": result["reason"][:5000], NOTE: summary_line(result)})
         if not result["reason"] and "reason" in client.get_run(run_id).data.tags:
             client.delete_tag(run_id, "reason")  # a wrong "killed" mark while it ran (tracking.Heartbeat)
         log.metrics({"cell_seconds": result["seconds"]})

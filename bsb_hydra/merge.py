@@ -22,6 +22,11 @@ from bsb_hydra import tracking
 MERGED_FROM = "merged_from_run_id"
 
 
+# MLflow's own run tags that describe the run rather than the process that logged it: its name and
+# description (the cell's summary line); the rest (source, user, git) would name this machine's merge.
+KEPT_SYSTEM_TAGS = ("mlflow.runName", "mlflow.note.content")
+
+
 def _uri(s: str) -> str:
     return s if "://" in s else f"sqlite:///{Path(s).resolve()}"
 
@@ -29,13 +34,14 @@ def _uri(s: str) -> str:
 def _target_experiment(dst, name: str, artifact_root: Optional[Path], uri: str) -> str:
     exp = dst.get_experiment_by_name(name)
     if exp is not None:
+        tracking.tag_experiment(dst, exp)
         return exp.experiment_id
     location = None
     if artifact_root is not None and not uri.startswith(("http://", "https://")):
         root = artifact_root.resolve() / name
         root.mkdir(parents=True, exist_ok=True)
         location = root.as_uri()
-    return dst.create_experiment(name, artifact_location=location)
+    return dst.create_experiment(name, artifact_location=location, tags=tracking.EXPERIMENT_TAGS)
 
 
 def _source_artifacts(src, run, exp_name: str, artifacts: Optional[Path], tmp: Path) -> Optional[Path]:
@@ -54,7 +60,7 @@ def merge(source: str, into: str, artifacts: Optional[Path] = None, experiment: 
           artifact_root: Optional[Path] = None) -> Dict[str, int]:
     """Copy every run of ``source`` (one experiment, or all) into ``into``. Returns counts."""
     from mlflow import MlflowClient
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
 
     src, dst = MlflowClient(_uri(source)), MlflowClient(into)
     counts = {"merged": 0, "skipped": 0, "artifacts_missing": 0}
@@ -73,7 +79,7 @@ def merge(source: str, into: str, artifacts: Optional[Path] = None, experiment: 
             if run.info.run_id in done:
                 counts["skipped"] += 1
                 continue
-            tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.") or k == "mlflow.runName"}
+            tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.") or k in KEPT_SYSTEM_TAGS}
             tags[MERGED_FROM] = run.info.run_id
             new = dst.create_run(dst_exp, start_time=run.info.start_time, tags=tags,
                                  run_name=run.info.run_name or None)

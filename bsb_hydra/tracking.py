@@ -49,8 +49,22 @@ def check_server(uri: str, timeout_s: float = 10.0) -> None:
                                f"({type(e).__name__}): start it, or fix the URI") from None
 
 
+# MLflow 3's UI opens an experiment by its kind: without it, on the GenAI overview (traces, token usage);
+# as model development, on its runs. Set when the tool creates an experiment, and added to one made
+# before (an experiment whose kind someone set is left as it is).
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def tag_experiment(client, exp) -> None:
+    """EXPERIMENT_TAGS on ``exp`` (an Experiment), those it lacks."""
+    for k, v in EXPERIMENT_TAGS.items():
+        if k not in (exp.tags or {}):
+            client.set_experiment_tag(exp.experiment_id, k, v)
+
+
 def setup(cfg) -> str:
-    """Point MLflow at the store and experiment; returns the experiment id."""
+    """Point MLflow at the store and experiment (created, or tagged, as model development: see
+    EXPERIMENT_TAGS); returns the experiment id."""
     import mlflow
 
     uri = cfg.mlflow.tracking_uri
@@ -69,6 +83,7 @@ def setup(cfg) -> str:
         client = mlflow.MlflowClient()
         exp = client.get_experiment_by_name(cfg.mlflow.experiment)
     if exp is not None:
+        tag_experiment(client, exp)
         return exp.experiment_id
     location = None
     if not cfg.mlflow.tracking_uri.startswith(("http://", "https://", "databricks")):
@@ -76,7 +91,7 @@ def setup(cfg) -> str:
         root.mkdir(parents=True, exist_ok=True)
         location = root.as_uri()
     try:
-        return client.create_experiment(cfg.mlflow.experiment, artifact_location=location)
+        return client.create_experiment(cfg.mlflow.experiment, artifact_location=location, tags=EXPERIMENT_TAGS)
     except Exception:  # another job created it first
         exp = client.get_experiment_by_name(cfg.mlflow.experiment)
         if exp is None:

@@ -258,3 +258,29 @@ def test_snapshot_conf_copies_conf_for_a_multirun_only(tmp_path):
     assert snapshot_conf(["quant=static"], conf) == ["quant=static"]  # a single run composes once
     mine = ["-m", "--config-dir=/elsewhere", "quant=static"]
     assert snapshot_conf(mine, conf) == mine
+
+
+def test_the_config_reference_is_current_and_lists_every_key():
+    """docs/config.md is what `make config-docs` writes from the schemas now (edit a schema, run it), and
+    every key of every group option and top-level section is in it with its default."""
+    import dataclasses
+
+    from bsb_hydra.config import reference
+    from bsb_hydra.config.run import Config
+    from bsb_hydra.config.store import schemas
+
+    text = reference.render()
+    assert reference.DOC.read_text() == text, "docs/config.md is not current: run `make config-docs`"
+    assert reference.main(["--check"]) == 0
+    for group in reference.GROUPS:
+        for name, cls in schemas(group).items():
+            section = text.split(f"### `{group}={name}` (`{cls.__name__}`)", 1)
+            assert len(section) == 2, (group, name)
+    sections = dict(reference._sections(Config))
+    assert {"benchmark", "mlflow", "paths", "peak"} <= set(sections)
+    for name, cls in sections.items():
+        part = text.split(f"## `{name}` (`{cls.__name__}`)", 1)[1].split("\n## ", 1)[0]
+        for f in dataclasses.fields(cls):
+            assert f"| `{f.name}` |" in part, (name, f.name)
+    pt = text.split("### `backend=pytorch`", 1)[1].split("\n### ", 1)[0]
+    assert "| `flow` | pt2e | str | How static, qat, dynamic and auto are built." in pt  # the comment above it

@@ -280,5 +280,7 @@ def test_merge_metric_history_and_failed_runs(tmp_path):
         h1 = [(x.step, x.value) for x in client.get_metric_history(r.info.run_id, "train_loss")]
         h2 = [(x.step, x.value) for x in copy.get_metric_history(m.info.run_id, "train_loss")]
         assert h1 == h2 and h1
+        assert m.data.tags["mlflow.note.content"] == r.data.tags["mlflow.note.content"]  # the run's description
+    assert copy.get_experiment_by_name("bsb-hydra").tags["mlflow.experimentKind"] == "custom_model_development"
     assert Path(str(copy.get_experiment_by_name("bsb-hydra").artifact_location).replace("file://", "")).parent \
         == (tmp_path / "copy_artifacts").resolve()

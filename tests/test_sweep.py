@@ -58,6 +58,35 @@ def test_mlflow_schema(sweep):
             assert r.data.tags["build.reduce_range"] == expected, r.info.run_name
 
 
+def test_the_experiment_opens_on_its_runs_and_each_run_says_what_it_measured(sweep, tmp_path):
+    """MLflow 3's UI opens an experiment by its kind (model development: the runs; none: the GenAI
+    overview). Each run's description is its summary line. An experiment made before the tag, or by
+    a merge, gets it; a kind somebody set stays."""
+    from mlflow import MlflowClient
+    from omegaconf import OmegaConf
+
+    from bsb_hydra import tracking
+
+    _, proc, client, runs = sweep
+    assert client.get_experiment_by_name("bsb-hydra").tags["mlflow.experimentKind"] == "custom_model_development"
+    for r in runs:
+        t = r.data.tags
+        note = t["mlflow.note.content"]
+        assert note.startswith(f"[{t['status']}] {t['cell']}") and note in proc.stdout, note
+        if t["status"] == "ok":
+            assert "size " in note and "p50@b1 " in note and "speedup" in note, note
+    uri = f"sqlite:///{tmp_path}/old.db"
+    old = MlflowClient(uri)
+    old.create_experiment("before")
+    old.set_experiment_tag(old.create_experiment("chosen"), "mlflow.experimentKind", "genai_development")
+    for name in ("before", "chosen", "new"):
+        tracking.setup(OmegaConf.create({"mlflow": {"tracking_uri": uri, "experiment": name,
+                                                    "artifact_root": str(tmp_path / "artifacts")}}))
+    kinds = {n: old.get_experiment_by_name(n).tags.get("mlflow.experimentKind") for n in ("before", "chosen", "new")}
+    assert kinds == {"before": "custom_model_development", "chosen": "genai_development",
+                     "new": "custom_model_development"}
+
+
 def test_artifacts_logged(sweep):
     _, _, client, runs = sweep
     r = by_cell(runs)[("cnn", "static", "onnxruntime")]

@@ -1,0 +1,194 @@
+"""docs/config.md: every config key a user can set, written from the schemas (the dataclasses Hydra
+composes; their comments are the documentation) by ``make config-docs``, i.e.
+``python -m bsb_hydra.config.reference [--check]``. tests/test_config.py checks the file is current."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import inspect
+import io
+import sys
+import tokenize
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+ROOT = Path(__file__).resolve().parents[2]
+DOC = ROOT / "docs" / "config.md"
+GROUPS = ("model", "data", "task", "quant", "backend", "train", "device")  # the config groups, in this order
+
+
+def _comments(cls) -> Dict[str, str]:
+    """{field: its comment} of the fields ``cls`` itself declares: the comment lines right above the
+    field (a blank line or code in between ends them) and the one after it on its line."""
+    try:
+        src = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    out: Dict[str, str] = {}
+    pending: List[str] = []
+    depth_line = None
+    lines = src.splitlines()
+    body_indent = None
+    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+        if tok.type == tokenize.COMMENT:
+            line = lines[tok.start[0] - 1]
+            if line.strip().startswith("#"):
+                if body_indent is None or tok.start[1] == body_indent:
+                    pending.append(tok.string.lstrip("#").strip())
+            elif depth_line is not None and tok.start[0] == depth_line[0]:
+                out[depth_line[1]] = " ".join(filter(None, [out.get(depth_line[1], ""), tok.string.lstrip("#").strip()]))
+        elif tok.type == tokenize.NL:
+            if not lines[tok.start[0] - 1].strip():
+                pending = []
+        elif tok.type == tokenize.NAME and tok.start[0] > 1:
+            line = lines[tok.start[0] - 1]
+            indent = len(line) - len(line.lstrip())
+            if body_indent is None and indent > 0:
+                body_indent = indent
+            if indent == body_indent and tok.start[1] == indent:
+                rest = line.strip()[len(tok.string):].lstrip()
+                if rest.startswith(":") and not rest.startswith(":="):  # an annotated field
+                    out[tok.string] = " ".join(pending)
+                    depth_line = (tok.start[0], tok.string)
+                else:
+                    depth_line = None
+                pending = []
+    return out
+
+
+def _doc(cls, name: str) -> str:
+    """The comment of field ``name``, from the class in ``cls``'s MRO that declares it."""
+    for c in cls.__mro__:
+        if name in getattr(c, "__annotations__", {}):
+            return _comments(c).get(name, "")
+    return ""
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return "(required)"
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, enum.Enum):
+        v = v.value
+    if v == "???":
+        return "(required)"
+    if dataclasses.is_dataclass(v):
+        return "(section)"
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    text = repr(v) if isinstance(v, str) and v == "" else str(v)
+    return text.replace("|", "\\|")
+
+
+def _type(f: dataclasses.Field) -> str:
+    t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    return t.replace("typing.", "").replace("|", "\\|")
+
+
+def _summary(cls) -> str:
+    """The first paragraph of the class's docstring (none for dataclass's generated signature)."""
+    doc = cls.__dict__.get("__doc__") or ""
+    if not doc or doc.startswith(cls.__name__ + "("):
+        return ""
+    return " ".join(inspect.cleandoc(doc).split("\n\n")[0].split())
+
+
+def _rows(cls, names: List[str]) -> List[str]:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    return [f"| `{n}` | {_show(_default(fields[n]))} | {_type(fields[n])} | {_doc(cls, n).replace('|', chr(92) + '|')} |"
+            for n in names]
+
+
+def _common_base(classes: List[type]) -> Optional[type]:
+    """The most derived dataclass every option of a group inherits from."""
+    if not classes:
+        return None
+    for c in classes[0].__mro__:
+        if dataclasses.is_dataclass(c) and all(issubclass(k, c) for k in classes):
+            return c
+    return None
+
+
+def _group(group: str, options: Dict[str, type]) -> List[str]:
+    head = ["| key | default | type | what it is |", "|---|---|---|---|"]
+    base = _common_base(list(options.values()))
+    out = [f"## `{group}`", ""]
+    base_names = [f.name for f in dataclasses.fields(base)] if base is not None and len(options) > 1 else []
+    if base_names:
+        out += [f"Every `{group}` option has these keys (`{base.__name__}`):", "", *head,
+                *_rows(base, base_names), ""]
+    for name in sorted(options):
+        cls = options[name]
+        base_fields = {f.name: f for f in dataclasses.fields(base)} if base_names else {}
+        own = [f.name for f in dataclasses.fields(cls)
+               if f.name not in base_fields or _show(_default(f)) != _show(_default(base_fields[f.name]))]
+        summary = _summary(cls)
+        out += [f"### `{group}={name}` (`{cls.__name__}`)", ""]
+        if summary and cls is not base:
+            out += [summary, ""]
+        out += ([*head, *_rows(cls, own), ""] if own else ["No keys beyond the ones above.", ""])
+    return out
+
+
+def _sections(config_cls) -> List[Tuple[str, type]]:
+    """The top-level settings that are not groups (benchmark, peak, mlflow, paths, ...)."""
+    out = []
+    for f in dataclasses.fields(config_cls):
+        d = _default(f)
+        t = f.default_factory if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
+        cls = t if isinstance(t, type) and dataclasses.is_dataclass(t) else (type(d) if dataclasses.is_dataclass(d) else None)
+        if f.name not in GROUPS and cls is not None:
+            out.append((f.name, cls))
+    return out
+
+
+def render() -> str:
+    from bsb_hydra.config.run import Config
+    from bsb_hydra.config.store import schemas
+
+    lines = ["# Configuration reference", "",
+             "Every key a run can set, with its default, written from the schemas in bsb_hydra/ by",
+             "`make config-docs` (`python -m bsb_hydra.config.reference`); the text of each key is the comment",
+             "above it in the schema. Do not edit this file: edit the schema and run `make config-docs`",
+             "(tests/test_config.py checks it is current). A group option is chosen with `group=option`",
+             "(`model=cnn`) and its keys set with `group.key=value` (`model.channels=[64,128]`).", ""]
+    lines += ["## Top-level keys", "", "| key | default | type | what it is |", "|---|---|---|---|"]
+    plain = [f.name for f in dataclasses.fields(Config) if f.name not in GROUPS
+             and f.name not in dict(_sections(Config))]
+    lines += _rows(Config, plain) + [""]
+    for name, cls in _sections(Config):
+        lines += [f"## `{name}` (`{cls.__name__}`)", ""]
+        summary = _summary(cls)
+        lines += ([summary, ""] if summary else []) + ["| key | default | type | what it is |", "|---|---|---|---|"]
+        lines += _rows(cls, [f.name for f in dataclasses.fields(cls)]) + [""]
+    for group in GROUPS:
+        lines += _group(group, schemas(group))
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--check", action="store_true", help="exit 1 if docs/config.md is not current")
+    a = ap.parse_args(argv)
+    text = render()
+    if a.check:
+        current = DOC.read_text() if DOC.exists() else ""
+        if current != text:
+            print(f"{DOC.relative_to(ROOT)} is not current: run `make config-docs`", file=sys.stderr)
+            return 1
+        return 0
+    DOC.write_text(text)
+    print(f"written {DOC.relative_to(ROOT)} ({len(text.splitlines())} lines)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
