@@ -27,7 +27,7 @@ def _comments(cls) -> Dict[str, str]:
         return {}
     out: Dict[str, str] = {}
     pending: List[str] = []
-    depth_line = None
+    last_field = None
     lines = src.splitlines()
     body_indent = None
     for tok in tokenize.generate_tokens(io.StringIO(src).readline):
@@ -36,8 +36,8 @@ def _comments(cls) -> Dict[str, str]:
             if line.strip().startswith("#"):
                 if body_indent is None or tok.start[1] == body_indent:
                     pending.append(tok.string.lstrip("#").strip())
-            elif depth_line is not None and tok.start[0] == depth_line[0]:
-                out[depth_line[1]] = " ".join(filter(None, [out.get(depth_line[1], ""), tok.string.lstrip("#").strip()]))
+            elif last_field is not None and tok.start[0] == last_field[0]:
+                out[last_field[1]] = " ".join(filter(None, [out.get(last_field[1], ""), tok.string.lstrip("#").strip()]))
         elif tok.type == tokenize.NL:
             if not lines[tok.start[0] - 1].strip():
                 pending = []
@@ -50,9 +50,9 @@ def _comments(cls) -> Dict[str, str]:
                 rest = line.strip()[len(tok.string):].lstrip()
                 if rest.startswith(":") and not rest.startswith(":="):  # an annotated field
                     out[tok.string] = " ".join(pending)
-                    depth_line = (tok.start[0], tok.string)
+                    last_field = (tok.start[0], tok.string)
                 else:
-                    depth_line = None
+                    last_field = None
                 pending = []
     return out
 
