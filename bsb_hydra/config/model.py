@@ -10,7 +10,10 @@ from omegaconf import MISSING
 
 @dataclass
 class ModelConfig:
+    # The option's name (its YAML sets it): the model tag, and part of every cell id.
     name: str = MISSING
+    # The data set this model gets when no data= is given, for reading only: conf/data/<model>_default.yaml
+    # (data: ${model}_default in conf/config.yaml) chooses it, not this key.
     default_data: str = "fashion_mnist"
     # A user's trained fp32 weights (a state_dict saved with torch.save); loaded with
     # torch.load(weights_only=True) instead of training.

@@ -58,10 +58,13 @@ def _comments(cls) -> Dict[str, str]:
 
 
 def _doc(cls, name: str) -> str:
-    """The comment of field ``name``, from the class in ``cls``'s MRO that declares it."""
+    """The comment of field ``name``: the one of the nearest class in ``cls``'s MRO that declares it
+    with a comment (an option re-declaring ``name`` with its own default keeps the base's text)."""
     for c in cls.__mro__:
-        if name in getattr(c, "__annotations__", {}):
-            return _comments(c).get(name, "")
+        if name in c.__dict__.get("__annotations__", {}):
+            text = _comments(c).get(name, "")
+            if text:
+                return text
     return ""
 
 

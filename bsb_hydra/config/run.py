@@ -52,13 +52,15 @@ PROFILE_MODES = ("slow", "below_peak", "always", "never")
 
 @dataclass
 class BenchmarkConfig:
+    # The batch sizes timed; each gets its latency_*_ms_b{N}, throughput and speedup metrics.
     batch_sizes: List[int] = field(default_factory=lambda: [1, 8, 32])
+    # Untimed calls per worker process and batch size before its timed calls.
     warmup_runs: int = 20
     # Timed runs continue until BOTH min_runs and min_duration_s are reached (or max_duration_s).
     # All three are totals over the `repeats` processes: each process times its share.
     min_runs: int = 100
-    min_duration_s: float = 1.0
-    max_duration_s: float = 30.0
+    min_duration_s: float = 1.0  # see min_runs
+    max_duration_s: float = 30.0  # see min_runs: the timing stops here whatever the count
     # Measure the fp32 artifact of the same backend in the same job, right before the quantized
     # one, so speedup_b{N} is a ratio of two timings taken seconds apart.
     paired_baseline: bool = True
@@ -67,7 +69,9 @@ class BenchmarkConfig:
     # from a cluster bootstrap over the processes: a single process's p50 can sit far from the next
     # one's (seen here: the same ORT artifact at 0.11 and 0.18 ms in two processes).
     repeats: int = 3
+    # Samples per call when the artifact scores the test split (and the largest calibration chunk).
     eval_batch_size: int = 256
+    # Resamples of the cluster bootstrap behind each latency interval (latency_p50_ci_*).
     bootstrap_resamples: int = 1000
     # A worker is stopped when it makes NO progress for this long (it reports after loading, each batch
     # size timed and each evaluation batch), not when it runs this long: slow models are not "hung".
@@ -78,8 +82,8 @@ class BenchmarkConfig:
     # below peak_target x the machine's int8_peak_ratio (speedup_vs_peak < peak_target), "always"
     # every cell, "never" none.
     profile: str = "slow"
-    profile_runs: int = 20
-    peak_target: float = 0.6
+    profile_runs: int = 20  # calls the profiler records per artifact
+    peak_target: float = 0.6  # see profile ("below_peak")
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILE_MODES:
@@ -106,7 +110,10 @@ class BenchmarkConfig:
 # ------------------------------------------------------------------------------- mlflow / paths
 @dataclass
 class MlflowConfig:
+    # The MLflow store: $MLFLOW_TRACKING_URI, else sqlite:///<paths.root>/mlflow.db (conf/config.yaml);
+    # an http(s):// tracking server works the same.
     tracking_uri: str = MISSING
+    # The experiment the runs go to (created, tagged as model development, when missing).
     experiment: str = "bsb-hydra"
     # Where a new experiment's artifacts go when the store is local (sqlite/file).
     artifact_root: str = MISSING
@@ -114,7 +121,7 @@ class MlflowConfig:
     # than stale_after_s, and whose process cannot be checked from here (another host, another PID
     # namespace), is taken as dead: closed KILLED, its cell claimable again (bsb_hydra/tracking.py).
     heartbeat_s: float = 30.0
-    stale_after_s: float = 600.0
+    stale_after_s: float = 600.0  # see heartbeat_s
 
     def __post_init__(self) -> None:
         _positive("mlflow.heartbeat_s", self.heartbeat_s)
@@ -126,7 +133,10 @@ class MlflowConfig:
 
 @dataclass
 class PathsConfig:
+    # The folder python -m bsb_hydra was started from (conf/config.yaml); the default store's home.
     root: str = MISSING
+    # Trained fp32 models, converted fp32 artifacts, reference logits, converted Keras models and the
+    # machine's peak: $BSB_CACHE_DIR, else <root>/.cache/bsb_hydra.
     cache_dir: str = MISSING
     # Converted fp32 artifacts are filed under <cache_dir>/artifacts and reused by every cell that
     # converts the same weights the same way (bsb_hydra/artifact_cache.py); false = each cell converts.
@@ -137,7 +147,7 @@ class PathsConfig:
 class PeakConfig:
     """The machine's limit (bsb_hydra/bench/peak.py), measured once per host and thread count and
     cached in cache_dir; every run carries it and its ratios to it. Not part of a cell's config_hash."""
-    enabled: bool = True
+    enabled: bool = True  # false: no peak measured, no speedup_vs_peak logged
     size: int = 1024  # the GEMM is size x size x size
     min_duration_s: float = 1.0  # timed calls per artifact
     # "" = $BSB_PEAK_DIR, else <paths.cache_dir>/peak
@@ -151,6 +161,7 @@ class PeakConfig:
 @dataclass
 class DebugConfig:
     """Fault injection, for tests of the sweep's failure handling."""
+    # The stage at which the chosen cells fail on purpose (none: no fault).
     fail_stage: FaultStage = FaultStage.none
     # Inject only in cells whose id (model-data-quant-backend) contains this text; "" = every cell.
     fail_cell: str = ""
@@ -170,6 +181,8 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
     peak: PeakConfig = field(default_factory=PeakConfig)
+    # Seeds training, the test split of sets without one, the calibration and selection samples and
+    # the bootstrap resamples.
     seed: int = 0
     # Resume: a cell whose config_hash already has an `ok` run in the experiment (same arch, cpu and
     # emulation) is skipped. force=true measures it again (the newer run supersedes the older).
