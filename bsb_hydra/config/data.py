@@ -11,6 +11,7 @@ from bsb_hydra.config.base import ConfigError, positive as _positive
 
 @dataclass
 class DataConfig:
+    # The data set's name (its YAML sets it); the data tag, and part of every cell id.
     name: str = MISSING
     # Folder of a user's files (mnist, cifar10); packaged sets ignore it.
     root: Optional[str] = None

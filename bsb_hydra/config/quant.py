@@ -46,6 +46,7 @@ class QuantConfig:
     """What a scheme is, for the steps that depend on it (instead of comparing scheme names): int8
     arithmetic (speedup_vs_peak applies), whether it reads real training samples (calibration), and
     what it needs of the data (labels) and of the task (a classifier's accuracy or loss)."""
+    # The scheme (fixed by the option: quant=static is scheme static); the quant tag of each run.
     scheme: Scheme = MISSING
     int8: ClassVar[bool] = False
 
@@ -77,6 +78,7 @@ class DynamicQuantConfig(QuantConfig):
     """int8 weights; activations quantized at run time from their observed range."""
     scheme: Scheme = Scheme.dynamic
     int8: ClassVar[bool] = True
+    # Weight scales: one per output channel (per_channel) or one per tensor (per_tensor).
     granularity: Granularity = Granularity.per_tensor
     # Quantize the convolutions' weights too. null = each backend's fast choice: off on onnxruntime
     # (its dynamic conv, DynamicQuantizeLinear + ConvInteger + Cast/Mul, runs an unblocked im2col and
@@ -94,17 +96,21 @@ class DynamicQuantConfig(QuantConfig):
 class StaticQuantConfig(QuantConfig):
     """int8 weights and activations; activation ranges calibrated on real TRAINING samples."""
     scheme: Scheme = Scheme.static
+    # Weight scales: one per output channel (per_channel) or one per tensor (per_tensor).
     granularity: Granularity = Granularity.per_channel
+    # How activation ranges are calibrated: minmax, entropy, percentile or histogram (each backend
+    # refuses, with the reason, the ones its quantizer lacks).
     method: CalibrationMethod = CalibrationMethod.minmax
+    # Real training samples the ranges are calibrated on (seeded; the indices are logged).
     samples: int = 256
-    percentile: float = 99.999
+    percentile: float = 99.999  # the range's percentile for method=percentile
     # 7-bit ranges against int8 kernel saturation: activations on pytorch (fbgemm), weights on
     # onnxruntime. null = on for x86 CPUs without VNNI, on both backends (docs/methodology.md).
     reduce_range: Optional[bool] = None
     # Per-layer sensitivity analysis logged with the cell (bsb_hydra/mixed.py; quant=auto always runs
     # it), evaluated on this many training samples disjoint from the calibration samples.
     analyze: bool = False
-    eval_samples: int = 1000
+    eval_samples: int = 1000  # see analyze (and quant=auto's search)
 
     int8: ClassVar[bool] = True
 
@@ -131,7 +137,9 @@ class QatQuantConfig(QuantConfig):
     """Quantization-aware training: start from the cached fp32 model, fine-tune with fake
     quantization on the training split, then convert to a real int8 model for the backend."""
     scheme: Scheme = Scheme.qat
+    # Weight scales: one per output channel (per_channel) or one per tensor (per_tensor).
     granularity: Granularity = Granularity.per_channel
+    # The fine-tuning: epochs over the training split (or limit_samples of it), learning rate, batch.
     epochs: int = 1
     lr: float = 1e-4
     batch_size: int = 128
@@ -171,9 +179,9 @@ class Int4WeightOnlyQuantConfig(QuantConfig):
     unless symmetric); activations stay float. A deployable model run by real low-bit kernels
     (ORT's MatMulNBits / GatherBlockQuantized), measured like every cell."""
     scheme: Scheme = Scheme.int4_weight_only
-    bits: int = 4
-    block_size: int = 32
-    symmetric: bool = False
+    bits: int = 4  # 2, 4 or 8 (each backend refuses the widths its kernels lack)
+    block_size: int = 32  # weights per block along the input dimension, each block with its own scale
+    symmetric: bool = False  # true: no zero points
     # ORT's MatMulNBits accuracy_level: 0 = unset (the kernel's default, fp32 compute), 1 fp32,
     # 2 fp16, 3 bf16, 4 int8 (activations quantized per block at run time).
     accuracy_level: int = 0
@@ -200,13 +208,13 @@ class FakeQuantConfig(QuantConfig):
     size_kind=theoretical), and the report keeps these cells off every frontier. qat=true fine-tunes
     at N bits first (epochs, lr, batch_size, limit_samples as for quant=qat)."""
     scheme: Scheme = Scheme.fake_quant
-    bits: int = 4
+    bits: int = 4  # 2 to 8
     # Weights: one scale per output channel (per embedding row) or one per tensor; symmetric.
     granularity: Granularity = Granularity.per_channel
-    activations: bool = False
+    activations: bool = False  # also round the layers' inputs to `bits` bits
     # Real training samples that calibrate the activation ranges (activations=true).
     samples: int = 256
-    qat: bool = False
+    qat: bool = False  # fine-tune at `bits` bits first (epochs, lr, batch_size, limit_samples)
     epochs: int = 1
     lr: float = 1e-4
     batch_size: int = 128
@@ -247,7 +255,9 @@ class AutoQuantConfig(StaticQuantConfig):
     # fraction of the fp32 accuracy (0.01 = 1% of it); budget_rel takes precedence.
     budget_pp: Optional[float] = 1.0
     budget_rel: Optional[float] = None
+    # The precision of the layers kept out of int8: fp32, or fp16 where the backend has fp16 kernels.
     fallback: Fallback = Fallback.fp32
+    # Most candidate models built and scored in the search (bsb_hydra/mixed.py).
     max_trials: int = 8
 
     def __post_init__(self) -> None:

@@ -23,7 +23,10 @@ class FaultStage(Enum):
 
 @dataclass
 class TrainConfig:
-    name: str = "default"
+    name: str = "default"  # the preset's name (conf/train/)
+    # Training of the fp32 model when it is not in the cache (nor given as a checkpoint): epochs over
+    # the training split (or limit_samples of it), batch size, AdamW's learning rate (the peak of its
+    # one-cycle schedule).
     epochs: int = 3
     batch_size: int = 128
     lr: float = 1e-3

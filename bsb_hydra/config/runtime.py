@@ -11,6 +11,7 @@ from bsb_hydra.config.base import ConfigError, positive as _positive
 
 @dataclass
 class BackendConfig:
+    # The backend's name (fixed by the option); the backend tag of each run.
     name: str = MISSING
 
 
@@ -22,6 +23,8 @@ ISA_FEATURES = frozenset({"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx", "
 
 @dataclass
 class DeviceConfig:
+    # The device profile's name (the device tag): local, or a named machine whose arch and ISA a run
+    # checks against the one it runs on.
     name: str = "local"
     # The architecture this device expects (x86_64 | aarch64); null = whatever this machine is.
     expected_arch: Optional[str] = None

@@ -10,6 +10,7 @@ from omegaconf import MISSING
 
 @dataclass
 class TaskConfig:
+    # The task (fixed by the option): what the outputs mean and how they are scored (the task tag).
     name: str = MISSING
     # The output the task reads, by name or index (0 = the first); null = the first output the task
     # can read. Every output's fidelity to fp32 (SQNR, cosine, max |error|) is logged either way.
