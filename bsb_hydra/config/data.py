@@ -17,7 +17,7 @@ class DataConfig:
     root: Optional[str] = None
     # Deterministic (seeded) subsets, for smoke runs. null = the whole split.
     limit_train: Optional[int] = None
-    limit_test: Optional[int] = None
+    limit_test: Optional[int] = None  # see limit_train: the test images scored
     # Sets shipped without a train/test split (mnist_5k, digits) are split stratified from the seed.
     test_fraction: float = 0.2
 

@@ -141,8 +141,8 @@ class QatQuantConfig(QuantConfig):
     granularity: Granularity = Granularity.per_channel
     # The fine-tuning: epochs over the training split (or limit_samples of it), learning rate, batch.
     epochs: int = 1
-    lr: float = 1e-4
-    batch_size: int = 128
+    lr: float = 1e-4  # see epochs
+    batch_size: int = 128  # see epochs
     # Fine-tune on a seeded subset of this many training samples (smoke runs); null = all of them.
     limit_samples: Optional[int] = None
     # Real training samples for what the converter still calibrates (TFLite's input scale).
@@ -215,10 +215,10 @@ class FakeQuantConfig(QuantConfig):
     # Real training samples that calibrate the activation ranges (activations=true).
     samples: int = 256
     qat: bool = False  # fine-tune at `bits` bits first (epochs, lr, batch_size, limit_samples)
-    epochs: int = 1
-    lr: float = 1e-4
-    batch_size: int = 128
-    limit_samples: Optional[int] = None
+    epochs: int = 1  # as for quant=qat (qat=true)
+    lr: float = 1e-4  # as for quant=qat
+    batch_size: int = 128  # as for quant=qat
+    limit_samples: Optional[int] = None  # as for quant=qat
 
     BITS: ClassVar[tuple] = (2, 3, 4, 5, 6, 7, 8)
 

@@ -20,7 +20,9 @@ GROUPS = ("model", "data", "task", "quant", "backend", "train", "device")  # the
 
 def _comments(cls) -> Dict[str, str]:
     """{field: its comment} of the fields ``cls`` itself declares: the comment lines right above the
-    field (a blank line or code in between ends them) and the one after it on its line."""
+    field (a blank line or code in between ends them) and the one after it on its line. A field right
+    below a commented one, with no comment of its own, shares it when the comment names it ("see
+    `first`": "Output names of the boxes, scores, classes and count" above boxes, scores, ...)."""
     try:
         src = inspect.getsource(cls)
     except (OSError, TypeError):
@@ -28,6 +30,7 @@ def _comments(cls) -> Dict[str, str]:
     out: Dict[str, str] = {}
     pending: List[str] = []
     last_field = None
+    head = None  # the commented field whose block this line continues
     lines = src.splitlines()
     body_indent = None
     for tok in tokenize.generate_tokens(io.StringIO(src).readline):
@@ -37,10 +40,12 @@ def _comments(cls) -> Dict[str, str]:
                 if body_indent is None or tok.start[1] == body_indent:
                     pending.append(tok.string.lstrip("#").strip())
             elif last_field is not None and tok.start[0] == last_field[0]:
-                out[last_field[1]] = " ".join(filter(None, [out.get(last_field[1], ""), tok.string.lstrip("#").strip()]))
+                above = out.get(last_field[1], "")
+                inline = tok.string.lstrip("#").strip()  # its own words win over a shared "see `first`"
+                out[last_field[1]] = inline if above.startswith("see `") else " ".join(filter(None, [above, inline]))
         elif tok.type == tokenize.NL:
             if not lines[tok.start[0] - 1].strip():
-                pending = []
+                pending, head = [], None
         elif tok.type == tokenize.NAME and tok.start[0] > 1:
             line = lines[tok.start[0] - 1]
             indent = len(line) - len(line.lstrip())
@@ -49,12 +54,24 @@ def _comments(cls) -> Dict[str, str]:
             if indent == body_indent and tok.start[1] == indent:
                 rest = line.strip()[len(tok.string):].lstrip()
                 if rest.startswith(":") and not rest.startswith(":="):  # an annotated field
-                    out[tok.string] = " ".join(pending)
+                    if pending:
+                        out[tok.string], head = " ".join(pending), tok.string
+                    elif head is not None and _mentions(out[head], tok.string):
+                        out[tok.string] = f"see `{head}`"
+                    else:
+                        out[tok.string] = ""
                     last_field = (tok.start[0], tok.string)
                 else:
-                    last_field = None
+                    last_field, head = None, None
                 pending = []
     return out
+
+
+def _mentions(text: str, name: str) -> bool:
+    """Does a comment name the field (``batch_size`` as itself or as "batch size")?"""
+    import re
+
+    return any(re.search(rf"(?<![\w.]){re.escape(n)}(?!\w)", text) for n in {name, name.replace("_", " ")})
 
 
 def _doc(cls, name: str) -> str:

@@ -29,8 +29,8 @@ class TrainConfig:
     # one-cycle schedule).
     epochs: int = 3
     batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.0
+    lr: float = 1e-3  # see epochs
+    weight_decay: float = 0.0  # AdamW's weight decay
     # Train on a seeded subset of this many samples (smoke runs); null = the whole training split.
     limit_samples: Optional[int] = None
     # After training, recompute every batch-norm's running statistics over this many training samples

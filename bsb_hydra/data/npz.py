@@ -31,7 +31,7 @@ LABELLED = ("x_train", "y_train", "x_test", "y_test")
 @dataclass
 class NpzDataConfig(ImageDataConfig):
     name: str = "npz"
-    path: str = MISSING
+    path: str = MISSING  # the .npz file (the arrays this module's docstring lists)
     # Names of the classes 0..K-1 (per-class accuracy reads them); null = "0", "1", ...
     class_names: Optional[List[str]] = None
 

@@ -24,7 +24,7 @@ DTYPES = ("float32", "float16", "int64", "int32", "bool")
 @dataclass
 class RandomDataConfig(ImageDataConfig):
     name: str = "random"
-    samples: int = 512
+    samples: int = 512  # seeded random inputs made: the test inputs, and calibration draws from them too
     # One sample's shape; null = the model's fixed input shape. With several inputs it fixes the
     # dynamic dims of every input of its rank.
     shape: Optional[List[int]] = None

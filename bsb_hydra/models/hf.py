@@ -34,7 +34,7 @@ GENERIC = {"model", "models", "checkpoint", "checkpoints", "final", "best", "out
 @dataclass
 class HfModelConfig(ModelConfig):
     name: str = "hf"
-    path: str = MISSING
+    path: str = MISSING  # the Hugging Face model folder (config.json, weights, tokenizer)
     default_data: str = "rt_snippets"
     # tokenizer: every input the folder's tokenizer returns, by name; ids: token ids only, the mask
     # computed inside from the pad id (one input)

@@ -44,7 +44,7 @@ EXPORT_VERSION = 2
 @dataclass
 class KerasModelConfig(ModelConfig):
     name: str = "keras"
-    path: str = MISSING
+    path: str = MISSING  # a .keras or .h5 file, or a SavedModel folder
     # Per-sample input shape (without the batch, as the Keras model takes it: [224, 224, 3]) fixing
     # dims the model leaves dynamic; null = the model's own.
     input_shape: Optional[List[int]] = None

@@ -20,10 +20,10 @@ class LstmConfig(ModelConfig):
     default_data: str = "rt_snippets"
     family: ClassVar[str] = "recurrent"
     vocab_size: int = MISSING  # the data's vocabulary (conf/model/lstm.yaml: ${data.vocab_size})
-    embed_dim: int = 64
-    hidden: int = 128
-    layers: int = 1
-    dropout: float = 0.5
+    embed_dim: int = 64  # the embedding's width
+    hidden: int = 128  # the LSTM's hidden size
+    layers: int = 1  # stacked LSTM layers
+    dropout: float = 0.5  # dropout rate while training
 
     def __post_init__(self) -> None:
         for key in ("vocab_size", "embed_dim", "hidden", "layers"):

@@ -14,8 +14,8 @@ from bsb_hydra.models import MODELS
 @dataclass
 class MlpConfig(ModelConfig):
     name: str = "mlp"
-    hidden: List[int] = field(default_factory=lambda: [256, 128])
-    dropout: float = 0.1
+    hidden: List[int] = field(default_factory=lambda: [256, 128])  # the hidden linear layers' widths
+    dropout: float = 0.1  # dropout rate while training
 
     def __post_init__(self) -> None:
         if not self.hidden:

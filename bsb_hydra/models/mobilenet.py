@@ -16,15 +16,15 @@ class MobilenetConfig(ModelConfig):
     name: str = "mobilenet"
     # Half width by default: 77k parameters, about 1 min per epoch on 2 cores for Fashion-MNIST.
     width_mult: float = 0.5
-    stem_channels: int = 16
+    stem_channels: int = 16  # the stem convolution's channels (times width_mult)
     # MobileNetV2 inverted-residual settings (expansion t, out channels c, repeats n, stride s),
     # sized for 28-32 px inputs: a stride-2 stem and two stride-2 stages (28 -> 14 -> 7 -> 4)
     # instead of ImageNet's five.
     blocks: List[List[int]] = field(
         default_factory=lambda: [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 1], [6, 64, 2, 2], [6, 96, 1, 1]]
     )
-    last_channels: int = 320
-    dropout: float = 0.2
+    last_channels: int = 320  # the last convolution's channels before pooling (times width_mult when > 1)
+    dropout: float = 0.2  # dropout rate before the classifier while training
 
     def __post_init__(self) -> None:
         _positive("model.width_mult", self.width_mult)

@@ -29,7 +29,7 @@ ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 7: "int64", 6: "int32
 @dataclass
 class OnnxModelConfig(ModelConfig):
     name: str = "onnx"
-    path: str = MISSING
+    path: str = MISSING  # the .onnx file
     # Per-sample input shape (without the batch) fixing the file's dynamic dimensions, e.g. [3, 224, 224];
     # null = the file's own, which must then be static apart from the batch.
     input_shape: Optional[List[int]] = None

@@ -44,7 +44,7 @@ PRECISION_TEXT = {"float": "float32", "int8": "full-integer int8", "dynamic": "d
 @dataclass
 class TfliteModelConfig(ModelConfig):
     name: str = "tflite"
-    path: str = MISSING
+    path: str = MISSING  # the .tflite file (float, or already quantized)
     # A quantized model.path's float model (a float .tflite of the same network): its fp32 cell.
     reference: Optional[str] = None
     family: ClassVar[str] = "tflite_file"

@@ -25,7 +25,7 @@ def classification_models() -> List[str]:
 @dataclass
 class TorchvisionConfig(ModelConfig):
     name: str = "torchvision"
-    arch: str = "resnet18"
+    arch: str = "resnet18"  # a torchvision classification builder (an unknown name lists them all)
     # Side of the square input; the images are resized to it.
     input_size: int = 224
     # Extra keyword arguments of the builder (e.g. {dropout: 0.3} for mobilenet_v2).

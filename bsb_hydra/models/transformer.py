@@ -37,8 +37,8 @@ class TransformerConfig(ModelConfig):
     default_data: str = "rt_snippets"
     family: ClassVar[str] = "transformer"
     needs_tokenizer: ClassVar[str] = "minilm"  # its pretrained vocabulary
-    pooling: Pooling = Pooling.mean
-    head_dropout: float = 0.1
+    pooling: Pooling = Pooling.mean  # mean over the real tokens, or the [CLS] token (cls)
+    head_dropout: float = 0.1  # dropout rate before the head while training
     # Train only the head (the encoder stays as pretrained): the frozen-encoder baseline.
     freeze_encoder: bool = False
 

@@ -25,14 +25,14 @@ class TransformerTinyConfig(ModelConfig):
     family: ClassVar[str] = "transformer"
     vocab_size: int = MISSING  # the tokenizer's (conf/model/transformer_tiny.yaml: ${data.vocab_size})
     max_positions: int = MISSING  # conf/model/transformer_tiny.yaml: ${data.seq_len}
-    hidden: int = 64
-    layers: int = 2
-    heads: int = 2
-    intermediate: int = 256
-    dropout: float = 0.1
-    pooling: Pooling = Pooling.mean
-    head_dropout: float = 0.1
-    freeze_encoder: bool = False
+    hidden: int = 64  # the encoder's hidden size
+    layers: int = 2  # encoder layers
+    heads: int = 2  # attention heads
+    intermediate: int = 256  # the feed-forward width
+    dropout: float = 0.1  # the encoder's dropout rate while training
+    pooling: Pooling = Pooling.mean  # as for model=transformer
+    head_dropout: float = 0.1  # as for model=transformer
+    freeze_encoder: bool = False  # as for model=transformer
 
     def __post_init__(self) -> None:
         for key in ("vocab_size", "max_positions", "hidden", "layers", "heads", "intermediate"):

@@ -40,7 +40,7 @@ class DetectionTaskConfig(TaskConfig):
     scores: Optional[str] = None
     classes: Optional[str] = None
     count: Optional[str] = None
-    box_format: str = "xyxy"
+    box_format: str = "xyxy"  # how boxes are written: xyxy, xywh or cxcywh
     # Detections scoring below this are dropped from the predictions (0.0 keeps every valid slot).
     min_score: float = 0.0
     # fp32's detections scoring at least this are the truth the quantized model is scored against.

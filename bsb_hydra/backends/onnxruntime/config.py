@@ -11,7 +11,7 @@ from bsb_hydra.config.runtime import BackendConfig
 @dataclass
 class OnnxruntimeBackendConfig(BackendConfig):
     name: str = "onnxruntime"
-    opset: int = 18
+    opset: int = 18  # the ONNX opset of the export (13..21)
     # ORT graph optimisation level for the measured session: disable | basic | extended | all
     graph_optimization: str = "all"
     # quant=dynamic on a transformer (BERT encoder): quantize the graph of ORT's transformer optimizer
