@@ -282,5 +282,7 @@ def test_the_config_reference_is_current_and_lists_every_key():
         part = text.split(f"## `{name}` (`{cls.__name__}`)", 1)[1].split("\n## ", 1)[0]
         for f in dataclasses.fields(cls):
             assert f"| `{f.name}` |" in part, (name, f.name)
+    undocumented = [line for line in text.splitlines() if line.startswith("| `") and line.endswith("|  |")]
+    assert not undocumented, f"keys without a comment in their schema: {undocumented[:5]}"
     pt = text.split("### `backend=pytorch`", 1)[1].split("\n### ", 1)[0]
     assert "| `flow` | pt2e | str | How static, qat, dynamic and auto are built." in pt  # the comment above it
