@@ -1,4 +1,6 @@
 """A real multirun through `python -m bsb_hydra -m ...` into a temporary MLflow store."""
+import os
+
 import numpy as np
 import pytest
 
@@ -62,10 +64,11 @@ def test_the_experiment_opens_on_its_runs_and_each_run_says_what_it_measured(swe
     """MLflow 3's UI opens an experiment by its kind (model development: the runs; none: the GenAI
     overview). Each run's description is its summary line. An experiment made before the tag, or by
     a merge, gets it; a kind somebody set stays."""
-    from mlflow import MlflowClient
-    from omegaconf import OmegaConf
+    import subprocess
 
-    from bsb_hydra import tracking
+    from mlflow import MlflowClient
+
+    from tests.conftest import PYTHON, ROOT
 
     _, proc, client, runs = sweep
     assert client.get_experiment_by_name("bsb-hydra").tags["mlflow.experimentKind"] == "custom_model_development"
@@ -79,9 +82,15 @@ def test_the_experiment_opens_on_its_runs_and_each_run_says_what_it_measured(swe
     old = MlflowClient(uri)
     old.create_experiment("before")
     old.set_experiment_tag(old.create_experiment("chosen"), "mlflow.experimentKind", "genai_development")
-    for name in ("before", "chosen", "new"):
-        tracking.setup(OmegaConf.create({"mlflow": {"tracking_uri": uri, "experiment": name,
-                                                    "artifact_root": str(tmp_path / "artifacts")}}))
+    # in a process of its own: tracking.setup sets MLflow's process-wide tracking URI (and the
+    # MLFLOW_TRACKING_URI variable), which the other tests of this worker must not inherit
+    script = ("import sys\nfrom omegaconf import OmegaConf\nfrom bsb_hydra import tracking\n"
+              "for name in ('before', 'chosen', 'new'):\n"
+              "    tracking.setup(OmegaConf.create({'mlflow': {'tracking_uri': sys.argv[1], 'experiment': name,"
+              " 'artifact_root': sys.argv[2]}}))\n")
+    done = subprocess.run([PYTHON, "-c", script, uri, str(tmp_path / "artifacts")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
     kinds = {n: old.get_experiment_by_name(n).tags.get("mlflow.experimentKind") for n in ("before", "chosen", "new")}
     assert kinds == {"before": "custom_model_development", "chosen": "genai_development",
                      "new": "custom_model_development"}

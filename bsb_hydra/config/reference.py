@@ -109,7 +109,7 @@ def _show(v: Any) -> str:
 
 
 def _type(f: dataclasses.Field) -> str:
-    t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    t = f.type if isinstance(f.type, str) else (f.type.__name__ if isinstance(f.type, type) else str(f.type))
     return t.replace("typing.", "").replace("|", "\\|")
 
 
