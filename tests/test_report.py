@@ -710,3 +710,48 @@ def test_the_limit_bench_checks_each_target_against_the_best_fp32_of_any_form():
     assert bench.minilm_training([newer, older]) == (
         "MiniLM: fine-tuned for 3 epoch(s) at lr 5e-05 over all training sentences; its fp32 scores 85.57% on "
         "rt_snippets's test split.")
+
+
+def test_bench_runtimes_names_the_ops_that_gain_least_against_their_fp32_twins():
+    """scripts/bench_runtimes.py's target row: an int8 op meets its fp32 twin by name without its
+    precision (XNNPACK's and OpenVINO's spellings); ops under the target gain holding >= 10% of the int8
+    time are named, ops without a twin (ORT's QLinearConv) are not compared."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_runtimes", ROOT / "scripts" / "bench_runtimes.py")
+    br = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(br)
+    assert br.op_family("Convolution (NHWC, QC8) DWConv #3") == br.op_family("Convolution (NHWC, F32) DWConv")
+    assert br.op_family("GroupConvolution[I8]") == "GroupConvolution" == br.op_family("GroupConvolution[F32]")
+    assert br.op_family("QLinearConv[uint8]") != br.op_family("Conv[float]")
+
+    def ops(*pairs):
+        return {"ops": [{"op": o, "ms_per_run": ms} for o, ms in pairs]}
+
+    profile = {"ref": ops(("Fully Connected (NC, F32) GEMM", 2.52), ("Convolution (NHWC, F32) DWConv", 0.63),
+                          ("Add (ND)", 0.02)),
+               "cell": ops(("Fully Connected (NC, QS8, QC8W) GEMM", 0.85), ("Convolution (NHWC, QC8) DWConv", 0.60),
+                           ("Add (ND)", 0.02), ("Convert (NC)", 0.02))}
+    gains = br.op_gains(profile)
+    assert gains[0] == ("Fully Connected GEMM", 2.52, 0.85) and gains[1] == ("Convolution DWConv", 0.63, 0.60)
+    assert ("Convert", None, 0.02) in gains  # int8 only: no twin
+    assert br.op_gains({"cell": profile["cell"]}) == []  # no fp32 reference profiled: nothing to compare
+
+    class Run:
+        def __init__(self, rid, status="ok"):
+            self.info = type("I", (), {"run_id": rid})()
+            self.data = type("D", (), {"tags": {"status": status}})()
+
+    class Client:
+        def download_artifacts(self, rid, path, dst):
+            if rid == "none":
+                raise OSError("no profile.json")
+            out = Path(dst) / path
+            out.write_text(json.dumps(profile))
+            return str(out)
+
+    latest = {("mobilenet_v2", "static", "executorch", ""): Run("et"), ("mobilenet_v2", "static", "tflite", ""): Run("none"),
+              ("mobilenet_v2", "fp32", "executorch", ""): Run("fp32"), ("resnet18", "static", "executorch", ""): Run("r")}
+    named = br.stoppers(Client(), latest, "mobilenet_v2")
+    # 0.60 of 1.49 ms (40%) at 1.05x is named; the GEMM (2.96x) and the 1% ops are not
+    assert named == ["executorch: Convolution DWConv 0.63 -> 0.60 ms (1.05x, 40% of int8)"]
