@@ -167,7 +167,11 @@ mlflow-server: setup
 arm64-emulated: setup
 	HOST_PY=$(CURDIR)/$(PY) scripts/arm64_emulated.sh $(ARGS)
 
+# Prints the experiment's runs page in the headline view (bsb_hydra/tracking.py: headline_view).
 mlflow-ui: setup
+	@$(PY) -c "import mlflow; from bsb_hydra.tracking import ui_url; \
+	  e = mlflow.MlflowClient('sqlite:///$(CURDIR)/mlflow.db').get_experiment_by_name('bsb-hydra'); \
+	  print('Open', ui_url('http://127.0.0.1:5000', e.experiment_id) if e else 'http://127.0.0.1:5000 (no bsb-hydra experiment yet: make run)')"
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
 
 clean:

@@ -115,11 +115,65 @@ def device_mismatch(device, info: Dict[str, str]) -> None:
 
 
 class RunLog:
-    """Thin wrapper over the active MLflow run, so measure() reads as a list of steps."""
+    """Thin wrapper over the active MLflow run, so measure() reads as a list of steps. Once the cell's
+    artifact is a LoggedModel (``model``), every metric carries its model_id; the quality metrics
+    also name the test split (``inputs``) as their dataset."""
 
-    def __init__(self, mlflow) -> None:
+    def __init__(self, mlflow, client=None, run_id: str = "", experiment_id: str = "") -> None:
         self.mlflow = mlflow
+        self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
         self.logged_tags: Dict[str, str] = {}  # what this cell tagged (the summary line reads its task)
+        self.logged_metrics: Dict[str, float] = {}  # step 0 only (curves are not copied to the model)
+        self.model_id: Optional[str] = None
+        self.test_dataset = None  # (name, digest) once logged
+
+    def _batch(self, d: Dict[str, float], step: int = 0, on_test: bool = False) -> None:
+        import time as _time
+
+        from mlflow.entities import Metric
+
+        ts = int(_time.time() * 1000)
+        name, digest = self.test_dataset if on_test and self.test_dataset else (None, None)
+        metrics = [Metric(k, v, ts, step, model_id=self.model_id, dataset_name=name, dataset_digest=digest,
+                          run_id=self.run_id) for k, v in d.items()]
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(self.run_id, metrics=metrics[i:i + 1000])
+
+    def inputs(self, datasets) -> None:
+        """MLflow datasets ((dataset, context) pairs) as the run's inputs; the first, the test split,
+        becomes the dataset of the quality metrics."""
+        self.mlflow.log_inputs(datasets=[d for d, _ in datasets], contexts=[c for _, c in datasets],
+                               tags_list=[None] * len(datasets))
+        self.test_dataset = (datasets[0][0].name, datasets[0][0].digest)
+
+    def model(self, cell: str, cfg, art) -> None:
+        """The cell's artifact as a LoggedModel from now on (logged_models.start): the metrics logged
+        so far are linked to it as well (MLflow's own log_model does the same)."""
+        from bsb_hydra import logged_models
+
+        self.model_id = logged_models.start(self.client, self.run_id, self.experiment_id, cell, cfg, art)
+        if self.logged_metrics:
+            self._batch(dict(self.logged_metrics))
+
+    def model_files(self, art, runtime: str) -> None:
+        """The measured files into the LoggedModel (logged_models.store_files)."""
+        from bsb_hydra import logged_models
+
+        try:
+            logged_models.store_files(self.client, self.model_id, self.run_id, art, runtime)
+        except OSError as e:
+            try:
+                where = f"{self.client.get_logged_model(self.model_id).artifact_location}/{Path(art.path).name}"
+            except Exception:
+                where = f"models:/{self.model_id}"
+            raise self._store_error(Path(art.path).name, "", e, where) from None
+
+    def finish_model(self, ok: bool) -> None:
+        """READY for an ok cell, FAILED otherwise; nothing when the cell never had an artifact."""
+        from bsb_hydra import logged_models
+
+        if self.model_id is not None:
+            logged_models.finish(self.client, self.model_id, ok)
 
     def tags(self, d: Dict[str, Any]) -> None:
         """A tag that does not apply to this cell (cpus_pinned unpinned, seq_len on images, the
@@ -129,13 +183,24 @@ class RunLog:
         if d:
             self.mlflow.set_tags(d)
 
-    def metrics(self, d: Dict[str, float]) -> None:
+    def metrics(self, d: Dict[str, float], on_test: bool = False) -> None:
         """Finite values only: an infinite SQNR (outputs identical to fp32's) or PSNR would be stored
-        by MLflow as 1.8e308; left out, the cell's other fidelity figures say it (max_abs_error 0)."""
-        self.mlflow.log_metrics({k: float(v) for k, v in d.items() if math.isfinite(float(v))})
+        by MLflow as 1.8e308; left out, the cell's other fidelity figures say it (max_abs_error 0).
+        ``on_test``: measured on the test split (the quality and fidelity figures)."""
+        d = {k: float(v) for k, v in d.items() if math.isfinite(float(v))}
+        if not d:
+            return
+        self.logged_metrics.update(d)
+        if self.client is None:
+            self.mlflow.log_metrics(d)
+        else:
+            self._batch(d, on_test=on_test)
 
     def metric(self, key: str, value: float, step: int) -> None:
-        self.mlflow.log_metric(key, float(value), step=step)
+        if self.client is None:
+            self.mlflow.log_metric(key, float(value), step=step)
+        else:
+            self._batch({key: float(value)}, step=step)
 
     def json(self, obj: Any, name: str) -> None:
         try:
@@ -149,13 +214,13 @@ class RunLog:
         except OSError as e:
             raise self._store_error(Path(path).name, folder, e) from None
 
-    def _store_error(self, name: str, folder: str, e: OSError) -> "ArtifactStoreError":
+    def _store_error(self, name: str, folder: str, e: OSError, where: str = "") -> "ArtifactStoreError":
         """The artifact store refused a file (a full disk, no permission): the error names where it went
         and the errno. The cell's metrics are already logged (steps.measure logs them first)."""
         import errno as errno_mod
 
         try:
-            where = self.mlflow.get_artifact_uri(f"{folder}/{name}" if folder else name)
+            where = where or self.mlflow.get_artifact_uri(f"{folder}/{name}" if folder else name)
         except Exception:
             where = name
         code = errno_mod.errorcode.get(e.errno, str(e.errno)) if e.errno else "?"
@@ -170,9 +235,9 @@ NOTE = "mlflow.note.content"
 
 def run_cell(dict_cfg: DictConfig) -> Dict[str, Any]:
     """One cell, start to end: its MLflow run (or the earlier ok run it skips for), its status and
-    reason, result.json in the job's folder and the printed summary line. Never raises for the cell."""
-    import mlflow
-
+    reason, result.json in the job's folder and the printed summary line. Never raises for the cell:
+    a store that fails (unreachable at the start, gone while the run is written) makes it a failed
+    cell naming the store, in the sweep's table like any other."""
     job = _job_info()
     out_dir = Path(job["output_dir"])
     cid = cell_id(dict_cfg)
@@ -186,6 +251,29 @@ def run_cell(dict_cfg: DictConfig) -> Dict[str, Any]:
         print(f"[failed] {cid}: {result['reason']}", flush=True)
         _write_result(out_dir, result)
         return result
+    try:
+        _claim_and_measure(dict_cfg, experiment_id, cid, out_dir, job, result, t_start)
+    except Exception as e:  # the store went away or refused a write: the cell is failed, and says so
+        from mlflow.exceptions import MlflowException
+
+        text = f"{type(e).__name__}: {e}"
+        if isinstance(e, (MlflowException, OSError)):
+            run = f"while run {result['run_id']} was written" if result.get("run_id") else "before the cell's run existed"
+            text = f"MLflow store {dict_cfg.mlflow.tracking_uri} failed {run}: {text}"
+        print(traceback.format_exc(), flush=True)
+        result.update(status="failed", seconds=time.perf_counter() - t_start, reason=tracking.mask_text(text))
+    print(summary_line(result), flush=True)
+    _write_result(out_dir, result)
+    return result
+
+
+def _claim_and_measure(dict_cfg: DictConfig, experiment_id: str, cid: str, out_dir: Path, job: Dict[str, str],
+                       result: Dict[str, Any], t_start: float) -> None:
+    """The store's side of a cell: runs of dead processes closed, the earlier ok run it skips for or
+    the run it claims, then the measurement inside it. Sets ``result``; an error of the store
+    propagates (run_cell reports it)."""
+    import mlflow
+
     info = system_info()
     chash = config_hash(dict_cfg)
     me = tracking.process_identity()
@@ -219,9 +307,6 @@ def run_cell(dict_cfg: DictConfig) -> Dict[str, Any]:
                              f"(status ok); force=true measures it again")
         result["metrics"] = dict(prior.data.metrics)
         result.update({k: prior.data.tags[k] for k in ("task", "quality_metric") if k in prior.data.tags})
-    print(summary_line(result), flush=True)
-    _write_result(out_dir, result)
-    return result
 
 
 def _measure_in_run(dict_cfg: DictConfig, run_id: str, client, info, out_dir: Path, result: Dict[str, Any],
@@ -232,8 +317,8 @@ def _measure_in_run(dict_cfg: DictConfig, run_id: str, client, info, out_dir: Pa
 
     from bsb_hydra.local_state import Interrupted
 
-    with mlflow.start_run(run_id=run_id):
-        log = RunLog(mlflow)
+    with mlflow.start_run(run_id=run_id) as active:
+        log = RunLog(mlflow, client, run_id, active.info.experiment_id)
         try:
             with tracking.Heartbeat(client, run_id, dict_cfg.mlflow.heartbeat_s):
                 _run_logged(dict_cfg, info, out_dir, log, result)
@@ -243,6 +328,7 @@ def _measure_in_run(dict_cfg: DictConfig, run_id: str, client, info, out_dir: Pa
                           reason=f"interrupted by {sig} after {time.perf_counter() - t_start:.0f} s, before the cell "
                                  "was measured to the end; the same command measures it again")
             log.tags({"status": "killed", "reason": result["reason"], NOTE: summary_line(result)})
+            log.finish_model(ok=False)
             mlflow.end_run(status="KILLED")
             print(summary_line(result), flush=True)
             _write_result(out_dir, result)
@@ -252,6 +338,7 @@ def _measure_in_run(dict_cfg: DictConfig, run_id: str, client, info, out_dir: Pa
         if not result["reason"] and "reason" in client.get_run(run_id).data.tags:
             client.delete_tag(run_id, "reason")  # a wrong "killed" mark while it ran (tracking.Heartbeat)
         log.metrics({"cell_seconds": result["seconds"]})
+        log.finish_model(ok=result["status"] == "ok")
         if result["status"] == "failed":
             mlflow.end_run(status="FAILED")
 

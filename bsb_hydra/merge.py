@@ -1,6 +1,7 @@
 """Merge the runs of another MLflow store (a remote machine's sqlite store brought back, with its
 artifact folder) into this one, through MLflow's client: tags, params, full metric histories,
-start/end times, status and artifacts. Re-merging is safe: a run already merged (tag
+start/end times, status, artifacts, its datasets and its LoggedModels (with their files and the
+metrics linked to them). Re-merging is safe: a run already merged (tag
 ``merged_from_run_id``) or present under its own id is skipped, so no run is lost or duplicated.
 
     python -m bsb_hydra.merge SOURCE_DB [--artifacts DIR] [--experiment NAME] [--into URI]
@@ -56,6 +57,41 @@ def _source_artifacts(src, run, exp_name: str, artifacts: Optional[Path], tmp: P
         return None
 
 
+def _copy_logged_models(src, dst, run, dst_exp: str, rid: str, exp_name: str, artifacts: Optional[Path]) -> Dict[str, str]:
+    """The run's LoggedModels (bsb_hydra/logged_models.py) re-created in the target for its copy
+    ``rid``: name, type, tags, params, status and files (from the copied artifact root when given:
+    DIR/<experiment>/models/<model_id>/artifacts). Returns the metric points linked to them:
+    {(key, timestamp, step, value): (new model_id, dataset name, dataset digest)}."""
+    from mlflow.entities import LoggedModelOutput
+
+    links: Dict[tuple, tuple] = {}
+    for out in (run.outputs.model_outputs if run.outputs else []):
+        m = src.get_logged_model(out.model_id)
+        new = dst.create_logged_model(dst_exp, name=m.name, source_run_id=rid, model_type=m.model_type,
+                                      params=dict(m.params or {}),
+                                      tags={k: v for k, v in (m.tags or {}).items() if not k.startswith("mlflow.")})
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = None
+            if artifacts is not None:
+                local = artifacts / exp_name / "models" / m.model_id / "artifacts"
+                folder = local if local.is_dir() else None
+            else:
+                try:
+                    from mlflow.artifacts import download_artifacts
+
+                    folder = Path(download_artifacts(artifact_uri=m.artifact_location, dst_path=tmp,
+                                                     tracking_uri=src.tracking_uri))
+                except Exception:
+                    folder = None
+            if folder is not None and any(folder.iterdir()):
+                dst.log_model_artifacts(new.model_id, str(folder))
+        dst.finalize_logged_model(new.model_id, m.status)
+        dst.log_outputs(rid, [LoggedModelOutput(new.model_id, step=out.step)])
+        for x in m.metrics or []:
+            links[(x.key, x.timestamp, x.step, x.value)] = (new.model_id, x.dataset_name, x.dataset_digest)
+    return links
+
+
 def merge(source: str, into: str, artifacts: Optional[Path] = None, experiment: Optional[str] = None,
           artifact_root: Optional[Path] = None) -> Dict[str, int]:
     """Copy every run of ``source`` (one experiment, or all) into ``into``. Returns counts."""
@@ -85,9 +121,16 @@ def merge(source: str, into: str, artifacts: Optional[Path] = None, experiment: 
                                  run_name=run.info.run_name or None)
             rid = new.info.run_id
             params = [Param(k, v) for k, v in run.data.params.items()]
+            full = src.get_run(run.info.run_id)  # with its inputs (datasets) and outputs (logged models)
+            if full.inputs and full.inputs.dataset_inputs:
+                dst.log_inputs(rid, datasets=list(full.inputs.dataset_inputs))
+            links = _copy_logged_models(src, dst, full, dst_exp, rid, exp.name, artifacts)
             metrics: List[Metric] = []
-            for key in run.data.metrics:
-                metrics += [Metric(m.key, m.value, m.timestamp, m.step) for m in src.get_metric_history(run.info.run_id, key)]
+            for key in run.data.metrics:  # a point linked to a LoggedModel keeps its link (a history has none)
+                for m in src.get_metric_history(run.info.run_id, key):
+                    model_id, ds_name, ds_digest = links.get((m.key, m.timestamp, m.step, m.value), (None, None, None))
+                    metrics.append(Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id,
+                                          dataset_name=ds_name, dataset_digest=ds_digest))
             for i in range(0, max(len(params), 1), 100):
                 dst.log_batch(rid, params=params[i:i + 100])
             for i in range(0, len(metrics), 1000):

@@ -56,7 +56,7 @@ def measure(cfg, dict_cfg, workdir: Path, log, slot: Optional[JobSlot] = None) -
     """Everything after the support check, step by step. Returns the metrics; logs tags, curves and
     artifacts through ``log``. ``slot`` counts the bsb_hydra jobs on this machine while the workers time."""
     from bsb_hydra.backends import get_backend
-    from bsb_hydra.cell import worker_fault
+    from bsb_hydra.cell import cell_id, worker_fault
     from bsb_hydra.scoring import log_score, score_cell, timing_metrics
     from bsb_hydra.workers import run_workers
 
@@ -68,6 +68,7 @@ def measure(cfg, dict_cfg, workdir: Path, log, slot: Optional[JobSlot] = None) -
         with stage("data"):
             ds = load_data(cfg, log)
             calib_idx = calibration_for(cfg, ds, log)  # before training: no samples at all is the data's error
+            digest = log_datasets(ds, calib_idx, log)
         with stage("fp32"):
             fp32 = load_fp32(cfg, ds, log)
             facts = model_cost(fp32, ds, log)
@@ -79,6 +80,7 @@ def measure(cfg, dict_cfg, workdir: Path, log, slot: Optional[JobSlot] = None) -
             peak = machine_limit(cfg, log)
         ctx = build_context(cfg, ds, fp32, calib_idx, engine, info, workdir)
         fp32_art, art = build_artifacts(cfg, backend, ctx, workdir, log, stage)
+        log.model(cell_id(dict_cfg), cfg, art)  # the measured artifact, a LoggedModel: what follows links to it
         slot = slot or JobSlot()
         timed = run_workers(cfg, backend, engine, ds, fp32_art, art, workdir, slot, stage, peak, worker_fault(cfg))
         timing = timing_metrics(cfg, art, fp32_art, timed)
@@ -89,11 +91,11 @@ def measure(cfg, dict_cfg, workdir: Path, log, slot: Optional[JobSlot] = None) -
                   f"cores and caches, so its latencies are distorted (tag concurrent_jobs={slot.peak})", flush=True)
         with stage("score"):
             score = score_cell(cfg, task, ds, fp32, art, fp32_art, timed, facts, peak, timing)
-        log.metrics({k: v for k, v in score.metrics.items() if k not in m})  # before any artifact is stored
+        log.metrics({k: v for k, v in score.metrics.items() if k not in m}, on_test=True)  # before any file is stored
         m.update(score.metrics)
         with stage("log"):
             log_score(score, workdir, log)
-            log_measurement(cfg, ds, art, engine, timed, slot, log)
+            log_measurement(cfg, digest, art, engine, timed, slot, log)
     finally:
         log.metrics(stage.metrics())
     return m
@@ -126,6 +128,20 @@ def load_data(cfg, log):
             raise InputError(f"data={ds.name} has no labels, and {needs}: give labelled data, or measure "
                              "quant=fp32,fp16,dynamic,static on unlabelled inputs")
     return ds
+
+
+def log_datasets(ds, calib_idx, log) -> str:
+    """The test split (and the calibration samples, for a scheme that calibrates) as the run's MLflow
+    datasets (bsb_hydra/logged_models.py). Returns the test split's digest (tag test_set_digest)."""
+    from bsb_hydra.logged_models import calibration_dataset, test_dataset
+    from bsb_hydra.scoring import test_set_digest
+
+    digest = test_set_digest(ds)
+    sets = [(test_dataset(ds, digest), "testing")]
+    if calib_idx is not None:
+        sets.append((calibration_dataset(ds, calib_idx), "calibration"))
+    log.inputs(sets)
+    return digest
 
 
 def calibration_for(cfg, ds, log) -> Optional[np.ndarray]:
@@ -331,17 +347,14 @@ def fp32_artifact(cfg, backend, ctx: BuildContext, out: Path, log):
 
 
 # -------------------------------------------------------------------------------------- log
-def log_measurement(cfg, ds, art, engine: str, timed, slot: JobSlot, log) -> None:
-    """Raw latency samples, the artifact, the profile and the tags of the measurement."""
-    from bsb_hydra.scoring import test_set_digest
-
+def log_measurement(cfg, digest: str, art, engine: str, timed, slot: JobSlot, log) -> None:
+    """Raw latency samples, the artifact (into the cell's LoggedModel), the profile and the tags of the
+    measurement."""
     res = timed.res
     log.json({"per_process": True, "samples_ms": timed.lat_cell, "fp32_reference_samples_ms": timed.lat_ref or None},
              "latency_samples.json")
-    log.artifact(art.path, "model")
-    for path in art.companions:  # OpenVINO IR's .bin beside its .xml
-        log.artifact(path, "model")
-    log.tags({"test_set_digest": test_set_digest(ds), "output_names": ",".join(res.outputs.names)[:5000]})
+    log.model_files(art, cfg.backend.name)  # with OpenVINO IR's .bin beside its .xml
+    log.tags({"test_set_digest": digest, "output_names": ",".join(res.outputs.names)[:5000]})
     if timed.profile is not None:
         from bsb_hydra.bench.profile import why_slow
 

@@ -49,10 +49,41 @@ def check_server(uri: str, timeout_s: float = 10.0) -> None:
                                f"({type(e).__name__}): start it, or fix the URI") from None
 
 
+# The headline of a cell, first in the runs table of MLflow's UI: what it is (model, scheme, backend,
+# status), its size ratio, its quality delta (accuracy in pp for a classifier, the task's own metric
+# otherwise), p50 at batch 1 and its speedup against the best fp32 cell of its machine.
+HEADLINE_TAGS = ("model", "quant", "backend", "status")
+HEADLINE_METRICS = ("size_ratio", "accuracy_delta_pp", "quality_delta", "latency_p50_ms_b1", "speedup_vs_best_fp32_b1")
+HEADLINE_VIEW = "headline"  # the view's key: #/experiments/<id>/runs?viewStateShareKey=headline
+
+
+def headline_view() -> str:
+    """The runs-table view MLflow 3's UI reads from the experiment tag mlflow.sharedViewState.<key>
+    (what its own "Save view" writes; listed in its Views menu): the headline columns first, in this
+    order, then the run's dataset, duration, source and models. The UI shows no metric column by
+    default; every other metric stays one click away in its Columns menu."""
+    import json
+
+    def q(kind: str, key: str) -> str:
+        return f"{kind}.`{key}`"
+
+    heads = [q("tags", k) for k in HEADLINE_TAGS] + [q("metrics", k) for k in HEADLINE_METRICS]
+    fixed = [q("attributes", "Dataset"), "duration", q("attributes", "Source"), q("attributes", "Models")]
+    state = {"selectedColumns": heads + [c for c in fixed if c != "duration"],
+             "columnOrder": [q("attributes", "Run Name"), "runDateAndNestInfo", *heads, *fixed]}
+    return json.dumps({"name": "Headline metrics", "createdAt": 0, "updatedAt": 0, "state": json.dumps(state)})
+
+
 # MLflow 3's UI opens an experiment by its kind: without it, on the GenAI overview (traces, token usage);
 # as model development, on its runs. Set when the tool creates an experiment, and added to one made
-# before (an experiment whose kind someone set is left as it is).
-EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+# before (an experiment whose kind someone set is left as it is), with the headline view.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development",
+                   f"mlflow.sharedViewState.{HEADLINE_VIEW}": headline_view()}
+
+
+def ui_url(base: str, experiment_id: str) -> str:
+    """The experiment's runs in MLflow's UI at ``base``, in the headline view."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={HEADLINE_VIEW}&workflowType=machine_learning"
 
 
 def tag_experiment(client, exp) -> None:

@@ -207,6 +207,32 @@ def with_and_without(compose_cfg, overrides, backend_key: str):
     return cfg, before
 
 
+def model_of(client, run):
+    """The cell's LoggedModel (bsb_hydra/logged_models.py): its run's one output."""
+    outs = client.get_run(run.info.run_id).outputs.model_outputs
+    assert len(outs) == 1, outs
+    return client.get_logged_model(outs[0].model_id)
+
+
+def model_folder(client, run, dst: Path) -> Path:
+    """The measured files of the cell, downloaded from its LoggedModel: files/ of a plain one, the
+    folder itself (model.onnx) of an onnx-flavored one."""
+    from mlflow.artifacts import download_artifacts
+
+    folder = Path(download_artifacts(artifact_uri=model_of(client, run).artifact_location, dst_path=str(dst),
+                                     tracking_uri=client.tracking_uri))
+    return folder / "files" if (folder / "files").is_dir() else folder
+
+
+def model_files(client, run) -> dict:
+    """{name: bytes} of the measured files in the cell's LoggedModel (files/ of a plain one)."""
+    model = model_of(client, run)
+    arts = {a.path: a for a in client.list_logged_model_artifacts(model.model_id)}
+    if "files" in arts:
+        return {Path(a.path).name: a.file_size for a in client.list_logged_model_artifacts(model.model_id, "files")}
+    return {p: a.file_size for p, a in arts.items() if not a.is_dir}
+
+
 def runs_of(tmp: Path, experiment="bsb-hydra"):
     from mlflow import MlflowClient
 
@@ -282,9 +308,9 @@ class MlflowServer:
     """A real `mlflow server` on 127.0.0.1 over a given backend store, started and stopped by the test
     that needs it (``with MlflowServer(uri, log) as base: ...``; ``stop()`` ends it early)."""
 
-    def __init__(self, backend_uri: str, log_path: Path, port: int = 0, artifacts: Path = None):
+    def __init__(self, backend_uri: str, log_path: Path, port: int = 0, artifacts: Path = None, command: str = "server"):
         self.backend_uri, self.log_path, self.port = backend_uri, log_path, port or free_port()
-        self.artifacts = artifacts
+        self.artifacts, self.command = artifacts, command  # command: "server", or "ui" (what users start)
         self.base = f"http://127.0.0.1:{self.port}"
         self.proc = None
 
@@ -293,7 +319,7 @@ class MlflowServer:
         import urllib.request
 
         exe = str(Path(PYTHON).parent / "mlflow")
-        cmd = [exe, "server", "--backend-store-uri", self.backend_uri, "--host", "127.0.0.1",
+        cmd = [exe, self.command, "--backend-store-uri", self.backend_uri, "--host", "127.0.0.1",
                "--port", str(self.port), "--workers", "1"]
         if self.artifacts is not None:
             cmd += ["--artifacts-destination", str(self.artifacts)]

@@ -3,12 +3,11 @@ the runner and its ETDump profile in-process on a logged .pte, the dynamic batch
 the machine-limit kernels (peak_artifacts), the runtime's stderr noise filter, and the reasons of what it
 does not run."""
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import SMOKE, TWO_BATCHES, run_bsb, runs_of
+from tests.conftest import SMOKE, TWO_BATCHES, model_files, model_folder, run_bsb, runs_of
 
 pytest.importorskip("executorch", reason="executorch is not installed (make setup installs it --no-deps)")
 
@@ -39,7 +38,7 @@ def test_every_cell_ok_one_pte_and_the_delegation_logged(et_sweep):
     for quant, r in cells.items():
         t, m = r.data.tags, r.data.metrics
         assert t["status"] == "ok", (quant, t.get("reason"))
-        files = {Path(a.path).name: a.file_size for a in client.list_artifacts(r.info.run_id, "model")}
+        files = model_files(client, r)  # the measured file, in the cell's LoggedModel
         assert files == {f"{quant}.pte": m["size_bytes"]}, files
         # the worker imported ExecuTorch's runtime (which brings torch), nothing of the build side or other runtimes
         assert t["worker_imports"] == "executorch,torch", t["worker_imports"]
@@ -75,7 +74,7 @@ def test_runner_and_etdump_profile_on_the_logged_pte(et_sweep, tmp_path):
     from bsb_hydra.backends.executorch.runner import ExecutorchRunner as RUNNER
 
     _, client, cells = et_sweep
-    folder = Path(client.download_artifacts(cells["static"].info.run_id, "model", str(tmp_path)))
+    folder = model_folder(client, cells["static"], tmp_path)
     runner = RUNNER(str(folder / "static.pte"), 1, "float32", {})
     assert runner.max_batch == 8 and runner.threadpool_threads == 1
     x = np.random.default_rng(0).random((20, 1, 28, 28), dtype=np.float32)

@@ -10,7 +10,7 @@ import torch
 
 from bsb_hydra import mixed
 from bsb_hydra.config import AutoQuantConfig, ConfigError
-from tests.conftest import SMOKE, run_bsb, runs_of
+from tests.conftest import SMOKE, model_folder, run_bsb, runs_of
 
 DIGITS = ["data=digits", *(o if not o.startswith("benchmark.batch_sizes=") else "benchmark.batch_sizes=[1]"
                            for o in SMOKE)]
@@ -154,7 +154,7 @@ def test_auto_ranks_the_fragile_layer_first_and_keeps_it_float(fragile_checkpoin
         assert tags["build.fallback"] == "fp16 weights, fp32 compute" and tags["build.fp16_nodes"] == first_layer
         import onnx
 
-        g = onnx.load(client.download_artifacts(run.info.run_id, "model/auto.onnx", str(tmp_path))).graph
+        g = onnx.load(str(model_folder(client, run, tmp_path) / "model.onnx")).graph  # its LoggedModel's onnx flavor
         layer = next(n for n in g.node if n.name == first_layer)
         cast = next(n for n in g.node if n.output[0] == layer.input[1])
         half = next(i for i in g.initializer if i.name == cast.input[0])

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import SMOKE, run_bsb, runs_of
+from tests.conftest import SMOKE, model_files, model_folder, run_bsb, runs_of
 
 pytest.importorskip("openvino", reason="the openvino extra is not installed")
 pytest.importorskip("nncf", reason="the openvino extra is not installed")
@@ -44,7 +44,7 @@ def test_every_cell_ok_and_the_ir_is_measured_whole(ov_sweep):
         assert r.data.tags["status"] == "ok", (key, r.data.tags.get("reason"))
     for quant in ("fp32", "fp16", "static"):
         r = cells[("cnn", quant, "openvino")]
-        files = {Path(a.path).name: a.file_size for a in client.list_artifacts(r.info.run_id, "model")}
+        files = model_files(client, r)  # the measured files, in the cell's LoggedModel
         assert set(files) == {f"{quant}.xml", f"{quant}.bin"}, files
         assert r.data.metrics["size_bytes"] == files[f"{quant}.xml"] + files[f"{quant}.bin"]  # xml + bin
         t = r.data.tags
@@ -83,8 +83,7 @@ def test_runner_and_perf_count_profile_on_the_logged_ir(ov_sweep, tmp_path):
     RUNNER = BACKENDS.runner("openvino")
 
     _, client, cells = ov_sweep
-    run_id = cells[("cnn", "static", "openvino")].info.run_id
-    folder = Path(client.download_artifacts(run_id, "model", str(tmp_path)))
+    folder = model_folder(client, cells[("cnn", "static", "openvino")], tmp_path)
     runner = RUNNER(str(folder / "static.xml"), 1, "float32", {"shapes": "static"})
     x = np.random.default_rng(0).random((8, 1, 28, 28), dtype=np.float32)
     b8 = runner.outputs(runner.run(runner.prepare(x)))

@@ -441,7 +441,11 @@ def test_mlflow_server_going_away_fails_loudly_and_the_next_run_resumes(tmp_path
     assert proc.returncode == 1, out[-3000:]  # a cell failed
     lost = _results(tmp_path, "lost")
     assert lost[0]["status"] == "ok"
-    assert "[failed]" in out and f"MLflow store {base} unusable" in out
+    # the next cell failed naming the store, whichever request met the stopped server first (the
+    # experiment's setup, the search for runs to resume, or a write into its run): in the table too
+    assert lost[1]["status"] == "failed" and f"MLflow store {base} " in lost[1]["reason"], lost[1]
+    assert f"[failed] mlp-digits-dynamic-onnxruntime: MLflow store {base} " in out, out
+    assert "1 cell(s) failed" in out, out
     # the server is back (same store, same port): the same command keeps the first cell, runs the rest
     server = MlflowServer(store, tmp_path / "server.log", port=server.port, artifacts=tmp_path / "served_artifacts")
     with server as base:
@@ -455,6 +459,54 @@ def test_mlflow_server_going_away_fails_loudly_and_the_next_run_resumes(tmp_path
     assert sorted(r.data.tags["quant"] for r in runs if r.data.tags["status"] == "ok") == ["dynamic", "fp32"]
     assert not [r for r in runs if r.info.status == "RUNNING"]
 
+
+
+# A cell whose store fails after the experiment was set up: patched into run_cell's process (a
+# subprocess: the setup points MLflow at the store process-wide).
+STORE_FAILS = """
+import json, sys
+from hydra import compose, initialize_config_dir
+from mlflow.exceptions import MlflowException
+from bsb_hydra import cell, tracking
+from bsb_hydra.config import register_configs
+
+register_configs()
+tmp, where = sys.argv[1], sys.argv[2]
+with initialize_config_dir(config_dir=sys.argv[3], version_base="1.3"):
+    cfg = compose("config", overrides=["model=mlp", "data=digits", "quant=fp32", "backend=onnxruntime",
+                                       f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db", f"paths.root={tmp}",
+                                       f"mlflow.artifact_root={tmp}/artifacts"])
+def gone(*args, **kwargs):
+    raise MlflowException("API request to http://127.0.0.1:9/api/2.0/mlflow/runs/search failed: Connection refused")
+if where == "search":
+    tracking.close_dead_runs = gone
+else:
+    cell._run_logged = gone
+print(json.dumps(cell.run_cell(cfg)))
+"""
+
+
+@pytest.mark.parametrize("where,words", [("search", "failed before the cell's run existed"),
+                                         ("run", "failed while run ")])
+def test_a_store_failing_after_setup_is_a_failed_cell_naming_the_store(tmp_path, where, words):
+    """The store answers the experiment's setup, then fails (a server going away): the cell is failed
+    with a result naming the store and the request, never missing from the sweep's table; a run
+    already created is closed FAILED."""
+    proc = subprocess.run([PYTHON, "-c", STORE_FAILS, str(tmp_path), where, str(ROOT / "conf")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert result["status"] == "failed", result
+    assert result["reason"].startswith(f"MLflow store {uri} {words}"), result["reason"]
+    assert "Connection refused" in result["reason"]
+    assert f"[failed] mlp-digits-fp32-onnxruntime: MLflow store {uri} {words}" in proc.stdout
+    _, runs = runs_of(tmp_path)
+    if where == "search":
+        assert runs == []
+    else:
+        assert result["run_id"] in result["reason"]
+        assert [r.info.status for r in runs] == ["FAILED"]
 
 
 def test_a_tracking_server_that_is_not_there_fails_the_cell_at_once(tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PEAK_DIR, PYTHON, ROOT, SMOKE, free_port, run_bsb, runs_of
+from tests.conftest import PEAK_DIR, PYTHON, ROOT, SMOKE, free_port, model_files, model_of, run_bsb, runs_of
 
 # `make setup` unpacks Debian's openssh-server into .cache/sshd (no system service is installed).
 LOCAL_SSHD = ROOT / ".cache" / "sshd"
@@ -97,7 +97,16 @@ def test_remote_sweep_over_ssh_merges_into_the_local_store_once(tmp_path, sshd):
         assert r.data.tags["status"] == "ok" and r.info.status == "FINISHED"
         assert r.info.start_time == s.info.start_time
         names = {a.path for a in local.list_artifacts(r.info.run_id)}
-        assert {"model", "config.json", "latency_samples.json"} <= names
+        assert {"config.json", "latency_samples.json"} <= names
+        # its LoggedModel, with the measured file and the metrics linked to it, and its datasets
+        lm, src_lm = model_of(local, r), model_of(remote, s)
+        assert lm.name == src_lm.name and lm.status == src_lm.status and lm.source_run_id == r.info.run_id
+        assert lm.tags["artifact_sha256"] == src_lm.tags["artifact_sha256"]
+        assert {x.key: x.value for x in lm.metrics} == {x.key: x.value for x in src_lm.metrics}
+        assert model_files(local, r) == model_files(remote, s)
+        got = {(d.dataset.name, d.dataset.digest) for d in local.get_run(r.info.run_id).inputs.dataset_inputs}
+        assert got == {(d.dataset.name, d.dataset.digest) for d in remote.get_run(s.info.run_id).inputs.dataset_inputs}
+        assert got
     # once more: nothing is duplicated
     (back,) = (tmp_path / "back").glob("127.0.0.1-*")
     again = subprocess.run([PYTHON, "-m", "bsb_hydra.merge", str(back / "mlflow.db"), "--artifacts",

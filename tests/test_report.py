@@ -592,9 +592,56 @@ def _rest(base: str, path: str, body=None):
         return json.loads(r.read() or b"{}")
 
 
-def test_report_through_a_real_mlflow_server_and_tags_over_rest(real_report, tmp_path):
+def _ui_checks(base: str, exp_id: str, tmp_path: Path) -> None:
+    """What `mlflow ui` serves for the sweep: over its REST API, every ok cell's LoggedModel with the
+    cell's metrics and the run's datasets; in headless Chromium, the runs page in the headline view."""
+    from PIL import Image
+
+    from bsb_hydra.tracking import HEADLINE_METRICS, ui_url
+
+    runs = _rest(base, "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id], "max_results": 1000,
+                                                       "filter": "tags.status = 'ok'"})["runs"]
+    cells = [r for r in runs if not any(t["key"] == "kind" for t in r["data"].get("tags", []))]
+    assert len(cells) == 12
+    models = _rest(base, "/api/2.0/mlflow/logged-models/search", {"experiment_ids": [exp_id], "max_results": 100})
+    by_run = {m["info"]["source_run_id"]: m for m in models["models"]}
+    for r in cells:
+        run_id, name = r["info"]["run_id"], r["info"]["run_name"]
+        m = by_run[run_id]  # its LoggedModel: READY, the cell's name, the run's metrics
+        assert m["info"]["status"] == "LOGGED_MODEL_READY" and m["info"]["name"] == name, m["info"]
+        linked = {x["key"]: x["value"] for x in m["data"]["metrics"]}
+        run_metrics = {x["key"]: x["value"] for x in r["data"]["metrics"]}
+        assert set(linked) == set(run_metrics) - {"train_loss"}, name  # all but the fp32 training curve
+        assert all(linked[k] == pytest.approx(run_metrics[k]) for k in ("size_ratio", "latency_p50_ms_b1"))
+        got = _rest(base, f"/api/2.0/mlflow/runs/get?run_id={run_id}")["run"]
+        names = {d["dataset"]["name"] for d in got["inputs"]["dataset_inputs"]}
+        assert "fashion_mnist-test" in names, names
+        assert [o["model_id"] for o in got["outputs"]["model_outputs"]] == [m["info"]["model_id"]]
+    # the UI: the experiment's runs (not the GenAI overview) in the headline view, a column per headline
+    url = ui_url(base, exp_id)
+    env = {**os.environ, "HOME": str(tmp_path)}
+    # wide enough for every column: the table renders only the columns in view
+    dom = subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path}/ui_profile", "--window-size=3600,1000",
+                          "--virtual-time-budget=20000", "--dump-dom", url], capture_output=True, text=True,
+                         timeout=180, env=env).stdout
+    assert "Headline metrics" in dom and "shared view" in dom, dom[-2000:]
+    for key in HEADLINE_METRICS:
+        assert f">{key}<" in dom, key
+    assert all(r["info"]["run_name"] in dom for r in cells)
+    shot = tmp_path / "mlflow_ui.png"
+    subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path}/ui_profile2", "--window-size=1600,1000",
+                    "--virtual-time-budget=20000", f"--screenshot={shot}", url], capture_output=True, timeout=180,
+                   env=env, check=True)
+    colors = Image.open(shot).convert("RGB").getcolors(maxcolors=1 << 20)
+    assert colors is not None and len(colors) > 50, "the screenshot of the runs page is (nearly) blank"
+
+
+def test_report_through_a_real_mlflow_ui_and_the_runs_page(real_report, tmp_path):
+    """The report reads and tags through `mlflow ui` (what users start); over its REST API every ok cell
+    has its LoggedModel and datasets, and headless Chromium finds the runs page with the headline
+    columns (tests/test_sweep.py checks the same in the store itself)."""
     tmp, uri, _ = real_report
-    server = MlflowServer(uri, tmp_path / "server.log")
+    server = MlflowServer(uri, tmp_path / "server.log", command="ui")
     base = server.start()
     try:
         # the report itself, reading and tagging through the server
@@ -611,6 +658,7 @@ def test_report_through_a_real_mlflow_server_and_tags_over_rest(real_report, tmp
         reports = _rest(base, "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]],
                                                              "filter": "tags.kind = 'report'"})
         assert len(reports["runs"]) == 2  # the sqlite one and this one
+        _ui_checks(base, exp["experiment_id"], tmp_path)
     finally:
         server.stop()
     with pytest.raises(OSError):

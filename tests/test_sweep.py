@@ -1,10 +1,12 @@
 """A real multirun through `python -m bsb_hydra -m ...` into a temporary MLflow store."""
+import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import SMOKE, TWO_BATCHES, run_bsb, runs_of
+from tests.conftest import SMOKE, TWO_BATCHES, model_folder, model_of, run_bsb, runs_of
 
 LATENCY_METRICS = [f"latency_{k}_ms_b{b}" for k in ("mean", "p50", "p90", "p95", "p99", "std") for b in (1, 8)]
 SCHEMA_METRICS = ["size_bytes", "size_ratio", "accuracy", "accuracy_ci_low", "accuracy_ci_high",
@@ -100,10 +102,51 @@ def test_artifacts_logged(sweep):
     _, _, client, runs = sweep
     r = by_cell(runs)[("cnn", "static", "onnxruntime")]
     names = {a.path for a in client.list_artifacts(r.info.run_id)}
-    assert {"model", "config.json", "per_class_accuracy.json", "latency_samples.json", "predictions.npy",
+    assert {"config.json", "per_class_accuracy.json", "latency_samples.json", "predictions.npy",
             "correct.npy"} <= names
-    model_files = [a.path for a in client.list_artifacts(r.info.run_id, "model")]
-    assert model_files == ["model/static.onnx"]
+    assert "model" not in names  # the measured file is the cell's LoggedModel's, not a run artifact
+
+
+def test_each_cell_is_a_logged_model_carrying_its_metrics_and_its_datasets(sweep, tmp_path):
+    """Every ok cell's measured artifact is an MLflow LoggedModel (READY, named after the cell, output
+    of its run) whose linked metrics are the run's own; ONNX ones in the onnx flavor (loadable by
+    mlflow.onnx, the same bytes as measured), the PyTorch package as the measured file with an MLmodel.
+    The test split and the calibration samples are the run's datasets; the quality metrics name the
+    test split."""
+    import mlflow.onnx
+    import yaml
+    from mlflow.entities import LoggedModelStatus
+
+    _, _, client, runs = sweep
+    for (model, quant, backend), r in by_cell(runs).items():
+        m, t = r.data.metrics, r.data.tags
+        lm = model_of(client, r)
+        assert lm.status == LoggedModelStatus.READY and lm.name == t["cell"] and lm.source_run_id == r.info.run_id
+        linked = {x.key: x for x in lm.metrics}
+        # every metric of the run but the fp32 model's training curve (train_loss, one point per epoch)
+        assert set(linked) == set(m) - {"train_loss"}, sorted(set(m) ^ set(linked))
+        for key in ("size_ratio", "accuracy_delta_pp", "latency_p50_ms_b1", "speedup_vs_best_fp32_b1"):
+            assert linked[key].value == pytest.approx(m[key]), key
+        assert linked["accuracy"].dataset_name == f"{t['data']}-test" and linked["size_ratio"].dataset_name is None
+        assert lm.tags["backend"] == backend and lm.tags["quant"] == quant and lm.tags["same_bytes_as_measured"] == "true"
+        assert int(lm.tags["size_bytes"]) == m["size_bytes"]
+        inputs = {d.dataset.name: d for d in client.get_run(r.info.run_id).inputs.dataset_inputs}
+        assert set(inputs) == {f"{t['data']}-test"} | ({f"{t['data']}-calibration"} if quant == "static" else set())
+        test = inputs[f"{t['data']}-test"]
+        assert test.dataset.digest == t["test_set_digest"] and [x.value for x in test.tags] == ["testing"]
+        assert json.loads(test.dataset.profile) == {"num_rows": 1000} and "fashion" in test.dataset.source
+        assert linked["accuracy"].dataset_digest == test.dataset.digest
+        folder = model_folder(client, r, tmp_path / t["cell"])
+        if backend == "onnxruntime":
+            mlmodel = yaml.safe_load((folder / "MLmodel").read_text())
+            assert {"onnx", "python_function"} <= set(mlmodel["flavors"]) and mlmodel["model_id"] == lm.model_id
+            assert (folder / "model.onnx").stat().st_size == m["size_bytes"]
+            assert len(mlflow.onnx.load_model(str(folder)).graph.node) > 0
+        else:
+            mlmodel = yaml.safe_load((folder.parent / "MLmodel").read_text())
+            flavor = mlmodel["flavors"]["bsb_hydra"]
+            assert flavor["format"] == lm.model_type and flavor["runtime"] == "pytorch"
+            assert [(folder / Path(f).name).stat().st_size for f in flavor["files"]] == [m["size_bytes"]]
 
 
 def test_static_int8_is_at_most_30_percent_of_fp32(sweep):
