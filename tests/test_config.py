@@ -286,3 +286,40 @@ def test_the_config_reference_is_current_and_lists_every_key():
     assert not undocumented, f"keys without a comment in their schema: {undocumented[:5]}"
     pt = text.split("### `backend=pytorch`", 1)[1].split("\n### ", 1)[0]
     assert "| `flow` | pt2e | str | How static, qat, dynamic and auto are built." in pt  # the comment above it
+
+
+# ------------------------------------------------------------------------------------------- docs
+ROOT = CONF.parent
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    import re
+
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_readme_is_short_and_every_docs_link_resolves():
+    """The README a newcomer reads in ten minutes (at most 250 lines: the map, the two commands, one
+    example per use, the support matrix), and every relative link of it and of docs/ to a file that
+    exists and, with an anchor, to a heading of that file."""
+    import re
+
+    readme = ROOT / "README.md"
+    assert len(readme.read_text().splitlines()) <= 250
+    pages = [readme, *sorted((ROOT / "docs").rglob("*.md"))]
+    bad = []
+    for page in pages:
+        text = page.read_text()
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            path, _, anchor = target.partition("#")
+            dest = (page.parent / path).resolve() if path else page
+            if not dest.exists():
+                bad.append(f"{page.relative_to(ROOT)}: {target} (no such file)")
+            elif anchor and dest.suffix == ".md":
+                heads = {_slug(h) for h in re.findall(r"^#+ (.+)$", dest.read_text(), flags=re.M)}
+                if anchor not in heads:
+                    bad.append(f"{page.relative_to(ROOT)}: {target} (no such heading)")
+    assert not bad, "\n".join(bad)
