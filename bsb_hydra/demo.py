@@ -11,7 +11,9 @@ is the text (which may hold "="). The
 quantized variant is ``quant`` when it is given, else dynamic for text models and static for the
 vision models. Uses the cached fp32 model (trained first if absent), builds both artifacts with
 the backend's own tools, and runs them in this process: a demo, not a measurement (the grid's
-numbers come from fresh worker processes)."""
+numbers come from fresh worker processes). It prepares the cell as the grid does (bsb_hydra/steps.py:
+``prepare``): every model kind and data option of the grid works here, and a model whose outputs
+are not a classifier's is refused in one line."""
 from __future__ import annotations
 
 import os
@@ -83,24 +85,23 @@ def main(argv) -> int:
     from hydra.errors import HydraException
 
     from bsb_hydra.backends.base import Unsupported
-    from bsb_hydra.config import ConfigError
+    from bsb_hydra.config import ConfigError, InputError
     from bsb_hydra.data import DataNotFoundError
 
     try:
         return run(argv)
-    except (DemoError, ConfigError, Unsupported, DataNotFoundError, HydraException) as e:
+    except (DemoError, ConfigError, InputError, Unsupported, DataNotFoundError, HydraException) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
 
 def run(argv) -> int:
-    from bsb_hydra.backends import get_backend
-    from bsb_hydra.backends.base import BuildContext, Unsupported
+    from bsb_hydra.backends import BACKENDS, get_backend
+    from bsb_hydra.backends.base import Unsupported
     from bsb_hydra.config import validate
-    from bsb_hydra.data import calibration_indices, load_dataset
+    from bsb_hydra.config.data import TextDataConfig
     from bsb_hydra.feeds import materialize
-    from bsb_hydra.sysinfo import system_info, torch_engine
-    from bsb_hydra.train import get_fp32_model
+    from bsb_hydra.steps import build_artifact, prepare
 
     overrides, index_text, text = split_args(argv)
     try:
@@ -109,7 +110,7 @@ def run(argv) -> int:
         raise DemoError(f"index={index_text!r} is not allowed: give the number of a test image (0, 1, ...)") from None
     quant_given = any(a.startswith("quant=") for a in overrides)
     cfg = validate(compose(overrides))
-    is_text = cfg.model.family != "vision"
+    is_text = isinstance(cfg.data, TextDataConfig)  # a text to classify; else a test sample (index=N)
     if not quant_given:
         cfg = validate(compose(overrides + [f"quant={'dynamic' if is_text else 'static'}"]))
     scheme = cfg.quant.scheme.value
@@ -120,12 +121,18 @@ def run(argv) -> int:
         raise DemoError('give a text to classify, e.g. python -m bsb_hydra.demo model=lstm "a witty movie"')
     if not is_text and index < 0:
         raise DemoError(f"index={index} is not allowed: give the number of a test image (0, 1, ...)")
-    backend = get_backend(cfg.backend.name)
-    reason = backend.unsupported_reason(cfg)
+    reason = get_backend(cfg.backend.name).unsupported_reason(cfg)
     if reason:
         raise Unsupported(reason)
 
-    ds = load_dataset(cfg.data, cfg.seed)
+    # the grid's own preparation (bsb_hydra/steps.py): the data fitted to the model (data.resize,
+    # data.mean, data.std), the fp32 model from its cache, checkpoint or file, the task from a probe
+    work = Path(tempfile.mkdtemp(prefix="bsb_demo_"))
+    cell = prepare(cfg, work)
+    ds, backend, ctx = cell.ds, cell.backend, cell.ctx
+    if cell.task.name != "classification":
+        raise DemoError(f"model={cfg.model.name}'s outputs are task={cell.task.name} ({cell.task.describe()}): the demo "
+                        "shows a classifier's label and confidence; measure this model in the grid (python -m bsb_hydra ...)")
     if is_text:
         x = ds.vocab.encode(text, cfg.data.seq_len)[None, :]
         shown = f"text: {text!r} ({int((x != 0).sum())} tokens, seq_len {cfg.data.seq_len})"
@@ -136,31 +143,24 @@ def run(argv) -> int:
             from bsb_hydra.data.text import as_model_inputs
 
             x = as_model_inputs(dataclasses.replace(ds, x_train=x, x_test=x), specs).x_test
-            ds = as_model_inputs(ds, specs)
     else:
-        if not 0 <= index < len(ds.y_test):
-            raise DemoError(f"index={index} is out of range: the test split of {ds.name} has {len(ds.y_test)} "
-                            f"images (0 to {len(ds.y_test) - 1})")
-        x = ds.x_test[index:index + 1]
-        shown = f"test image #{index} of {ds.name} (true label: {ds.class_names[ds.y_test[index]]})"
-    fp32 = get_fp32_model(cfg, ds, cfg.paths.cache_dir)
-    info = system_info()
-    idx = calibration_indices(ds, cfg.quant.samples, cfg.seed) if scheme in ("static", "qat") else None
-    work = Path(tempfile.mkdtemp(prefix="bsb_demo_"))
-    ctx = BuildContext(fp32.module, materialize(ds.x_train[:1]), ds.x_train[idx] if idx is not None else None, cfg,
-                       torch_engine(cfg.device.torch_engine, info["arch"]), info["arch"], info["isa"], work,
-                       data=ds, calibration_indices=idx)
-    arts = {"fp32": backend.build("fp32", ctx, work / f"fp32{backend.suffix}")}
+        n = len(ds.x_test)
+        if not 0 <= index < n:
+            raise DemoError(f"index={index} is out of range: the test split of {ds.name} has {n} samples "
+                            f"(0 to {n - 1})")
+        x = materialize(ds.x_test[index:index + 1])
+        truth = ds.class_names[int(ds.y_test[index])] if ds.labelled and ds.class_names else "none"
+        shown = f"test image #{index} of {ds.name} (true label: {truth})"
+    arts = {"fp32": build_artifact(backend, "fp32", ctx, work / f"fp32{backend.suffix}")}
     if scheme != "fp32":
-        arts[scheme] = backend.build(scheme, ctx, work / f"{scheme}{backend.suffix}")
-
-    from bsb_hydra.backends import BACKENDS
+        arts[scheme] = build_artifact(backend, scheme, ctx, work / f"{scheme}{backend.suffix}")
 
     runner_cls = BACKENDS.runner(cfg.backend.name)
     print(f"\n{cfg.model.name} on {cfg.backend.name}, {shown}")
     print(f"{'variant':<10} {'label':<14} {'confidence':>10} {'p50 ms':>9} {'size KiB':>9}")
     for name, art in arts.items():
-        runner = runner_cls(str(art.path), cfg.device.threads, art.input_dtype, backend.runner_settings(cfg, ctx.engine))
+        runner = runner_cls(str(art.path), cfg.device.threads, art.input_dtype,
+                            backend.runner_settings(cfg, cell.engine))
         prepared = runner.prepare(x)
         for _ in range(10):
             out = runner.run(prepared)

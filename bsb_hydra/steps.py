@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -55,30 +56,19 @@ class Stages:
 def measure(cfg, dict_cfg, workdir: Path, log, slot: Optional[JobSlot] = None) -> Dict[str, Any]:
     """Everything after the support check, step by step. Returns the metrics; logs tags, curves and
     artifacts through ``log``. ``slot`` counts the bsb_hydra jobs on this machine while the workers time."""
-    from bsb_hydra.backends import get_backend
     from bsb_hydra.cell import cell_id, worker_fault
     from bsb_hydra.scoring import log_score, score_cell, timing_metrics
     from bsb_hydra.workers import run_workers
 
-    info = system_info()
-    backend = get_backend(cfg.backend.name)
-    engine = torch_engine(cfg.device.torch_engine, info["arch"])
     stage = Stages()
     try:
+        cell = prepare(cfg, workdir, log, stage)
+        ds, fp32, task, ctx, backend, engine = cell.ds, cell.fp32, cell.task, cell.ctx, cell.backend, cell.engine
         with stage("data"):
-            ds = load_data(cfg, log)
-            calib_idx = calibration_for(cfg, ds, log)  # before training: no samples at all is the data's error
-            digest = log_datasets(ds, calib_idx, log)
-        with stage("fp32"):
-            fp32 = load_fp32(cfg, ds, log)
-            facts = model_cost(fp32, ds, log)
-            task = probe_task(cfg, fp32, ds, log)  # before anything is quantized
-        reason = cfg.quant.task_reason(task.name) or backend.task_reason(cfg, task)
-        if reason:
-            raise Unsupported(reason)
+            digest = log_datasets(ds, cell.calibration_indices, log)
         with stage("peak"):
             peak = machine_limit(cfg, log)
-        ctx = build_context(cfg, ds, fp32, calib_idx, engine, info, workdir)
+        facts = cell.facts
         fp32_art, art = build_artifacts(cfg, backend, ctx, workdir, log, stage)
         log.model(cell_id(dict_cfg), cfg, art)  # the measured artifact, a LoggedModel: what follows links to it
         slot = slot or JobSlot()
@@ -99,6 +89,53 @@ def measure(cfg, dict_cfg, workdir: Path, log, slot: Optional[JobSlot] = None) -
     finally:
         log.metrics(stage.metrics())
     return m
+
+
+@dataclass
+class Prepared:
+    """A cell up to its builds (``prepare``): the fitted data, the calibration indices, the fp32
+    model and its cost, the task that reads its outputs, and what every build reads."""
+    ds: Any
+    calibration_indices: Optional[np.ndarray]
+    fp32: Any
+    facts: Dict[str, float]
+    task: Any
+    ctx: BuildContext
+    backend: Any
+    engine: str
+
+
+class NoLog:
+    """A log that keeps nothing: for what prepares a cell outside an MLflow run (the demo)."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+def prepare(cfg, workdir: Path, log=None, stage: Optional[Stages] = None) -> Prepared:
+    """The first half of every cell, shared by the grid (``measure``) and the demo: data (fitted to
+    the model) -> calibration indices -> fp32 model (trained once and cached, a checkpoint, a file)
+    -> its cost -> the task, from a probe of its outputs -> the build context in ``workdir``. A
+    scheme or backend that cannot take the task raises Unsupported before anything is built."""
+    from bsb_hydra.backends import get_backend
+
+    log = log or NoLog()
+    stage = stage or Stages()
+    info = system_info()
+    backend = get_backend(cfg.backend.name)
+    engine = torch_engine(cfg.device.torch_engine, info["arch"])
+    with stage("data"):
+        ds = load_data(cfg, log)
+        calib_idx = calibration_for(cfg, ds, log)  # before training: no samples at all is the data's error
+    with stage("fp32"):
+        fp32 = load_fp32(cfg, ds, log)
+        facts = model_cost(fp32, ds, log)
+        task = probe_task(cfg, fp32, ds, log)  # before anything is quantized
+    reason = cfg.quant.task_reason(task.name) or backend.task_reason(cfg, task)
+    if reason:
+        raise Unsupported(reason)
+    ctx = build_context(cfg, ds, fp32, calib_idx, engine, info, workdir)
+    return Prepared(ds, calib_idx, fp32, facts, task, ctx, backend, engine)
 
 
 # ------------------------------------------------------------------------------------- data

@@ -72,3 +72,43 @@ def test_demo_arguments_are_overrides_only_when_their_key_is_a_config_key():
                                          "x=y", "is", "a", "2+2=4", "movie"])
     assert overrides == ["model=lstm", "quant.method=minmax", "+experiment=x"]
     assert index == "3" and text == "x=y is a 2+2=4 movie"
+
+
+def _user_onnx(path, out_features=10, seg=False):
+    """A small untrained network taking 1x28x28 images, exported to ONNX: logits of 10 classes, or
+    (seg) a per-pixel map of 3 classes, which is not a classifier's output."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    if seg:
+        net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 1)).eval()
+    else:
+        net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                            nn.Linear(8 * 14 * 14, out_features)).eval()
+    torch.onnx.export(net, (torch.zeros(1, 1, 28, 28),), str(path), input_names=["pixels"], output_names=["out"],
+                      dynamic_axes={"pixels": {0: "n"}}, dynamo=False, opset_version=17)
+    return path
+
+
+def test_demo_prepares_the_cell_as_the_grid_does_a_user_onnx_file_on_resized_normalised_images(tmp_path):
+    """model=onnx (which the demo could not build before it shared the grid's preparation) on 8x8
+    digits, fitted to the file's 28x28 input with data.mean/std, as the grid's cells see them."""
+    path = _user_onnx(tmp_path / "user.onnx")
+    out = _demo(["model=onnx", f"model.path={path}", "data=digits", "data.mean=[0.5]", "data.std=[0.25]",
+                 "backend=onnxruntime", "index=3"], tmp_path)
+    assert "test image #3 of digits (true label: " in out
+    rows = _rows(out)
+    assert [r[0] for r in rows] == ["fp32", "static"]
+    assert all(r[1] in [str(i) for i in range(10)] and float(r[3]) > 0 for r in rows)
+    assert "task classification" in out  # probed as the grid probes it
+
+
+def test_demo_refuses_a_model_whose_outputs_are_not_a_classifiers(tmp_path):
+    path = _user_onnx(tmp_path / "seg.onnx", seg=True)
+    env = dict(os.environ, BSB_CACHE_DIR=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, "-m", "bsb_hydra.demo", "model=onnx", f"model.path={path}", "data=random",
+                           "task=segmentation", "backend=onnxruntime", "quant=fp32"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "outputs are task=segmentation" in proc.stderr and "measure this model in the grid" in proc.stderr
