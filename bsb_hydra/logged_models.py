@@ -22,6 +22,7 @@ split as their dataset."""
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -46,13 +47,23 @@ def artifact_format(art) -> str:
             ".pt": "torchscript"}.get(suffix, suffix.lstrip(".") or "file")
 
 
+# What MLflow refuses in a LoggedModel's name (a model file's name, a cell id, can hold a dot).
+_NOT_IN_NAMES = re.compile(r"""[/:.%"']""")
+
+
+def model_name(cell: str) -> str:
+    """The cell id as a LoggedModel name: the characters MLflow refuses there become '_' (the tag
+    ``cell`` keeps the id as it is)."""
+    return _NOT_IN_NAMES.sub("_", cell)
+
+
 def start(client, run_id: str, experiment_id: str, cell: str, cfg, art) -> str:
     """The cell's LoggedModel (PENDING), recorded as the run's output at step 0. Returns its id."""
     from mlflow.entities import LoggedModelOutput
 
     tags = {"cell": cell, "backend": cfg.backend.name, "quant": cfg.quant.scheme.value, "format": artifact_format(art),
             "size_bytes": str(art.size_bytes) if not art.simulated else "", "simulated": str(art.simulated).lower()}
-    model = client.create_logged_model(experiment_id, name=cell, source_run_id=run_id, model_type=artifact_format(art),
+    model = client.create_logged_model(experiment_id, name=model_name(cell), source_run_id=run_id, model_type=artifact_format(art),
                                        tags={k: v for k, v in tags.items() if v})
     client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
     return model.model_id
