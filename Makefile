@@ -85,11 +85,19 @@ $(SSH):
 $(CHROMIUM):
 	$(SUDO) apt-get install -y chromium || ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium)
 
-# The default grid (conf/experiment/default_grid.yaml), fully trained, into sqlite:///mlflow.db.
+# make run: a real-size sweep first (conf/experiment/first_look.yaml: EfficientNet-Lite0 with its ImageNet
+# weights at 224 px x fp32, dynamic, static x onnxruntime, openvino), then the default grid of small models
+# (conf/experiment/default_grid.yaml), fully trained, into sqlite:///mlflow.db; then both tables, the
+# real-size one first (python -m bsb_hydra.summary). Exit 1 when a cell of either failed.
 # A second `make run` skips the cells already measured here; `make run ARGS=force=true` re-measures.
 ARGS ?=
+RUN_DIR = multirun_outputs/make_run/$(shell date +%Y-%m-%d_%H-%M-%S)
 run: setup
-	$(PY) -m bsb_hydra -m experiment=default_grid $(ARGS)
+	@d=$(RUN_DIR); s=0; \
+	$(PY) -m bsb_hydra -m experiment=first_look hydra.sweep.dir=$$d/first_look $(ARGS) || s=1; \
+	$(PY) -m bsb_hydra -m experiment=default_grid hydra.sweep.dir=$$d/default_grid $(ARGS) || s=1; \
+	printf '\n==== make run: both sweeps, the real-size one first ====\n'; \
+	$(PY) -m bsb_hydra.summary $$d/first_look $$d/default_grid; exit $$s
 
 # Two pytest-xdist workers; tests sharing a sweep fixture stay on one worker (tests/conftest.py).
 TEST_WORKERS ?= 2

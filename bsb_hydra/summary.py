@@ -48,16 +48,42 @@ def format_table(results) -> str:
 FAILED: list = []
 
 
+def sweep_results(sweep: Path) -> list:
+    """The cells of a sweep folder (each job's result.json), in job order."""
+    results = [json.loads(p.read_text()) for p in Path(sweep).glob("*/result.json")]
+    return sorted(results, key=lambda r: int(r.get("job_num") or 0))
+
+
+def sweep_table(sweep: Path, results: list) -> str:
+    counts = {s: sum(r["status"] == s for r in results) for s in ("ok", "skipped", "unsupported", "failed")}
+    return f"\nSweep {sweep}: {len(results)} cells, " + ", ".join(f"{v} {k}" for k, v in counts.items()) + \
+        "\n" + format_table(results)
+
+
 class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(config.hydra.sweep.dir)
-        results = []
-        for p in sweep.glob("*/result.json"):
-            results.append(json.loads(p.read_text()))
-        results.sort(key=lambda r: int(r.get("job_num") or 0))
+        results = sweep_results(sweep)
         counts = {s: sum(r["status"] == s for r in results) for s in ("ok", "skipped", "unsupported", "failed")}
-        print(f"\nSweep {sweep}: {len(results)} cells, " + ", ".join(f"{v} {k}" for k, v in counts.items()))
-        print(format_table(results), flush=True)
+        print(sweep_table(sweep, results), flush=True)
         FAILED.extend(r["cell"] for r in results if r["status"] in ("failed", "killed"))
         if counts["failed"]:
             print(f"{counts['failed']} cell(s) failed: exit status 1", flush=True)
+
+
+def main(argv=None) -> int:
+    """``python -m bsb_hydra.summary SWEEP_DIR...``: the tables of finished sweeps, in the order
+    given (``make run`` prints its real-size sweep's first). Exit 1 when a cell of any failed."""
+    import sys
+
+    dirs = list(sys.argv[1:] if argv is None else argv)
+    failed = 0
+    for d in dirs:
+        results = sweep_results(Path(d))
+        print(sweep_table(Path(d), results), flush=True)
+        failed += sum(r["status"] in ("failed", "killed") for r in results)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

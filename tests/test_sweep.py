@@ -474,3 +474,25 @@ def test_a_sweep_reads_its_config_as_it_was_when_it_started(sweep):
     from pathlib import Path
 
     assert not Path(main.removeprefix("file://")).exists()
+
+
+def test_summary_prints_several_sweeps_in_the_order_given(tmp_path, capsys):
+    """python -m bsb_hydra.summary DIR...: what `make run` prints last, the real-size sweep's table
+    first; exit 1 when a cell of any sweep failed."""
+    from bsb_hydra import summary
+
+    def write(sweep, job, cell, status, **metrics):
+        d = tmp_path / sweep / str(job)
+        d.mkdir(parents=True)
+        (d / "result.json").write_text(json.dumps({"cell": cell, "status": status, "reason": "" if status == "ok" else
+                                                   "why", "metrics": metrics, "job_num": str(job)}))
+    write("first_look", 1, "efficientnet_lite0-fashion_mnist-static-openvino", "ok", size_ratio=0.27)
+    write("first_look", 0, "efficientnet_lite0-fashion_mnist-fp32-openvino", "ok", size_ratio=1.0)
+    write("default_grid", 0, "mlp-fashion_mnist-fp32-pytorch", "ok", size_ratio=1.0)
+    assert summary.main([str(tmp_path / "first_look"), str(tmp_path / "default_grid")]) == 0
+    out = capsys.readouterr().out
+    order = [out.index(c) for c in ("efficientnet_lite0-fashion_mnist-fp32-openvino",
+                                    "efficientnet_lite0-fashion_mnist-static-openvino", "mlp-fashion_mnist-fp32-pytorch")]
+    assert order == sorted(order) and "2 cells, 2 ok" in out
+    write("default_grid", 1, "mlp-fashion_mnist-static-pytorch", "failed")
+    assert summary.main([str(tmp_path / "first_look"), str(tmp_path / "default_grid")]) == 1
