@@ -86,16 +86,18 @@ $(CHROMIUM):
 	$(SUDO) apt-get install -y chromium || ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium)
 
 # make run: a real-size sweep first (conf/experiment/first_look.yaml: EfficientNet-Lite0 with its ImageNet
-# weights at 224 px x fp32, dynamic, static x onnxruntime, openvino), then the default grid of small models
-# (conf/experiment/default_grid.yaml), fully trained, into sqlite:///mlflow.db; then both tables, the
-# real-size one first (python -m bsb_hydra.summary). Exit 1 when a cell of either failed.
+# weights at 224 px x fp32, static x onnxruntime, openvino), then the default grid of small models
+# (conf/experiment/default_grid.yaml) less fp16 (PyTorch's fp16 on a CPU without fp16 arithmetic is 5-9x
+# slower, and its 10,000-image evaluation alone takes minutes: `make bench` keeps it), fully trained, into
+# sqlite:///mlflow.db; then both tables, the real-size one first (python -m bsb_hydra.summary). Exit 1
+# when a cell of either failed. 14 min 51 s on 2 cores after the install, 2026-12-07 (docs/results/log.md).
 # A second `make run` skips the cells already measured here; `make run ARGS=force=true` re-measures.
 ARGS ?=
 RUN_DIR = multirun_outputs/make_run/$(shell date +%Y-%m-%d_%H-%M-%S)
 run: setup
 	@d=$(RUN_DIR); s=0; \
 	$(PY) -m bsb_hydra -m experiment=first_look hydra.sweep.dir=$$d/first_look $(ARGS) || s=1; \
-	$(PY) -m bsb_hydra -m experiment=default_grid hydra.sweep.dir=$$d/default_grid $(ARGS) || s=1; \
+	$(PY) -m bsb_hydra -m experiment=default_grid quant=fp32,dynamic,static hydra.sweep.dir=$$d/default_grid $(ARGS) || s=1; \
 	printf '\n==== make run: both sweeps, the real-size one first ====\n'; \
 	$(PY) -m bsb_hydra.summary $$d/first_look $$d/default_grid; exit $$s
 

@@ -24,7 +24,8 @@ def _quality(r) -> tuple:
 
 
 def format_table(results) -> str:
-    head = f"{'#':>3}  {'cell':<42} {'status':<11} {'size x':>7} {'task':<15} {'quality':<22} {'delta':>8} " \
+    w = max([42] + [len(r["cell"]) for r in results])  # the cell column fits the longest id
+    head = f"{'#':>3}  {'cell':<{w}} {'status':<11} {'size x':>7} {'task':<15} {'quality':<22} {'delta':>8} " \
            f"{'cosine':>8} {'p50 b1 ms':>10} {'speedup':>8}"
     lines = [head, "-" * len(head)]
     for r in results:
@@ -34,7 +35,7 @@ def format_table(results) -> str:
             return format(m[key] * scale, fmt) if key in m else "-"
         what, value, delta = _quality(r)
         quality = f"{what} {value}" if value != "-" else "-"
-        lines.append(f"{r.get('job_num', ''):>3}  {r['cell']:<42} {r['status']:<11} {f('size_ratio', '.3f'):>7} "
+        lines.append(f"{r.get('job_num', ''):>3}  {r['cell']:<{w}} {r['status']:<11} {f('size_ratio', '.3f'):>7} "
                      f"{r.get('task', '-'):<15} {quality:<22} {delta:>8} {f('cosine_mean', '.6f'):>8} "
                      + (f"{'simulated':>10} {'-':>8}" if m.get("simulated") else  # fake_quant: never timed
                         f"{f('latency_p50_ms_b1', '.4f'):>10} {f('speedup_b1', '.2f'):>8}"))
