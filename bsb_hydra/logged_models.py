@@ -111,8 +111,7 @@ def store_files(client, model_id: str, run_id: str, art, runtime: str) -> Dict[s
             meta.save(str(local / "MLmodel"))
             tags["same_bytes_as_measured"] = "true"
         client.log_model_artifacts(model_id, str(local))
-    for k, v in tags.items():
-        client.set_logged_model_tags(model_id, {k: v})
+    client.set_logged_model_tags(model_id, tags)
     return tags
 
 

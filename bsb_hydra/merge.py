@@ -62,7 +62,7 @@ def _copy_logged_models(src, dst, run, dst_exp: str, rid: str, exp_name: str, ar
     ``rid``: name, type, tags, params, status and files (from the copied artifact root when given:
     DIR/<experiment>/models/<model_id>/artifacts). Returns the metric points linked to them:
     {(key, timestamp, step, value): (new model_id, dataset name, dataset digest)}."""
-    from mlflow.entities import LoggedModelOutput
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 
     links: Dict[tuple, tuple] = {}
     for out in (run.outputs.model_outputs if run.outputs else []):
@@ -85,7 +85,8 @@ def _copy_logged_models(src, dst, run, dst_exp: str, rid: str, exp_name: str, ar
                     folder = None
             if folder is not None and any(folder.iterdir()):
                 dst.log_model_artifacts(new.model_id, str(folder))
-        dst.finalize_logged_model(new.model_id, m.status)
+        if m.status != LoggedModelStatus.PENDING:  # a PENDING one (a cell still running there) stays so
+            dst.finalize_logged_model(new.model_id, m.status)
         dst.log_outputs(rid, [LoggedModelOutput(new.model_id, step=out.step)])
         for x in m.metrics or []:
             links[(x.key, x.timestamp, x.step, x.value)] = (new.model_id, x.dataset_name, x.dataset_digest)

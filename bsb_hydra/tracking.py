@@ -296,8 +296,20 @@ def close_dead_runs(client, experiment_id: str, me: Dict[str, str], stale_after_
         client.set_tag(run.info.run_id, "status", "killed")
         client.set_tag(run.info.run_id, "reason", f"killed: {why}; closed by process {me['pid']} on {me['host']}")
         client.set_terminated(run.info.run_id, status="KILLED")
+        fail_pending_models(client, run.info.run_id)
         closed.append(run.info.run_id)
     return closed
+
+
+def fail_pending_models(client, run_id: str) -> None:
+    """The LoggedModels a dead run left PENDING (its cell built the artifact, then its process was
+    killed before finishing it: bsb_hydra/logged_models.py) are finalized FAILED with the run."""
+    from mlflow.entities import LoggedModelStatus
+
+    run = client.get_run(run_id)
+    for out in (run.outputs.model_outputs if run.outputs else []):
+        if client.get_logged_model(out.model_id).status == LoggedModelStatus.PENDING:
+            client.finalize_logged_model(out.model_id, LoggedModelStatus.FAILED)
 
 
 class Heartbeat:

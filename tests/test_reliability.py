@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import PYTHON, ROOT, SMOKE, MlflowServer, bsb_command, fill_disk, run_bsb, runs_of
+from tests.conftest import PYTHON, ROOT, SMOKE, MlflowServer, bsb_command, fill_disk, model_of, run_bsb, runs_of
 
 # Smoke settings on scikit-learn's digits, batch size 1 only: these tests check what survives, not figures.
 DIGITS = ["data=digits", *(o if not o.startswith("benchmark.batch_sizes=") else "benchmark.batch_sizes=[1]"
@@ -219,7 +219,11 @@ def test_sigkill_mid_cell_then_the_same_command_resumes(tmp_path):
     client, runs = runs_of(tmp_path)
     assert sorted((r.data.tags["quant"], r.info.status) for r in runs) == [("dynamic", "RUNNING"),
                                                                           ("fp32", "FINISHED")]
-    half = next(r.info.run_id for r in runs if r.info.status == "RUNNING")
+    half_run = next(r for r in runs if r.info.status == "RUNNING")
+    half = half_run.info.run_id
+    from mlflow.entities import LoggedModelStatus
+
+    assert model_of(client, half_run).status == LoggedModelStatus.PENDING  # killed after its build
 
     again = run_bsb(args, tmp_path, sweep="resumed", env_extra={"BSB_RUNTIME_DIR": str(rt)})
     assert not left[0].exists() and list((rt / "tmp").iterdir()) == []  # the next sweep removed it
@@ -227,6 +231,7 @@ def test_sigkill_mid_cell_then_the_same_command_resumes(tmp_path):
     assert [r["status"] for r in _results(tmp_path, "resumed")] == ["skipped", "ok", "ok"]
     killed = client.get_run(half)
     assert killed.info.status == "KILLED" and killed.data.tags["status"] == "killed"
+    assert model_of(client, killed).status == LoggedModelStatus.FAILED  # closed with its run
     assert "ended while this run was open" in killed.data.tags["reason"]
     assert "marked 1 run(s) of dead processes KILLED" in again.stdout
     ok = sorted(r.data.tags["quant"] for r in runs if r.data.tags["status"] == "ok")
