@@ -21,6 +21,7 @@ from bsb_hydra import tracking
 from bsb_hydra.backends.base import Unsupported
 from bsb_hydra.concurrency import JobSlot
 from bsb_hydra.config import validate
+from bsb_hydra.metric_names import mlflow_key, run_metrics, stored
 from bsb_hydra.models import model_label
 from bsb_hydra.sysinfo import git_sha, system_info
 
@@ -115,15 +116,16 @@ def device_mismatch(device, info: Dict[str, str]) -> None:
 
 
 class RunLog:
-    """Thin wrapper over the active MLflow run, so measure() reads as a list of steps. Once the cell's
-    artifact is a LoggedModel (``model``), every metric carries its model_id; the quality metrics
-    also name the test split (``inputs``) as their dataset."""
+    """Thin wrapper over the active MLflow run, so measure() reads as a list of steps. Metrics are
+    given by their flat names and stored under their group (metric_names.mlflow_key). Once the
+    cell's artifact is a LoggedModel (``model``), every metric carries its model_id; the quality
+    metrics also name the test split (``inputs``) as their dataset."""
 
     def __init__(self, mlflow, client=None, run_id: str = "", experiment_id: str = "") -> None:
         self.mlflow = mlflow
         self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
         self.logged_tags: Dict[str, str] = {}  # what this cell tagged (the summary line reads its task)
-        self.logged_metrics: Dict[str, float] = {}  # step 0 only (curves are not copied to the model)
+        self.logged_metrics: Dict[str, float] = {}  # flat names; step 0 only (curves are not copied to the model)
         self.model_id: Optional[str] = None
         self.test_dataset = None  # (name, digest) once logged
 
@@ -134,8 +136,8 @@ class RunLog:
 
         ts = int(_time.time() * 1000)
         name, digest = self.test_dataset if on_test and self.test_dataset else (None, None)
-        metrics = [Metric(k, v, ts, step, model_id=self.model_id, dataset_name=name, dataset_digest=digest,
-                          run_id=self.run_id) for k, v in d.items()]
+        metrics = [Metric(mlflow_key(k), v, ts, step, model_id=self.model_id, dataset_name=name,
+                          dataset_digest=digest, run_id=self.run_id) for k, v in d.items()]
         for i in range(0, len(metrics), 1000):
             self.client.log_batch(self.run_id, metrics=metrics[i:i + 1000])
 
@@ -192,13 +194,13 @@ class RunLog:
             return
         self.logged_metrics.update(d)
         if self.client is None:
-            self.mlflow.log_metrics(d)
+            self.mlflow.log_metrics(stored(d))
         else:
             self._batch(d, on_test=on_test)
 
     def metric(self, key: str, value: float, step: int) -> None:
         if self.client is None:
-            self.mlflow.log_metric(key, float(value), step=step)
+            self.mlflow.log_metric(mlflow_key(key), float(value), step=step)
         else:
             self._batch({key: float(value)}, step=step)
 
@@ -305,7 +307,7 @@ def _claim_and_measure(dict_cfg: DictConfig, experiment_id: str, cid: str, out_d
         result.update(status="skipped", run_id=prior.info.run_id, seconds=time.perf_counter() - t_start,
                       reason=f"run {prior.info.run_id} already measured config_hash {chash} on this machine "
                              f"(status ok); force=true measures it again")
-        result["metrics"] = dict(prior.data.metrics)
+        result["metrics"] = run_metrics(prior)
         result.update({k: prior.data.tags[k] for k in ("task", "quality_metric") if k in prior.data.tags})
 
 

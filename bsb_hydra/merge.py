@@ -3,6 +3,8 @@ artifact folder) into this one, through MLflow's client: tags, params, full metr
 start/end times, status, artifacts, its datasets and its LoggedModels (with their files and the
 metrics linked to them). Re-merging is safe: a run already merged (tag
 ``merged_from_run_id``) or present under its own id is skipped, so no run is lost or duplicated.
+Metric keys are copied as they are stored: a run logged before the metric groups keeps its flat
+names, which every reader reads the same (bsb_hydra/metric_names.py).
 
     python -m bsb_hydra.merge SOURCE_DB [--artifacts DIR] [--experiment NAME] [--into URI]
 

@@ -137,11 +137,13 @@ def launcher_checks(c: "Checks") -> None:
 def runs_of(experiment: str, sweep_dirs):
     import mlflow
 
+    from bsb_hydra.metric_names import flat_runs
+
     runs = []
     for d in sweep_dirs:
         runs += mlflow.search_runs(experiment_names=[experiment], filter_string=f"tags.sweep_dir = '{d}'",
                                    output_format="list")
-    return runs
+    return flat_runs(runs)  # metrics by their flat names
 
 
 def ok_metrics(c: Checks, cells, key):

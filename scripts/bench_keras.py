@@ -247,13 +247,15 @@ def run(name: str, args, extra) -> dict:
 
 # ------------------------------------------------------------------------------------ the table
 def latest_runs(client, threads: int):
+    from bsb_hydra.metric_names import flat_runs
     from bsb_hydra.tracking import search_all
 
     exp = client.get_experiment_by_name(EXPERIMENT)
     if exp is None:
         raise SystemExit(f"no experiment {EXPERIMENT} in the store: run the sweeps first")
     latest = {}
-    for r in sorted(search_all(client, exp.experiment_id, f"tags.threads = '{threads}'"), key=lambda r: r.info.start_time):
+    for r in sorted(flat_runs(search_all(client, exp.experiment_id, f"tags.threads = '{threads}'")),
+                    key=lambda r: r.info.start_time):
         path = r.data.params.get("model.path", "")
         name = next((n for n in APPS if Path(path).name.startswith(f"{n}_224")), None)
         if name:

@@ -135,8 +135,10 @@ def accuracy(model: str, data: str, workdir: Path) -> str:
     lines = ["| cell | flow | accuracy | delta vs fp32 (pp, 95% CI) | top-1 agreement with fp32 | p50 b1 ms "
              "| speedup b1 |",
              "|---|---|---|---|---|---|---|"]
+    from bsb_hydra.metric_names import run_metrics
+
     for r in client.search_runs([exp.experiment_id]):
-        m, t, p = r.data.metrics, r.data.tags, r.data.params
+        m, t, p = run_metrics(r), r.data.tags, r.data.params
         if t.get("status") != "ok":
             lines.append(f"| {t.get('cell')} | | {t.get('status')}: {t.get('reason', '')[:120]} | | | | |")
             continue

@@ -64,13 +64,15 @@ def flow(r) -> str:
 
 
 def latest_runs(client, threads: int) -> dict:
+    from bsb_hydra.metric_names import flat_runs
     from bsb_hydra.tracking import search_all
 
     exp = client.get_experiment_by_name(EXPERIMENT)
     if exp is None:
         raise SystemExit(f"no experiment {EXPERIMENT} in the store: run the sweeps first")
     latest = {}
-    for r in sorted(search_all(client, exp.experiment_id, f"tags.threads = '{threads}'"), key=lambda r: r.info.start_time):
+    for r in sorted(flat_runs(search_all(client, exp.experiment_id, f"tags.threads = '{threads}'")),
+                    key=lambda r: r.info.start_time):
         t = r.data.tags
         if t.get("model") in MODELS and t.get("kind") != "peak":
             latest[(t["model"], t.get("quant"), t.get("backend"), flow(r))] = r

@@ -402,12 +402,13 @@ def run(task: str, args, extra) -> float:
 def table(threads: int) -> str:
     from mlflow import MlflowClient
 
+    from bsb_hydra.metric_names import flat_runs
     from bsb_hydra.tracking import search_all
 
     uri = os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT}/mlflow.db")
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("bench-tasks")
-    runs = [r for r in search_all(client, exp.experiment_id, f"tags.threads = '{threads}'")]
+    runs = flat_runs(search_all(client, exp.experiment_id, f"tags.threads = '{threads}'"))  # metrics by flat name
     latest = {}
     for r in sorted(runs, key=lambda r: r.info.start_time):
         latest[(r.data.tags.get("model"), r.data.tags.get("quant"), r.data.tags.get("backend"))] = r

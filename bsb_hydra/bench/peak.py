@@ -243,16 +243,18 @@ def log_to_mlflow(peak: Dict[str, Any], tracking_uri: str, experiment: str) -> s
     """One run (tag kind=peak) holding the figures: the report skips it as a cell."""
     import mlflow
 
+    from bsb_hydra.metric_names import mlflow_key, stored
+
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=f"peak-{peak['host']}-t{peak['threads']}") as run:
         mlflow.set_tags({"kind": "peak", "isa": peak["isa"], "cpu": peak["cpu"], "arch": peak["arch"],
                          "host": peak["host"], "threads": str(peak["threads"])})
-        mlflow.log_metrics({k: v for k, v in run_metrics(peak, "").items()})
+        mlflow.log_metrics(stored(run_metrics(peak, "")))
         for rt, r in peak["runtimes"].items():
             for k in ("gflops_fp32", "gops_int8", "int8_ratio", "call_floor_ms"):
                 if k in r:
-                    mlflow.log_metric(f"{rt}_{k}", r[k])
+                    mlflow.log_metric(mlflow_key(f"{rt}_{k}"), r[k])
         mlflow.log_dict(peak, "peak.json")
         return run.info.run_id
 

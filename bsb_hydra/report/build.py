@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from bsb_hydra import tracking
+from bsb_hydra.metric_names import mlflow_key
 from bsb_hydra.report import analysis, plots, render, runs as runs_mod
 
 ARCHS = ("x86_64", "aarch64")
@@ -177,11 +178,10 @@ def build_report(cfg) -> Report:
         run_id = run.info.run_id
         client.log_param(run_id, "budget_pp", meta["budget_pp"])
         client.log_param(run_id, "arch", cfg.arch or "all")
-        client.log_metric(run_id, "cells", len(runs.cells))
-        client.log_metric(run_id, "groups", len(groups))
-        client.log_metric(run_id, "other_runs", len(runs.others))
-        client.log_metric(run_id, "simulated_cells", len(runs.simulated))
-        client.log_metric(run_id, "pareto_cells", sum(v == "true" for v in tagged.values()))
+        counts = {"cells": len(runs.cells), "groups": len(groups), "other_runs": len(runs.others),
+                  "simulated_cells": len(runs.simulated), "pareto_cells": sum(v == "true" for v in tagged.values())}
+        for k, v in counts.items():
+            client.log_metric(run_id, mlflow_key(k), v)
         client.log_artifacts(run_id, str(out), "report")
         client.set_terminated(run_id)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from bsb_hydra import tracking
+from bsb_hydra.metric_names import flat
 
 # Params that say where or how a run was logged, not what was measured: never a cell's variant nor
 # part of what makes two runs the same cell (`force` only re-runs a measured config).
@@ -173,7 +174,7 @@ def load(client, experiment_id: str, arch: Optional[str] = None) -> Runs:
                                 status or r.info.status.lower(), reason, tags))
             continue
         cell = Cell(r.info.run_id, r.info.start_time, tags, tracking.drop_inert_params(dict(r.data.params)),
-                    dict(r.data.metrics))
+                    flat(r.data.metrics))  # groups or not (runs before them): by flat name
         newest = cells.get(cell.cell_key)
         if newest is None:
             cells[cell.cell_key] = cell
