@@ -233,13 +233,25 @@ def model_files(client, run) -> dict:
     return {p: a.file_size for p, a in arts.items() if not a.is_dir}
 
 
-def runs_of(tmp: Path, experiment="bsb-hydra"):
+def runs_of(tmp: Path, experiment="bsb-hydra", stored: bool = False):
+    """The store's client and its runs, their metrics by flat name (bsb_hydra/metric_names.py: as the
+    code names them, whatever group they are stored under); ``stored``: with the keys as stored."""
     from mlflow import MlflowClient
+
+    from bsb_hydra.metric_names import flat_runs
 
     client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
     exp = client.get_experiment_by_name(experiment)
     assert exp is not None, "no experiment was created"
-    return client, client.search_runs([exp.experiment_id], max_results=1000)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return client, runs if stored else flat_runs(runs)
+
+
+def metrics_of(run):
+    """A run's metrics by flat name, for a run read otherwise than through runs_of (client.get_run)."""
+    from bsb_hydra.metric_names import run_metrics
+
+    return run_metrics(run)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bsb_hydra.metric_names import mlflow_key
 from tests.conftest import PYTHON, run_bsb, runs_of
 from tests.test_keras import QUICK
 
@@ -139,7 +140,7 @@ def test_keras_qat_on_tflite_and_what_it_cannot_take(kq, tmp_path):
         assert "CONV_2D" in t["build.ops"] and "FULLY_CONNECTED" in t["build.ops"] and t["input_dtype"] == "float32"
         assert float(t["build.qat_rebuild_max_rel_diff"]) < 1e-4
         assert m["size_ratio"] < 0.4 and m["fp32_accuracy"] > 0.8 and m["accuracy"] >= m["fp32_accuracy"] - 0.1
-        assert len(client.get_metric_history(by[name].info.run_id, "qat_loss")) == 2  # quant.epochs
+        assert len(client.get_metric_history(by[name].info.run_id, mlflow_key("qat_loss"))) == 2  # quant.epochs
     reasons = {k: r.data.tags.get("reason", "") for k, r in by.items()}
     status = {k: r.data.tags["status"] for k, r in by.items()}
     assert status["qat_savedmodel"] == "unsupported" and "holds a TensorFlow graph, not Keras layers" in \

@@ -9,7 +9,7 @@ import pytest
 
 from bsb_hydra.bench import peak
 from bsb_hydra.scoring import limit_metrics
-from tests.conftest import PEAK_DIR, PEAK_SIZE, PYTHON, ROOT, session_peak
+from tests.conftest import PEAK_DIR, PEAK_SIZE, PYTHON, ROOT, metrics_of, session_peak
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,8 @@ def test_cli_prints_and_logs_the_figures(cli):
     (run,) = client.search_runs([client.get_experiment_by_name("peak").experiment_id])
     assert run.data.tags["kind"] == "peak" and run.data.tags["isa"]
     assert {"gflops_fp32", "gops_int8", "int8_peak_ratio", "mem_bandwidth_gbs", "onnxruntime_call_floor_ms"} <= \
-        set(run.data.metrics)
+        set(metrics_of(run))
+    assert "limit/int8_peak_ratio" in run.data.metrics  # stored under its group
     bad = subprocess.run([PYTHON, "-m", "bsb_hydra.bench.peak", "--size", "0"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--size=0 is not allowed: it must be >= 1" in bad.stderr

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bsb_hydra.metric_names import mlflow_key
 from tests.conftest import PEAK_DIR, PYTHON, ROOT, SMOKE, free_port, model_files, model_of, run_bsb, runs_of
 
 # `make setup` unpacks Debian's openssh-server into .cache/sshd (no system service is installed).
@@ -286,8 +287,8 @@ def test_merge_metric_history_and_failed_runs(tmp_path):
     for r in runs:
         m = by_src[r.info.run_id]
         assert m.info.status == r.info.status and m.data.tags["status"] == r.data.tags["status"]
-        h1 = [(x.step, x.value) for x in client.get_metric_history(r.info.run_id, "train_loss")]
-        h2 = [(x.step, x.value) for x in copy.get_metric_history(m.info.run_id, "train_loss")]
+        h1 = [(x.step, x.value) for x in client.get_metric_history(r.info.run_id, mlflow_key("train_loss"))]
+        h2 = [(x.step, x.value) for x in copy.get_metric_history(m.info.run_id, mlflow_key("train_loss"))]
         assert h1 == h2 and h1
         assert m.data.tags["mlflow.note.content"] == r.data.tags["mlflow.note.content"]  # the run's description
     assert copy.get_experiment_by_name("bsb-hydra").tags["mlflow.experimentKind"] == "custom_model_development"

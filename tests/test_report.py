@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bsb_hydra.metric_names import flat_runs
 from bsb_hydra.report import pareto
 from bsb_hydra.report.build import ReportError, build_report
 from tests.conftest import PYTHON, ROOT, MlflowServer
@@ -71,9 +72,11 @@ class Store:
     def add(self, model="cnn", quant="fp32", backend="pytorch", arch="x86_64", cpu="CPU A", emulated=False,
             threads=1, size=400_000.0, acc=0.90, p50=2.0, ci=0.02, status="ok", reason="", mlflow_status="FINISHED",
             config=None, fp32_key="k1", params=None, batch_sizes=(1,), paired=None, correct=None, digest="d1",
-            p_value=None, extra_tags=None, extra_metrics=None):
+            p_value=None, extra_tags=None, extra_metrics=None, grouped=False):
         """paired: (fp32 p50, its CI half-width) as the cell's own job measured its fp32 reference.
-        correct: per-sample results (logged as correct.npy); p_value: the job's McNemar test vs fp32."""
+        correct: per-sample results (logged as correct.npy); p_value: the job's McNemar test vs fp32.
+        The metrics are logged by hand under their flat names (as runs before the metric groups were),
+        or with ``grouped`` through the cell's own RunLog (under their groups, as the pipeline logs now)."""
         from mlflow.entities import Metric, Param
 
         self.t += 1000
@@ -101,8 +104,14 @@ class Store:
             metrics.update(extra_metrics or {})
         p = {"model.name": model, "quant.scheme": quant, "backend.name": backend, "device.threads": str(threads),
              "mlflow.tracking_uri": self.uri, **(params or {})}
-        self.client.log_batch(rid, metrics=[Metric(k, v, self.t, 0) for k, v in metrics.items()],
-                              params=[Param(k, v) for k, v in p.items()])
+        if grouped:
+            from bsb_hydra.cell import RunLog
+
+            RunLog(None, self.client, rid).metrics(metrics)
+            self.client.log_batch(rid, params=[Param(k, v) for k, v in p.items()])
+        else:
+            self.client.log_batch(rid, metrics=[Metric(k, v, self.t, 0) for k, v in metrics.items()],
+                                  params=[Param(k, v) for k, v in p.items()])
         if p_value is not None:
             self.client.log_metric(rid, "accuracy_delta_p_value", p_value)
         if correct is not None:
@@ -221,6 +230,32 @@ def test_frontier_picks_and_tags(mixed):
     x86 = next(g for g in again.groups if g.arch == "x86_64")
     # budget 5 pp: the tflite and 2-thread cells still have no baseline: not eligible
     assert next(p for p in x86.picks if p.name == "fastest within 5 pp").cell.run_id == ids["x86_static"]
+
+
+def test_runs_with_flat_and_grouped_metric_names_read_the_same(tmp_path):
+    """A store holding runs logged before the metric groups (flat names) and after (<group>/<name>,
+    bsb_hydra/metric_names.py): the report reads both by their flat names, in one group."""
+    s = Store(tmp_path)
+    old = s.add(size=400_000.0, acc=0.90, p50=2.0, batch_sizes=(1, 8))
+    new = s.add(quant="static", size=100_000.0, acc=0.89, p50=1.0, paired=(2.0, 0.02), batch_sizes=(1, 8),
+                grouped=True)
+    stored = {rid: set(s.client.get_run(rid).data.metrics) for rid in (old, new)}
+    assert {"size_bytes", "latency_p50_ms_b8"} <= stored[old] and "size/size_bytes" not in stored[old]
+    assert {"size/size_bytes", "latency/latency_p50_ms_b8", "quality/accuracy", "speedup/speedup_b8",
+            "latency_p50_ms_b1", "accuracy_delta_pp"} <= stored[new]  # the headline ones as they are
+    rep = s.report()
+    (g,) = rep.groups
+    fp32, static = cell(rep, "x86_64", "fp32"), cell(rep, "x86_64", "static")
+    assert set(fp32.metrics) == set(static.metrics)  # one set of names, however each run stored them
+    for c, size, acc, p50 in ((fp32, 400_000, 0.90, 2.0), (static, 100_000, 0.89, 1.0)):
+        assert (c.metric("size_bytes"), c.metric("accuracy"), c.metric("latency_p50_ms_b8")) == (size, acc, 8 * p50)
+        assert c.batch_sizes() == [1, 8]
+    assert static.derived["size_ratio"] == pytest.approx(0.25)  # against the old run, its fp32 baseline
+    assert static.derived["cell_speedup_b8"] == pytest.approx(2.0)
+    rows = {r["run_id"]: r for r in csv.DictReader((tmp_path / "out" / "rows.csv").open())}
+    assert float(rows[old]["p50_ms_b8"]) == 16.0 and float(rows[new]["p50_ms_b8"]) == 8.0
+    # the report run's own counts are grouped too
+    assert s.client.get_run(rep.report_run_id).data.metrics["report/cells"] == 2
 
 
 def test_duplicates_newest_wins_and_count_is_shown(tmp_path):
@@ -474,7 +509,7 @@ def test_cli_report_on_a_real_sweep(real_report):
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("bsb-hydra")
     cells = [r for r in client.search_runs([exp.experiment_id], max_results=1000) if r.data.tags.get("kind") != "report"]
-    ok = {r.info.run_id: r for r in cells if r.data.tags["status"] == "ok"}
+    ok = {r.info.run_id: r for r in flat_runs(cells) if r.data.tags["status"] == "ok"}
     rows = list(csv.DictReader((out / "rows.csv").open()))
     assert {r["run_id"] for r in rows} == set(ok)
     for row in rows:

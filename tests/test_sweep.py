@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bsb_hydra.metric_names import flat_key
 from tests.conftest import SMOKE, TWO_BATCHES, model_folder, model_of, run_bsb, runs_of
 
 LATENCY_METRICS = [f"latency_{k}_ms_b{b}" for k in ("mean", "p50", "p90", "p95", "p99", "std") for b in (1, 8)]
@@ -107,6 +108,35 @@ def test_artifacts_logged(sweep):
     assert "model" not in names  # the measured file is the cell's LoggedModel's, not a run artifact
 
 
+def test_metrics_are_stored_under_their_groups(sweep):
+    """As MLflow stores them: the headline metrics by their names (first in the runs table), every other
+    one as <group>/<name> with a group of bsb_hydra/metric_names.py (MLflow's UI makes each group a
+    section of charts), none in the fallback group; histories (train_loss) under the same key."""
+    from bsb_hydra.metric_names import GROUPS, OTHER, flat_key, mlflow_key
+    from bsb_hydra.tracking import HEADLINE_METRICS
+
+    tmp, _, client, flat_runs = sweep
+    _, runs = runs_of(tmp, stored=True)
+    groups = {g for g, _ in GROUPS}
+    seen = set()
+    for r in runs:
+        keys = set(r.data.metrics)
+        assert keys, r.info.run_name
+        flat = {flat_key(k) for k in keys}
+        assert flat == set(next(x for x in flat_runs if x.info.run_id == r.info.run_id).data.metrics)
+        for k in keys:
+            group, _, name = k.partition("/")
+            if k in HEADLINE_METRICS:
+                continue
+            assert group in groups and group != OTHER and mlflow_key(flat_key(k)) == k, k
+            seen.add(group)
+        if r.data.tags["status"] == "ok":
+            assert set(HEADLINE_METRICS) - {"quality_delta"} <= keys, r.info.run_name
+            assert client.get_metric_history(r.info.run_id, mlflow_key("train_loss"))
+    assert {"latency", "speedup", "limit", "size", "memory", "stage", "quality", "fidelity", "calibration",
+            "train"} <= seen, seen
+
+
 def test_each_cell_is_a_logged_model_carrying_its_metrics_and_its_datasets(sweep, tmp_path):
     """Every ok cell's measured artifact is an MLflow LoggedModel (READY, named after the cell, output
     of its run) whose linked metrics are the run's own; ONNX ones in the onnx flavor (loadable by
@@ -122,7 +152,7 @@ def test_each_cell_is_a_logged_model_carrying_its_metrics_and_its_datasets(sweep
         m, t = r.data.metrics, r.data.tags
         lm = model_of(client, r)
         assert lm.status == LoggedModelStatus.READY and lm.name == t["cell"] and lm.source_run_id == r.info.run_id
-        linked = {x.key: x for x in lm.metrics}
+        linked = {flat_key(x.key): x for x in lm.metrics}  # stored under their groups, as the run's
         # every metric of the run but the fp32 model's training curve (train_loss, one point per epoch)
         assert set(linked) == set(m) - {"train_loss"}, sorted(set(m) ^ set(linked))
         for key in ("size_ratio", "accuracy_delta_pp", "latency_p50_ms_b1", "speedup_vs_best_fp32_b1"):

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from bsb_hydra.metric_names import mlflow_key
 from tests.conftest import ROOT, SMOKE, run_bsb, runs_of
 
 pytest.importorskip("ai_edge_litert", reason="the tflite extra is not installed")
@@ -85,7 +86,7 @@ def test_qat_cells_log_loss_curve_and_are_int8(sweep):
     cells = cells_of(runs)
     for backend in ("pytorch", "onnxruntime", "tflite"):
         r = cells[("cnn", "qat", backend)]
-        history = client.get_metric_history(r.info.run_id, "qat_loss")
+        history = client.get_metric_history(r.info.run_id, mlflow_key("qat_loss"))
         assert len(history) == 1 and np.isfinite(history[0].value), backend
         m = r.data.metrics
         if backend == "pytorch":  # a PT2E package: its int8 constants, beside ~0.3 MB of compiled code
