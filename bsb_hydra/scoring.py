@@ -310,10 +310,10 @@ def best_fp32_metrics(cfg, m: Dict[str, float], log) -> Dict[str, float]:
               and all(r.data.tags.get(k) == tags[k] for k in SAME_INPUT_TAGS)]
     own = cfg.backend.name
     out: Dict[str, float] = {}
-    stored = [(run_metrics(r), r.data.tags.get("backend", "?")) for r in others]
+    fp32_cells = [(run_metrics(r), r.data.tags.get("backend", "?")) for r in others]  # by flat name
     for key in [k for k in m if k.startswith("latency_p50_ms_b")]:
         bs = key[len("latency_p50_ms_b"):]
-        candidates = [(rm[key], backend) for rm, backend in stored if key in rm]
+        candidates = [(rm[key], backend) for rm, backend in fp32_cells if key in rm]
         ref = m[key] if cfg.quant.scheme.value == "fp32" else m.get(f"fp32_latency_p50_ms_b{bs}")
         if ref is not None:
             candidates.append((ref, own))

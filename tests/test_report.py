@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bsb_hydra.metric_names import flat_runs
+from bsb_hydra.metric_names import flat, flat_runs, mlflow_key
 from bsb_hydra.report import pareto
 from bsb_hydra.report.build import ReportError, build_report
 from tests.conftest import PYTHON, ROOT, MlflowServer
@@ -113,7 +113,8 @@ class Store:
             self.client.log_batch(rid, metrics=[Metric(k, v, self.t, 0) for k, v in metrics.items()],
                                   params=[Param(k, v) for k, v in p.items()])
         if p_value is not None:
-            self.client.log_metric(rid, "accuracy_delta_p_value", p_value)
+            self.client.log_metric(rid, mlflow_key("accuracy_delta_p_value") if grouped else "accuracy_delta_p_value",
+                                   p_value)
         if correct is not None:
             path = self.tmp / "correct.npy"
             np.save(path, np.asarray(correct, dtype=bool))
@@ -644,8 +645,8 @@ def _ui_checks(base: str, exp_id: str, tmp_path: Path) -> None:
         run_id, name = r["info"]["run_id"], r["info"]["run_name"]
         m = by_run[run_id]  # its LoggedModel: READY, the cell's name, the run's metrics
         assert m["info"]["status"] == "LOGGED_MODEL_READY" and m["info"]["name"] == name, m["info"]
-        linked = {x["key"]: x["value"] for x in m["data"]["metrics"]}
-        run_metrics = {x["key"]: x["value"] for x in r["data"]["metrics"]}
+        linked = flat({x["key"]: x["value"] for x in m["data"]["metrics"]})  # by flat name, as the run's
+        run_metrics = flat({x["key"]: x["value"] for x in r["data"]["metrics"]})
         assert set(linked) == set(run_metrics) - {"train_loss"}, name  # all but the fp32 training curve
         assert all(linked[k] == pytest.approx(run_metrics[k]) for k in ("size_ratio", "latency_p50_ms_b1"))
         got = _rest(base, f"/api/2.0/mlflow/runs/get?run_id={run_id}")["run"]
