@@ -324,14 +324,14 @@ def test_joblib_launcher_with_two_workers_loses_no_run(tmp_path):
 
 def test_worker_killed_or_hung_fails_the_cell_and_the_sweep_goes_on(tmp_path):
     proc = run_bsb(["-m", "model=mlp", "quant=dynamic", "backend=onnxruntime", "debug.fail_cell=dynamic",
-                    "debug.fail_stage=worker_oom,worker_hang,none", "benchmark.timeout_s=15", "force=true",
+                    "debug.fail_stage=worker_oom,worker_hang,none", "benchmark.timeout_s=8", "force=true",
                     *DIGITS], tmp_path, check=False)
     assert proc.returncode == 1, proc.stdout[-3000:]  # after its table (issue 31, 6: it exited 0)
     _, runs = runs_of(tmp_path)
     by = {r.data.params["debug.fail_stage"]: r for r in runs}
     assert by["worker_oom"].data.tags["status"] == "failed" and "SIGKILL" in by["worker_oom"].data.tags["reason"]
     assert by["worker_hang"].data.tags["status"] == "failed"
-    assert "hung: no progress for benchmark.timeout_s=15.0s" in by["worker_hang"].data.tags["reason"]
+    assert "hung: no progress for benchmark.timeout_s=8.0s" in by["worker_hang"].data.tags["reason"]
     assert by["none"].data.tags["status"] == "ok"
     assert all(by[k].info.status == "FAILED" for k in ("worker_oom", "worker_hang"))
     assert "1 ok, 0 skipped, 0 unsupported, 2 failed" in proc.stdout
