@@ -30,7 +30,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 # Python caches the bytecode of bsb_hydra and the tests (__pycache__/, git-ignored) even where the
 # environment says not to (PYTHONDONTWRITEBYTECODE=1, as on this project's CI image): every sweep, benchmark
 # worker and converter is a fresh process, and without the cache each compiled the package again (~0.3 s
-# a process; `make test` starts about 600). The installed packages have theirs from pip.
+# a process; `make test` starts several hundred). The installed packages have theirs from pip.
 unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: config-docs sshd-user docker-amd64 docker-arm64 docker-push setup setup-test data run test bench bench-tasks bench-keras bench-runtimes bench-pt2e peak report mlflow-ui mlflow-server clean arm64-emulated
