@@ -249,3 +249,44 @@ def test_a_default_pytorch_sweep_calls_no_deprecated_torch_ao(sweep):
         assert tags["build.aoti_batch"] == "static (one package per batch size: 1, 8)"
         assert metrics["aoti_compile_seconds"] > 0
         assert abs(metrics["accuracy"] - by_quant["fp32"].data.metrics["accuracy"]) <= 0.02
+
+
+def test_qat_fold_skips_only_conv_kinds_the_graph_does_not_hold(monkeypatch):
+    """The QAT convert runs torchao's conv-bn fold pass only for the conv kinds in the graph; for an
+    absent kind its clean-up alone gives the graph the full pass gives (which matches nothing there)."""
+    import copy
+
+    import torch.nn.functional as F
+    from torchao.quantization.pt2e import qat_utils
+    from torchao.quantization.pt2e.quantize_pt2e import _convert_to_reference_decomposed_fx, prepare_qat_pt2e
+
+    from bsb_hydra.backends.pytorch.pt2e import _fold_only_present_convs, make_quantizer, quantization_config
+    from bsb_hydra.config.quant import QatQuantConfig
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    x = torch.randn(4, 3, 8, 8)
+    q = QatQuantConfig()
+    quantizer = make_quantizer("x86_64", quantization_config(q, "x86_64", False, qat=True))
+    prepared = prepare_qat_pt2e(torch.export.export(model.train(), (x,), strict=True).module(), quantizer)
+    prepared(x)
+    reference = _convert_to_reference_decomposed_fx(prepared)  # the fold's input in convert_pt2e
+    conv1d_inputs = (torch.randn(1, 1, 3), torch.randn(1, 1, 1)) + tuple(torch.randn(1) for _ in range(4))
+
+    original = qat_utils._fold_conv_bn_qat_helper
+    full = original(copy.deepcopy(reference), F.conv1d, conv1d_inputs, False)
+    with _fold_only_present_convs():
+        assert qat_utils._fold_conv_bn_qat_helper is not original
+        skipped = qat_utils._fold_conv_bn_qat_helper(copy.deepcopy(reference), F.conv1d, conv1d_inputs, False)
+    assert qat_utils._fold_conv_bn_qat_helper is original
+    assert skipped.code == full.code
+    assert any(str(n.target) == "aten.conv2d.default" for n in skipped.graph.nodes)
+    with torch.no_grad():
+        assert torch.equal(skipped(x), full(x))
+
+    calls = []  # which kinds reach torchao's pass
+    monkeypatch.setattr(qat_utils, "_fold_conv_bn_qat_helper", lambda m, fn, *a: calls.append(fn.__name__) or m)
+    with _fold_only_present_convs():
+        for fn in (F.conv1d, F.conv2d, F.conv_transpose1d, F.conv_transpose2d):
+            qat_utils._fold_conv_bn_qat_helper(copy.deepcopy(reference), fn, conv1d_inputs, False)
+    assert calls == ["conv2d"]
