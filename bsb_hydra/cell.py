@@ -308,7 +308,7 @@ def _claim_and_measure(dict_cfg: DictConfig, experiment_id: str, cid: str, out_d
                       reason=f"run {prior.info.run_id} already measured config_hash {chash} on this machine "
                              f"(status ok); force=true measures it again")
         result["metrics"] = run_metrics(prior)
-        result.update({k: prior.data.tags[k] for k in ("task", "quality_metric") if k in prior.data.tags})
+        result.update({k: prior.data.tags[k] for k in RESULT_TAGS if k in prior.data.tags})
 
 
 def _measure_in_run(dict_cfg: DictConfig, run_id: str, client, info, out_dir: Path, result: Dict[str, Any],
@@ -370,7 +370,7 @@ def _run_logged(dict_cfg: DictConfig, info: Dict[str, str], out_dir: Path, log, 
             result["metrics"] = measure(cfg, dict_cfg, out_dir / "artifacts", log, slot)
         best = best_fp32_metrics(cfg, result["metrics"], log)  # measure() logged the rest as it measured them
         result["metrics"].update(best)
-        result.update({k: log.logged_tags[k] for k in ("task", "quality_metric") if k in log.logged_tags})
+        result.update({k: log.logged_tags[k] for k in RESULT_TAGS if k in log.logged_tags})
         log.metrics(best)
         result["status"] = "ok"
     except Unsupported as e:
@@ -384,6 +384,11 @@ def _run_logged(dict_cfg: DictConfig, info: Dict[str, str], out_dir: Path, log, 
             mlflow.log_text(tb, "traceback.txt")
         except Exception:
             pass
+
+
+# The run's tags that result.json carries for the sweep's table: the task, its quality metric, and why
+# the cell's quality figures say nothing (tasks/classification.py: a constant fp32 reference).
+RESULT_TAGS = ("task", "quality_metric", "quality_warning")
 
 
 def summary_line(r: Dict[str, Any]) -> str:
@@ -409,7 +414,8 @@ def summary_line(r: Dict[str, Any]) -> str:
         best = f", {m['speedup_vs_best_fp32_b1']:.2f}x vs best fp32" if "speedup_vs_best_fp32_b1" in m else ""
         parts.append(f"p50@b1 {m['latency_p50_ms_b1']:.3f} ms (speedup {m.get('speedup_b1', float('nan')):.2f}x{best})")
     parts.append("SIMULATED: not deployable, not timed" if simulated else f"peak {m['peak_rss_mb']:.0f} MB")
-    return f"[ok] {r['cell']}: " + ", ".join(parts)
+    line = f"[ok] {r['cell']}: " + ", ".join(parts)
+    return line + (f"\n  quality says nothing: {r['quality_warning']}" if r.get("quality_warning") else "")
 
 
 def _write_result(out_dir: Path, result: Dict[str, Any]) -> None:

@@ -38,7 +38,7 @@ GROUPS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
                  "lost_vs_fp32", "map", "map50", "fp32_map", "fp32_map50", "map_delta_pp", "miou", "fp32_miou",
                  "miou_delta_pp", "pixel_accuracy", "fp32_pixel_accuracy", "foreground_iou", "fp32_foreground_iou",
                  "psnr", "ssim", "mse", "mae", "fp32_psnr", "fp32_ssim", "fp32_mse", "fp32_mae", "psnr_delta_db",
-                 "mae_delta", "mse_delta", "image_data_range")),
+                 "mae_delta", "mse_delta", "image_data_range", "predicted_classes", "majority_class_share")),
     # against the fp32 reference's outputs (the per-output figures are fidelity/<output>/<stat> already)
     ("fidelity", ("top1_agreement", "confidence_drift", "kl_div", "max_abs_logit_diff", "sqnr_db", "cosine_mean",
                   "*_vs_fp32", "pixel_agreement", "embedding_*", "neighbour_agreement*", "neighbours_compared",

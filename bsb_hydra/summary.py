@@ -41,6 +41,8 @@ def format_table(results) -> str:
                         f"{f('latency_p50_ms_b1', '.4f'):>10} {f('speedup_b1', '.2f'):>8}"))
         if (r["status"] not in ("ok", "skipped") or r.get("claimed_by")) and r.get("reason"):
             lines.append(f"{'':>5}reason: {r['reason'].splitlines()[0][:150]}")
+        if r.get("quality_warning"):  # a constant fp32 reference (bsb_hydra/tasks/classification.py)
+            lines.append(f"{'':>5}quality says nothing: {r['quality_warning'].split(':')[0][:150]}")
     return "\n".join(lines)
 
 

@@ -416,6 +416,40 @@ def test_real_size_shapes_and_unlabelled_groups(tmp_path):
     assert rows[("resnet18", "static", "3x224x224")]["model_source"] == "torchvision"
 
 
+def test_cells_of_a_constant_fp32_model_say_their_quality_says_nothing(tmp_path):
+    """A run tagged quality_warning (its fp32 reference answers one class: bsb_hydra/tasks/classification.py)
+    is named on the group's model line, its delta is marked and rows.csv carries the warning; the sweep's
+    table and the cell's printed line say it too."""
+    from bsb_hydra.cell import summary_line
+    from bsb_hydra.summary import format_table
+
+    s = Store(tmp_path)
+    meta = {"input_shape": "3x224x224", "model_source": "torchvision", "model_ref": "torchvision shufflenet",
+            "data_source": "debian:dataset-fashion-mnist", "test_split": "t10k"}
+    warning = ("the fp32 model answers class 3 (dress) for all 200 test samples: accuracy deltas and top-1 agreement "
+               "cannot show what quantization costs here")
+    s.add(model="shufflenet", acc=0.065, extra_tags={**meta, "quality_warning": warning})
+    s.add(model="shufflenet", quant="static", acc=0.065, p50=1.0, paired=(2.0, 0.02),
+          extra_tags={**meta, "quality_warning": warning})
+    s.add(model="cnn", acc=0.9)
+    s.report()
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert ("QUALITY SAYS NOTHING in 2 of 2 cells: the fp32 model answers class 3 (dress) for all 200 test samples. "
+            "Their accuracy deltas and agreement are those of a constant") in md
+    assert md.count("QUALITY SAYS NOTHING") == 1 and "+0.00 (constant fp32)" in md
+    with open(tmp_path / "out" / "rows.csv") as f:
+        rows = {row["model"] + "/" + row["quant"]: row for row in csv.DictReader(f)}
+    assert rows["shufflenet/static"]["quality_warning"] == warning and rows["cnn/fp32"]["quality_warning"] == ""
+
+    result = {"cell": "shufflenet-fashion_mnist-static-onnxruntime", "status": "ok", "job_num": 0,
+              "quality_warning": warning,
+              "metrics": {"size_bytes": 2048.0, "size_ratio": 0.44, "accuracy": 0.065, "accuracy_delta_pp": 0.0,
+                          "top1_agreement": 1.0, "latency_p50_ms_b1": 0.8, "speedup_b1": 0.92, "peak_rss_mb": 66.0}}
+    assert summary_line(result).endswith("\n  quality says nothing: " + warning)
+    assert format_table([result]).splitlines()[-1].strip() == (
+        "quality says nothing: the fp32 model answers class 3 (dress) for all 200 test samples")
+
+
 def test_speedup_against_the_best_fp32_and_the_machine_limit(tmp_path):
     """The report leads with the speedup against the fastest fp32 cell of any backend (naming it), shows
     the job's speedup_vs_peak and the overhead-bound batch sizes, and the machine's measured limit; a

@@ -96,6 +96,34 @@ def test_classification_streamed_equals_the_whole_array_statistics():
     assert (s.arrays["correct.npy"] == (cell.argmax(1) == y)).all()
 
 
+def test_a_constant_fp32_reference_is_named_and_a_real_one_is_not():
+    """An fp32 model that answers one class for every sample, or is no more accurate than always
+    answering the most frequent class, makes accuracy deltas and agreement a constant's: the score
+    says so (tag quality_warning); a model better than that gets no warning."""
+    y = np.repeat(np.arange(4), [20, 10, 10, 10])  # class 0 ("a") is 40% of the 50 samples
+    ds = _ds(np.zeros((50, 3, 16, 16), np.float32), y, 4, ["a", "b", "c", "d"])
+    task = _task("classification", _probe(("logits", (4,), "float32")), ds)
+
+    def logits(pred):
+        return np.eye(4, dtype=np.float32)[pred] + 0.01 * np.arange(50, dtype=np.float32)[:, None] / 50
+
+    constant = logits(np.full(50, 2))
+    s = _score(task, [logits(y)], [constant], y)
+    assert s.tags["quality_warning"].startswith("the fp32 model answers class 2 (c) for all 50 test samples: "
+                                                "accuracy deltas and top-1 agreement cannot show")
+    assert s.metrics["predicted_classes"] == 4 and s.metrics["majority_class_share"] == pytest.approx(0.4)
+    weak = y.copy()
+    weak[20:40] = (weak[20:40] + 1) % 4  # right on 20 + 10 = 30 of 50: 60%
+    assert "quality_warning" not in _score(task, [logits(weak)], [logits(weak)], y).tags
+    weak[40:] = (weak[40:] + 1) % 4  # right on 20 of 50: 40%, no better than always answering "a"
+    s = _score(task, [logits(weak)], [logits(weak)], y)
+    assert s.tags["quality_warning"].startswith("the fp32 model's accuracy (40.00%) is no better than always answering "
+                                                "the most frequent class 0 (a) (40.00% of the 50 test samples)")
+    unlabelled = _task("classification", _probe(("logits", (4,), "float32")), _ds(np.zeros((50, 3, 16, 16), np.float32)))
+    assert "quality_warning" in _score(unlabelled, [constant], [constant]).tags
+    assert "quality_warning" not in _score(unlabelled, [logits(weak)], [logits(weak)]).tags
+
+
 def test_classification_refuses_outputs_that_are_not_the_datas_class_scores():
     ds = _ds(y=np.zeros(8, np.int64), num_classes=10)
     with pytest.raises(TaskError, match=r"task=classification: the model's outputs are 'out' float32\[N, 3\]; "

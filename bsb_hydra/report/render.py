@@ -60,7 +60,8 @@ def delta_text(c: Cell) -> str:
     d = c.derived.get("delta_pp")
     if d is None:
         return NA
-    return f"{d:+.2f}" + (" (n.s.)" if c.derived.get("delta_significant") is False else "")
+    return (f"{d:+.2f}" + (" (n.s.)" if c.derived.get("delta_significant") is False else "")
+            + (" (constant fp32)" if c.tag("quality_warning") else ""))
 
 
 def not_significant(c: Cell) -> bool:
@@ -150,6 +151,11 @@ def model_line(g: Group) -> str:
     if not g.classifier:
         labels += f" Task {g.task}: {c.tag('task_reads')}" + (f" (inferred: {c.tag('task_inferred')})"
                                                              if c.tag("task_inferred") else "") + "."
+    warned = [x for x in g.cells if x.tag("quality_warning")]
+    if warned:  # bsb_hydra/tasks/classification.py: the fp32 reference is a constant in effect
+        what = "; ".join(sorted({x.tag("quality_warning").split(":")[0] for x in warned}))
+        labels += (f" QUALITY SAYS NOTHING in {len(warned)} of {len(g.cells)} cells: {what}. Their accuracy deltas "
+                   "and agreement are those of a constant; size and latency hold.")
     return (f"Model: {c.tag('model_source')} {c.tag('model_ref')}; {cost}; input {c.tag('input_shape')}. "
             f"Data: {c.tag('data_source')}; scored on {c.tag('test_split')}.{labels}")
 
@@ -411,7 +417,7 @@ def write_csv(groups: List[Group], path: Path) -> None:
             "accuracy_ci_high", "delta_pp", "paired_delta_pp", "delta_ci_low_pp", "delta_ci_high_pp",
             "delta_p_value", "delta_significant", "top1_agreement", "peak_rss_mb", "concurrent_jobs",
             "pareto", "input_shape", "model_source", "model_ref", "model_params", "model_macs", "labelled",
-            "task", "quality_metric", "quality", "quality_delta", "cosine_mean", "sqnr_db"]
+            "task", "quality_metric", "quality", "quality_delta", "cosine_mean", "sqnr_db", "quality_warning"]
     for b in batch_sizes:
         cols += [f"p50_ms_b{b}", f"p50_ci_low_ms_b{b}", f"p50_ci_high_ms_b{b}", f"speedup_b{b}",
                  f"speedup_significant_b{b}", f"cell_speedup_b{b}", f"cell_speedup_significant_b{b}",
@@ -441,7 +447,8 @@ def write_csv(groups: List[Group], path: Path) -> None:
                        "peak_rss_mb": c.metric("peak_rss_mb"), "concurrent_jobs": c.concurrent_jobs,
                        "pareto": pareto_text(c) or "no", "task": g.task, "quality_metric": c.quality_key,
                        "quality": c.metric("quality"), "quality_delta": c.derived.get("quality_delta"),
-                       "cosine_mean": c.metric("cosine_mean"), "sqnr_db": c.metric("sqnr_db")}
+                       "cosine_mean": c.metric("cosine_mean"), "sqnr_db": c.metric("sqnr_db"),
+                       "quality_warning": c.tag("quality_warning")}
                 for b in batch_sizes:
                     row.update({f"p50_ms_b{b}": c.metric(f"latency_p50_ms_b{b}"),
                                 f"p50_ci_low_ms_b{b}": c.metric(f"latency_p50_ci_low_ms_b{b}"),

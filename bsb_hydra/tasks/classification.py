@@ -3,7 +3,8 @@
 Against labels: top-1 accuracy with its Wilson interval, the delta against the fp32 reference with
 the paired interval and the exact McNemar test (the same test samples), per-class accuracy.
 Against fp32 (always): top-1 agreement, confidence drift, KL divergence, the largest logit
-difference. Streamed: per batch only the top-1 classes, correctness and running sums are kept."""
+difference. A warning (tag quality_warning) when the fp32 reference is a constant in effect: one class for
+every sample, or no more accurate than the test split's most frequent class. Streamed: per batch only the top-1 classes, correctness and running sums are kept."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -59,10 +60,14 @@ class ClassificationScorer(TaskScorer):
         n = len(pred)
         m: Dict[str, float] = {"top1_agreement": float((pred == ref).mean()), "confidence_drift": self.drift / n,
                                "kl_div": self.kl / n, "max_abs_logit_diff": self.max_diff}
+        m["predicted_classes"] = float(np.unique(pred).size)
         score = Score(m, arrays={"predictions.npy": pred.astype(np.int16)})
-        if not self.labels:
+        y = np.concatenate(self.labels) if self.labels else None
+        warning = self.reference_warning(ref, y)
+        if warning:
+            score.tags["quality_warning"] = warning
+        if y is None:
             return score
-        y = np.concatenate(self.labels)
         correct, ref_correct = pred == y, ref == y
         acc, ref_acc = correct.mean(), ref_correct.mean()
         lo, hi = stats.wilson_interval(int(correct.sum()), n)
@@ -82,7 +87,34 @@ class ClassificationScorer(TaskScorer):
             "per_class_accuracy": {names[c] if c < len(names) else str(c): v for c, v in per_class(pred).items()},
             "fp32_per_class_accuracy": {str(c): v for c, v in per_class(ref).items()}}
         score.arrays["correct.npy"] = correct  # right or wrong per test sample: paired tests between cells
+        score.metrics["majority_class_share"] = float(np.unique(y, return_counts=True)[1].max() / n)
         return score
+
+    def _class(self, c: int) -> str:
+        names = self.class_names
+        return f"{c} ({names[c]})" if 0 <= c < len(names) else str(c)
+
+    def reference_warning(self, ref: np.ndarray, y) -> str:
+        """Why this cell's accuracy and agreement say nothing about quantization ('' = they can): the
+        fp32 reference answers one class for every test sample, or (labelled) is no more accurate than
+        always answering the test split's most frequent class. Its deltas and agreement are then those
+        of a constant, whatever quantization did to the weights."""
+        n = len(ref)
+        what = ""
+        if n > 1 and np.unique(ref).size == 1:
+            what = f"the fp32 model answers class {self._class(int(ref[0]))} for all {n} test samples"
+        elif y is not None and n > 1:
+            classes, counts = np.unique(y, return_counts=True)
+            majority, ref_acc = counts.max() / n, float((ref == y).mean())
+            if ref_acc <= majority:
+                what = (f"the fp32 model's accuracy ({100 * ref_acc:.2f}%) is no better than always answering the "
+                        f"most frequent class {self._class(int(classes[counts.argmax()]))} ({100 * majority:.2f}% "
+                        f"of the {n} test samples)")
+        if not what:
+            return ""
+        return (what + ": accuracy deltas and top-1 agreement cannot show what quantization costs here (size and "
+                "latency still hold). Is it untrained, or made for other data? Train it (train=realsize, more "
+                "epochs) or load trained weights (model.checkpoint)")
 
 
 @TASKS.register("classification", schema=ClassificationTaskConfig)
@@ -93,7 +125,7 @@ class Classification(Task):
     def check(self) -> None:
         num = self.ds.num_classes
         self.index = self.output_index(lambda o: o.floating and len(o.shape) == 1 and (num is None or o.shape[0] == num),
-                                       f"classification reads class scores [N, C]"
+                                       "classification reads class scores [N, C]"
                                        + (f" with C = {num} (the data's classes)" if num else ""))
         o = self.probe.outputs[self.index]
         if not o.floating or len(o.shape) != 1:
