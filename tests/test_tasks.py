@@ -111,6 +111,8 @@ def test_a_constant_fp32_reference_is_named_and_a_real_one_is_not():
     s = _score(task, [logits(y)], [constant], y)
     assert s.tags["quality_warning"].startswith("the fp32 model answers class 2 (c) for all 50 test samples: "
                                                 "accuracy deltas and top-1 agreement cannot show")
+    assert s.tags["quality_warning"].endswith("Give it trained weights: train=realsize or more epochs for a model "
+                                              "trained here, model.checkpoint, or a trained file")
     assert s.metrics["predicted_classes"] == 4 and s.metrics["majority_class_share"] == pytest.approx(0.4)
     weak = y.copy()
     weak[20:40] = (weak[20:40] + 1) % 4  # right on 20 + 10 = 30 of 50: 60%

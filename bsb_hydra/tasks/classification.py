@@ -113,8 +113,8 @@ class ClassificationScorer(TaskScorer):
         if not what:
             return ""
         return (what + ": accuracy deltas and top-1 agreement cannot show what quantization costs here (size and "
-                "latency still hold). Is it untrained, or made for other data? Train it (train=realsize, more "
-                "epochs) or load trained weights (model.checkpoint)")
+                "latency still hold). Is it untrained, or made for other data? Give it trained weights: train=realsize "
+                "or more epochs for a model trained here, model.checkpoint, or a trained file")
 
 
 @TASKS.register("classification", schema=ClassificationTaskConfig)
