@@ -437,6 +437,8 @@ def test_cells_of_a_constant_fp32_model_say_their_quality_says_nothing(tmp_path)
     assert ("QUALITY SAYS NOTHING in 2 of 2 cells: the fp32 model answers class 3 (dress) for all 200 test samples. "
             "Their accuracy deltas and agreement are those of a constant") in md
     assert md.count("QUALITY SAYS NOTHING") == 1 and "+0.00 (constant fp32)" in md
+    picks = [line for line in md.splitlines() if line.startswith("- fastest within 1 pp: ")]
+    assert any(line.endswith("; its accuracy says nothing (constant fp32: see Model)") for line in picks), picks
     with open(tmp_path / "out" / "rows.csv") as f:
         rows = {row["model"] + "/" + row["quant"]: row for row in csv.DictReader(f)}
     assert rows["shufflenet/static"]["quality_warning"] == warning and rows["cnn/fp32"]["quality_warning"] == ""

@@ -179,7 +179,9 @@ def pick_lines(g: Group) -> List[str]:
             bits += [f"{g.quality_key} {q:.4g}" if q is not None else None,
                      f"{c.derived['quality_delta']:+.4g} vs fp32" if c.derived.get("quality_delta") is not None
                      else None]
-        out.append(f"{p.name}: {c.label} ({', '.join(b for b in bits if b)})" + (f"; {p.note}" if p.note else ""))
+        warned = "; its accuracy says nothing (constant fp32: see Model)" if c.tag("quality_warning") else ""
+        out.append(f"{p.name}: {c.label} ({', '.join(b for b in bits if b)})" + (f"; {p.note}" if p.note else "")
+                   + warned)
     return out
 
 
