@@ -124,6 +124,11 @@ def test_a_constant_fp32_reference_is_named_and_a_real_one_is_not():
     unlabelled = _task("classification", _probe(("logits", (4,), "float32")), _ds(np.zeros((50, 3, 16, 16), np.float32)))
     assert "quality_warning" in _score(unlabelled, [constant], [constant]).tags
     assert "quality_warning" not in _score(unlabelled, [logits(weak)], [logits(weak)]).tags
+    assert _score(unlabelled, [constant], [constant]).tags["quality_warning"].endswith(
+        "Are these inputs what it was made for (random inputs often get one answer), and is it trained? Give it real "
+        "samples of its data, or trained weights")
+    one_class = np.full(50, 2)  # a split of one class: a model right on every sample answers one class too
+    assert "quality_warning" not in _score(task, [constant], [constant], one_class).tags
 
 
 def test_classification_refuses_outputs_that_are_not_the_datas_class_scores():

@@ -3,8 +3,9 @@
 Against labels: top-1 accuracy with its Wilson interval, the delta against the fp32 reference with
 the paired interval and the exact McNemar test (the same test samples), per-class accuracy.
 Against fp32 (always): top-1 agreement, confidence drift, KL divergence, the largest logit
-difference. A warning (tag quality_warning) when the fp32 reference is a constant in effect: one class for
-every sample, or no more accurate than the test split's most frequent class. Streamed: per batch only the top-1 classes, correctness and running sums are kept."""
+difference. A warning (tag quality_warning) when the fp32 reference is a constant in effect: one class
+for every sample, or no more accurate than the test split's most frequent class. Streamed: per batch
+only the top-1 classes, correctness and running sums are kept."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -98,12 +99,15 @@ class ClassificationScorer(TaskScorer):
         """Why this cell's accuracy and agreement say nothing about quantization ('' = they can): the
         fp32 reference answers one class for every test sample, or (labelled) is no more accurate than
         always answering the test split's most frequent class. Its deltas and agreement are then those
-        of a constant, whatever quantization did to the weights."""
+        of a constant, whatever quantization did to the weights. A labelled split of one class is
+        never judged: there a model right on every sample answers one class too."""
         n = len(ref)
+        if n < 2 or (y is not None and np.unique(y).size < 2):
+            return ""
         what = ""
-        if n > 1 and np.unique(ref).size == 1:
+        if np.unique(ref).size == 1:
             what = f"the fp32 model answers class {self._class(int(ref[0]))} for all {n} test samples"
-        elif y is not None and n > 1:
+        elif y is not None:
             classes, counts = np.unique(y, return_counts=True)
             majority, ref_acc = counts.max() / n, float((ref == y).mean())
             if ref_acc <= majority:
@@ -112,9 +116,12 @@ class ClassificationScorer(TaskScorer):
                         f"of the {n} test samples)")
         if not what:
             return ""
+        why = ("Is it untrained, or made for other data? Give it trained weights: train=realsize or more epochs for a "
+               "model trained here, model.checkpoint, or a trained file" if y is not None else
+               "Are these inputs what it was made for (random inputs often get one answer), and is it trained? Give "
+               "it real samples of its data, or trained weights")
         return (what + ": accuracy deltas and top-1 agreement cannot show what quantization costs here (size and "
-                "latency still hold). Is it untrained, or made for other data? Give it trained weights: train=realsize "
-                "or more epochs for a model trained here, model.checkpoint, or a trained file")
+                "latency still hold). " + why)
 
 
 @TASKS.register("classification", schema=ClassificationTaskConfig)
