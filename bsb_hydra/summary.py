@@ -42,7 +42,9 @@ def format_table(results) -> str:
         if (r["status"] not in ("ok", "skipped") or r.get("claimed_by")) and r.get("reason"):
             lines.append(f"{'':>5}reason: {r['reason'].splitlines()[0][:150]}")
         if r.get("quality_warning"):  # a constant fp32 reference (bsb_hydra/tasks/classification.py)
-            lines.append(f"{'':>5}quality says nothing: {r['quality_warning'].split(':')[0][:150]}")
+            from bsb_hydra.tasks.classification import warning_headline
+
+            lines.append(f"{'':>5}quality says nothing: {warning_headline(r['quality_warning'])[:150]}")
     return "\n".join(lines)
 
 

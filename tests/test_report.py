@@ -426,15 +426,15 @@ def test_cells_of_a_constant_fp32_model_say_their_quality_says_nothing(tmp_path)
     s = Store(tmp_path)
     meta = {"input_shape": "3x224x224", "model_source": "torchvision", "model_ref": "torchvision shufflenet",
             "data_source": "debian:dataset-fashion-mnist", "test_split": "t10k"}
-    warning = ("the fp32 model answers class 3 (dress) for all 200 test samples: accuracy deltas and top-1 agreement "
-               "cannot show what quantization costs here")
+    warning = ("the fp32 model answers class 3 (type: dress) for all 200 test samples: accuracy deltas and top-1 "
+               "agreement cannot show what quantization costs here")  # a class name with a ':' in it
     s.add(model="shufflenet", acc=0.065, extra_tags={**meta, "quality_warning": warning})
     s.add(model="shufflenet", quant="static", acc=0.065, p50=1.0, paired=(2.0, 0.02),
           extra_tags={**meta, "quality_warning": warning})
     s.add(model="cnn", acc=0.9)
     s.report()
     md = (tmp_path / "out" / "report.md").read_text()
-    assert ("QUALITY SAYS NOTHING in 2 of 2 cells: the fp32 model answers class 3 (dress) for all 200 test samples. "
+    assert ("QUALITY SAYS NOTHING in 2 of 2 cells: the fp32 model answers class 3 (type: dress) for all 200 test samples. "
             "Their accuracy deltas and agreement are those of a constant") in md
     assert md.count("QUALITY SAYS NOTHING") == 1 and "+0.00 (constant fp32)" in md
     picks = [line for line in md.splitlines() if line.startswith("- fastest within 1 pp: ")]
@@ -449,7 +449,7 @@ def test_cells_of_a_constant_fp32_model_say_their_quality_says_nothing(tmp_path)
                           "top1_agreement": 1.0, "latency_p50_ms_b1": 0.8, "speedup_b1": 0.92, "peak_rss_mb": 66.0}}
     assert summary_line(result).endswith("\n  quality says nothing: " + warning)
     assert format_table([result]).splitlines()[-1].strip() == (
-        "quality says nothing: the fp32 model answers class 3 (dress) for all 200 test samples")
+        "quality says nothing: the fp32 model answers class 3 (type: dress) for all 200 test samples")
 
 
 def test_speedup_against_the_best_fp32_and_the_machine_limit(tmp_path):

@@ -153,7 +153,9 @@ def model_line(g: Group) -> str:
                                                              if c.tag("task_inferred") else "") + "."
     warned = [x for x in g.cells if x.tag("quality_warning")]
     if warned:  # bsb_hydra/tasks/classification.py: the fp32 reference is a constant in effect
-        what = "; ".join(sorted({x.tag("quality_warning").split(":")[0] for x in warned}))
+        from bsb_hydra.tasks.classification import warning_headline
+
+        what = "; ".join(sorted({warning_headline(x.tag("quality_warning")) for x in warned}))
         labels += (f" QUALITY SAYS NOTHING in {len(warned)} of {len(g.cells)} cells: {what}. Their accuracy deltas "
                    "and agreement are those of a constant; size and latency hold.")
     return (f"Model: {c.tag('model_source')} {c.tag('model_ref')}; {cost}; input {c.tag('input_shape')}. "

@@ -120,8 +120,17 @@ class ClassificationScorer(TaskScorer):
                "model trained here, model.checkpoint, or a trained file" if y is not None else
                "Are these inputs what it was made for (random inputs often get one answer), and is it trained? Give "
                "it real samples of its data, or trained weights")
-        return (what + ": accuracy deltas and top-1 agreement cannot show what quantization costs here (size and "
-                "latency still hold). " + why)
+        return (what + _CONSEQUENCE + "cannot show what quantization costs here (size and latency still hold). "
+                + why)
+
+
+# Where a quality_warning's finding ends and its explanation starts (a class name may hold a ':').
+_CONSEQUENCE = ": accuracy deltas and top-1 agreement "
+
+
+def warning_headline(warning: str) -> str:
+    """A quality_warning's finding alone, for one-line places (the sweep's table, the report's model line)."""
+    return warning.split(_CONSEQUENCE)[0]
 
 
 @TASKS.register("classification", schema=ClassificationTaskConfig)
